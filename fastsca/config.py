@@ -1,0 +1,114 @@
+"""Model configuration of AT-SCA and the named presets for every row of the paper's Tables 1 and 2.
+
+Choices the paper leaves open (channel widths, pooling plan, the global branch's middle width, the
+attention-pooling clamp, where attention sits in a block) are fields here, with DESIGN.md's defaults.
+"""
+from dataclasses import dataclass, field, replace
+
+ARRANGEMENTS = ("none", "spatial", "channel", "sca", "csa", "cps")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes an AT-SCA model; presets below are instances of it."""
+
+    num_classes: int = 527
+    """K, the number of event classes (527 for AudioSet)."""
+    n_mels: int = 64
+    """Mel bins of the input log-mel (the paper's 64)."""
+    input_frames: int = 400
+    """Frames of the input log-mel (400 = 10 s at 40 frames/s)."""
+    channels: tuple[int, ...] = (32, 64, 128, 256, 256, 512, 512)
+    """Output channels of the seven residual blocks (DESIGN.md; the paper gives no widths)."""
+    pools: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 1))
+    """Max-pool (time, freq) after each block; (1, 1) means no pool (six pools, §4.2)."""
+    arrangement: str = "none"
+    """Attention module: none, spatial (AT-S), channel (AT-C), sca, csa or cps (parallel C//S), §3.3."""
+    spatial_global: bool = True
+    """Spatial attention has the global 5x5-conv branch (eq. 5)."""
+    spatial_local: bool = True
+    """Spatial attention has the per-frequency-row local FC branch (eq. 6)."""
+    attention_depth: int = 1
+    """How many of the last blocks carry attention (Table 2: 1, 2 or 3 layers)."""
+    rd_ratio: int = 16
+    """Reduction ratio r of the local FC (T -> T/r) and of the channel SE MLP (C -> C/r), §3.1-3.2."""
+    global_mid_channels: int = 8
+    """Channels between the two 5x5 convs of the global branch (not given in the paper)."""
+    global_kernel_size: int = 5
+    """Kernel size of the global branch's convs (eq. 5: 5x5)."""
+    pool_logit_clamp: float = 10.0
+    """Attention-pooling logits are clamped to +-this before the softmax over time, so exp() stays finite."""
+    fused_attention: bool = True
+    """Use the fused Triton ops (kernels/) on CUDA; False runs the plain PyTorch reference everywhere."""
+    name: str = field(default="custom", compare=False)
+    """Preset name this config came from, for logs and checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.arrangement not in ARRANGEMENTS:
+            raise ValueError(f"arrangement {self.arrangement!r} is not one of {', '.join(ARRANGEMENTS)}")
+        if len(self.channels) != len(self.pools):
+            raise ValueError(f"channels has {len(self.channels)} blocks but pools has {len(self.pools)}")
+        if self.arrangement != "none" and not 1 <= self.attention_depth <= len(self.channels):
+            raise ValueError(f"attention_depth must be in 1..{len(self.channels)}, got {self.attention_depth}")
+        if self.arrangement in ("spatial", "sca", "csa", "cps") and not (self.spatial_global or self.spatial_local):
+            raise ValueError("spatial attention needs spatial_global or spatial_local (or both)")
+        if self.rd_ratio < 1:
+            raise ValueError(f"rd_ratio must be >= 1, got {self.rd_ratio}")
+        t, f = self.input_frames, self.n_mels
+        for i, (pt, pf) in enumerate(self.pools):
+            if t % pt or f % pf:
+                raise ValueError(f"block {i + 1}: a {pt}x{pf} max-pool does not divide its {t}x{f} input map; "
+                                 f"choose input_frames/n_mels divisible by the pooling plan")
+            t, f = t // pt, f // pf
+
+    @property
+    def attention_blocks(self) -> tuple[int, ...]:
+        """0-based indices of the blocks that carry attention: the last `attention_depth`."""
+        if self.arrangement == "none":
+            return ()
+        return tuple(range(len(self.channels) - self.attention_depth, len(self.channels)))
+
+    def block_input_sizes(self) -> list[tuple[int, int]]:
+        """(T, F) of the map each block works on (its output before its pool)."""
+        sizes, t, f = [], self.input_frames, self.n_mels
+        for pt, pf in self.pools:
+            sizes.append((t, f))
+            t, f = t // pt, f // pf
+        return sizes
+
+    @property
+    def output_frames(self) -> int:
+        """T' of the frame-level output (100 for 400 input frames: 10 Hz)."""
+        t = self.input_frames
+        for pt, _ in self.pools:
+            t //= pt
+        return t
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ModelConfig":
+        """A preset by name (see PRESETS), with any fields overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+def _attention_presets() -> dict[str, ModelConfig]:
+    """Every attention row of Tables 1-2, each at depth 1, 2 and 3; the depth-less name means depth 1."""
+    rows = {
+        "at-s-global": dict(arrangement="spatial", spatial_local=False),
+        "at-s-local": dict(arrangement="spatial", spatial_global=False),
+        "at-s": dict(arrangement="spatial"),
+        "at-c": dict(arrangement="channel"),
+        "at-sca": dict(arrangement="sca"),
+        "at-csa": dict(arrangement="csa"),
+        "at-cps": dict(arrangement="cps"),
+    }
+    presets = {}
+    for row, fields in rows.items():
+        presets[row] = ModelConfig(**fields, attention_depth=1, name=row)
+        for depth in (1, 2, 3):
+            presets[f"{row}-{depth}"] = ModelConfig(**fields, attention_depth=depth, name=f"{row}-{depth}")
+    return presets
+
+
+PRESETS: dict[str, ModelConfig] = {"baseline": ModelConfig(name="baseline"), **_attention_presets()}

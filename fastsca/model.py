@@ -1,0 +1,64 @@
+"""The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL attention pooling.
+
+`build_model(name_or_config)` makes any preset of fastsca.config. Input log-mel (B, 1, T, F) with
+T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and frame-level
+probabilities (B, T', K) at 10 Hz for the default 400-frame input.
+"""
+from dataclasses import replace
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.backbone import ResidualBlock
+from fastsca.config import ModelConfig
+from fastsca.pooling import AttentionPooling
+
+
+class TaggingOutput(NamedTuple):
+    """What the model returns: the bag (clip) prediction of eq. 2 and its instance (frame) predictions."""
+
+    clip: torch.Tensor    # (B, K)
+    frame: torch.Tensor   # (B, T', K)
+
+
+class ATSCA(nn.Module):
+    """Residual CNN with attention in its last `attention_depth` blocks and attention pooling."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        ops = FUSED_OPS if config.fused_attention else REFERENCE_OPS
+        self.input_norm = nn.BatchNorm2d(config.n_mels)   # PANNs' bn0: one BatchNorm per mel bin
+        blocks, in_channels = [], 1
+        for index, (channels, pool, (time_steps, freq_bins)) in enumerate(
+                zip(config.channels, config.pools, config.block_input_sizes())):
+            attention = nn.Identity()
+            if index in config.attention_blocks:
+                attention = build_attention(
+                    config.arrangement, channels, time_steps, freq_bins,
+                    config.spatial_global, config.spatial_local, config.rd_ratio,
+                    config.global_mid_channels, config.global_kernel_size, ops)
+            blocks.append(ResidualBlock(in_channels, channels, attention, pool))
+            in_channels = channels
+        self.blocks = nn.Sequential(*blocks)
+        self.pooling = AttentionPooling(in_channels, config.num_classes, config.pool_logit_clamp)
+
+    def forward(self, log_mel: torch.Tensor) -> TaggingOutput:   # log_mel: (B, 1, T, F)
+        x = self.input_norm(log_mel.transpose(1, 3)).transpose(1, 3)   # normalise each mel bin
+        x = self.blocks(x)                                             # (B, C, T', F')
+        frames = x.mean(dim=3).transpose(1, 2)                         # x_t: (B, T', C)
+        clip, frame = self.pooling(frames)
+        return TaggingOutput(clip, frame)
+
+
+def build_model(name_or_config: str | ModelConfig, **overrides) -> ATSCA:
+    """An AT-SCA model from a preset name (with optional field overrides) or a ModelConfig."""
+    if isinstance(name_or_config, str):
+        config = ModelConfig.from_name(name_or_config, **overrides)
+    elif overrides:
+        config = replace(name_or_config, **overrides)
+    else:
+        config = name_or_config
+    return ATSCA(config)
