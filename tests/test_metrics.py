@@ -1,0 +1,65 @@
+"""AudioSet metrics against scikit-learn, with ties and excluded classes."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fastsca.metrics import d_prime, tagging_metrics
+
+
+def _random_set(rng, clips, classes, decimals):
+    targets = rng.random((clips, classes)) < rng.uniform(0.02, 0.4, size=classes)
+    scores = np.round(rng.random((clips, classes)) + 0.3 * targets, decimals)   # rounding makes ties
+    return targets, scores
+
+
+@pytest.mark.parametrize("clips, classes, decimals", [(257, 31, 1), (1000, 7, 2), (53, 13, 3)])
+def test_per_class_ap_and_auc_equal_sklearn(clips, classes, decimals):
+    rng = np.random.default_rng()
+    targets, scores = _random_set(rng, clips, classes, decimals)
+    targets[:, 0] = True            # no negatives: excluded
+    targets[:, 1] = False           # no positives: excluded
+    metrics = tagging_metrics(targets, scores)
+    assert metrics.excluded_classes == 2
+    assert np.isnan(metrics.average_precision[:2]).all() and np.isnan(metrics.roc_auc[:2]).all()
+    ap = [average_precision_score(targets[:, k], scores[:, k]) for k in range(2, classes)]
+    auc = [roc_auc_score(targets[:, k], scores[:, k]) for k in range(2, classes)]
+    np.testing.assert_allclose(metrics.average_precision[2:], ap, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(metrics.roc_auc[2:], auc, atol=1e-6, rtol=0)
+    assert metrics.mean_average_precision == pytest.approx(np.mean(ap), abs=1e-9)
+    assert metrics.mean_roc_auc == pytest.approx(np.mean(auc), abs=1e-9)
+    np.testing.assert_array_equal(metrics.positives, targets.sum(axis=0))
+
+
+def test_audioset_eval_size_matches_sklearn_on_sampled_classes():
+    rng = np.random.default_rng()
+    targets, scores = _random_set(rng, 20_371, 527, 3)
+    scores = scores.astype(np.float32)
+    metrics = tagging_metrics(targets, scores)
+    for k in rng.choice(527, size=5, replace=False):
+        assert metrics.average_precision[k] == pytest.approx(average_precision_score(targets[:, k], scores[:, k]), abs=1e-6)
+        assert metrics.roc_auc[k] == pytest.approx(roc_auc_score(targets[:, k], scores[:, k]), abs=1e-6)
+
+
+def test_d_prime_pairs_as_in_the_paper():
+    assert d_prime(0.9696) == pytest.approx(2.652, abs=1e-3)
+    assert d_prime(0.5) == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(d_prime(1.0))
+
+
+def test_summary_and_d_prime_agree():
+    rng = np.random.default_rng()
+    targets, scores = _random_set(rng, 300, 9, 2)
+    metrics = tagging_metrics(targets, scores)
+    assert metrics.d_prime == pytest.approx(d_prime(metrics.mean_roc_auc))
+    assert set(metrics.summary()) == {"mAP", "mAUC", "d_prime", "excluded_classes"}
+
+
+@pytest.mark.parametrize("targets, scores, message", [
+    (np.zeros((4, 3)), np.zeros((4, 2)), "clips, classes"),
+    (np.zeros((4, 3)), np.full((4, 3), np.nan), "NaN"),
+])
+def test_bad_input_raises(targets, scores, message):
+    with pytest.raises(ValueError, match=message):
+        tagging_metrics(targets, scores)
