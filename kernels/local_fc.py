@@ -1,9 +1,239 @@
 """Per-frequency-band local FC attention, eq. 6: for each frequency row f its own MLP T -> T/r -> T.
 
 m^f = W2[f] @ relu(W1[f] @ s^f + b1[f]) + b2[f], with s^f the time series of row f of S.
-Reference only so far; the Triton forward/backward kernels and the op registration go above it.
+Both layers run in one kernel: a program holds the weights of one row f in registers and applies
+them to a run of batch rows; the hidden layer never leaves registers. The backward kernel recomputes
+the hidden layer and sums the weight gradients of its run of rows; the runs' partial sums (fp32)
+are added on the host. The op `fastsca::local_fc` runs these kernels on CUDA (and on CPU under
+TRITON_INTERPRET=1) and `local_fc_reference` otherwise, and for rows too long for the register tile.
 """
 import torch
+import triton
+import triton.language as tl
+
+from kernels.common import LAUNCHES, use_triton
+
+# Batch rows per program. S is tiny (B * T * F values): the cost is latency and weight loads, not
+# bandwidth. 8 rows reuse each loaded weight tile 8 times and leave B / 8 * F programs (128 at
+# B = 256, F = 4); in backward they also bound the partial weight gradients to B / 8 copies.
+ROWS_PER_PROGRAM = 8
+# Largest padded H x T weight tile the kernels hold in registers (two of them, fp32, plus two
+# gradient accumulators in backward). ptxas (sm_90): 8 x 128 (the real T = 100, H = 6) at 4 warps
+# uses 56 / 113 registers forward / backward; 16 x 256 at 8 warps 80 / 243; 32 x 512 spills even at
+# 16 warps. Larger rows (T > 256 at r = 16: attention in block 1) run local_fc_reference instead.
+MAX_TILE = 2 ** 12
+# Warps for tiles up to 1024 values (the real 8 x 128); larger tiles get twice as many.
+NUM_WARPS = 4
+
+
+@triton.jit
+def local_fc_hidden(s, w1, b1):
+    """Pre-activation and ReLU of the hidden layer for one row: s [BLOCK_T], w1 [BLOCK_H, BLOCK_T], b1 [BLOCK_H]."""
+    pre = tl.sum(w1 * s[None, :], axis=1) + b1
+    return pre, tl.maximum(pre, 0.0)
+
+
+@triton.jit
+def local_fc_forward_kernel(
+    s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr,
+    B, T, H,
+    ssb, sst, ssf, sob, sot, sof,
+    ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """out[b, t, f] = sum_h W2[f, t, h] relu(W1[f] s[b, :, f] + b1[f])[h] + b2[f, t]; grid (F, cdiv(B, ROWS))."""
+    f = tl.program_id(0)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_t = offs_t < T
+    mask_ht = (offs_h[:, None] < H) & mask_t[None, :]
+    # Both weights as [BLOCK_H, BLOCK_T] tiles (w2 is stored (F, T, H): read transposed); zero padding
+    # makes padded hidden units relu(0) = 0 and padded times contribute nothing.
+    w1 = tl.load(w1_ptr + f * H * T + offs_h[:, None] * T + offs_t[None, :], mask=mask_ht, other=0.0).to(tl.float32)
+    w2 = tl.load(w2_ptr + f * T * H + offs_t[None, :] * H + offs_h[:, None], mask=mask_ht, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + f * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+    b2 = tl.load(b2_ptr + f * T + offs_t, mask=mask_t, other=0.0).to(tl.float32)
+    for r in range(ROWS):
+        b = (tl.program_id(1) * ROWS + r).to(tl.int64)
+        mask = offs_t < tl.where(b < B, T, 0)  # rows past B: nothing (a scalar & vector mask upsets the interpreter)
+        s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
+        _, hidden = local_fc_hidden(s, w1, b1)
+        out = tl.sum(w2 * hidden[:, None], axis=0) + b2
+        tl.store(out_ptr + b * sob + offs_t * sot + f * sof, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def local_fc_backward_kernel(
+    s_ptr, w1_ptr, b1_ptr, w2_ptr, dout_ptr, ds_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr,
+    B, T, H, F,
+    ssb, sst, ssf, sdob, sdot, sdof, sdsb, sdst, sdsf,
+    ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """ds for this program's rows, and its partial weight gradients at index pid(1) of the fp32
+    buffers dw1 (K, F, H, T), db1 (K, F, H), dw2 (K, F, T, H), db2 (K, F, T); grid (F, K = cdiv(B, ROWS))."""
+    f = tl.program_id(0)
+    k = tl.program_id(1)
+    offs_t = tl.arange(0, BLOCK_T)
+    offs_h = tl.arange(0, BLOCK_H)
+    mask_t = offs_t < T
+    mask_ht = (offs_h[:, None] < H) & mask_t[None, :]
+    w1 = tl.load(w1_ptr + f * H * T + offs_h[:, None] * T + offs_t[None, :], mask=mask_ht, other=0.0).to(tl.float32)
+    w2 = tl.load(w2_ptr + f * T * H + offs_t[None, :] * H + offs_h[:, None], mask=mask_ht, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + f * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+    dw1 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
+    dw2 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
+    db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
+    db2 = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    for r in range(ROWS):
+        b = (k * ROWS + r).to(tl.int64)
+        mask = offs_t < tl.where(b < B, T, 0)  # rows past B: nothing (a scalar & vector mask upsets the interpreter)
+        # Rows past B load dout = 0, so every gradient they add is 0.
+        s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
+        dout = tl.load(dout_ptr + b * sdob + offs_t * sdot + f * sdof, mask=mask, other=0.0).to(tl.float32)
+        pre, hidden = local_fc_hidden(s, w1, b1)
+        dpre = tl.where(pre > 0.0, tl.sum(w2 * dout[None, :], axis=1), 0.0)
+        ds = tl.sum(w1 * dpre[:, None], axis=0)
+        tl.store(ds_ptr + b * sdsb + offs_t * sdst + f * sdsf, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+        dw1 += dpre[:, None] * s[None, :]
+        dw2 += hidden[:, None] * dout[None, :]
+        db1 += dpre
+        db2 += dout
+    base = k * F + f
+    tl.store(dw1_ptr + base * H * T + offs_h[:, None] * T + offs_t[None, :], dw1, mask=mask_ht)
+    tl.store(dw2_ptr + base * T * H + offs_t[None, :] * H + offs_h[:, None], dw2, mask=mask_ht)
+    tl.store(db1_ptr + base * H + offs_h, db1, mask=offs_h < H)
+    tl.store(db2_ptr + base * T + offs_t, db2, mask=mask_t)
+
+
+def fits_kernel(time: int, hidden: int) -> bool:
+    """Whether one padded H x T weight row fits the kernels' register tile (MAX_TILE)."""
+    return triton.next_power_of_2(time) * triton.next_power_of_2(hidden) <= MAX_TILE
+
+
+def _launch_meta(time: int, hidden: int) -> dict:
+    """Block sizes and warps for one (H, T) weight tile; ValueError past MAX_TILE."""
+    if not fits_kernel(time, hidden):
+        raise ValueError(f"local_fc: a T x H = {time} x {hidden} weight row exceeds the kernels' register tile "
+                         f"({MAX_TILE} padded values); use local_fc_reference")
+    block_t, block_h = triton.next_power_of_2(time), triton.next_power_of_2(hidden)
+    return dict(BLOCK_T=block_t, BLOCK_H=block_h, num_warps=NUM_WARPS if block_t * block_h <= 1024 else 2 * NUM_WARPS)
+
+
+def local_fc_forward(s, w1, b1, w2, b2) -> torch.Tensor:
+    """Launch the forward kernel: s (B, 1, T, F) and the weights of eq. 6 -> (B, 1, T, F).
+
+    The weights are made contiguous (a no-op for parameters); s may have any strides.
+    """
+    batch, _, time, freq = s.shape
+    hidden = w1.shape[1]
+    out = torch.empty_like(s, memory_format=torch.contiguous_format)
+    if out.numel() == 0:
+        return out
+    grid = (freq, triton.cdiv(batch, ROWS_PER_PROGRAM))
+    local_fc_forward_kernel[grid](
+        s, w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), out,
+        batch, time, hidden,
+        s.stride(0), s.stride(2), s.stride(3), out.stride(0), out.stride(2), out.stride(3),
+        ROWS=ROWS_PER_PROGRAM, **_launch_meta(time, hidden),
+    )
+    LAUNCHES["local_fc_forward"] += 1
+    return out
+
+
+def local_fc_backward(grad, s, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
+    """Launch the backward kernel: (ds, dw1, db1, dw2, db2), each in its input's dtype."""
+    batch, _, time, freq = s.shape
+    hidden = w1.shape[1]
+    ds = torch.empty_like(s, memory_format=torch.contiguous_format)
+    runs = triton.cdiv(batch, ROWS_PER_PROGRAM)
+    # Per-run fp32 partial sums of dw1, db1, dw2, db2; every program fills its whole slot.
+    parts = [torch.empty((runs, *w.shape), device=s.device, dtype=torch.float32) for w in (w1, b1, w2, b2)]
+    if ds.numel() > 0:
+        local_fc_backward_kernel[(freq, runs)](
+            s, w1.contiguous(), b1.contiguous(), w2.contiguous(), grad, ds, *parts,
+            batch, time, hidden, freq,
+            s.stride(0), s.stride(2), s.stride(3), grad.stride(0), grad.stride(2), grad.stride(3),
+            ds.stride(0), ds.stride(2), ds.stride(3),
+            ROWS=ROWS_PER_PROGRAM, **_launch_meta(time, hidden),
+        )
+        LAUNCHES["local_fc_backward"] += 1
+    else:
+        for part in parts:
+            part.zero_()
+    dw1, db1, dw2, db2 = (part.sum(dim=0).to(w.dtype) for part, w in zip(parts, (w1, b1, w2, b2)))
+    return ds, dw1, db1, dw2, db2
+
+
+def _check(s, w1, b1, w2, b2) -> None:
+    if s.dim() != 4 or s.shape[1] != 1:
+        raise ValueError(f"local_fc: s must be a (B, 1, T, F) map, got shape {tuple(s.shape)}")
+    _, _, time, freq = s.shape
+    hidden = w1.shape[1] if w1.dim() == 3 else -1
+    expected = {"w1": (freq, hidden, time), "b1": (freq, hidden), "w2": (freq, time, hidden), "b2": (freq, time)}
+    for name, tensor in zip(expected, (w1, b1, w2, b2)):
+        if tuple(tensor.shape) != expected[name] or tensor.device != s.device:
+            raise ValueError(f"local_fc: for s of shape {tuple(s.shape)} (T={time}, F={freq}) {name} must have "
+                             f"shape (F, H, T) / (F, H) / (F, T, H) / (F, T) = {expected[name]} on {s.device}, "
+                             f"got {tuple(tensor.shape)} on {tensor.device}")
+
+
+@torch.library.custom_op("fastsca::local_fc", mutates_args=())
+def _local_fc_op(
+    s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> torch.Tensor:
+    _check(s, w1, b1, w2, b2)
+    if use_triton(s) and fits_kernel(s.shape[2], w1.shape[1]):
+        return local_fc_forward(s, w1, b1, w2, b2)
+    return local_fc_reference(s, w1, b1, w2, b2).contiguous()
+
+
+@_local_fc_op.register_fake
+def _(s, w1, b1, w2, b2):
+    _check(s, w1, b1, w2, b2)
+    return torch.empty_like(s, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("fastsca::local_fc_backward", mutates_args=())
+def _local_fc_backward_op(
+    grad: torch.Tensor, s: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if use_triton(s) and fits_kernel(s.shape[2], w1.shape[1]):
+        return local_fc_backward(grad, s, w1, b1, w2, b2)
+    # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
+    rows = s[:, 0].float().transpose(1, 2)                                      # (B, F, T)
+    dout = grad[:, 0].float().transpose(1, 2)                                   # (B, F, T)
+    pre = torch.einsum("bft,fht->bfh", rows, w1.float()) + b1.float()           # (B, F, H)
+    dpre = torch.einsum("bft,fth->bfh", dout, w2.float()) * (pre > 0)           # (B, F, H)
+    ds = torch.einsum("bfh,fht->bft", dpre, w1.float()).transpose(1, 2).unsqueeze(1)
+    grads = (ds, torch.einsum("bfh,bft->fht", dpre, rows), dpre.sum(dim=0),
+             torch.einsum("bft,bfh->fth", dout, torch.relu(pre)), dout.sum(dim=0))
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (s, w1, b1, w2, b2)))
+
+
+@_local_fc_backward_op.register_fake
+def _(grad, s, w1, b1, w2, b2):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (s, w1, b1, w2, b2))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad):
+    return torch.ops.fastsca.local_fc_backward(grad, *ctx.saved_tensors)
+
+
+_local_fc_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def local_fc(
+    s: torch.Tensor,   # (B, 1, T, F)
+    w1: torch.Tensor,  # (F, H, T), H = T // r
+    b1: torch.Tensor,  # (F, H)
+    w2: torch.Tensor,  # (F, T, H)
+    b2: torch.Tensor,  # (F, T)
+) -> torch.Tensor:     # (B, 1, T, F)
+    """Eq. 6 as the fused op: the Triton kernels on CUDA, local_fc_reference on CPU."""
+    return torch.ops.fastsca.local_fc(s, w1, b1, w2, b2)
 
 
 def local_fc_reference(

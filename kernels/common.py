@@ -1,0 +1,141 @@
+"""Shared pieces of the SCA kernels (eqs. 4-10): Triton tile helpers, strides, layouts, when Triton runs.
+
+Every kernel sees the feature map F as (B, C, N) with N = T * F, through three strides: NCHW and
+channels_last both merge (T, F) into one spatial stride, so neither is copied. The two reductions
+the module needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward
+passes reuse them with the upstream gradient as the weight.
+"""
+import os
+from collections import Counter
+
+import torch
+import triton
+import triton.language as tl
+from triton import knobs
+
+LAUNCHES: Counter = Counter()
+"""Host launches per kernel ("gate_forward", "gate_backward", ...): lets tests prove the Triton path ran."""
+
+_INTERPRETED = bool(knobs.runtime.interpret)
+"""Triton picks interpreter or compiler when a kernel is decorated, i.e. when this package is imported;
+CPU tensors can only run Triton if TRITON_INTERPRET=1 was set by then (see tests/conftest.py)."""
+
+
+def use_triton(x: torch.Tensor) -> bool:
+    """Launch the Triton kernel for x: always on CUDA, on CPU only under TRITON_INTERPRET=1."""
+    if x.is_cuda:
+        return True
+    return x.device.type == "cpu" and _INTERPRETED and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def output_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of a (B, C, T, F) output or gradient that matches x (one rule for every path)."""
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def map_strides(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """x (B, C, T, F) as (B, C, N): (x, stride_b, stride_c, stride_n), with N = T * F.
+
+    NCHW (stride_t = F) and channels_last (stride_t = F * C) both merge T and F, and so do expanded
+    gradients (all strides 0). Only a map whose T and F cannot merge is copied, once.
+    """
+    _, _, t, f = x.shape
+    if f == 1:
+        stride_n = x.stride(2)
+    elif t == 1 or x.stride(2) == f * x.stride(3):
+        stride_n = x.stride(3)
+    else:
+        x = x.contiguous()
+        stride_n = x.stride(3)
+    return x, x.stride(0), x.stride(1), stride_n
+
+
+def check_map(name: str, x: torch.Tensor) -> None:
+    """ValueError unless x is a floating (B, C, T, F) feature map."""
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be a (B, C, T, F) feature map, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: x must be floating point, got {x.dtype}")
+
+
+def check_spatial(name: str, arg: str, logit: torch.Tensor | None, x: torch.Tensor) -> None:
+    """ValueError unless logit is None or a (B, 1, T, F) map on x's device."""
+    b, _, t, f = x.shape
+    if logit is not None and (tuple(logit.shape) != (b, 1, t, f) or logit.device != x.device):
+        raise ValueError(f"{name}: {arg} must have shape (B, 1, T, F) = {(b, 1, t, f)} on {x.device}, "
+                         f"got {tuple(logit.shape)} on {logit.device}")
+
+
+def check_channel(name: str, arg: str, weight: torch.Tensor | None, x: torch.Tensor) -> None:
+    """ValueError unless weight is None or a (B, C) tensor on x's device."""
+    b, c = x.shape[:2]
+    if weight is not None and (tuple(weight.shape) != (b, c) or weight.device != x.device):
+        raise ValueError(f"{name}: {arg} must have shape (B, C) = {(b, c)} on {x.device}, "
+                         f"got {tuple(weight.shape)} on {weight.device}")
+
+
+def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
+    """Stride of an optional tensor (0 when it is absent: the kernel never reads it)."""
+    return t.stride(dim) if t is not None else 0
+
+
+@triton.jit
+def load_tile(ptr, b, offs_c, offs_n, C, N, stride_b, stride_c, stride_n):
+    """A [BLOCK_C, BLOCK_N] tile of a (B, C, N) map at batch b, in fp32, zero outside the map."""
+    mask = (offs_c[:, None] < C) & (offs_n[None, :] < N)
+    ptrs = ptr + b * stride_b + offs_c[:, None] * stride_c + offs_n[None, :] * stride_n
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, value, b, offs_c, offs_n, C, N, stride_b, stride_c, stride_n):
+    """Store a [BLOCK_C, BLOCK_N] fp32 tile of a (B, C, N) map at batch b, in the map's dtype."""
+    mask = (offs_c[:, None] < C) & (offs_n[None, :] < N)
+    ptrs = ptr + b * stride_b + offs_c[:, None] * stride_c + offs_n[None, :] * stride_n
+    tl.store(ptrs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def load_vector(ptr, b, offs, size, stride_b, stride, PRESENT: tl.constexpr):
+    """Entries offs of row b of a (B, size) tensor in fp32 (zero past the end); all ones if not PRESENT."""
+    if PRESENT:
+        return tl.load(ptr + b * stride_b + offs * stride, mask=offs < size, other=0.0).to(tl.float32)
+    else:
+        return tl.full(offs.shape, 1.0, tl.float32)
+
+
+@triton.jit
+def channel_sum(x_ptr, a_ptr, b, offs_n, C, N, sxb, sxc, sxn, sab, sac,
+                HAS_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum_c a[b, c] * x[b, c, n] for the columns offs_n, in fp32 (a = 1 without HAS_A).
+
+    Eq. 4 (a = channel weight), and the logit gradient of eq. 8 (a = dZ). Accumulates a full tile
+    and reduces once at the end: one cross-thread reduction per program instead of one per chunk.
+    """
+    acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        x = load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn)
+        a = load_vector(a_ptr, b, offs_c, C, sab, sac, HAS_A)
+        acc += x * a[:, None]
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def space_sum(x_ptr, g_ptr, b, offs_c, C, N, sxb, sxc, sxn, sgb, sgn,
+              HAS_G: tl.constexpr, SIGMOID_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
+    """sum_n g[b, n] * x[b, c, n] for the channels offs_c, in fp32; g is sigmoid'ed if SIGMOID_G, 1 without HAS_G.
+
+    Eq. 8 (g = sigmoid(logit_s)), and the channel-weight gradient of eq. 4 (g = dS).
+    """
+    acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        x = load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn)
+        g = load_vector(g_ptr, b, offs_n, N, sgb, sgn, HAS_G)
+        if HAS_G and SIGMOID_G:
+            g = tl.sigmoid(g)
+        acc += x * g[None, :]
+    return tl.sum(acc, axis=1)

@@ -1,0 +1,122 @@
+"""The Triton kernels on a GPU at the real at-sca-3 shapes (B = 32), in fp32, bf16 and fp16, NCHW and channels_last.
+
+The CPU suite runs the same kernels under the Triton interpreter, fp32 only and at small batches;
+this file adds what only a GPU can check: half-precision loads and stores, the compiled kernels,
+and torch.compile of a whole fused model with Inductor's CUDA backend.
+"""
+import pytest
+import torch
+
+from fastsca import build_model
+from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc,
+                     local_fc_reference, spatial_squeeze, spatial_squeeze_reference)
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="needs a CUDA GPU: bf16/fp16 kernels and the real shapes (the CPU suite covers fp32 under the interpreter)")
+
+REAL_SHAPES = [(32, 256, 100, 4), (32, 512, 100, 2), (32, 512, 100, 1)]
+"""The maps the at-sca-3 attention modules see at B = 32."""
+# One rounding of the output (and of each gradient) in the input dtype, both sides accumulating in fp32.
+DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2), (torch.float16, 1e-2, 1e-2)]
+LAYOUTS = [torch.contiguous_format, torch.channels_last]
+VARIANTS = [(True, True, False), (True, False, False), (False, True, False), (True, True, True)]
+"""(spatial logit, channel logit, additive): SCA/CSA, AT-S, AT-C, C//S."""
+
+
+def _launched(op: str, before) -> bool:
+    return LAUNCHES[f"{op}_forward"] > before[f"{op}_forward"] and LAUNCHES[f"{op}_backward"] > before[f"{op}_backward"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", REAL_SHAPES)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_gate_on_gpu(assert_matches_reference, shape, layout, dtype, atol, rtol):
+    b, c, t, f = shape
+    x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=layout)
+    s = torch.randn(b, 1, t, f, device="cuda", dtype=dtype) * 2
+    z = torch.randn(b, c, device="cuda", dtype=dtype) * 2
+    for spatial, channel, additive in VARIANTS:
+        before = LAUNCHES.copy()
+        out = assert_matches_reference(gate, gate_reference,
+                                       [x, s if spatial else None, z if channel else None, additive], atol, rtol)
+        assert _launched("gate", before)
+        assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", REAL_SHAPES)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_channel_pool_on_gpu(assert_matches_reference, shape, layout, dtype, atol, rtol):
+    x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=layout)
+    weight = torch.rand(shape[:2], device="cuda", dtype=dtype) + 0.1
+    for w in (None, weight):
+        before = LAUNCHES.copy()
+        out = assert_matches_reference(channel_pool, channel_pool_reference, [x, w], atol, rtol)
+        assert _launched("channel_pool", before) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", REAL_SHAPES)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_spatial_squeeze_on_gpu(assert_matches_reference, shape, layout, dtype, atol, rtol):
+    b, _, t, f = shape
+    x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=layout)
+    logit = torch.randn(b, 1, t, f, device="cuda", dtype=dtype) * 2
+    for s in (None, logit):
+        before = LAUNCHES.copy()
+        out = assert_matches_reference(spatial_squeeze, spatial_squeeze_reference, [x, s], atol, rtol)
+        assert _launched("spatial_squeeze", before) and out.dtype == dtype
+
+
+@pytest.mark.parametrize("freq", [4, 2, 1])
+@pytest.mark.parametrize("weight_dtype", ["same", torch.float32])   # fp32 weights: autocast's case
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_local_fc_on_gpu(assert_matches_reference, freq, weight_dtype, dtype, atol, rtol):
+    batch, time, hidden = 32, 100, 6
+    wd = dtype if weight_dtype == "same" else weight_dtype
+    s = torch.randn(batch, 1, time, freq, device="cuda", dtype=dtype)
+    w1 = (torch.randn(freq, hidden, time, device="cuda") * time ** -0.5).to(wd)
+    b1 = (torch.randn(freq, hidden, device="cuda") * 0.5).to(wd)
+    w2 = (torch.randn(freq, time, hidden, device="cuda") * hidden ** -0.5).to(wd)
+    b2 = torch.randn(freq, time, device="cuda").to(wd)
+    before = LAUNCHES.copy()
+    out = assert_matches_reference(local_fc, local_fc_reference, [s, w1, b1, w2, b2], atol, rtol)
+    assert _launched("local_fc", before) and out.dtype == dtype
+
+
+def test_fused_model_matches_reference_on_gpu(monkeypatch):
+    # fp32 without TF32, so both models round alike; tolerances as in test_fused_model.py.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    reference = build_model("at-sca-3", fused_attention=False).cuda().eval()
+    fused = build_model("at-sca-3", fused_attention=True).cuda().eval()
+    fused.load_state_dict(reference.state_dict())
+    log_mel = torch.randn(8, 1, 400, 64, device="cuda")
+    outs = []
+    for model in (reference, fused):
+        out = model(log_mel)
+        (out.clip.sum() + out.frame.square().sum()).backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[1].clip, outs[0].clip, atol=1e-5, rtol=1e-4)
+    for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+        atol = 1e-4 * expected.grad.abs().max().item() + 1e-6
+        torch.testing.assert_close(actual.grad, expected.grad, atol=atol, rtol=1e-4,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+def test_compiled_fused_model_runs_the_kernels_in_bf16():
+    torch._dynamo.reset()
+    model = build_model("at-sca-3", fused_attention=True).cuda().to(memory_format=torch.channels_last)
+    compiled = torch.compile(model, fullgraph=True)
+    log_mel = torch.randn(32, 1, 400, 64, device="cuda")
+    before = LAUNCHES.copy()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = compiled(log_mel)
+    out.clip.float().sum().backward()
+    for op in ("channel_pool", "local_fc", "spatial_squeeze", "gate"):
+        assert LAUNCHES[f"{op}_forward"] >= before[f"{op}_forward"] + 3, op
+        assert LAUNCHES[f"{op}_backward"] >= before[f"{op}_backward"] + 3, op
+    assert torch.isfinite(out.clip).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
