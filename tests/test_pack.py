@@ -1,0 +1,173 @@
+"""The packer on a small tree of clips in every format, with a corrupt, a missing, a stereo 44.1 kHz and
+a 3 s clip; resuming; and the shard reader's errors on a truncated file."""
+import csv
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import soundfile
+
+from train.pack import PackConfig, main, pack
+from train.shards import ShardError, ShardIndex
+
+LABELS = 'index,mid,display_name\n0,/m/a,"Alpha"\n1,/m/b,"Beta, b"\n2,/t/c,"Gamma"\n'
+# ytid: (file name or None, rate, seconds, channels, tone Hz, labels)
+CLIPS = {
+    "wav-16k_A": ("Ywav-16k_A.wav", 16000, 10.0, 1, 300, "/m/a"),
+    "-flac22k": ("Y-flac22k.flac", 22050, 10.0, 1, 500, "/m/b,/t/c"),
+    "ogg32k": ("Yogg32k.ogg", 32000, 10.0, 1, 700, "/t/c"),
+    "mp3-44k": ("Ymp3-44k.mp3", 44100, 10.0, 1, 900, "/m/a,/m/b"),
+    "stereo44k": ("sub/Ystereo44k.wav", 44100, 12.0, 2, 1100, "/t/c"),
+    "short3s": ("Yshort3s.WAV", 16000, 3.0, 1, 1300, "/m/b"),
+    "corrupt": ("Ycorrupt.flac", None, 0, 0, 0, "/m/a"),
+    "missing": (None, None, 0, 0, 0, "/m/a"),
+}
+
+
+def make_tree(root):
+    rng = np.random.default_rng()
+    audio = root / "audio"
+    (audio / "sub").mkdir(parents=True)
+    originals = {}
+    for ytid, (name, rate, seconds, channels, hz, _) in CLIPS.items():
+        if name is None:
+            continue
+        if rate is None:
+            (audio / name).write_bytes(b"fLaC" + bytes(rng.integers(0, 256, 3000, np.uint8)))
+            continue
+        t = np.arange(int(rate * seconds)) / rate
+        wave = 0.4 * np.sin(2 * np.pi * hz * t + rng.uniform(0, 6))
+        wave = np.stack([wave, 0.5 * wave], axis=1) if channels == 2 else wave
+        soundfile.write(audio / name, wave, rate)
+        originals[ytid] = wave
+    rows = [f'{y}, 0.000, 10.000, "{labels}"' for y, (*_, labels) in CLIPS.items()]
+    header = "# Segments csv created today\n# num_ytids=8\n# YTID, start_seconds, end_seconds, positive_labels\n"
+    (root / "a.csv").write_text(header + "\n".join(rows[:5]) + "\n")
+    (root / "b.csv").write_text(header + "\n".join(rows[5:]) + '\nwav-16k_A, 0.000, 10.000, "/t/c"\n')
+    (root / "labels.csv").write_text(LABELS)
+    (root / "strong.tsv").write_text("segment_id\tstart_time_seconds\tend_time_seconds\tlabel\n"
+                                     "wav-16k_A_0\t0.5\t2.0\t/m/a\nwav-16k_A_0\t1.0\t3.0\t/m/unknown\n"
+                                     "stereo44k_0\t2.0\t4.5\t/t/c\n")
+    return originals
+
+
+def config(root, **overrides) -> PackConfig:
+    fields = dict(csvs=(root / "a.csv", root / "b.csv"), labels=root / "labels.csv", audio_dir=root / "audio",
+                  out=root / "out", shard_size=3, workers=2, strong=(root / "strong.tsv",))
+    return PackConfig(**{**fields, **overrides})
+
+
+def dominant_hz(waveform: np.ndarray) -> float:
+    return np.fft.rfftfreq(len(waveform), 1 / 16000)[np.abs(np.fft.rfft(waveform)).argmax()]
+
+
+@pytest.fixture(scope="module")
+def packed_once(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pack")
+    originals = make_tree(root)
+    return root, originals, pack(config(root))
+
+
+@pytest.fixture
+def packed(packed_once, tmp_path):
+    """A private copy of the packed tree, for tests that resume or damage it."""
+    root, originals, summary = packed_once
+    shutil.copytree(root, tmp_path, dirs_exist_ok=True)
+    return tmp_path, originals, summary
+
+
+def test_pack_writes_shards_index_and_report(packed):
+    root, originals, summary = packed
+    out = root / "out"
+    assert summary == {"packed": 6, "shards": 3, "resumed_shards": 0, "skipped": 3, "skipped_duplicate": 1,
+                       "skipped_missing": 1, "skipped_undecodable": 1}
+    with open(out / "pack_report.csv") as handle:
+        report = {row["ytid"]: row for row in csv.DictReader(handle)}
+    assert set(report) == {"corrupt", "missing", "wav-16k_A"}
+    assert report["corrupt"]["reason"].startswith("undecodable:") and "Ycorrupt.flac" in report["corrupt"]["reason"]
+    assert report["missing"]["reason"].startswith("missing:") and report["missing"]["shard"] == "shard_00002.h5"
+    assert report["wav-16k_A"]["reason"].startswith("duplicate")
+
+    index = json.loads((out / "index.json").read_text())
+    assert [s["clips"] for s in index["shards"]] == [3, 3, 0] and index["num_clips"] == 6
+    assert index["label_names"] == ["Alpha", "Beta, b", "Gamma"]
+    split = ShardIndex.open(out)
+    assert split.num_clips == 6 and split.counts == (3, 3, 0) and split.label_mids == ("/m/a", "/m/b", "/t/c")
+
+    names, waveforms, targets = [], [], []
+    for shard in sorted(out.glob("shard_*.h5")):
+        with h5py.File(shard) as handle:
+            assert handle.attrs["sample_rate"] == 16000 and handle.attrs["clip_samples"] == 160000
+            assert handle["waveform"].dtype == np.int16 and handle["waveform"].chunks == (1, 160000)
+            names += [n.decode() for n in handle["audio_name"][:]]
+            waveforms.append(handle["waveform"][:])
+            targets.append(handle["target"][:])
+    waveforms, targets = np.concatenate(waveforms) / 32767, np.concatenate(targets)
+    assert names == ["Ywav-16k_A", "Y-flac22k", "Yogg32k", "Ymp3-44k", "Ystereo44k", "Yshort3s"]
+    np.testing.assert_array_equal(targets, [[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 1, 0]])
+    assert waveforms.shape == (6, 160000)
+    np.testing.assert_allclose(waveforms[0], originals["wav-16k_A"], atol=2e-4)        # 16 kHz wav: as is
+    for row, ytid in enumerate(names):
+        assert dominant_hz(waveforms[row]) == pytest.approx(CLIPS[ytid[1:]][4], abs=1.0)
+    stereo_rms = np.sqrt(np.mean(waveforms[4][1000:-1000] ** 2))
+    assert stereo_rms == pytest.approx(0.75 * 0.4 / np.sqrt(2), rel=0.01)              # mean of L and L/2
+    assert np.all(waveforms[5][48000:] == 0) and np.abs(waveforms[5][:48000]).max() > 0.35   # 3 s, zero-padded
+
+
+def test_strong_labels_are_stored_per_shard(packed):
+    out = packed[0] / "out"
+    with h5py.File(out / "shard_00000.h5") as handle:
+        assert handle.attrs["has_strong"]
+        assert handle["strong_clip"][:].tolist() == [0] and handle["strong_label"][:].tolist() == [0]
+        assert handle["strong_onset"][:].tolist() == [0.5] and handle["strong_offset"][:].tolist() == [2.0]
+    with h5py.File(out / "shard_00001.h5") as handle:
+        assert handle["strong_clip"][:].tolist() == [1] and handle["strong_label"][:].tolist() == [2]
+
+
+def test_rerun_resumes_and_redoes_an_interrupted_shard(packed):
+    root = packed[0]
+    out = root / "out"
+    shards = sorted(out.glob("shard_*.h5"))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in shards}
+    summary = pack(config(root, workers=1))
+    assert summary["resumed_shards"] == 3 and summary["skipped"] == 3
+    assert {p.name: p.stat().st_mtime_ns for p in shards} == {n: m for n, (m, _) in before.items()}
+
+    (out / "shard_00001.h5").unlink()                                       # killed while writing shard 1:
+    (out / "shard_00001.h5.tmp").write_bytes(b"\x89HDF\r\n\x1a\n half a shard")   # only its temp file is left
+    summary = pack(config(root, workers=1))
+    assert summary["resumed_shards"] == 2 and summary["packed"] == 6
+    assert not (out / "shard_00001.h5.tmp").exists()
+    assert (out / "shard_00000.h5").stat().st_mtime_ns == before["shard_00000.h5"][0]
+    with h5py.File(out / "shard_00001.h5") as handle:
+        assert [n.decode() for n in handle["audio_name"][:]] == ["Ymp3-44k", "Ystereo44k", "Yshort3s"]
+    assert len((out / "pack_report.csv").read_text().splitlines()) == 4
+
+
+def test_rerun_with_other_inputs_is_refused(packed):
+    with pytest.raises(ValueError, match="packed from different CSVs"):
+        pack(config(packed[0], shard_size=2))
+
+
+def test_truncated_shard_gives_a_clear_error(packed):
+    shard = packed[0] / "out" / "shard_00001.h5"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    with pytest.raises(ShardError, match=r"shard_00001\.h5: not a readable HDF5 shard .*truncated.*train\.pack"):
+        ShardIndex.open(packed[0] / "out")
+    with pytest.raises(ShardError, match=r"shard_00001\.h5: not a readable HDF5 shard"):
+        ShardIndex.open(shard)
+    with pytest.raises(ShardError, match="no index.json"):
+        ShardIndex.open(packed[0] / "audio")
+
+
+def test_command_line(tmp_path, capsys):
+    make_tree(tmp_path)
+    args = ["--csv", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "labels.csv"),
+            "--audio-dir", str(tmp_path / "audio"), "--out", str(tmp_path / "cli"), "--workers", "1"]
+    main(args)
+    assert "packed 5 clips into 1 shards" in capsys.readouterr().out
+    (tmp_path / "bad.csv").write_text("x, 0, 10, /m/a, /m/b\n")
+    with pytest.raises(SystemExit, match=r"error: .*bad\.csv:1: expected 4 fields"):
+        main(args[:1] + [str(tmp_path / "bad.csv")] + args[2:])

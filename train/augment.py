@@ -1,0 +1,64 @@
+"""Batch augmentations on log-mel in torch, on the training device: mixup and SpecAugment.
+
+Random draws come from a numpy generator the caller seeds per batch (the loader uses
+(seed, epoch, rank, batch)), so a resumed run augments its batches exactly as an uninterrupted one;
+the draws are a few numbers per clip, moved to the device in one copy.
+
+Mixup (Zhang et al. 2018, as PANNs uses it) here keeps the batch size: clip i is mixed with clip
+perm[i] with its own lambda ~ Beta(alpha, alpha), targets alike. SpecAugment (Park et al. 2019)
+masks random time and frequency stripes; masked cells take the clip's mean log-mel, since the model's
+input BatchNorm comes after this and a 0 dB fill would be a loud artefact.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """Mask counts and maximum widths for SpecAugment."""
+
+    time_masks: int = 2
+    """Time stripes masked per clip."""
+    time_width: int = 64
+    """Widest time stripe in frames (1.6 s at 40 frames/s)."""
+    freq_masks: int = 2
+    """Frequency stripes masked per clip."""
+    freq_width: int = 8
+    """Widest frequency stripe in mel bins."""
+
+    def __post_init__(self) -> None:
+        if min(self.time_masks, self.time_width, self.freq_masks, self.freq_width) < 0:
+            raise ValueError("SpecAugment mask counts and widths must be >= 0")
+
+
+def mixup(log_mel: torch.Tensor,
+          target: torch.Tensor,
+          alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each clip with a random partner: log_mel (B, 1, T, F), target (B, K) -> same shapes."""
+    batch = log_mel.shape[0]
+    lam = torch.from_numpy(rng.beta(alpha, alpha, batch).astype(np.float32)).to(log_mel.device)
+    partner = torch.from_numpy(rng.permutation(batch)).to(log_mel.device)
+    mixed = torch.lerp(log_mel[partner], log_mel, lam.view(batch, 1, 1, 1))     # lam x + (1 - lam) x[perm]
+    return mixed, torch.lerp(target[partner], target, lam.view(batch, 1))
+
+
+def _stripes(rng: np.random.Generator, batch: int, count: int, max_width: int, size: int, device) -> torch.Tensor:
+    """(B, size) bool: `count` random stripes of width 0..max_width per clip."""
+    width = rng.integers(0, min(max_width, size) + 1, (batch, count))
+    start = rng.integers(0, size - width + 1)
+    positions = torch.arange(size, device=device)
+    start, stop = (torch.from_numpy(a).to(device)[..., None] for a in (start, start + width))   # (B, count, 1)
+    return ((positions >= start) & (positions < stop)).any(dim=1)
+
+
+def spec_augment(log_mel: torch.Tensor, config: SpecAugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+    """Mask time and frequency stripes of log_mel (B, 1, T, F) with each clip's mean."""
+    batch, _, frames, bins = log_mel.shape
+    time = _stripes(rng, batch, config.time_masks, config.time_width, frames, log_mel.device)   # (B, T)
+    freq = _stripes(rng, batch, config.freq_masks, config.freq_width, bins, log_mel.device)     # (B, F)
+    mask = (time[:, None, :, None] | freq[:, None, None, :])                                     # (B, 1, T, F)
+    fill = log_mel.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.where(mask, fill, log_mel)

@@ -1,0 +1,141 @@
+"""AudioSet metadata readers: the label list, segment CSVs and strong-label TSVs.
+
+Segment CSVs come in Google's layout (`#` comment lines, `, ` separators, the label list quoted:
+`--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`) or with plain commas; both parse the same.
+A malformed row raises `MetadataError` naming the file and line, so a bad download is found at once
+rather than as a wrong target half-way through packing.
+"""
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MetadataError(ValueError):
+    """A metadata file that does not parse; the message names the file, the line and the problem."""
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """The class vocabulary: machine ids (`/m/09x0r`) and display names, in target-column order."""
+
+    mids: tuple[str, ...]
+    """Machine id of each class; position = target column."""
+    names: tuple[str, ...]
+    """Human-readable name of each class."""
+
+    def __post_init__(self) -> None:
+        if len(self.mids) != len(self.names):
+            raise ValueError(f"{len(self.mids)} mids but {len(self.names)} names")
+        if len(set(self.mids)) != len(self.mids):
+            raise ValueError("label mids are not unique")
+
+    def column(self) -> dict[str, int]:
+        """mid -> target column."""
+        return {mid: i for i, mid in enumerate(self.mids)}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One row of a segment CSV: a 10 s excerpt of a YouTube video and its clip-level labels."""
+
+    ytid: str
+    """YouTube id; the packer reads the clip from `Y<ytid>.<ext>`."""
+    start: float
+    """Start of the excerpt in the video, seconds."""
+    end: float
+    """End of the excerpt in the video, seconds."""
+    labels: tuple[str, ...]
+    """Positive label mids."""
+
+    @property
+    def segment_id(self) -> str:
+        """The strong-label TSVs' key: `<ytid>_<start in ms>`."""
+        return f"{self.ytid}_{round(self.start * 1000)}"
+
+
+def _rows(path: Path, delimiter: str = ","):
+    """(line number, fields) of the non-comment, non-blank rows of a CSV/TSV file."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as error:
+        raise MetadataError(f"{path}: cannot open ({error.strerror}); check the path") from error
+    with handle:
+        reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True)
+        try:
+            for fields in reader:
+                if fields and not fields[0].lstrip().startswith("#") and any(f.strip() for f in fields):
+                    yield reader.line_num, [f.strip() for f in fields]
+        except csv.Error as error:
+            raise MetadataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from error
+
+
+def read_labels(path: str | Path) -> LabelSet:
+    """Read `class_labels_indices.csv` (header `index,mid,display_name`, index = 0, 1, 2, ...)."""
+    path = Path(path)
+    mids, names = [], []
+    for line, fields in _rows(path):
+        if fields == ["index", "mid", "display_name"]:
+            continue
+        if len(fields) != 3:
+            raise MetadataError(f"{path}:{line}: expected index,mid,display_name, got {len(fields)} fields")
+        if fields[0] != str(len(mids)):
+            raise MetadataError(f"{path}:{line}: expected index {len(mids)}, got {fields[0]!r}")
+        mids.append(fields[1])
+        names.append(fields[2])
+    if not mids:
+        raise MetadataError(f"{path}: no labels found; is this class_labels_indices.csv?")
+    try:
+        return LabelSet(tuple(mids), tuple(names))
+    except ValueError as error:
+        raise MetadataError(f"{path}: {error}") from error
+
+
+def read_segments(path: str | Path, labels: LabelSet | None = None) -> list[Segment]:
+    """Read a segment CSV (YTID, start_seconds, end_seconds, positive_labels); with `labels`,
+    every label mid must be in it."""
+    path = Path(path)
+    known = labels.column() if labels is not None else None
+    segments = []
+    for line, fields in _rows(path):
+        if fields[0] == "YTID":                                  # a plain CSV's header row
+            continue
+        if len(fields) != 4:
+            raise MetadataError(f"{path}:{line}: expected 4 fields (YTID, start, end, \"labels\"), "
+                                f"got {len(fields)}; is the label list quoted?")
+        ytid, start, end, label_list = fields
+        try:
+            start_s, end_s = float(start), float(end)
+        except ValueError:
+            raise MetadataError(f"{path}:{line}: start/end {start!r}, {end!r} are not numbers") from None
+        mids = tuple(m.strip() for m in label_list.split(",") if m.strip())
+        if not ytid or not mids:
+            raise MetadataError(f"{path}:{line}: empty YTID or label list")
+        if end_s <= start_s:
+            raise MetadataError(f"{path}:{line}: end {end_s} is not after start {start_s}")
+        if known is not None:
+            unknown = [m for m in mids if m not in known]
+            if unknown:
+                raise MetadataError(f"{path}:{line}: label {unknown[0]!r} is not in the label list")
+        segments.append(Segment(ytid, start_s, end_s, mids))
+    return segments
+
+
+def read_strong(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
+    """Read an AudioSet strong-label TSV (segment_id, start_time_seconds, end_time_seconds, label)
+    into segment_id -> [(onset, offset, mid), ...]."""
+    path = Path(path)
+    events: dict[str, list[tuple[float, float, str]]] = {}
+    for line, fields in _rows(path, delimiter="\t"):
+        if fields[0] == "segment_id":
+            continue
+        if len(fields) != 4:
+            raise MetadataError(f"{path}:{line}: expected 4 tab-separated fields "
+                                f"(segment_id, start, end, label), got {len(fields)}")
+        try:
+            onset, offset = float(fields[1]), float(fields[2])
+        except ValueError:
+            raise MetadataError(f"{path}:{line}: times {fields[1]!r}, {fields[2]!r} are not numbers") from None
+        if offset < onset:
+            raise MetadataError(f"{path}:{line}: offset {offset} is before onset {onset}")
+        events.setdefault(fields[0], []).append((onset, offset, fields[3]))
+    return events
