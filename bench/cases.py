@@ -1,0 +1,516 @@
+"""The benchmark grid: which cases exist, when each is skipped and why, and how each is prepared.
+
+Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
+- the four fused ops `channel_pool`, `local_fc`, `spatial_squeeze`, `gate` and the whole SCA module
+  (eq. 10), at the attention maps of at-sca-1/2/3 (C x T x F = 256x100x4, 512x100x2, 512x100x1) with
+  batch 32 and 256; providers `eager` (the PyTorch reference), `compile` (torch.compile of the
+  reference), `fused` (the torch.library ops of kernels/, Triton on CUDA), and for the module also
+  `fused_compile` (fused ops inside a compiled module, as training runs it); modes `forward`,
+  `backward` (of a forward done outside the timed region) and `full` (forward + backward);
+- the training step (forward, fp32 BCE, backward, AdamW step) of `baseline` and `at-sca-3`:
+  eager, fused, compiled, compiled + fused;
+- the loader: the DALI loader (train/loader.py) against a torch DataLoader computing the same
+  log-mel with librosa, over the same HDF5 shard, with the same two worker processes.
+The pytest suites (bench/test_bench_*.py) and `python -m bench.gpu_report` both iterate these cases
+and call `prepare`; bench/harness.py does the timing.
+
+Minimal bytes (DESIGN.md, "Kernels: where the bytes go"; |X| = bytes of tensor X, gradients have
+their tensor's size; each input read once, each output written once):
+  channel_pool     fwd |x| + |w| + |S|            bwd |dS| + |dx| (+ |x| + |w| + |dw| with a weight)
+  local_fc         fwd |s| + |W| + |out|           bwd |dout| + |s| + |W| + |ds| + |dW|
+                   (W = w1, b1, w2, b2; tiny: this op is latency-bound, its GB/s is for the record)
+  spatial_squeeze  fwd |x| + |l| + |Z|             bwd |dZ| + |dx| (+ |x| + |l| + |dl| with a logit)
+  gate             fwd |x| + |ls| + |lc| + |out|   bwd |dout| + |x| + |ls| + |lc| + |dx| + |dls| + |dlc|
+  SCA module       fwd 4|F|: three reads of F (channel_pool, spatial_squeeze, gate) and one write
+                   bwd 4|F|: DESIGN.md's "about three reads of F and of the incoming gradient, one
+                   write"; the S-, Z- and weight-sized terms (< 1% at C >= 256) are left out
+  full = forward + backward. A schedule that respects the backward's data dependencies needs
+  5|F| (F and dF'' for the gate's logit gradients, F again for the squeeze's, dF'' and a write for
+  dF): the 4|F| figure makes the bandwidth target a little harder, never easier.
+"""
+import contextlib
+import importlib.util
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+import kernels
+from bench.harness import Prepared, l2_flush
+from fastsca import build_model
+from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.config import ModelConfig
+from fastsca.frontend import LogMelConfig
+
+OPS = ("channel_pool", "local_fc", "spatial_squeeze", "gate")
+MODES = ("forward", "backward", "full")
+OP_PROVIDERS = ("eager", "compile", "fused")
+SCA_PROVIDERS = ("eager", "compile", "fused", "fused_compile")
+TRAIN_MODELS = ("baseline", "at-sca-3")
+TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused")
+LOADER_PROVIDERS = ("dali", "librosa")
+FUSED_PROVIDERS = ("fused", "fused_compile", "compile_fused")
+COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused")
+
+REAL_PRESETS = ("at-sca-1", "at-sca-2", "at-sca-3")
+"""The presets whose attention maps give the real shapes (at-sca-3's three include the others')."""
+BATCHES = (32, 256)
+TARGET_PRESET, TARGET_BATCH = "at-sca-3", 256
+"""The issue's targets are checked on at-sca-3's maps at batch 256."""
+CPU_MODULE_BATCH = 32
+"""On CPU the module runs eager vs compile at batch 32 only, which keeps the CPU bench inside 10 minutes."""
+
+# Training step sizes. GPU: the preset's widths, 10 s clips and train/config.py's gpu-profile batch.
+# CPU: the cpu profile's quarter widths and 2 s clips (80 frames), batch 8: a step took 60-70 ms on
+# one thread of the 2-core box, and compiling it about a minute. Smoke: just enough to run every path.
+TRAIN_SIZES = {
+    "gpu": dict(channels=None, input_frames=400, batch=64, num_classes=527),
+    "cpu": dict(channels=(8, 16, 32, 64, 64, 128, 128), input_frames=80, batch=8, num_classes=527),
+    "smoke": dict(channels=(4, 4, 8, 8, 8, 16, 16), input_frames=16, batch=2, num_classes=10),
+}
+# Loader data: 10 s clips as in training. 1024 clips on the GPU machine; 256 on the 2-core box, where
+# an epoch took 0.9 s with DALI and 7.6 s with librosa (shared cores); 1 s clips for the smoke run.
+LOADER_CLIPS = {"gpu": 1024, "cpu": 256}
+LOADER_BATCH = {"gpu": 32, "cpu": 32, "smoke": 4}
+LOADER_WORKERS = 2
+"""Worker processes of both loaders: equal cores (DESIGN.md's DALI figure is with 2 workers)."""
+SMOKE_SHAPE = (2, 32, 16, 2)
+"""(B, C, T, F) of the smoke run's one map: T = 16 gives the local FC one hidden unit at r = 16."""
+
+
+@dataclass(frozen=True)
+class BenchEnv:
+    """Where and how the grid runs."""
+
+    device: torch.device
+    """cuda:N where a GPU is visible, else cpu."""
+    smoke: bool = False
+    """Tiny sizes, every case (fused ones too, through the CPU reference): exercises the code paths."""
+    compile_backend: str = "inductor"
+    """torch.compile backend of the compiled providers (the smoke test may pick a quicker one)."""
+    data_dir: Path | None = None
+    """Folder for the loader's generated HDF5 set (a temporary folder when None)."""
+    cpu_all: bool = False
+    """Run on CPU the cases skipped for the CPU time budget (ops, batch 256); FASTSCA_BENCH_CPU_ALL=1."""
+
+    @classmethod
+    def detect(cls, **overrides) -> "BenchEnv":
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        defaults = dict(device=device, cpu_all=os.environ.get("FASTSCA_BENCH_CPU_ALL", "0") == "1")
+        return cls(**{**defaults, **overrides})
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def scale(self) -> str:
+        """'smoke', 'gpu' or 'cpu': picks the sizes of the training and loader cases."""
+        return "smoke" if self.smoke else "gpu" if self.cuda else "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Feature maps are bf16 on CUDA (training runs under bf16 autocast), fp32 on CPU."""
+        return torch.bfloat16 if self.cuda else torch.float32
+
+
+@dataclass(frozen=True)
+class MapShape:
+    """One attention map (B, C, T, F) and the presets whose attention sees it."""
+
+    batch: int
+    channels: int
+    time: int
+    freq: int
+    presets: tuple[str, ...] = ()
+
+    @property
+    def dims(self) -> tuple[int, int, int, int]:
+        return self.batch, self.channels, self.time, self.freq
+
+    @property
+    def label(self) -> str:
+        return f"B{self.batch}-C{self.channels}x{self.time}x{self.freq}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the grid."""
+
+    suite: str
+    """An op name, 'sca', 'train_step' or 'loader'."""
+    provider: str
+    mode: str
+    """forward / backward / full for kernels and the module; 'step' and 'epoch' otherwise."""
+    batch: int
+    shape: MapShape | None = None
+    model: str | None = None
+    """Preset of a training step."""
+
+    @property
+    def id(self) -> str:
+        where = self.shape.label if self.shape else f"{self.model + '-' if self.model else ''}B{self.batch}"
+        return f"{self.suite}-{where}-{self.provider}-{self.mode}"
+
+    @property
+    def group(self) -> str:
+        """pytest-benchmark's group: the providers of one suite, shape and mode side by side."""
+        where = self.shape.label if self.shape else f"{self.model or ''} B{self.batch}".strip()
+        return f"{self.suite} {where} {self.mode}"
+
+    def describe(self) -> dict:
+        out = {"id": self.id, "suite": self.suite, "provider": self.provider, "mode": self.mode, "batch": self.batch}
+        if self.shape:
+            out.update(shape=list(self.shape.dims), presets=list(self.shape.presets))
+        if self.model:
+            out["model"] = self.model
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- grid
+
+def map_shapes(env: BenchEnv) -> list[MapShape]:
+    """The distinct attention maps of at-sca-1/2/3 at batch 32 and 256, read off the presets."""
+    if env.smoke:
+        return [MapShape(*SMOKE_SHAPE, presets=("smoke",))]
+    seen: dict[tuple[int, int, int], list[str]] = {}
+    for name in REAL_PRESETS:
+        config = ModelConfig.from_name(name)
+        sizes = config.block_input_sizes()
+        for block in config.attention_blocks:
+            seen.setdefault((config.channels[block], *sizes[block]), []).append(name)
+    return [MapShape(batch, c, t, f, tuple(presets)) for batch in BATCHES for (c, t, f), presets in seen.items()]
+
+
+def op_cases(op: str, env: BenchEnv) -> list[Case]:
+    return [Case(op, provider, mode, shape.batch, shape)
+            for shape in map_shapes(env) for provider in OP_PROVIDERS for mode in MODES]
+
+
+def sca_cases(env: BenchEnv) -> list[Case]:
+    return [Case("sca", provider, mode, shape.batch, shape)
+            for shape in map_shapes(env) for provider in SCA_PROVIDERS for mode in MODES]
+
+
+def train_cases(env: BenchEnv) -> list[Case]:
+    batch = TRAIN_SIZES[env.scale]["batch"]
+    return [Case("train_step", provider, "step", batch, model=model)
+            for model in TRAIN_MODELS for provider in TRAIN_PROVIDERS]
+
+
+def loader_cases(env: BenchEnv) -> list[Case]:
+    return [Case("loader", provider, "epoch", LOADER_BATCH[env.scale]) for provider in LOADER_PROVIDERS]
+
+
+def all_cases(env: BenchEnv) -> list[Case]:
+    return [case for op in OPS for case in op_cases(op, env)] + sca_cases(env) + train_cases(env) + loader_cases(env)
+
+
+def target_maps(env: BenchEnv) -> list[MapShape]:
+    """The maps the issue's targets are read on: at-sca-3's at batch 256 (the smoke run's one map there)."""
+    if env.smoke:
+        return map_shapes(env)
+    return [s for s in map_shapes(env) if s.batch == TARGET_BATCH and TARGET_PRESET in s.presets]
+
+
+def is_target(case: Case, env: BenchEnv) -> bool:
+    """A case the targets need: the SCA module on a target map."""
+    return case.suite == "sca" and case.shape in target_maps(env)
+
+
+# ----------------------------------------------------------------------------------------- skipping
+
+def dali_available() -> bool:
+    return importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
+
+
+def librosa_available() -> bool:
+    return importlib.util.find_spec("librosa") is not None
+
+
+def skip_reason(case: Case, env: BenchEnv) -> str | None:
+    """Why `case` does not run in `env`, or None. GPU-only cases say 'needs CUDA: ...'."""
+    if case.suite == "loader":
+        if case.provider == "dali" and not dali_available():
+            return "DALI not installed: nvidia.dali is not importable here (pip install nvidia-dali-cuda130)"
+        if case.provider == "librosa" and not librosa_available():
+            return "librosa not installed: the DataLoader baseline computes its log-mel with librosa"
+        return None
+    if case.suite == "train_step" and case.model == "baseline" and case.provider in FUSED_PROVIDERS:
+        return "baseline has no attention: its fused model is the reference model, timed under 'eager'/'compile'"
+    if env.cuda or env.smoke:
+        return None
+    if case.provider in FUSED_PROVIDERS:
+        return ("needs CUDA: on CPU the fused ops run their PyTorch reference, so this would time "
+                + ("the compiled reference model again" if "compile" in case.provider else "the reference again"))
+    if env.cpu_all:
+        return None
+    if case.suite in OPS:
+        return (f"needs CUDA: {case.suite} is a GPU kernel, and its reference alone on 2 shared CPU cores says "
+                f"nothing about it; left out to keep the CPU bench well inside its 10-minute budget "
+                f"(FASTSCA_BENCH_CPU_ALL=1 runs eager and compile anyway)")
+    if case.suite == "sca" and case.batch != CPU_MODULE_BATCH:
+        return (f"needs CUDA: the module at batch {case.batch} is left out on CPU to keep the CPU bench inside its "
+                f"10-minute budget; batch {CPU_MODULE_BATCH} runs instead (FASTSCA_BENCH_CPU_ALL=1 runs it anyway)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------- preparing
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA and none on CPU, as training runs (train/evaluate.py's autocast; not
+    imported from there because train.evaluate imports the DALI loader)."""
+    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def op_minimal_bytes(op: str, mode: str, args: list) -> int:
+    """The module docstring's formulas, from the op's actual arguments."""
+    if op == "channel_pool":
+        x, w = args
+        s = x.numel() // x.shape[1] * x.element_size()
+        fwd = nbytes(x, w) + s
+        bwd = s + nbytes(x) + (nbytes(x) + 2 * nbytes(w) if w is not None else 0)
+    elif op == "local_fc":
+        s, *weights = args
+        fwd = 2 * nbytes(s) + nbytes(*weights)
+        bwd = 3 * nbytes(s) + 2 * nbytes(*weights)
+    elif op == "spatial_squeeze":
+        x, logit = args
+        z = x.shape[0] * x.shape[1] * x.element_size()
+        fwd = nbytes(x, logit) + z
+        bwd = z + nbytes(x) + (nbytes(x) + 2 * nbytes(logit) if logit is not None else 0)
+    elif op == "gate":
+        x, ls, lc, _ = args
+        fwd = 2 * nbytes(x) + nbytes(ls, lc)
+        bwd = 3 * nbytes(x) + 2 * nbytes(ls, lc)
+    else:
+        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+
+
+def sca_minimal_bytes(mode: str, x: torch.Tensor) -> int:
+    """4|F| forward, 4|F| backward (module docstring)."""
+    return {"forward": 4, "backward": 4, "full": 8}[mode] * nbytes(x)
+
+
+def _op_args(op: str, shape: MapShape, env: BenchEnv) -> list:
+    """Random arguments of `op` at `shape` as the SCA module passes them (no channel weight: SCA, not CSA)."""
+    b, c, t, f = shape.dims
+
+    def tensor(*size, dtype=env.dtype, scale=1.0):
+        return (torch.randn(*size, device=env.device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
+
+    if op == "channel_pool":
+        return [tensor(b, c, t, f), None]
+    if op == "spatial_squeeze":
+        return [tensor(b, c, t, f), tensor(b, 1, t, f)]
+    if op == "gate":
+        return [tensor(b, c, t, f), tensor(b, 1, t, f), tensor(b, c), False]
+    if op == "local_fc":
+        hidden = max(1, t // ModelConfig().rd_ratio)
+        # Weights stay fp32 as the module's parameters do; S comes in the map's dtype.
+        return [tensor(b, 1, t, f), tensor(f, hidden, t, dtype=torch.float32, scale=t ** -0.5),
+                tensor(f, hidden, dtype=torch.float32, scale=t ** -0.5),
+                tensor(f, t, hidden, dtype=torch.float32, scale=hidden ** -0.5),
+                tensor(f, t, dtype=torch.float32, scale=hidden ** -0.5)]
+    raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+
+
+_COMPILED: dict[tuple, Callable] = {}
+"""Compiled references and modules, shared by the three modes of one (suite, shape, provider):
+one compilation instead of three."""
+
+
+def _compiled_reference(op: str, env: BenchEnv) -> Callable:
+    key = (op, env.compile_backend)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(getattr(kernels, f"{op}_reference"), fullgraph=True, dynamic=False,
+                                       backend=env.compile_backend)
+    return _COMPILED[key]
+
+
+def _mode_fn(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mode: str) -> Callable[[], object]:
+    """The timed call of a mode. `backward` times autograd over a graph built once, outside the timed
+    region (retain_graph keeps it for the next call); torch.autograd.grad returns fresh gradients
+    rather than accumulating into .grad, so every call does the same work."""
+    if mode == "forward":
+        return forward
+    out = forward()
+    grad = torch.randn_like(out)
+    if mode == "backward":
+        return lambda: torch.autograd.grad(out, inputs, grad, retain_graph=True, allow_unused=True)
+    if mode == "full":
+        del out
+        return lambda: torch.autograd.grad(forward(), inputs, grad, allow_unused=True)
+    raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+
+
+@contextlib.contextmanager
+def _prepare_op(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    op = case.suite
+    args = _op_args(op, case.shape, env)
+    if case.provider == "eager":
+        fn = getattr(kernels, f"{op}_reference")
+    elif case.provider == "fused":
+        fn = getattr(kernels, op)
+    elif case.provider == "compile":
+        fn = _compiled_reference(op, env)
+    else:
+        raise ValueError(f"unknown op provider {case.provider!r}; valid: {', '.join(OP_PROVIDERS)}")
+    inputs = [a for a in args if isinstance(a, torch.Tensor)]
+    yield Prepared(fn=_mode_fn(lambda: fn(*args), inputs, case.mode), device=env.device,
+                   minimal_bytes=op_minimal_bytes(op, case.mode, args), setup=l2_flush(env.device),
+                   info={"dtype": str(env.dtype).replace("torch.", "")})
+
+
+def _sca_module(case: Case, env: BenchEnv) -> tuple[torch.nn.Module, Callable]:
+    """The SCA module of at-sca-3's config at the case's map, and what runs it (compiled or not)."""
+    key = ("sca", case.shape.dims[1:], case.provider, env.compile_backend, str(env.device))
+    if key not in _COMPILED:
+        config = ModelConfig.from_name(TARGET_PRESET)
+        _, channels, time, freq = case.shape.dims
+        ops = FUSED_OPS if case.provider in FUSED_PROVIDERS else REFERENCE_OPS
+        module = build_attention("sca", channels, time, freq, config.spatial_global, config.spatial_local,
+                                 config.rd_ratio, config.global_mid_channels, config.global_kernel_size,
+                                 ops).to(env.device)
+        run = module
+        if case.provider in COMPILED_PROVIDERS:
+            run = torch.compile(module, fullgraph=True, dynamic=False, backend=env.compile_backend)
+        _COMPILED[key] = (module, run)
+    return _COMPILED[key]
+
+
+@contextlib.contextmanager
+def _prepare_sca(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    if case.provider not in SCA_PROVIDERS:
+        raise ValueError(f"unknown module provider {case.provider!r}; valid: {', '.join(SCA_PROVIDERS)}")
+    module, run = _sca_module(case, env)
+    x = torch.randn(case.shape.dims, device=env.device).to(env.dtype).requires_grad_()
+
+    def forward():
+        with autocast(env.device):
+            return run(x)
+
+    yield Prepared(fn=_mode_fn(forward, [x, *module.parameters()], case.mode), device=env.device,
+                   minimal_bytes=sca_minimal_bytes(case.mode, x), setup=l2_flush(env.device),
+                   info={"dtype": str(env.dtype).replace("torch.", ""), "autocast": env.cuda})
+
+
+def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Training's AdamW (train/optim.py). train.config imports the DALI loader: where DALI is missing
+    (the GPU machines' image) the same two parameter groups are built here."""
+    try:
+        from train.config import OptimConfig
+        from train.optim import build_optimizer
+    except ImportError:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
+                                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=1e-3)
+    return build_optimizer(model, OptimConfig())
+
+
+@contextlib.contextmanager
+def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    from train.loss import clip_bce
+
+    if case.provider not in TRAIN_PROVIDERS:
+        raise ValueError(f"unknown training provider {case.provider!r}; valid: {', '.join(TRAIN_PROVIDERS)}")
+    sizes = TRAIN_SIZES[env.scale]
+    overrides = dict(fused_attention=case.provider in FUSED_PROVIDERS, input_frames=sizes["input_frames"],
+                     num_classes=sizes["num_classes"])
+    if sizes["channels"] is not None:
+        overrides["channels"] = sizes["channels"]
+    model = build_model(case.model, **overrides).to(env.device)
+    optimizer = _optimizer(model)
+    config = model.config
+    # Log-mel-like input (dB values around -50) and sparse multi-hot targets, as AudioSet's.
+    log_mel = torch.randn(case.batch, 1, config.input_frames, config.n_mels, device=env.device) * 20 - 50
+    target = (torch.rand(case.batch, config.num_classes, device=env.device) < 0.05).float()
+    run = model
+    if case.provider in COMPILED_PROVIDERS:
+        run = torch.compile(model, backend=env.compile_backend)
+
+    def step() -> None:
+        with autocast(env.device):
+            output = run(log_mel)
+        loss = clip_bce(output.clip, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    # Three warm-up steps: compile forward, compile backward, then the optimizer's first step
+    # allocates its state; the timed steps after that are steady.
+    yield Prepared(fn=step, device=env.device, items=case.batch, warmup_calls=3,
+                   info={"channels": list(config.channels), "input_frames": config.input_frames,
+                         "num_classes": config.num_classes, "autocast_bf16": env.cuda,
+                         "params": sum(p.numel() for p in model.parameters())})
+
+
+def loader_data(env: BenchEnv) -> tuple[Path, LogMelConfig]:
+    """The built-in set the loader cases read (generated once per data folder) and its front end."""
+    from train.synth import SynthConfig, ensure_builtin
+
+    if env.smoke:
+        synth = SynthConfig(n_classes=5, clip_seconds=1.0, n_train=16, n_eval=1, max_events=2, event_seconds=(0.2, 0.8))
+    else:
+        synth = SynthConfig(n_train=LOADER_CLIPS[env.scale], n_eval=1)
+    root = env.data_dir or Path(tempfile.gettempdir()) / "fastsca-bench-data"
+    train_path, _ = ensure_builtin(root, synth, workers=min(os.cpu_count() or 1, 8))
+    return train_path, LogMelConfig(sample_rate=synth.sample_rate, clip_samples=synth.clip_samples)
+
+
+@contextlib.contextmanager
+def _prepare_loader(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    path, log_mel = loader_data(env)
+    batch = case.batch
+    if case.provider == "dali":
+        from train.loader import LoaderConfig, LogMelLoader
+
+        loader = LogMelLoader(path, LoaderConfig(batch_size=batch, sampler="shuffle", seed=0,
+                                                 num_workers=LOADER_WORKERS, drop_last=True),
+                              log_mel=log_mel, device=env.device)
+        close = loader.close
+        clips = len(loader) * batch
+    elif case.provider == "librosa":
+        from bench.librosa_loader import librosa_loader, shutdown
+
+        loader = librosa_loader(path, log_mel, batch, LOADER_WORKERS, env.device)
+        close = lambda: shutdown(loader)  # noqa: E731
+        clips = len(loader) * batch
+    else:
+        raise ValueError(f"unknown loader provider {case.provider!r}; valid: {', '.join(LOADER_PROVIDERS)}")
+
+    def epoch() -> int:
+        seen = 0
+        for log_mel_batch, target in loader:
+            log_mel_batch = log_mel_batch.to(env.device, non_blocking=True)
+            target = target.to(env.device, non_blocking=True)
+            seen += log_mel_batch.shape[0]
+        return seen
+
+    try:
+        # The first epoch starts the workers (DALI's spawned Python workers, the DataLoader's
+        # persistent ones): outside the timed region. Each timed call is one whole epoch.
+        yield Prepared(fn=epoch, device=env.device, items=clips, host_timed=True, warmup_calls=1, min_reps=3,
+                       info={"clips_per_epoch": clips, "workers": LOADER_WORKERS,
+                             "clip_seconds": log_mel.clip_samples / log_mel.sample_rate})
+    finally:
+        close()
+
+
+PREPARERS = {**{op: _prepare_op for op in OPS}, "sca": _prepare_sca, "train_step": _prepare_train_step,
+             "loader": _prepare_loader}
+
+
+def prepare(case: Case, env: BenchEnv) -> contextlib.AbstractContextManager[Prepared]:
+    """A context that yields the case ready to time and releases it (loader workers) afterwards."""
+    if case.suite not in PREPARERS:
+        raise ValueError(f"unknown suite {case.suite!r}; valid: {', '.join(PREPARERS)}")
+    return PREPARERS[case.suite](case, env)

@@ -1,0 +1,348 @@
+"""`python -m bench.gpu_report [--cpu-smoke] [--out-dir bench/results] [--budget-s 480]`: the whole grid in one call.
+
+On a GPU machine (one call of at most 9 minutes on an H100) it measures the copy-bandwidth ceiling,
+then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
+timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
+first (the issue's targets), then the training steps (clips/s and peak memory, fused vs reference),
+the loader, the rest of the module grid and the four ops. Cases that would start after the time
+budget are recorded as skipped. It writes `<out-dir>/<date>-<device>.json` and `.md` after every case
+(a cut-off run still leaves its numbers) and prints the markdown at the end.
+
+The targets, checked on at-sca-3's three maps at batch 256, for the fused module (`fused`, and
+`fused_compile` as training runs it): forward and backward each at >= 80% of the measured copy
+bandwidth over their minimal bytes (bench/cases.py), >= 2x the eager reference module and >= 1.3x
+torch.compile of it; per map and for the three maps together (times and bytes summed).
+
+`--cpu-smoke` runs a tiny version of every case on the CPU (the fused ones through the ops' CPU
+reference) to exercise these code paths where there is no GPU.
+"""
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from bench import cases, harness
+from bench.cases import BenchEnv, Case
+
+# The copy-bandwidth buffer: 2 GiB read + 2 GiB written on a GPU, ~80x the H100's L2.
+COPY_BYTES = {"gpu": 2 * 2 ** 30, "cpu": 256 * 2 ** 20, "smoke": 16 * 2 ** 20}
+# Default budget for the cases: 8 minutes, which leaves the 9-minute call a minute for the start-up,
+# the copy-bandwidth run and writing the report.
+DEFAULT_BUDGET_S = 480.0
+# Seconds of budget a case needs left to start. A compiled training step compiles the whole model,
+# forward and backward (about a minute or two); a compiled module or op compiles once per map.
+START_GUARD_S = {"train_compile": 150.0, "compile": 40.0, "loader": 60.0, "other": 5.0}
+TARGET_COPY_FRACTION, TARGET_VS_EAGER, TARGET_VS_COMPILE = 0.8, 2.0, 1.3
+TARGET_PROVIDERS = ("fused", "fused_compile")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.gpu_report", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="tiny sizes on the CPU, every case: exercises the report's code paths")
+    parser.add_argument("--out-dir", default="bench/results", help="where the .json and .md go")
+    parser.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
+                        help="seconds after which no further case starts (default %(default)s)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder for the loader's generated HDF5 set (default: a temporary folder, removed after)")
+    parser.add_argument("--suites", default=None,
+                        help="comma-separated suites to run (ops, sca, train_step, loader, or an op name); default all")
+    return parser.parse_args(argv)
+
+
+def priority(case: Case, env: BenchEnv) -> int:
+    """Run order: what the targets need first, then what a tight budget can best spare last."""
+    if cases.is_target(case, env):
+        return 0
+    if case.suite == "train_step":
+        return 1 if case.model == cases.TARGET_PRESET else 2
+    if case.suite == "loader":
+        return 3
+    if case.suite == "sca":
+        return 4
+    late = case.provider == "compile"
+    return (5 if case.batch == max(cases.BATCHES) else 7) + late
+
+
+def start_guard(case: Case) -> float:
+    if case.suite == "train_step" and case.provider in cases.COMPILED_PROVIDERS:
+        return START_GUARD_S["train_compile"]
+    if case.provider in cases.COMPILED_PROVIDERS:
+        return START_GUARD_S["compile"]
+    if case.suite == "loader":
+        return START_GUARD_S["loader"]
+    return START_GUARD_S["other"]
+
+
+def selected(case: Case, suites: set[str] | None) -> bool:
+    if suites is None:
+        return True
+    return case.suite in suites or ("ops" in suites and case.suite in cases.OPS)
+
+
+def run_case(case: Case, env: BenchEnv) -> dict:
+    """Prepare, warm up and time one case (bench.harness.measure); errors are recorded, not raised."""
+    record = {**case.describe(), "status": "ok"}
+    reason = cases.skip_reason(case, env)
+    if reason:
+        return {**record, "status": "skipped", "reason": reason}
+    start = time.perf_counter()
+    try:
+        with cases.prepare(case, env) as prepared:
+            result = harness.measure(prepared)
+            record.update(prepared.info)
+            record.update(harness.figures(prepared, result.median_s, result.peak_mem_bytes,
+                                          result.peak_mem_delta_bytes))
+            record.update(min_ms=result.min_s * 1e3, reps=result.reps)
+    except Exception as error:  # noqa: BLE001  (one broken case must not lose the others' numbers)
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        record.update(status="error", reason=f"{type(error).__name__}: {first_line}",
+                      traceback=traceback.format_exc(limit=8))
+    record["wall_s"] = round(time.perf_counter() - start, 2)
+    if env.cuda:
+        try:
+            torch.cuda.empty_cache()
+        except RuntimeError:   # a sticky CUDA error (e.g. an illegal address) already recorded above
+            pass
+    return record
+
+
+def _key(record: dict) -> tuple:
+    """What makes providers comparable: suite, map or model and batch, mode."""
+    return record["suite"], tuple(record.get("shape", ())), record.get("model"), record["batch"], record["mode"]
+
+
+def derive(records: list[dict], copy_gbps: float | None) -> None:
+    """Add % of copy bandwidth and speed-ups over the eager and compiled references, in place."""
+    times = {(_key(r), r["provider"]): r["time_ms"] for r in records if r["status"] == "ok"}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        if copy_gbps and r.get("gbps") is not None:
+            r["pct_of_copy"] = 100 * r["gbps"] / copy_gbps
+        for reference in ("eager", "compile"):
+            base = times.get((_key(r), reference))
+            if base and r["time_ms"]:
+                r[f"vs_{reference}"] = base / r["time_ms"]
+
+
+def targets(records: list[dict], copy_gbps: float | None, env: BenchEnv) -> list[dict]:
+    """The issue's targets per fused provider and mode, per at-sca-3 map at batch 256 and all three together."""
+    ok = {(tuple(r["shape"]), r["provider"], r["mode"]): r for r in records
+          if r["status"] == "ok" and r["suite"] == "sca" and r.get("shape")}
+    maps = [tuple(s.dims) for s in cases.target_maps(env)]
+    rows = []
+    for provider in TARGET_PROVIDERS:
+        for mode in ("forward", "backward"):
+            groups = [(f"B{m[0]}-C{m[1]}x{m[2]}x{m[3]}", [m]) for m in maps]
+            if len(maps) > 1:
+                groups.append((f"{cases.TARGET_PRESET} ({len(maps)} maps)", maps))
+            for label, group in groups:
+                row = {"provider": provider, "mode": mode, "map": label}
+                needed = [(m, p) for m in group for p in (provider, "eager", "compile")]
+                if any((m, p, mode) not in ok for m, p in needed) or not copy_gbps:
+                    rows.append({**row, "status": "not measured"})
+                    continue
+                t = {p: sum(ok[(m, p, mode)]["time_ms"] for m in group) for p in (provider, "eager", "compile")}
+                nbytes = sum(ok[(m, provider, mode)]["minimal_bytes"] for m in group)
+                fraction = nbytes / (t[provider] / 1e3) / 1e9 / copy_gbps
+                row.update(gbps=nbytes / (t[provider] / 1e3) / 1e9, pct_of_copy=100 * fraction,
+                           vs_eager=t["eager"] / t[provider], vs_compile=t["compile"] / t[provider])
+                row.update(pass_bandwidth=fraction >= TARGET_COPY_FRACTION,
+                           pass_vs_eager=row["vs_eager"] >= TARGET_VS_EAGER,
+                           pass_vs_compile=row["vs_compile"] >= TARGET_VS_COMPILE)
+                passed = row["pass_bandwidth"] and row["pass_vs_eager"] and row["pass_vs_compile"]
+                row["status"] = "pass" if passed else "fail"
+                rows.append(row)
+    return rows
+
+
+def train_memory(records: list[dict]) -> list[dict]:
+    """Peak memory and clips/s of a training step, fused against reference, per model and compile mode."""
+    rows = []
+    steps = {(r["model"], r["provider"]): r for r in records if r["suite"] == "train_step" and r["status"] == "ok"}
+    for model in cases.TRAIN_MODELS:
+        for reference, fused in (("eager", "fused"), ("compile", "compile_fused")):
+            ref, fus = steps.get((model, reference)), steps.get((model, fused))
+            if ref is None:
+                continue
+            row = {"model": model, "reference": reference, "fused": fused,
+                   "reference_peak_mb": ref.get("peak_mem_mb"), "reference_clips_per_s": ref.get("clips_per_s")}
+            if fus is not None:
+                row.update(fused_peak_mb=fus.get("peak_mem_mb"), fused_clips_per_s=fus.get("clips_per_s"))
+            rows.append(row)
+    return rows
+
+
+def _fmt(value, spec: str = ".3g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "pass" if value else "FAIL"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    if not rows:
+        return ["None measured in this run (see the skipped cases)."]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+           ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+
+
+def render_markdown(report: dict) -> str:
+    env, copy = report["environment"], report.get("copy_bandwidth") or {}
+    records = report["cases"]
+    lines = [f"# fastsca benchmarks: {env['device']}, {env['date']}", ""]
+    lines += _table(["", ""], [["device", env["device"]], ["mode", report["mode"]], ["torch", env["torch"]],
+                               ["triton", env["triton"]], ["DALI", env["dali"] or "not installed"],
+                               ["CUDA", env["cuda"]], ["cuDNN", env["cudnn"]], ["python", env["python"]],
+                               ["CPUs / load average", f"{env['cpu_count']} / {env.get('load_average')}"],
+                               ["compile backend", report["compile_backend"]],
+                               ["elapsed / budget", f"{report['elapsed_s']:.0f} s / {report['budget_s']:.0f} s"]])
+    lines += ["", "## Copy-bandwidth ceiling", ""]
+    lines += [f"`dst.copy_(src)` of {copy.get('bytes_copied', 0) / 2 ** 30:.2f} GiB: {_fmt(copy.get('time_ms'))} ms, "
+              f"**{_fmt(copy.get('gbps'), '.1f')} GB/s** (bytes read + written)." if copy else "not measured"]
+    lines += ["", f"## Targets: SCA module on {cases.TARGET_PRESET}'s maps, batch {cases.TARGET_BATCH}", ""]
+    measured = [t for t in report["targets"] if t["status"] != "not measured"]
+    if measured:
+        lines += [f"Pass: >= {TARGET_COPY_FRACTION:.0%} of copy bandwidth over the minimal bytes, "
+                  f">= {TARGET_VS_EAGER:g}x eager, >= {TARGET_VS_COMPILE:g}x torch.compile of the reference module.",
+                  ""]
+        lines += _table(["provider", "mode", "map", "GB/s", "% of copy", "x eager", "x compile", "bandwidth",
+                         "vs eager", "vs compile", "result"],
+                        [[t["provider"], t["mode"], t["map"], t.get("gbps"), t.get("pct_of_copy"), t.get("vs_eager"),
+                          t.get("vs_compile"), t.get("pass_bandwidth"), t.get("pass_vs_eager"),
+                          t.get("pass_vs_compile"), t["status"]] for t in report["targets"]])
+    else:
+        lines += ["Not measured in this run (they need the fused module on CUDA, the references and the copy "
+                  "bandwidth at batch 256)."]
+
+    def ok(suite_test):
+        return [r for r in records if r["status"] == "ok" and suite_test(r["suite"])]
+
+    kernel_header = ["map", "mode", "provider", "ms", "GB/s", "% of copy", "x eager", "x compile", "peak MB", "+MB"]
+
+    def kernel_row(r):
+        b, c, t, f = r["shape"]
+        return [f"B{b}-C{c}x{t}x{f}", r["mode"], r["provider"], r["time_ms"], r.get("gbps"),
+                r.get("pct_of_copy"), r.get("vs_eager"), r.get("vs_compile"), r.get("peak_mem_mb"),
+                r.get("peak_mem_delta_mb")]
+
+    lines += ["", "## SCA module (at-sca-3's config)", ""]
+    lines += _table(kernel_header, [kernel_row(r) for r in ok(lambda s: s == "sca")])
+    for op in cases.OPS:
+        rows = ok(lambda s, op=op: s == op)
+        if rows:
+            lines += ["", f"## `{op}`", ""] + _table(kernel_header, [kernel_row(r) for r in rows])
+    lines += ["", "## Training step (forward, BCE, backward, AdamW)", ""]
+    lines += _table(["model", "provider", "batch", "ms/step", "clips/s", "x eager", "peak MB"],
+                    [[r["model"], r["provider"], r["batch"], r["time_ms"], r.get("clips_per_s"), r.get("vs_eager"),
+                      r.get("peak_mem_mb")] for r in ok(lambda s: s == "train_step")])
+    if any(m.get("reference_peak_mb") is not None for m in report["train_memory"]):
+        lines += ["", "Peak memory of a training step, fused vs reference:", ""]
+        lines += _table(["model", "reference", "peak MB", "clips/s", "fused", "peak MB", "clips/s"],
+                        [[m["model"], m["reference"], m["reference_peak_mb"], m["reference_clips_per_s"], m["fused"],
+                          m.get("fused_peak_mb"), m.get("fused_clips_per_s")] for m in report["train_memory"]])
+    lines += ["", "## Loader (2 workers each)", ""]
+    lines += _table(["provider", "batch", "clips/epoch", "s/epoch", "clips/s"],
+                    [[r["provider"], r["batch"], r.get("clips_per_epoch"), r["time_ms"] / 1e3, r.get("clips_per_s")]
+                     for r in ok(lambda s: s == "loader")])
+    failed = [r for r in records if r["status"] == "error"]
+    if failed:
+        lines += ["", "## Failed cases", ""]
+        lines += _table(["case", "error"], [[r["id"], r["reason"]] for r in failed])
+    skipped: dict[str, list[dict]] = {}
+    for r in records:
+        if r["status"] == "skipped":
+            skipped.setdefault(r["reason"], []).append(r)
+    if skipped:
+        lines += ["", "## Skipped cases", ""]
+        lines += _table(["cases", "suites", "reason"],
+                        [[len(rs), ", ".join(dict.fromkeys(r["suite"] for r in rs)), reason]
+                         for reason, rs in skipped.items()])
+    return "\n".join(lines) + "\n"
+
+
+def output_stem(env: dict, smoke: bool, device: torch.device) -> str:
+    if smoke:
+        name = "cpu-smoke"
+    elif device.type == "cuda":
+        name = harness.slug(env["device"])
+    else:   # the CPU run of this report; <date>-cpu-Ncore.md is the pytest-benchmark summary (bench.summarize)
+        name = f"cpu-{env['cpu_count']}core-report"
+    return f"{env['date']}-{name}"
+
+
+def write(report: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(report, indent=1, default=str))
+    md_path.write_text(render_markdown(report))
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> tuple[Path, Path]:
+    started = time.perf_counter()
+    args = parse_args(argv)
+    harness.configure_dynamo()
+    data_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="fastsca-bench-"))
+    env = BenchEnv.detect(smoke=args.cpu_smoke, compile_backend=args.compile_backend, data_dir=data_dir)
+    if args.cpu_smoke:
+        env = BenchEnv(torch.device("cpu"), smoke=True, compile_backend=args.compile_backend, data_dir=data_dir)
+    harness.configure_threads(env.device)
+    info = harness.environment(env.device)
+    suites = set(args.suites.split(",")) if args.suites else None
+    report = {"environment": info, "mode": env.scale + ("" if env.smoke or env.cuda else " (no GPU)"),
+              "compile_backend": env.compile_backend, "budget_s": args.budget_s, "elapsed_s": 0.0,
+              "copy_bandwidth": None, "targets": [], "train_memory": [], "cases": []}
+    stem = output_stem(info, env.smoke, env.device)
+    out_dir = Path(args.out_dir)
+
+    def save() -> tuple[Path, Path]:
+        report["elapsed_s"] = time.perf_counter() - started
+        copy_gbps = (report["copy_bandwidth"] or {}).get("gbps")
+        derive(report["cases"], copy_gbps)
+        report["targets"] = targets(report["cases"], copy_gbps, env)
+        report["train_memory"] = train_memory(report["cases"])
+        return write(report, out_dir, stem)
+
+    print(f"bench.gpu_report: {info['device']}, torch {info['torch']}, triton {info['triton']}, "
+          f"DALI {info['dali'] or 'not installed'}; budget {args.budget_s:.0f} s", flush=True)
+    try:
+        report["copy_bandwidth"] = harness.copy_bandwidth(env.device, COPY_BYTES[env.scale])
+        print(f"copy bandwidth: {report['copy_bandwidth']['gbps']:.1f} GB/s", flush=True)
+        grid = sorted((c for c in cases.all_cases(env) if selected(c, suites)), key=lambda case: priority(case, env))
+        for index, case in enumerate(grid):
+            elapsed = time.perf_counter() - started
+            if elapsed + start_guard(case) > args.budget_s:
+                record = {**case.describe(), "status": "skipped",
+                          "reason": f"time budget: less than the {start_guard(case):.0f} s it needs was left of "
+                                    f"--budget-s {args.budget_s:.0f}"}
+            else:
+                record = run_case(case, env)
+            report["cases"].append(record)
+            shown = (f"{record.get('time_ms', 0):9.3f} ms" if record["status"] == "ok"
+                     else f"{record['status']}: {record['reason']}")
+            print(f"[{index + 1}/{len(grid)} {elapsed:5.0f}s] {case.id}: {shown}", flush=True)
+            save()
+    finally:
+        paths = save()
+        if not args.data_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    print()
+    print(render_markdown(report))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return paths
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
