@@ -1,0 +1,88 @@
+"""DDP on CPU (gloo): the collectives with unequal counts per rank, and a 2-process torchrun training run
+whose gathered eval metrics equal a single-process evaluation of its checkpoint."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from fastsca.inference import load_trained_model
+from train import distributed
+from train.evaluate import evaluate
+from train.loader import LoaderConfig, LogMelLoader
+
+from test_train_run import records, tiny_args
+
+
+def _collectives(rank: int, world_size: int, port: int, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        rows = torch.full((rank + 1, 3), float(rank))          # rank r holds r + 1 rows
+        gathered = distributed.gather_rows(rows)
+        flags = [distributed.any_rank(rank == world_size - 1, torch.device("cpu")),
+                 distributed.any_rank(False, torch.device("cpu"))]
+        objects = distributed.gather_objects({"rank": rank})
+        results[rank] = (gathered, flags, objects)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_with_unequal_counts():
+    world_size = 3
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_collectives, args=(world_size, 29000 + os.getpid() % 1000, results), nprocs=world_size)
+        results = dict(results)
+    expected = torch.cat([torch.full((r + 1, 3), float(r)) for r in range(world_size)])
+    for rank in range(world_size):
+        gathered, flags, objects = results[rank]
+        torch.testing.assert_close(gathered, expected)
+        assert flags == [True, False]
+        assert objects == [{"rank": r} for r in range(world_size)]
+
+
+def test_single_process_collectives_are_identities():
+    rows = torch.randn(5, 2)
+    assert distributed.gather_rows(rows) is rows
+    assert distributed.any_rank(True, torch.device("cpu")) is True
+    assert distributed.gather_objects(3) == [3]
+
+
+@pytest.fixture(scope="module")
+def builtin_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("builtin")
+
+
+def test_torchrun_two_processes_gathers_the_whole_eval_split(tmp_path, builtin_dir):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "train.run",
+         *tiny_args(out, builtin_dir, 12, "--eval-every", "6")],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evals = records(out, "eval")
+    assert [e["step"] for e in evals] == [6, 12]
+    # only rank 0 writes: one line per event, and the step's clips/s counts both processes' batches
+    assert len(records(out, "first_step")) == 1
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "eval"
+    latest = torch.load(out / "latest.pt", weights_only=True)
+    assert latest["step"] == 12 and len(latest["loader"]) == 2 and len(latest["rng"]) == 2
+    assert [state["sampler"]["rank"] for state in latest["loader"]] == [0, 1]
+
+    # the 101 eval clips split 51 + 50 over the ranks; gathered, each counts once and the metrics are the
+    # one-process ones (the ranks evaluate with rank 0's BatchNorm statistics, the checkpoint's)
+    assert evals[-1]["clips"] == 101
+    trained = load_trained_model(out / "latest.pt")
+    eval_path = next(builtin_dir.glob("synth-*/eval.h5"))
+    with LogMelLoader(eval_path, LoaderConfig(batch_size=64, sampler="sequential", drop_last=False, num_workers=1),
+                      trained.log_mel) as loader:
+        metrics, clips = evaluate(trained.model, loader, torch.device("cpu"))
+    assert clips == 101
+    for key, value in metrics.summary().items():
+        assert evals[-1][key] == pytest.approx(value, abs=1e-6)

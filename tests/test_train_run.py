@@ -1,0 +1,170 @@
+"""End to end on a tiny built-in set: train, checkpoint, stop on SIGTERM, resume exactly, evaluate, tag.
+
+1 s clips, narrow blocks and a few dozen steps keep each run to seconds. Runs go through
+`train.run.main` in this process (a subprocess where the test needs one: an external SIGTERM).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+import torch
+
+import train.run
+from fastsca import tag
+from train import evaluate
+from train.synth import SynthConfig, make_clip
+
+CHANNELS = "8,16,32,64,64,128,128"
+BUILTIN = SynthConfig(clip_seconds=1.0, event_seconds=(0.1, 0.4), n_train=256, n_eval=101)
+
+
+def tiny_args(out: Path, builtin_dir: Path, steps: int = 40, *extra: str) -> list[str]:
+    """Flags of a run of `steps` steps on the tiny built-in set (BUILTIN) with per-step loss logging."""
+    return ["--profile", "cpu", "--channels", CHANNELS, "--clip-seconds", "1", "--builtin-train", "256",
+            "--builtin-eval", "101", "--builtin-dir", str(builtin_dir), "--batch-size", "16", "--steps", str(steps),
+            "--warmup-steps", "5", "--eval-every", "20", "--log-every", "1", "--num-workers", "1",
+            "--out", str(out), *extra]
+
+
+def records(out: Path, kind: str) -> list[dict]:
+    """The metrics.jsonl records of one kind."""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+@pytest.fixture(scope="module")
+def builtin_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("builtin")
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, builtin_dir) -> Path:
+    """An uninterrupted 40-step run."""
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train.run.main(tiny_args(out, builtin_dir))
+    return out
+
+
+def test_run_learns_and_writes_checkpoints(full_run):
+    evals = records(full_run, "eval")
+    assert [e["step"] for e in evals] == [20, 40]
+    # chance mAP is the positive rate: 2 events of 10 classes on average, 0.2
+    assert evals[-1]["mAP"] > 0.5
+    assert evals[-1]["mAUC"] > 0.7 and evals[-1]["d_prime"] > 0.7
+    assert (full_run / "latest.pt").is_file() and (full_run / "best.pt").is_file()
+    assert not list(full_run.glob("*.tmp"))
+    latest = torch.load(full_run / "latest.pt", weights_only=True)
+    assert latest["step"] == 40 and latest["best_map"] == pytest.approx(max(e["mAP"] for e in evals))
+    assert latest["label_names"] == list(BUILTIN.class_names)
+    assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run"}
+    for key in ("model", "optimizer", "scheduler", "loader", "rng", "epoch"):
+        assert key in latest
+    losses = [r["loss"] for r in records(full_run, "train")]
+    assert len(losses) == 39 and np.mean(losses[-5:]) < np.mean(losses[:5])   # step 1 is logged as first_step
+
+
+def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
+    out = tmp_path / "interrupted"
+    calls = 0
+
+    def loss_then_signal(prob, target):
+        nonlocal calls
+        calls += 1
+        if calls == 13:   # SIGTERM arrives during step 13: the step finishes, then latest.pt is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clip_bce(prob, target)
+
+    clip_bce = train.run.clip_bce
+    monkeypatch.setattr(train.run, "clip_bce", loss_then_signal)
+    train.run.main(tiny_args(out, builtin_dir))
+    monkeypatch.undo()
+    assert "stopped by SIGTERM after step 13" in capsys.readouterr().out
+    assert torch.load(out / "latest.pt", weights_only=True)["step"] == 13
+
+    train.run.main(tiny_args(out, builtin_dir, 40, "--resume"))
+    resumed = {r["step"]: r["loss"] for r in records(out, "train") if r["step"] > 13}
+    expected = {r["step"]: r["loss"] for r in records(full_run, "train") if r["step"] > 14}
+    # the resumed process's first step (14) is logged as first_step, without its loss
+    assert sorted(resumed) == list(range(15, 41))
+    assert resumed == expected
+    assert records(out, "eval")[-1]["mAP"] == records(full_run, "eval")[-1]["mAP"]
+
+
+def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "train.run", *tiny_args(out, builtin_dir, 100000)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((out / "metrics.jsonl").exists() and records(out, "train")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    step = torch.load(out / "latest.pt", weights_only=True)["step"]
+    assert 2 <= step < 100000
+    assert f"stopped by SIGTERM after step {step}" in stdout
+
+
+def test_evaluate_cli_matches_the_run(full_run, builtin_dir, tmp_path, capsys):
+    # without --data: the run's own held-out split
+    evaluate.main(["--checkpoint", str(full_run / "latest.pt"), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    assert f"on {next(builtin_dir.glob('synth-*/eval.h5'))}: 101 clips, 10 classes" in printed
+    final = records(full_run, "eval")[-1]
+    assert f"mAP               {final['mAP']:.4f}" in printed
+    rows = (tmp_path / "per_class_metrics.csv").read_text().splitlines()
+    assert rows[0] == "name,AP,AUC,positives" and len(rows) == 1 + len(BUILTIN.class_names)
+
+
+def test_tag_a_clip_of_the_eval_split(full_run, tmp_path, capsys):
+    # eval clip 0 of the built-in set, written at 44.1 kHz stereo so loading resamples and downmixes
+    waveform, target, _ = make_clip(BUILTIN, 1, 0)
+    path = tmp_path / "clip.flac"
+    mono = waveform.astype(np.float32) / 32768
+    resampled = soxr.resample(mono, 16000, 44100)
+    soundfile.write(path, np.stack([resampled, resampled], axis=1), 44100)
+    tag.main([str(path), "--checkpoint", str(full_run / "best.pt"), "--top-k", str(int(target.sum())), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    labels = {entry["label"] for entry in result[0]["labels"]}
+    assert labels & {BUILTIN.class_names[k] for k in np.flatnonzero(target)}
+
+
+def test_missing_data_is_one_line_exit_2(tmp_path):
+    # a subprocess, to see exactly what a user sees: the profile line on stdout, one error line, no traceback
+    result = subprocess.run([sys.executable, "-m", "train.run", "--out", str(tmp_path / "out"), "--data",
+                             "/nonexistent/train.h5", "--eval-data", "/nonexistent/eval.h5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: /nonexistent/train.h5: no such shard file or folder"]
+
+
+def test_half_given_data_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.run.main(["--out", str(tmp_path / "out"), "--data", "/nonexistent/train.h5"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: give both --data and --eval-data, or neither")
+
+
+def test_resume_with_another_preset_is_one_line_exit_2(full_run, builtin_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.run.main(tiny_args(full_run, builtin_dir, 40, "--resume", "--preset", "at-sca-1"))
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "holds model 'at-sca-3' but this run builds 'at-sca-1'" in error
+    assert "attention_depth 3 vs 1" in error and "--out" in error
+
+
+def test_new_run_into_a_used_out_folder_is_refused(full_run, builtin_dir, capsys):
+    with pytest.raises(SystemExit):
+        train.run.main(tiny_args(full_run, builtin_dir))
+    assert "latest.pt exists; pass --resume" in capsys.readouterr().err

@@ -1,0 +1,175 @@
+"""Training configuration: one frozen dataclass per concern (data, optimiser, run) and the hardware profiles.
+
+The model is `fastsca.config.ModelConfig` and the front end `fastsca.frontend.LogMelConfig`; `TrainConfig`
+bundles all five, and a checkpoint stores each as a dict. A `Profile` holds the defaults that depend on
+the hardware: the `cpu` profile shrinks the model and the clips so that the default run on a 2-core CPU
+finishes in minutes; the `gpu` profile keeps the preset's widths and the paper's 10 s clips.
+"""
+from dataclasses import dataclass, field
+
+from fastsca.config import ModelConfig
+from fastsca.frontend import LogMelConfig
+from train.loader import LoaderConfig
+from train.synth import SynthConfig
+
+PROFILE_NAMES = ("auto", "cpu", "gpu")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the clips come from and how they are batched."""
+
+    train_path: str | None = None
+    """Training split (a shard .h5 or a folder with index.json); None: the built-in set."""
+    eval_path: str | None = None
+    """Held-out split for periodic evaluation; None: the built-in set's eval split."""
+    builtin_dir: str = "~/.cache/fastsca"
+    """Folder the built-in set is generated into once and cached (one sub-folder per SynthConfig)."""
+    builtin: SynthConfig = field(default_factory=SynthConfig)
+    """What the built-in set holds, used when train_path is None."""
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    """Training batches: batch size per process, sampler, seed, workers, augmentation."""
+    eval_batch_size: int = 64
+    """Clips per evaluation batch on each process."""
+
+    def __post_init__(self) -> None:
+        if (self.train_path is None) != (self.eval_path is None):
+            raise ValueError("give both --data and --eval-data, or neither (to use the built-in set)")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with a linear warm-up and a cosine decay, and gradient clipping."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of the warm-up."""
+    min_lr_ratio: float = 0.01
+    """The cosine decays to lr x this at the last step."""
+    warmup_steps: int = 100
+    """Steps of linear warm-up from 0 to lr."""
+    weight_decay: float = 0.01
+    """AdamW's decoupled weight decay, applied to weight matrices and conv kernels only."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's moment decay rates."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 turns it off."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Length, cadence, output and execution of one training run."""
+
+    out: str = "runs/default"
+    """Output folder: metrics.jsonl, latest.pt, best.pt."""
+    profile: str = "cpu"
+    """The hardware profile the defaults came from (cpu or gpu), after resolving auto."""
+    steps: int | None = 1000
+    """Optimiser steps in the whole run (the schedule's length); None: `epochs` passes over the data."""
+    epochs: int | None = None
+    """Passes over the training split, when steps is None."""
+    eval_every: int = 200
+    """Evaluate on the held-out split (and write latest.pt) every this many steps, and at the end."""
+    log_every: int = 10
+    """Append the training loss to metrics.jsonl and refresh the progress bar every this many steps."""
+    seed: int = 0
+    """Seed of the model's initialisation (the loader's sampling and augmentation take it too)."""
+    compile: bool = False
+    """torch.compile the model for training."""
+    compile_backend: str = "inductor"
+    """torch.compile backend."""
+    threads: int | None = None
+    """Intra-op CPU threads of each process (torch.set_num_threads); None keeps torch's default."""
+    resume: bool = False
+    """Continue from out/latest.pt: same next batch, same subsequent losses."""
+
+    def __post_init__(self) -> None:
+        if self.profile not in ("cpu", "gpu"):
+            raise ValueError(f"profile must be cpu or gpu once resolved, got {self.profile!r}")
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give the run's length as steps or as epochs, not both")
+        counts = {"steps": self.steps, "epochs": self.epochs, "eval_every": self.eval_every,
+                  "log_every": self.log_every, "threads": self.threads}
+        for name, value in counts.items():
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Hardware-dependent defaults; every command-line flag left unset takes its value from here."""
+
+    channels: tuple[int, ...] | None
+    """Widths of the seven blocks; None keeps the preset's (DESIGN.md's)."""
+    fused_attention: bool
+    """Use the fused Triton attention ops (they only pay off on CUDA)."""
+    clip_seconds: float
+    """Clip length of the built-in set, and so the model's input_frames (40 frames per second)."""
+    builtin_train: int
+    """Clips in the built-in training split."""
+    builtin_eval: int
+    """Clips in the built-in eval split."""
+    batch_size: int
+    """Clips per step on each process."""
+    num_workers: int
+    """Loader worker processes per training process."""
+    steps: int
+    """Optimiser steps of the default run."""
+    eval_every: int
+    """Steps between evaluations."""
+    log_every: int
+    """Steps between log lines."""
+    lr: float
+    """Peak learning rate."""
+    warmup_steps: int
+    """Linear warm-up steps."""
+    threads: int | None
+    """Intra-op CPU threads; None keeps torch's default."""
+
+
+PROFILES: dict[str, Profile] = {
+    # A quarter of DESIGN.md's widths and 2 s clips: 0.087 forward GFLOPs per clip instead of 7.0 (80x
+    # fewer; 0.7 M parameters instead of 11.7 M), which fits a run to mAP >= 0.9 into minutes on 2 cores.
+    # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
+    # waits at a barrier for whichever thread was descheduled), 1 thread at 119-139 clips/s; the other
+    # core feeds the loader. Fused attention ops only pay off on CUDA: on CPU they are the reference.
+    "cpu": Profile(channels=(8, 16, 32, 64, 64, 128, 128), fused_attention=False, clip_seconds=2.0,
+                   builtin_train=2048, builtin_eval=512, batch_size=32, num_workers=1, steps=600,
+                   eval_every=200, log_every=5, lr=3e-3, warmup_steps=30, threads=1),
+    # The preset as it is, on the paper's 10 s clips.
+    "gpu": Profile(channels=None, fused_attention=True, clip_seconds=10.0, builtin_train=8192,
+                   builtin_eval=1024, batch_size=64, num_workers=6, steps=3000, eval_every=500, log_every=20,
+                   lr=1e-3, warmup_steps=200, threads=None),
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run is built from; a checkpoint stores each part as a dict."""
+
+    model: ModelConfig
+    """The network."""
+    log_mel: LogMelConfig
+    """The front end; its frames must equal model.input_frames."""
+    data: DataConfig
+    """Data and batching."""
+    optim: OptimConfig
+    """Optimiser and schedule."""
+    run: RunConfig
+    """Length, cadence and output."""
+
+    def __post_init__(self) -> None:
+        if self.log_mel.frames != self.model.input_frames or self.log_mel.n_mels != self.model.n_mels:
+            raise ValueError(f"the front end makes {self.log_mel.frames}x{self.log_mel.n_mels} log-mels but the "
+                             f"model takes {self.model.input_frames}x{self.model.n_mels}")

@@ -1,0 +1,90 @@
+"""Process-group set-up for `torchrun` (NCCL on GPU, gloo on CPU) and the few collectives training needs.
+
+Run as a single process, every function here is the identity, so the training loop has no branches on it.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process sits: its rank among world_size processes and the device it drives."""
+
+    rank: int
+    """Global rank, 0 for a single process."""
+    world_size: int
+    """Processes in the job."""
+    device: torch.device
+    """cuda:LOCAL_RANK where there is a GPU, else cpu."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, logs and the progress bar."""
+        return self.rank == 0
+
+
+def setup() -> Context:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE, LOCAL_RANK), if any."""
+    cuda = torch.cuda.is_available()
+    if "WORLD_SIZE" not in os.environ:
+        return Context(0, 1, torch.device("cuda" if cuda else "cpu"))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
+    return Context(dist.get_rank(), dist.get_world_size(), device)
+
+
+def teardown() -> None:
+    """Leave the process group (no-op for a single process)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is true on any: ranks must stop at the same step or the next
+    all-reduce would hang. One scalar all-reduce, only when distributed."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's (n_rank, ...) tensor in rank order; the n_rank may differ (the last
+    eval shard is shorter), so each is padded to the largest for all_gather and trimmed after."""
+    if not dist.is_initialized():
+        return rows
+    count = torch.tensor([rows.shape[0]], device=rows.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[: rows.shape[0]] = rows
+    gathered = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(c.item())] for g, c in zip(gathered, counts)])
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers. BatchNorm running statistics drift apart between ranks (each
+    updates them from its own batches; DDP re-broadcasts rank 0's only at the next forward), so without
+    this each rank would evaluate its shard with other statistics than the checkpoint holds."""
+    if not dist.is_initialized():
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (on every rank)."""
+    if not dist.is_initialized():
+        return [obj]
+    objects = [None] * dist.get_world_size()
+    dist.all_gather_object(objects, obj)
+    return objects

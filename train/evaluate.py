@@ -1,0 +1,114 @@
+"""Evaluation: clip scores over a held-out split, gathered across ranks, and the tagging metrics.
+
+`python -m train.evaluate --checkpoint C [--data D] [--out DIR]` prints the metrics table (mAP, mAUC, d',
+excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a checkpoint
+written by `python -m train.run`; without --data it evaluates on the held-out split the run used.
+"""
+import argparse
+import csv
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
+from fastsca.metrics import TaggingMetrics, tagging_metrics
+from train import distributed
+from train.loader import LoaderConfig, LogMelLoader
+from train.synth import SynthConfig, ensure_builtin
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on CPU (where the tests check resumes bit for bit)."""
+    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> tuple[TaggingMetrics, int]:
+    """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
+    number of clips they cover."""
+    was_training = model.training
+    model.eval()
+    scores, targets = [], []
+    for log_mel, target in loader:
+        with autocast(device):
+            scores.append(model(log_mel).clip.float())
+        targets.append(target)
+    model.train(was_training)
+    scores = distributed.gather_rows(torch.cat(scores)).cpu().numpy()
+    targets = distributed.gather_rows(torch.cat(targets)).cpu().numpy()
+    return tagging_metrics(targets, scores), len(scores)
+
+
+def format_table(metrics: TaggingMetrics) -> str:
+    """The headline metrics, one per line."""
+    summary = metrics.summary()
+    return "\n".join([f"{'mAP':<18}{summary['mAP']:.4f}", f"{'mAUC':<18}{summary['mAUC']:.4f}",
+                      f"{'d-prime':<18}{summary['d_prime']:.4f}",
+                      f"{'excluded classes':<18}{summary['excluded_classes']} (no positive or no negative clip)"])
+
+
+def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[str, ...]) -> None:
+    """One row per class: name, AP, AUC (empty where excluded), positives."""
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["name", "AP", "AUC", "positives"])
+        for name, ap, auc, positives in zip(label_names, metrics.average_precision, metrics.roc_auc,
+                                            metrics.positives):
+            writer.writerow([name, "" if np.isnan(ap) else f"{ap:.6f}", "" if np.isnan(auc) else f"{auc:.6f}",
+                             int(positives)])
+
+
+def run_eval_split(trained: TrainedModel) -> str:
+    """The held-out split the checkpoint's run evaluated on; a built-in one is regenerated if it was removed."""
+    data = trained.configs["data"]
+    if data["eval_path"] is not None:
+        return data["eval_path"]
+    _, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
+    return str(eval_path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, help="best.pt or latest.pt written by train.run")
+    parser.add_argument("--data", help="split to evaluate: a shard .h5 or a folder with index.json "
+                                       "(default: the run's held-out split)")
+    parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        trained = load_trained_model(args.checkpoint, device)
+        data = args.data or run_eval_split(trained)
+        config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
+                              drop_last=False)
+        with LogMelLoader(data, config, log_mel=trained.log_mel, device=device) as loader:
+            if tuple(loader.label_names) != trained.label_names:
+                raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
+                                      f"was trained on {_short(trained.label_names)}; evaluate on data with the "
+                                      f"checkpoint's label set")
+            metrics, clips = evaluate(trained.model, loader, device)
+    except ValueError as error:   # CheckpointError, ShardError and the loader's errors are ValueErrors
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "per_class_metrics.csv"
+    write_per_class_csv(csv_path, metrics, trained.label_names)
+    print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
+          f"{len(trained.label_names)} classes")
+    print(format_table(metrics))
+    print(f"per-class metrics: {csv_path}")
+
+
+def _short(names) -> str:
+    """The first few names of a label list and its length, for error messages."""
+    names = list(names)
+    return f"({len(names)}: {', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+
+
+if __name__ == "__main__":
+    main()
