@@ -25,7 +25,7 @@ def fit_length(waveform: np.ndarray, length: int) -> np.ndarray:
 def load_audio(path: str | Path, sample_rate: int = 16000, clip_samples: int | None = None) -> np.ndarray:
     """Read `path` as float32 mono at `sample_rate`; pad or cut to `clip_samples` when given."""
     if not Path(path).is_file():
-        raise AudioError(f"{path}: no such file; check the path (and --audio-dir when packing)")
+        raise AudioError(f"{path}: no such file; check the path")
     try:
         data, file_rate = soundfile.read(str(path), dtype="float32", always_2d=True)   # (N, channels)
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:

@@ -89,7 +89,8 @@ def test_other_batches_are_refused_but_other_worker_counts_are_not(tmp_path):
     path = tmp_path / "latest.pt"
     checkpoint.save(path, tiny_payload(tiny_config(loader=LoaderConfig(batch_size=16, num_workers=2))))
     checkpoint.load_for_resume(path, tiny_config(loader=LoaderConfig(batch_size=16, num_workers=1)))
-    with pytest.raises(CheckpointError, match=r"other data settings \(loader.batch_size 16 vs 8, checkpoint vs this run\)"):
+    with pytest.raises(CheckpointError,
+                       match=r"other data settings \(loader.batch_size 16 vs 8, checkpoint vs this run\)"):
         checkpoint.load_for_resume(path, tiny_config(loader=LoaderConfig(batch_size=8, num_workers=2)))
 
 

@@ -108,17 +108,19 @@ def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
     """Raise CheckpointError (one line) unless the checkpoint's model, front end and data settings are this run's."""
     saved = payload["config"]
     saved_model = ModelConfig(**saved["model"])
-    if saved_model != config.model:
+    if saved_model != config.model:   # ModelConfig's equality leaves out the preset name
+        differences = ", ".join(d for d in _differences(saved["model"], asdict(config.model)) if not d.startswith("name "))
         raise CheckpointError(
-            f"{path} holds model {saved_model.name!r} but this run builds {config.model.name!r} "
-            f"({', '.join(_differences(saved['model'], asdict(config.model)))}, checkpoint vs this run); resume with "
-            f"the checkpoint's --preset/--profile options, or start a new run with another --out")
+            f"{path} holds model {saved_model.name!r} but this run builds {config.model.name!r} ({differences}, "
+            f"checkpoint vs this run); resume with the checkpoint's --preset/--profile options, or start a new run "
+            f"with another --out")
     current = config_dict(config)
     for part in ("log_mel", "data"):
         if _without_execution(saved[part]) != _without_execution(current[part]):
+            differences = ", ".join(_differences(saved[part], current[part]))
             raise CheckpointError(
-                f"{path} was written with other {part} settings ({', '.join(_differences(saved[part], current[part]))}, "
-                f"checkpoint vs this run); resume with the same data options, or start a new run with another --out")
+                f"{path} was written with other {part} settings ({differences}, checkpoint vs this run); resume "
+                f"with the same data options, or start a new run with another --out")
 
 
 def load_for_resume(path: Path, config: TrainConfig) -> dict:

@@ -199,7 +199,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
 
         train_model = torch.compile(model, backend=run.compile_backend) if run.compile else model
         if ctx.world_size > 1:
-            train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
+            train_model = DistributedDataParallel(train_model,
+                                                  device_ids=[device.index] if device.type == "cuda" else None)
         log = MetricsLog(out, enabled=ctx.is_main)
         label_names = tuple(train_loader.label_names)
 
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         distributed.teardown()
     if ctx.is_main and summary:
-        print(f"done in {time.perf_counter() - start:.0f} s: eval mAP {summary['mAP']:.4f}, mAUC {summary['mAUC']:.4f}, "
-              f"d' {summary['d_prime']:.3f}; checkpoints in {config.run.out}")
+        print(f"done in {time.perf_counter() - start:.0f} s: eval mAP {summary['mAP']:.4f}, "
+              f"mAUC {summary['mAUC']:.4f}, d' {summary['d_prime']:.3f}; checkpoints in {config.run.out}")
 
 
 if __name__ == "__main__":
