@@ -135,36 +135,37 @@ class ChannelAttention(nn.Module):
         return self.fc2(self.act(self.fc1(z)))
 
 
-class SpatialOnly(nn.Module):
-    """AT-S: F'' = sigma(logit_s(mean_c F)) * F."""
+class Arrangement(nn.Module):
+    """An attention arrangement: its spatial and channel parts (either may be None) and the ops it runs."""
 
-    def __init__(self, spatial: SpatialAttention, channel: ChannelAttention | None, ops: AttentionOps) -> None:
+    def __init__(
+        self,
+        spatial: SpatialAttention | None,
+        channel: ChannelAttention | None,
+        ops: AttentionOps,
+    ) -> None:
         super().__init__()
-        self.spatial, self.ops = spatial, ops
+        self.spatial, self.channel, self.ops = spatial, channel, ops
+
+
+class SpatialOnly(Arrangement):
+    """AT-S: F'' = sigma(logit_s(mean_c F)) * F."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))           # eqs. 4-7
         return self.ops.gate(x, logit_s, None, False)
 
 
-class ChannelOnly(nn.Module):
+class ChannelOnly(Arrangement):
     """AT-C: F'' = sigma(logit_c(mean_tf F)) * F."""
-
-    def __init__(self, spatial: SpatialAttention | None, channel: ChannelAttention, ops: AttentionOps) -> None:
-        super().__init__()
-        self.channel, self.ops = channel, ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # eqs. 8-9
         return self.ops.gate(x, None, logit_c, False)
 
 
-class SpatialThenChannel(nn.Module):
+class SpatialThenChannel(Arrangement):
     """SCA, eq. 10: F' = M_s * F, F'' = M_c(F') * F'; Z is squeezed from F' without writing F'."""
-
-    def __init__(self, spatial: SpatialAttention, channel: ChannelAttention, ops: AttentionOps) -> None:
-        super().__init__()
-        self.spatial, self.channel, self.ops = spatial, channel, ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))           # (B, 1, T, F)
@@ -172,12 +173,8 @@ class SpatialThenChannel(nn.Module):
         return self.ops.gate(x, logit_s, logit_c, False)
 
 
-class ChannelThenSpatial(nn.Module):
+class ChannelThenSpatial(Arrangement):
     """CSA: F' = M_c(F) * F, F'' = M_s(F') * F'; S is the mean of the channel-weighted map."""
-
-    def __init__(self, spatial: SpatialAttention, channel: ChannelAttention, ops: AttentionOps) -> None:
-        super().__init__()
-        self.spatial, self.channel, self.ops = spatial, channel, ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # (B, C)
@@ -185,12 +182,8 @@ class ChannelThenSpatial(nn.Module):
         return self.ops.gate(x, logit_s, logit_c, False)
 
 
-class ParallelChannelSpatial(nn.Module):
+class ParallelChannelSpatial(Arrangement):
     """C//S: both masks from F, F'' = sigma(logit_s + logit_c) * F (§3.3)."""
-
-    def __init__(self, spatial: SpatialAttention, channel: ChannelAttention, ops: AttentionOps) -> None:
-        super().__init__()
-        self.spatial, self.channel, self.ops = spatial, channel, ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))
@@ -198,7 +191,7 @@ class ParallelChannelSpatial(nn.Module):
         return self.ops.gate(x, logit_s, logit_c, True)
 
 
-ARRANGEMENT_REGISTRY: dict[str, type[nn.Module]] = {
+ARRANGEMENT_REGISTRY: dict[str, type[Arrangement]] = {
     "spatial": SpatialOnly,
     "channel": ChannelOnly,
     "sca": SpatialThenChannel,
@@ -218,7 +211,7 @@ def build_attention(
     global_mid_channels: int,
     global_kernel_size: int,
     ops: AttentionOps,
-) -> nn.Module:
+) -> Arrangement:
     """The attention module of one residual block, by arrangement name."""
     if arrangement not in ARRANGEMENT_REGISTRY:
         raise ValueError(f"unknown attention arrangement {arrangement!r}; valid: {', '.join(ARRANGEMENT_REGISTRY)}")
