@@ -27,6 +27,17 @@ NUM_WARPS = 4
 
 
 @triton.jit
+def load_row_weights(w1_ptr, b1_ptr, w2_ptr, f, offs_t, offs_h, T, H):
+    """Row f's W1 and W2 as [BLOCK_H, BLOCK_T] fp32 tiles (w2 is stored (F, T, H): read transposed)
+    and b1 [BLOCK_H]; zero padding makes padded hidden units relu(0) = 0 and padded times add nothing."""
+    mask_ht = (offs_h[:, None] < H) & (offs_t[None, :] < T)
+    w1 = tl.load(w1_ptr + f * H * T + offs_h[:, None] * T + offs_t[None, :], mask=mask_ht, other=0.0).to(tl.float32)
+    w2 = tl.load(w2_ptr + f * T * H + offs_t[None, :] * H + offs_h[:, None], mask=mask_ht, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + f * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+    return w1, w2, b1
+
+
+@triton.jit
 def local_fc_hidden(s, w1, b1):
     """Pre-activation and ReLU of the hidden layer for one row: s [BLOCK_T], w1 [BLOCK_H, BLOCK_T], b1 [BLOCK_H]."""
     pre = tl.sum(w1 * s[None, :], axis=1) + b1
@@ -45,12 +56,7 @@ def local_fc_forward_kernel(
     offs_t = tl.arange(0, BLOCK_T)
     offs_h = tl.arange(0, BLOCK_H)
     mask_t = offs_t < T
-    mask_ht = (offs_h[:, None] < H) & mask_t[None, :]
-    # Both weights as [BLOCK_H, BLOCK_T] tiles (w2 is stored (F, T, H): read transposed); zero padding
-    # makes padded hidden units relu(0) = 0 and padded times contribute nothing.
-    w1 = tl.load(w1_ptr + f * H * T + offs_h[:, None] * T + offs_t[None, :], mask=mask_ht, other=0.0).to(tl.float32)
-    w2 = tl.load(w2_ptr + f * T * H + offs_t[None, :] * H + offs_h[:, None], mask=mask_ht, other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + f * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+    w1, w2, b1 = load_row_weights(w1_ptr, b1_ptr, w2_ptr, f, offs_t, offs_h, T, H)
     b2 = tl.load(b2_ptr + f * T + offs_t, mask=mask_t, other=0.0).to(tl.float32)
     for r in range(ROWS):
         b = (tl.program_id(1) * ROWS + r).to(tl.int64)
@@ -76,9 +82,7 @@ def local_fc_backward_kernel(
     offs_h = tl.arange(0, BLOCK_H)
     mask_t = offs_t < T
     mask_ht = (offs_h[:, None] < H) & mask_t[None, :]
-    w1 = tl.load(w1_ptr + f * H * T + offs_h[:, None] * T + offs_t[None, :], mask=mask_ht, other=0.0).to(tl.float32)
-    w2 = tl.load(w2_ptr + f * T * H + offs_t[None, :] * H + offs_h[:, None], mask=mask_ht, other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + f * H + offs_h, mask=offs_h < H, other=0.0).to(tl.float32)
+    w1, w2, b1 = load_row_weights(w1_ptr, b1_ptr, w2_ptr, f, offs_t, offs_h, T, H)
     dw1 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
     dw2 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
     db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
