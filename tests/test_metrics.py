@@ -9,7 +9,12 @@ from fastsca.metrics import d_prime, tagging_metrics
 
 
 def _random_set(rng, clips, classes, decimals):
+    """Random multi-hot targets where every class has at least one positive and one negative clip
+    (a sparse class on few clips would otherwise be excluded by chance), and tied scores."""
     targets = rng.random((clips, classes)) < rng.uniform(0.02, 0.4, size=classes)
+    for k in range(classes):
+        positive, negative = rng.choice(clips, size=2, replace=False)
+        targets[positive, k], targets[negative, k] = True, False
     scores = np.round(rng.random((clips, classes)) + 0.3 * targets, decimals)   # rounding makes ties
     return targets, scores
 
