@@ -7,13 +7,15 @@ DESIGN.md's: 16 kHz, periodic Hann 1024, FFT 1024, hop 400, centred frames with 
 the first `clip_samples // hop` frames kept, 64 Slaney mel bins with Slaney norm over 50-8000 Hz,
 power -> dB with amin 1e-10. They agree with `librosa.feature.melspectrogram` + `power_to_db` on the
 same settings (tests/test_frontend.py). The mel matrix is built from Slaney's formulas here, so
-librosa is needed only by the tests.
+librosa is needed only by the tests. `context_windows` cuts a long file into clips that carry their
+neighbours' samples, so the windows' log-mels join up with no padding at the joins.
 """
 import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 PAD_MODES = ("reflect", "constant")
 
@@ -105,17 +107,40 @@ def mel_filterbank(config: LogMelConfig) -> torch.Tensor:
     return weights.T.contiguous()
 
 
-def log_mel(waveform: torch.Tensor, config: LogMelConfig = LogMelConfig()) -> torch.Tensor:
+def pad_edges(waveform: torch.Tensor, config: LogMelConfig) -> torch.Tensor:
+    """(B, N) -> (B, N + 2 * (n_fft // 2)): the centring pad of the STFT, config.pad_mode at both ends."""
+    half = config.n_fft // 2
+    return F.pad(waveform[:, None], (half, half), mode=config.pad_mode)[:, 0]
+
+
+def context_windows(waveform: torch.Tensor, config: LogMelConfig) -> torch.Tensor:
+    """A mono waveform (N,) as consecutive clips of clip_samples (the last zero-padded), each with the
+    n_fft // 2 samples around it (the centring pad only at the file's two ends): (count, clip_samples +
+    2 * (n_fft // 2)), a view, for `log_mel(..., with_context=True)`. Padding every window instead
+    puts a reflection at each join, which smears a loud tone there into a broadband click."""
+    if waveform.dim() != 1:
+        raise ValueError(f"waveform must be mono (N,), got shape {tuple(waveform.shape)}")
+    count = max(1, -(-len(waveform) // config.clip_samples))
+    whole = F.pad(waveform, (0, count * config.clip_samples - len(waveform)))
+    padded = pad_edges(whole[None], config)[0]
+    return padded.unfold(0, config.clip_samples + 2 * (config.n_fft // 2), config.clip_samples)
+
+
+def log_mel(waveform: torch.Tensor, config: LogMelConfig = LogMelConfig(), with_context: bool = False) -> torch.Tensor:
     """Reference log-mel of float waveforms (B, N) at config.sample_rate -> (B, 1, frames, n_mels) float32.
 
-    Computed in float64 so it can serve as the reference the DALI loader is checked against.
+    Computed in float64 so it can serve as the reference the DALI loader is checked against. With
+    `with_context`, each row already holds its n_fft // 2 samples of context on both sides
+    (`context_windows`) and is not padded again.
     """
     if waveform.dim() != 2:
         raise ValueError(f"waveform must be (B, N), got shape {tuple(waveform.shape)}")
     x = waveform.to(torch.float64)
+    if not with_context:
+        x = pad_edges(x, config)
     spec = torch.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, win_length=config.window_length,
-                      window=hann_window(config.window_length).to(x.device), center=True,
-                      pad_mode=config.pad_mode, return_complex=True)      # (B, n_freqs, frames + 1)
+                      window=hann_window(config.window_length).to(x.device), center=False,
+                      return_complex=True)      # (B, n_freqs, frames + 1)
     power = spec.real.square() + spec.imag.square()
     mel = torch.einsum("bft,fm->btm", power, mel_filterbank(config).to(x.device))
     db = 10.0 * torch.log10(mel.clamp(min=config.amin))

@@ -1,8 +1,9 @@
 """`python -m fastsca.tag FILE... --checkpoint C [--top-k 5] [--json] [--plot out.png]`: tag audio files.
 
 Each file is read at the model's sample rate (any format soundfile decodes, resampled with soxr), cut
-into consecutive windows of the model's clip length (the last one zero-padded) and run through the
-model: a class's clip probability is its largest over the windows (an event anywhere in the file tags
+into consecutive windows of the model's clip length (the last one zero-padded; the log-mel frames at a
+join see the neighbouring window's samples, so the log-mel is continuous over the file) and run through
+the model: a class's clip probability is its largest over the windows (an event anywhere in the file tags
 it), and the frame-level probabilities and spatial attention maps are laid end to end over the file.
 A file that cannot be read is reported on one line and skipped; the exit status is then 2.
 """
@@ -17,7 +18,7 @@ import torch
 
 from fastsca.attention import SpatialAttention
 from fastsca.audio import AudioError, load_audio
-from fastsca.frontend import log_mel
+from fastsca.frontend import context_windows, log_mel
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 
 # Windows per forward pass: bounds memory on long files (a 10 s window of the full model is ~40 MB of
@@ -52,11 +53,7 @@ def _spatial_modules(model: torch.nn.Module) -> dict[str, SpatialAttention]:
 @torch.no_grad()
 def tag_waveform(trained: TrainedModel, waveform: np.ndarray, path: str) -> FileTags:
     """Tag a mono float waveform at the model's sample rate."""
-    clip_samples = trained.log_mel.clip_samples
-    count = max(1, -(-len(waveform) // clip_samples))
-    padded = np.zeros(count * clip_samples, np.float32)
-    padded[: len(waveform)] = waveform
-    windows = torch.from_numpy(padded).view(count, clip_samples)
+    windows = context_windows(torch.from_numpy(np.asarray(waveform, np.float32)), trained.log_mel)
     device = next(trained.model.parameters()).device
     maps: dict[str, list[torch.Tensor]] = {name: [] for name in _spatial_modules(trained.model)}
     # SpatialAttention returns the logit of eq. 7; M_s is its sigmoid.
@@ -65,7 +62,7 @@ def tag_waveform(trained: TrainedModel, waveform: np.ndarray, path: str) -> File
     mels, clips, frames = [], [], []
     try:
         for batch in windows.split(WINDOWS_PER_BATCH):
-            mel = log_mel(batch, trained.log_mel).to(device)          # (W, 1, T, F)
+            mel = log_mel(batch, trained.log_mel, with_context=True).to(device)   # (W, 1, T, F)
             output = trained.model(mel)
             mels.append(mel[:, 0].cpu())
             clips.append(output.clip.cpu())

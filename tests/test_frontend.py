@@ -1,9 +1,12 @@
 """The log-mel reference: DESIGN.md's defaults, the Slaney mel matrix, and agreement with librosa."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fastsca.frontend import LogMelConfig, log_mel, mel_filterbank
+from fastsca.frontend import LogMelConfig, context_windows, log_mel, mel_filterbank
 from train.synth import SynthConfig, make_clip
 
 librosa = pytest.importorskip("librosa")
@@ -74,3 +77,27 @@ def test_log_mel_of_short_clips_and_awkward_sizes():
 
 def test_log_mel_floor_is_amin():
     assert log_mel(torch.zeros(1, 16000), LogMelConfig(clip_samples=16000)).unique().tolist() == [-100.0]
+
+
+def test_context_windows_join_into_the_log_mel_of_the_whole_file():
+    config = LogMelConfig(clip_samples=16000)                  # 40 frames a window
+    waveform = torch.randn(41000) * 0.1                        # 3 windows, the last one zero-padded
+    windows = context_windows(waveform, config)
+    assert windows.shape == (3, 16000 + 2 * 512)
+    joined = log_mel(windows, config, with_context=True).flatten(0, 2)          # (120, 64)
+    whole_file = F.pad(waveform, (0, 48000 - 41000))
+    whole = log_mel(whole_file[None], replace(config, clip_samples=48000))[0, 0]
+    torch.testing.assert_close(joined, whole, atol=1e-4, rtol=0)
+    # padding each window on its own changes exactly the frames whose 1024-sample span crosses a join
+    separate = log_mel(whole_file.view(3, 16000), config).flatten(0, 2)
+    changed = ((separate - whole).abs().amax(dim=1) > 1e-3).nonzero().flatten().tolist()
+    assert changed == [39, 40, 41, 79, 80, 81]
+
+
+def test_context_windows_of_a_short_file_is_its_padded_clip():
+    config = LogMelConfig(clip_samples=16000)
+    waveform = torch.randn(5000) * 0.1
+    torch.testing.assert_close(log_mel(context_windows(waveform, config), config, with_context=True),
+                               log_mel(F.pad(waveform, (0, 11000))[None], config), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="mono"):
+        context_windows(torch.zeros(2, 16000), config)

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,10 +48,12 @@ def test_long_file_is_tagged_window_by_window(checkpoints, audio):
     assert list(tags.spatial_maps) == ["block 5", "block 6", "block 7"]
     assert [m.shape for m in tags.spatial_maps.values()] == [(30, 4), (30, 2), (30, 1)]
     assert all(((m > 0) & (m < 1)).all() for m in tags.spatial_maps.values())
+    # the log-mel is the whole file's, continuous over the joins of the windows
+    whole = log_mel(torch.from_numpy(np.pad(waveform, (0, 8000)))[None], replace(trained.log_mel, clip_samples=48000))
+    np.testing.assert_allclose(tags.log_mel, whole[0, 0].numpy(), atol=1e-4, rtol=0)
     # the clip probability is the largest over the windows
-    padded = torch.from_numpy(np.pad(waveform, (0, 8000))).view(3, 16000)
     with torch.no_grad():
-        windows = trained.model(log_mel(padded, trained.log_mel)).clip
+        windows = trained.model(whole.view(3, 40, 64)[:, None]).clip
     np.testing.assert_allclose(tags.clip, windows.amax(dim=0).numpy(), rtol=1e-5)
 
 
