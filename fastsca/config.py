@@ -7,6 +7,14 @@ from dataclasses import dataclass, field, replace
 
 ARRANGEMENTS = ("none", "spatial", "channel", "sca", "csa", "cps")
 
+POOLING_PLANS: dict[str, tuple[tuple[int, int], ...]] = {
+    "time-freq": ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1)),
+    "six-pool": ((2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 1)),
+}
+"""Max-pool (time, freq) after each of the seven blocks, by name. "time-freq": four pools, so blocks 5-7
+(every attention site) see a 100 x 4 time-frequency map; "six-pool": the paper's literal "six max-pooling
+layers", which leaves 100 x 1 at block 7."""
+
 
 @dataclass(frozen=True)
 class ModelConfig:
