@@ -1,7 +1,7 @@
 """Model configuration of AT-SCA and the named presets for every row of the paper's Tables 1 and 2.
 
-Choices the paper leaves open (channel widths, pooling plan, the global branch's middle width, the
-attention-pooling clamp, where attention sits in a block) are fields here, with DESIGN.md's defaults.
+Choices the paper leaves open (channel widths, the pooling plan, the global branch's middle width, where
+attention sits in a block) are fields here; docs/model.md says which default was chosen for each and why.
 """
 from dataclasses import dataclass, field, replace
 
@@ -28,8 +28,9 @@ class ModelConfig:
     """Frames of the input log-mel (400 = 10 s at 40 frames/s)."""
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 512, 512)
     """Output channels of the seven residual blocks (DESIGN.md; the paper gives no widths)."""
-    pools: tuple[tuple[int, int], ...] = ((2, 2), (2, 2), (1, 2), (1, 2), (1, 2), (1, 2), (1, 1))
-    """Max-pool (time, freq) after each block; (1, 1) means no pool (six pools, §4.2)."""
+    pools: tuple[tuple[int, int], ...] = POOLING_PLANS["time-freq"]
+    """Max-pool (time, freq) after each block, (1, 1) meaning none; a checkpoint stores them, so it loads with
+    the plan it was trained with. Default: the "time-freq" plan (blocks 5-7 see 100 x 4)."""
     arrangement: str = "none"
     """Attention module: none, spatial (AT-S), channel (AT-C), sca, csa or cps (parallel C//S), §3.3."""
     spatial_global: bool = True
@@ -44,8 +45,9 @@ class ModelConfig:
     """Channels between the two 5x5 convs of the global branch (not given in the paper)."""
     global_kernel_size: int = 5
     """Kernel size of the global branch's convs (eq. 5: 5x5)."""
-    pool_logit_clamp: float = 10.0
-    """Attention-pooling logits are clamped to +-this before the softmax over time, so exp() stays finite."""
+    pool_logit_clamp: float | None = None
+    """None: eq. 2 exactly (a max-subtracted softmax needs no clamp). A number clamps the attention-pooling
+    logits to +-it, only so that checkpoints trained that way (they stored 10.0) load as they were trained."""
     fused_attention: bool = True
     """Use the fused Triton ops (kernels/) on CUDA; False runs the plain PyTorch reference everywhere."""
     name: str = field(default="custom", compare=False)
@@ -60,6 +62,8 @@ class ModelConfig:
             raise ValueError(f"attention_depth must be in 1..{len(self.channels)}, got {self.attention_depth}")
         if self.arrangement in ("spatial", "sca", "csa", "cps") and not (self.spatial_global or self.spatial_local):
             raise ValueError("spatial attention needs spatial_global or spatial_local (or both)")
+        if self.pool_logit_clamp is not None and not self.pool_logit_clamp > 0:
+            raise ValueError(f"pool_logit_clamp must be None or > 0, got {self.pool_logit_clamp}")
         if self.rd_ratio < 1:
             raise ValueError(f"rd_ratio must be >= 1, got {self.rd_ratio}")
         t, f = self.input_frames, self.n_mels
@@ -85,6 +89,11 @@ class ModelConfig:
         return sizes
 
     @property
+    def pooling_plan(self) -> str:
+        """The name of `pools` in POOLING_PLANS, or "custom"."""
+        return next((name for name, pools in POOLING_PLANS.items() if pools == self.pools), "custom")
+
+    @property
     def output_frames(self) -> int:
         """T' of the frame-level output (100 for 400 input frames: 10 Hz)."""
         t = self.input_frames
@@ -93,11 +102,20 @@ class ModelConfig:
         return t
 
     @classmethod
-    def from_name(cls, name: str, **overrides) -> "ModelConfig":
-        """A preset by name (see PRESETS), with any fields overridden."""
+    def from_name(cls, name: str, pooling_plan: str | None = None, **overrides) -> "ModelConfig":
+        """A preset by name (see PRESETS), with any fields overridden; `pooling_plan` names `pools` in POOLING_PLANS."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+        if pooling_plan is not None:
+            overrides["pools"] = pools_of(pooling_plan)
         return replace(PRESETS[name], **overrides)
+
+
+def pools_of(pooling_plan: str) -> tuple[tuple[int, int], ...]:
+    """The pools of a named plan; ValueError listing the valid names otherwise."""
+    if pooling_plan not in POOLING_PLANS:
+        raise ValueError(f"unknown pooling plan {pooling_plan!r}; valid plans: {', '.join(POOLING_PLANS)}")
+    return POOLING_PLANS[pooling_plan]
 
 
 def _attention_presets() -> dict[str, ModelConfig]:

@@ -34,11 +34,21 @@ def test_presets_match_tables_1_and_2():
     assert PRESETS["baseline"].attention_blocks == ()
 
 
-def test_attention_sees_the_design_map_sizes():
+def test_attention_sees_time_frequency_maps_by_default():
     config = PRESETS["at-sca-3"]
+    assert config.pooling_plan == "time-freq"
     sizes = [config.block_input_sizes()[i] for i in config.attention_blocks]
-    assert sizes == [(100, 4), (100, 2), (100, 1)]
+    assert sizes == [(100, 4), (100, 4), (100, 4)]
     assert config.output_frames == 100
+
+
+def test_six_pool_plan_is_one_argument_away():
+    config = ModelConfig.from_name("at-sca-3", pooling_plan="six-pool")
+    assert config.pooling_plan == "six-pool" and config.name == "at-sca-3"
+    assert [config.block_input_sizes()[i] for i in config.attention_blocks] == [(100, 4), (100, 2), (100, 1)]
+    assert ModelConfig(pools=((2, 1),) * 7, channels=(4,) * 7, input_frames=256).pooling_plan == "custom"
+    with pytest.raises(ValueError, match="time-freq, six-pool"):
+        ModelConfig.from_name("at-sca-3", pooling_plan="five-pool")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -47,6 +57,7 @@ def test_attention_sees_the_design_map_sizes():
     (dict(arrangement="sca", spatial_global=False, spatial_local=False), "spatial"),
     (dict(arrangement="sca", attention_depth=9), "attention_depth"),
     (dict(input_frames=398), "divide"),
+    (dict(pool_logit_clamp=0.0), "pool_logit_clamp"),
 ])
 def test_bad_config_raises_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -61,8 +72,8 @@ def test_unknown_preset_lists_valid_names():
 def test_local_branch_is_one_mlp_per_frequency_row():
     model = build_model("at-s-local-3", fused_attention=False)
     branches = [m for m in model.modules() if isinstance(m, LocalSpatialBranch)]
-    assert [tuple(b.w1.shape) for b in branches] == [(4, 6, 100), (2, 6, 100), (1, 6, 100)]   # W/r = 100 // 16
-    assert [tuple(b.w2.shape) for b in branches] == [(4, 100, 6), (2, 100, 6), (1, 100, 6)]
+    assert [tuple(b.w1.shape) for b in branches] == [(4, 6, 100)] * 3   # H = 4 rows, W/r = 100 // 16
+    assert [tuple(b.w2.shape) for b in branches] == [(4, 100, 6)] * 3
     branch = branches[0]
     s = torch.randn(3, 1, 100, 4)
     out = branch(s)
@@ -85,7 +96,7 @@ def test_sca_and_csa_differ_with_the_same_weights():
     csa.load_state_dict(sca.state_dict())
     log_mel = torch.randn(2, 1, 400, 64)
     with torch.no_grad():
-        for sca_block, csa_block, (t, f) in zip(sca.blocks[4:], csa.blocks[4:], [(100, 4), (100, 2), (100, 1)]):
+        for sca_block, csa_block, (t, f) in zip(sca.blocks[4:], csa.blocks[4:], [(100, 4)] * 3):
             x = torch.randn(2, sca_block.conv2.out_channels, t, f)
             sca_out, csa_out = sca_block.attention(x), csa_block.attention(x)
             assert (sca_out - csa_out).norm() / sca_out.norm() > 1e-2
@@ -142,3 +153,22 @@ def test_compiled_at_sca_3_matches_eager():
         eager, fast = model(log_mel), compiled(log_mel)
     torch.testing.assert_close(fast.clip, eager.clip, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast.frame, eager.frame, atol=1e-4, rtol=1e-4)
+
+
+def test_a_checkpoint_loads_with_the_plan_and_clamp_it_was_trained_with(tmp_path):
+    from dataclasses import asdict
+
+    from fastsca.frontend import LogMelConfig
+    from fastsca.inference import CHECKPOINT_FORMAT, load_trained_model
+    # what a checkpoint written before the time-freq default and exact eq. 2 holds
+    old = ModelConfig.from_name("at-sca-3", pooling_plan="six-pool", channels=(4, 8, 8, 16, 16, 32, 32),
+                                num_classes=5, pool_logit_clamp=10.0, fused_attention=False)
+    model = build_model(old)
+    path = tmp_path / "old.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "step": 1, "label_names": list("abcde"),
+                "config": {"model": asdict(old), "log_mel": asdict(LogMelConfig())}}, path)
+    loaded = load_trained_model(path)
+    assert loaded.model.config.pooling_plan == "six-pool" and loaded.model.pooling.logit_clamp == 10.0
+    log_mel = torch.randn(2, 1, 400, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(log_mel).clip, model.eval()(log_mel).clip)
