@@ -54,7 +54,7 @@ def full_run(tmp_path_factory, builtin_dir) -> Path:
 
 
 def test_run_learns_and_writes_checkpoints(full_run):
-    evals = records(full_run, "eval")
+    evals = records(full_run, "val")
     assert [e["step"] for e in evals] == [20, 40]
     # chance mAP is the positive rate: 2 events of 10 classes on average, 0.2
     assert evals[-1]["mAP"] > 0.5
@@ -63,12 +63,32 @@ def test_run_learns_and_writes_checkpoints(full_run):
     assert not list(full_run.glob("*.tmp"))
     latest = torch.load(full_run / "latest.pt", weights_only=True)
     assert latest["step"] == 40 and latest["best_map"] == pytest.approx(max(e["mAP"] for e in evals))
+    best = max(evals, key=lambda e: e["mAP"])
+    assert latest["best_step"] == best["step"] == torch.load(full_run / "best.pt", weights_only=True)["step"]
+    assert latest["config"]["model"]["pools"] == ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1))
     assert latest["label_names"] == list(BUILTIN.class_names)
     assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run"}
     for key in ("model", "optimizer", "scheduler", "loader", "rng", "epoch"):
         assert key in latest
     losses = [r["loss"] for r in records(full_run, "train")]
     assert len(losses) == 39 and np.mean(losses[-5:]) < np.mean(losses[:5])   # step 1 is logged as first_step
+
+
+def test_validation_split_is_held_out_of_training(full_run, capsys):
+    # 256 training clips: 26 held out (10 %), the other 230 trained on; printed at the start of the run
+    [val] = {r["clips"] for r in records(full_run, "val")}
+    assert val == 26
+
+
+def test_patience_stops_early_and_still_reports_the_test_split(tmp_path, builtin_dir, capsys):
+    out = tmp_path / "patient"
+    train.run.main(tiny_args(out, builtin_dir, 200, "--eval-every", "5", "--patience", "1", "--lr", "1e-9",
+                             "--warmup-steps", "0"))
+    vals = records(out, "val")
+    # a learning rate of 1e-9 never beats the first evaluation by much: it stops at the first that is no better
+    assert len(vals) < 40 and vals[-1]["mAP"] <= max(v["mAP"] for v in vals[:-1])
+    [test] = records(out, "test")
+    assert test["step"] == vals[-1]["step"] and "test split: mAP" in capsys.readouterr().out
 
 
 def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
@@ -95,7 +115,9 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
     # the resumed process's first step (14) is logged as first_step, without its loss
     assert sorted(resumed) == list(range(15, 41))
     assert resumed == expected
-    assert records(out, "eval")[-1]["mAP"] == records(full_run, "eval")[-1]["mAP"]
+    assert records(out, "val")[-1]["mAP"] == records(full_run, "val")[-1]["mAP"]
+    [resumed_test], [full_test] = records(out, "test"), records(full_run, "test")
+    assert {**resumed_test, "time": 0} == {**full_test, "time": 0}
 
 
 def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
@@ -115,11 +137,12 @@ def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
 
 
 def test_evaluate_cli_matches_the_run(full_run, builtin_dir, tmp_path, capsys):
-    # without --data: the run's own held-out split
-    evaluate.main(["--checkpoint", str(full_run / "latest.pt"), "--out", str(tmp_path)])
+    # without --data: the run's test split, which the run evaluated once, at the end, with best.pt
+    evaluate.main(["--checkpoint", str(full_run / "best.pt"), "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert f"on {next(builtin_dir.glob('synth-*/eval.h5'))}: 101 clips, 10 classes" in printed
-    final = records(full_run, "eval")[-1]
+    [final] = records(full_run, "test")
+    assert final["clips"] == 101 and final["best_step"] in (20, 40)
     assert f"mAP               {final['mAP']:.4f}" in printed
     rows = (tmp_path / "per_class_metrics.csv").read_text().splitlines()
     assert rows[0] == "name,AP,AUC,positives" and len(rows) == 1 + len(BUILTIN.class_names)

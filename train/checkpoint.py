@@ -25,7 +25,9 @@ class TrainState:
     step: int = 0
     """Optimiser steps taken."""
     best_map: float = -1.0
-    """Best eval mAP so far (best.pt holds that model)."""
+    """Best validation mAP so far (best.pt holds that model)."""
+    best_step: int = 0
+    """The step best.pt was written at (early stopping counts evaluations since)."""
 
 
 def rng_state() -> dict:
@@ -132,4 +134,4 @@ def load_for_resume(path: Path, config: TrainConfig) -> dict:
 
 def restore_train_state(payload: dict) -> TrainState:
     """The loop counters of a checkpoint."""
-    return TrainState(**{f.name: payload[f.name] for f in fields(TrainState)})
+    return TrainState(**{f.name: payload[f.name] for f in fields(TrainState) if f.name in payload})   # older: no best_step

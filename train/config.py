@@ -22,7 +22,12 @@ class DataConfig:
     train_path: str | None = None
     """Training split (a shard .h5 or a folder with index.json); None: the built-in set."""
     eval_path: str | None = None
-    """Held-out split for periodic evaluation; None: the built-in set's eval split."""
+    """Test split, evaluated once at the end with best.pt and reported apart; None: the built-in eval split."""
+    validation_fraction: float = 0.1
+    """Share of the training split held out (by the seed, every class present) for periodic evaluation,
+    early stopping and best.pt; train/holdout.py."""
+    validation_max_clips: int = 5000
+    """At most this many validation clips (10 % of AudioSet's 2 M training clips would take too long)."""
     builtin_dir: str = "~/.cache/fastsca"
     """Folder the built-in set is generated into once and cached (one sub-folder per SynthConfig)."""
     builtin: SynthConfig = field(default_factory=SynthConfig)
@@ -35,6 +40,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if (self.train_path is None) != (self.eval_path is None):
             raise ValueError("give both --data and --eval-data, or neither (to use the built-in set)")
+        if not 0 < self.validation_fraction < 1 or self.validation_max_clips < 1:
+            raise ValueError(f"validation_fraction must be in (0, 1) and validation_max_clips >= 1, got "
+                             f"{self.validation_fraction} and {self.validation_max_clips}")
         if self.eval_batch_size < 1:
             raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
 
@@ -80,7 +88,9 @@ class RunConfig:
     epochs: int | None = None
     """Passes over the training split, when steps is None."""
     eval_every: int = 200
-    """Evaluate on the held-out split (and write latest.pt) every this many steps, and at the end."""
+    """Evaluate on the validation split (and write latest.pt) every this many steps, and at the end."""
+    patience: int = 0
+    """Stop early after this many evaluations without a better validation mAP; 0: never."""
     log_every: int = 10
     """Append the training loss to metrics.jsonl and refresh the progress bar every this many steps."""
     seed: int = 0
@@ -99,6 +109,8 @@ class RunConfig:
             raise ValueError(f"profile must be cpu or gpu once resolved, got {self.profile!r}")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give the run's length as steps or as epochs, not both")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
         counts = {"steps": self.steps, "epochs": self.epochs, "eval_every": self.eval_every,
                   "log_every": self.log_every, "threads": self.threads}
         for name, value in counts.items():

@@ -84,13 +84,14 @@ class LogMelLoader:
     """Iterates (log_mel (B, 1, T, F) float32, target (B, K) float32) on `device`, one epoch a pass."""
 
     def __init__(self,
-                 data_path: str | Path,
+                 data_path: str | Path | ShardIndex,
                  config: LoaderConfig = LoaderConfig(),
                  log_mel: LogMelConfig = LogMelConfig(),
                  device: torch.device = torch.device("cpu"),
                  rank: int = 0,
                  world_size: int = 1) -> None:
-        self.index = ShardIndex.open(data_path)
+        # or an opened index: a split, or part of one (train/holdout.py's SubsetIndex reads the same way)
+        self.index = ShardIndex.open(data_path) if isinstance(data_path, (str, Path)) else data_path
         if (self.index.sample_rate, self.index.clip_samples) != (log_mel.sample_rate, log_mel.clip_samples):
             raise ValueError(f"{data_path} holds {self.index.clip_samples}-sample clips at {self.index.sample_rate} Hz "
                              f"but the LogMelConfig expects {log_mel.clip_samples} at {log_mel.sample_rate} Hz")

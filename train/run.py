@@ -1,8 +1,9 @@
 """`python -m train.run [--compile] [--preset at-sca-3] [--data D --eval-data E] [--out DIR] [--resume] ...`
 
 Trains an AT-SCA preset with AdamW (warm-up + cosine), bf16 autocast on CUDA, gradient clipping and
-periodic evaluation (mAP, mAUC, d') on a held-out split; writes OUT/metrics.jsonl, OUT/latest.pt and
-OUT/best.pt (by eval mAP). With no --data it trains on the built-in synthetic set (train/synth.py),
+periodic evaluation (mAP, mAUC, d') on a validation split held out of the training data (train/holdout.py);
+writes OUT/metrics.jsonl, OUT/latest.pt and OUT/best.pt (by validation mAP); the test split (--eval-data)
+is evaluated once, at the end, with best.pt. With no --data it trains on the built-in synthetic set (train/synth.py),
 generated once into --builtin-dir (default ~/.cache/fastsca). `--profile auto` picks `gpu` (the preset
 as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s clips, a run of a few
 minutes) otherwise; see train/config.py. Under `torchrun --nproc_per_node=N -m train.run ...` it runs
@@ -18,11 +19,11 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fastsca.config import PRESETS, ModelConfig
+from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
-from train import checkpoint, distributed
+from train import checkpoint, distributed, holdout
 from train.config import PROFILE_NAMES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.evaluate import autocast, evaluate
 from train.loader import LoaderConfig, LogMelLoader
@@ -48,8 +49,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--profile", choices=PROFILE_NAMES, default="auto", help="hardware defaults (auto: gpu if CUDA is available)")
     arg("--preset", default="at-sca-3", choices=list(PRESETS), metavar="PRESET", help="model preset (default at-sca-3)")
     arg("--channels", type=_channels, help="comma-separated widths of the 7 blocks (default: the profile's)")
+    arg("--pooling-plan", choices=list(POOLING_PLANS), default="time-freq",
+        help="max-pools after the blocks: time-freq (blocks 5-7 see 100x4, default) or six-pool (the paper's "
+             "literal six pools, 100x1 at block 7); docs/model.md")
     arg("--data", help="training split: a shard .h5 or a folder with index.json (default: the built-in set)")
-    arg("--eval-data", help="held-out split for evaluation (with --data)")
+    arg("--eval-data", help="test split (with --data), evaluated once at the end with best.pt")
+    arg("--validation-fraction", type=float, default=0.1,
+        help="share of the training split held out for model selection (best.pt, early stopping)")
+    arg("--validation-max-clips", type=int, default=5000, help="cap on the validation clips")
+    arg("--patience", type=int, default=0, help="stop after this many evaluations without a better validation mAP "
+                                                "(0: never)")
     arg("--builtin-dir", default="~/.cache/fastsca", help="where the built-in set is generated and cached")
     arg("--clip-seconds", type=float, help="clip length of the built-in set (default: the profile's)")
     arg("--builtin-train", type=int, help="clips in the built-in training split")
@@ -102,11 +111,13 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
                           seed=args.seed, num_workers=_pick(args.num_workers, profile.num_workers),
                           mixup_alpha=args.mixup_alpha, spec_augment=args.spec_augment)
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
-                      builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size)
+                      builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
+                      validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips)
     paths = _data_paths(data)
     sample_rate, clip_samples, label_names = _data_header(*paths)
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
-    model = ModelConfig.from_name(args.preset, num_classes=len(label_names), input_frames=log_mel.frames,
+    model = ModelConfig.from_name(args.preset, pooling_plan=args.pooling_plan, num_classes=len(label_names),
+                                  input_frames=log_mel.frames,
                                   channels=args.channels or profile.channels or PRESETS[args.preset].channels,
                                   fused_attention=profile.fused_attention)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
@@ -114,7 +125,8 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
     steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
     run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
                     eval_every=_pick(args.eval_every, profile.eval_every),
-                    log_every=_pick(args.log_every, profile.log_every), seed=args.seed, compile=args.compile,
+                    log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
+                    compile=args.compile,
                     compile_backend=args.compile_backend,
                     threads=_pick(args.threads, profile.threads), resume=args.resume)
     return TrainConfig(model=model, log_mel=log_mel, data=data, optim=optim, run=run), paths
@@ -137,16 +149,17 @@ def _data_header(train_path: str, eval_path: str) -> tuple[int, int, tuple[str, 
     return train.sample_rate, train.clip_samples, train.label_names
 
 
-def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: int) -> str:
+def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: int, validation_clips: int) -> str:
     """What was chosen, printed at the start."""
     m, d, o, r = config.model, config.data, config.optim, config.run
     source = (f"built-in set in {Path(d.builtin_dir).expanduser() / ('synth-' + d.builtin.cache_key())}"
               if d.train_path is None else d.train_path)
     return "\n".join([
         f"model {m.name!r}: channels {m.channels}, arrangement {m.arrangement} x{m.attention_depth}, "
-        f"{m.num_classes} classes, input {m.input_frames}x{m.n_mels} "
+        f"{m.num_classes} classes, input {m.input_frames}x{m.n_mels}, {m.pooling_plan} pooling plan "
         f"({config.log_mel.clip_samples / config.log_mel.sample_rate:g} s clips), fused attention {m.fused_attention}",
-        f"data: {source} ({clips} training clips), eval {d.eval_path or 'built-in eval split'}",
+        f"data: {source} ({clips} training clips, {validation_clips} of them held out for validation), "
+        f"test {d.eval_path or 'built-in eval split'} (evaluated once, at the end, with best.pt)",
         f"run: {total_steps} steps x {d.loader.batch_size} clips x {world_size} process(es), {d.loader.sampler} "
         f"sampler, AdamW lr {o.lr:g} (warm-up {o.warmup_steps}, cosine), eval every {r.eval_every}, "
         f"compile {r.compile_backend if r.compile else 'off'}, {torch.get_num_threads()} CPU thread(s), out {r.out}",
@@ -154,8 +167,9 @@ def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: 
 
 
 def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed.Context,
-          stop: StopRequest) -> dict[str, float] | None:
-    """Run training to the end, or until a signal stops it; the last eval summary, None when stopped early."""
+          stop: StopRequest) -> dict[str, dict[str, float]] | None:
+    """Run training to the end (or to early stopping), or until a signal stops it; {"validation": best.pt's
+    validation summary, "test": its test summary}, None when a signal stopped it."""
     run, data, device = config.run, config.data, ctx.device
     out = Path(run.out)
     latest = out / "latest.pt"
@@ -173,7 +187,11 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
 
     eval_loader_config = LoaderConfig(batch_size=data.eval_batch_size, sampler="sequential",
                                       num_workers=data.loader.num_workers, drop_last=False)
-    with (LogMelLoader(train_path, data.loader, config.log_mel, device, ctx.rank, ctx.world_size) as train_loader,
+    train_part, validation_part = holdout.split_train(train_path, data.validation_fraction, data.validation_max_clips,
+                                                      data.loader.seed)
+    with (LogMelLoader(train_part, data.loader, config.log_mel, device, ctx.rank, ctx.world_size) as train_loader,
+          LogMelLoader(validation_part, eval_loader_config, config.log_mel, device, ctx.rank,
+                       ctx.world_size) as validation_loader,
           LogMelLoader(eval_path, eval_loader_config, config.log_mel, device, ctx.rank, ctx.world_size) as eval_loader):
         total_steps = run.steps if run.steps is not None else run.epochs * len(train_loader)
         model = build_model(config.model).to(device)
@@ -193,7 +211,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
             checkpoint.set_rng_state(payload["rng"][ctx.rank])
             state = checkpoint.restore_train_state(payload)
         if ctx.is_main:
-            print(describe_run(config, total_steps, ctx.world_size, train_loader.num_clips), flush=True)
+            print(describe_run(config, total_steps, ctx.world_size, train_loader.num_clips + validation_loader.num_clips,
+                               validation_loader.num_clips), flush=True)
             if run.resume:
                 print(f"resumed from {latest} at step {state.step}", flush=True)
 
@@ -220,6 +239,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
 
         bar = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True, disable=not ctx.is_main)
         summary: dict[str, float] = {}
+        best_summary: dict[str, float] = {}
         clips_per_step = data.loader.batch_size * ctx.world_size
         start_step, mark_step, mark_time = state.step, state.step, time.perf_counter()
         stopping, interrupted = state.step >= total_steps, False
@@ -255,32 +275,45 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 if state.step % run.eval_every == 0 or state.step == total_steps:
                     eval_start = time.perf_counter()
                     distributed.broadcast_buffers(model)
-                    metrics, clips = evaluate(model, eval_loader, device)
+                    metrics, clips = evaluate(model, validation_loader, device)
                     summary = {k: float(v) for k, v in metrics.summary().items()}
                     improved = summary["mAP"] > state.best_map
-                    state.best_map = max(state.best_map, summary["mAP"])
+                    if improved:
+                        state.best_map, state.best_step, best_summary = summary["mAP"], state.step, summary
                     save_latest()
                     if improved and ctx.is_main:
                         checkpoint.copy(latest, out / "best.pt")
                     eval_s = time.perf_counter() - eval_start
-                    log.write("eval", state.step, **summary, clips=clips, seconds=round(eval_s, 2))
-                    say(f"step {state.step}: eval mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
+                    log.write("val", state.step, **summary, clips=clips, seconds=round(eval_s, 2))
+                    say(f"step {state.step}: validation mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
                         f"d' {summary['d_prime']:.3f}  ({eval_s:.1f} s){'  best' if improved else ''}")
                     mark_time += time.perf_counter() - eval_start   # clips/s counts training time only
+
+                    if run.patience and (state.step - state.best_step) // run.eval_every >= run.patience:
+                        say(f"early stop: no better validation mAP in {run.patience} evaluations since step "
+                            f"{state.best_step}")
+                        total_steps = state.step
 
                 interrupted = distributed.any_rank(stop.requested, device)
                 stopping = interrupted or state.step >= total_steps
                 if stopping:
                     break
         bar.close()
-        log.close()
         if interrupted and state.step < total_steps:
+            log.close()
             save_latest()
             if ctx.is_main:
                 print(f"stopped by {stop.signal_name or 'a signal on another rank'} after step {state.step}; "
                       f"wrote {latest} (resume with --resume)", flush=True)
             return None
-        return summary
+        distributed.gather_objects(None)   # a barrier: rank 0 has written best.pt
+        model.load_state_dict(checkpoint.read_checkpoint(out / "best.pt")["model"])
+        distributed.broadcast_buffers(model)
+        metrics, clips = evaluate(model, eval_loader, device)
+        test = {k: float(v) for k, v in metrics.summary().items()}
+        log.write("test", state.step, **test, clips=clips, best_step=state.best_step, validation_mAP=state.best_map)
+        log.close()
+        return {"validation": best_summary or {"mAP": state.best_map}, "test": test}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -300,8 +333,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         distributed.teardown()
     if ctx.is_main and summary:
-        print(f"done in {time.perf_counter() - start:.0f} s: eval mAP {summary['mAP']:.4f}, "
-              f"mAUC {summary['mAUC']:.4f}, d' {summary['d_prime']:.3f}; checkpoints in {config.run.out}")
+        test = summary["test"]
+        print(f"done in {time.perf_counter() - start:.0f} s: best.pt (validation mAP {summary['validation']['mAP']:.4f}) "
+              f"on the test split: mAP {test['mAP']:.4f}, mAUC {test['mAUC']:.4f}, d' {test['d_prime']:.3f}; "
+              f"checkpoints in {config.run.out}")
 
 
 if __name__ == "__main__":
