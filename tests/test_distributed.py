@@ -66,23 +66,24 @@ def test_torchrun_two_processes_gathers_the_whole_eval_split(tmp_path, builtin_d
          *tiny_args(out, builtin_dir, 12, "--eval-every", "6")],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    evals = records(out, "eval")
+    evals = records(out, "val")
     assert [e["step"] for e in evals] == [6, 12]
     # only rank 0 writes: one line per event, and the step's clips/s counts both processes' batches
     assert len(records(out, "first_step")) == 1
-    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "eval"
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "test"
     latest = torch.load(out / "latest.pt", weights_only=True)
     assert latest["step"] == 12 and len(latest["loader"]) == 2 and len(latest["rng"]) == 2
     assert [state["sampler"]["rank"] for state in latest["loader"]] == [0, 1]
 
-    # the 101 eval clips split 51 + 50 over the ranks; gathered, each counts once and the metrics are the
-    # one-process ones (the ranks evaluate with rank 0's BatchNorm statistics, the checkpoint's)
-    assert evals[-1]["clips"] == 101
-    trained = load_trained_model(out / "latest.pt")
+    # the 101 test clips split 51 + 50 over the ranks; gathered, each counts once and the metrics are the
+    # one-process ones (the ranks evaluate with rank 0's BatchNorm statistics, best.pt's)
+    [test] = records(out, "test")
+    assert test["clips"] == 101
+    trained = load_trained_model(out / "best.pt")
     eval_path = next(builtin_dir.glob("synth-*/eval.h5"))
     with LogMelLoader(eval_path, LoaderConfig(batch_size=64, sampler="sequential", drop_last=False, num_workers=1),
                       trained.log_mel) as loader:
         metrics, clips = evaluate(trained.model, loader, torch.device("cpu"))
     assert clips == 101
     for key, value in metrics.summary().items():
-        assert evals[-1][key] == pytest.approx(value, abs=1e-6)
+        assert test[key] == pytest.approx(value, abs=1e-6)
