@@ -1,0 +1,59 @@
+"""`python -m train.sweep`: every row trained once per seed, the table written, finished runs not retrained."""
+import csv
+import re
+from pathlib import Path
+
+import pytest
+
+from train import sweep
+from train.sweep import TABLES, Row
+
+TINY = ["--profile", "cpu", "--channels", "4,8,8,16,16,16,16", "--clip-seconds", "1", "--builtin-train", "96",
+        "--builtin-eval", "37", "--batch-size", "16", "--steps", "3", "--eval-every", "3", "--warmup-steps", "1",
+        "--num-workers", "0"]
+
+
+def test_tables_hold_every_row_of_the_paper():
+    assert [r.preset for r in TABLES[1]] == ["baseline", "at-s-global", "at-s-local", "at-s", "at-c", "at-sca",
+                                            "at-csa", "at-cps"]
+    assert {r.preset for r in TABLES[2]} == {f"{a}{d}" for a in ("at-s", "at-c", "at-sca") for d in ("", "-2", "-3")}
+
+
+def test_flags_the_sweep_sets_itself_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--table", "1", "--out", "x", "--seed", "3"])
+    assert "--seed: the sweep sets these" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes(tmp_path):
+    args, passed_on = sweep.parse_args(["--table", "1", "--out", str(tmp_path), "--steps", "9"])
+    assert "--resume" not in sweep.run_command("at-c", 1, tmp_path, args, passed_on)
+    (tmp_path / "latest.pt").write_bytes(b"")
+    command = sweep.run_command("at-c", 1, tmp_path, args, passed_on)
+    assert command[-3:] == ["--resume", "--steps", "9"] and command[command.index("--seed") + 1] == "1"
+
+
+@pytest.mark.slow
+def test_sweep_writes_the_table_and_skips_finished_runs(tmp_path, monkeypatch, capsys):
+    rows = (Row("Baseline", "baseline", "-", (0.367, 0.967, 2.591)),
+            Row("AT-SCA", "at-sca-2", "2 layers", (0.387, 0.969, 2.648)))
+    monkeypatch.setitem(TABLES, 2, rows)
+    argv = ["--table", "2", "--seeds", "2", "--out", str(tmp_path), "--builtin-dir", str(tmp_path / "data"), *TINY]
+    sweep.main(argv)
+    printed = capsys.readouterr().out
+    with (tmp_path / "table2.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["preset"] for r in table] == ["baseline", "at-sca-2"] and {r["seeds"] for r in table} == {"2"}
+    for row in table:
+        mean, std = (float(v) for v in row["mAP"].split(" ± "))
+        assert 0 < mean <= 1 and std >= 0
+        assert float(row["GFLOPs/clip"]) > 0 and row["params"].endswith(" M")
+    assert float(table[1]["GFLOPs/clip"]) > float(table[0]["GFLOPs/clip"])   # attention costs a little
+    assert "| Baseline | - | baseline | 2 |" in printed and "python -m train.sweep --table 2" in printed
+    logs = {p.parent.name: p.read_text() for p in Path(tmp_path / "runs").glob("*/log.txt")}
+    assert sorted(logs) == ["at-sca-2-seed0", "at-sca-2-seed1", "baseline-seed0", "baseline-seed1"]
+    assert all(log.count("$ ") == 1 for log in logs.values())
+
+    sweep.main(argv)   # again: everything is finished, nothing is trained
+    assert all(p.read_text().count("$ ") == 1 for p in Path(tmp_path / "runs").glob("*/log.txt"))
+    assert len(re.findall(r"\d ± \d", (tmp_path / "table2.md").read_text())) == 6   # 2 rows x 3 metrics

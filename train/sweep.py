@@ -1,0 +1,208 @@
+"""`python -m train.sweep --table 1|2 --seeds N --out DIR [--data D --eval-data E] [train.run flags ...]`
+
+Trains every row of the paper's Table 1 (baseline, AT-S global / local / both, AT-C, AT-SCA, AT-CSA, AT-C//S)
+or Table 2 (AT-S, AT-C, AT-SCA with attention in the last 1, 2 and 3 blocks), each with seeds 0..N-1, and
+writes the table: test mAP, mAUC and d' as mean ± std over the seeds (each run's best.pt, chosen on its
+validation split), parameters and forward GFLOPs per clip, as DIR/tableT.md and DIR/tableT.csv.
+
+Each run is a `python -m train.run` subprocess in DIR/runs/PRESET-seedS (its output in log.txt there), with
+every flag this command does not know passed on (--steps, --profile, --channels, ...). A run whose
+metrics.jsonl holds its test record is finished and not trained again; one with a latest.pt resumes from it,
+so the sweep can be stopped (Ctrl-C) and started again with the same command. Both tables can share DIR:
+Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs.
+"""
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from fastsca.config import ModelConfig
+from fastsca.inference import read_checkpoint
+from fastsca.model import build_model
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: the preset trained and the paper's columns that describe it."""
+
+    model: str
+    """The model's name as the paper writes it."""
+    preset: str
+    """The fastsca.config preset that builds it."""
+    detail: str
+    """Spatial branches / channel attention (Table 1) or attention layers (Table 2)."""
+    paper: tuple[float, float, float]
+    """The paper's (mAP, mAUC, d') for the row, on AudioSet."""
+
+
+TABLES: dict[int, tuple[Row, ...]] = {
+    1: (Row("Baseline", "baseline", "-", (0.367, 0.967, 2.591)),
+        Row("AT-S", "at-s-global", "global", (0.375, 0.966, 2.583)),
+        Row("AT-S", "at-s-local", "local", (0.374, 0.967, 2.598)),
+        Row("AT-S", "at-s", "global + local", (0.377, 0.967, 2.601)),
+        Row("AT-C", "at-c", "channel", (0.378, 0.969, 2.632)),
+        Row("AT-SCA", "at-sca", "global + local, channel", (0.383, 0.969, 2.635)),
+        Row("AT-CSA", "at-csa", "global + local, channel", (0.381, 0.968, 2.627)),
+        Row("AT-C//S", "at-cps", "global + local, channel", (0.380, 0.969, 2.632))),
+    # the 1-layer presets are Table 1's (at-s == at-s-1), so one DIR trains them once for both tables
+    2: (Row("AT-S", "at-s", "1 layer", (0.377, 0.967, 2.601)),
+        Row("AT-S", "at-s-2", "2 layers", (0.379, 0.967, 2.605)),
+        Row("AT-S", "at-s-3", "3 layers", (0.384, 0.968, 2.613)),
+        Row("AT-C", "at-c", "1 layer", (0.378, 0.969, 2.632)),
+        Row("AT-C", "at-c-2", "2 layers", (0.382, 0.969, 2.638)),
+        Row("AT-C", "at-c-3", "3 layers", (0.385, 0.969, 2.643)),
+        Row("AT-SCA", "at-sca", "1 layer", (0.383, 0.969, 2.635)),
+        Row("AT-SCA", "at-sca-2", "2 layers", (0.387, 0.969, 2.648)),
+        Row("AT-SCA", "at-sca-3", "3 layers", (0.390, 0.970, 2.652))),
+}
+"""Every row of the paper's Tables 1 and 2, in the paper's order."""
+
+METRICS = ("mAP", "mAUC", "d_prime")
+# flags the sweep sets for each run itself
+OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+                                     epilog="Any other flag is passed on to every `python -m train.run`.")
+    parser.add_argument("--table", type=int, choices=sorted(TABLES), required=True, help="the paper's table to train")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row, 0..N-1 (default 3)")
+    parser.add_argument("--out", required=True, help="sweep folder: runs/ and the tables")
+    parser.add_argument("--data", help="training split (default: the built-in set)")
+    parser.add_argument("--eval-data", help="test split, reported (with --data)")
+    args, passed_on = parser.parse_known_args(argv)
+    if (args.data is None) != (args.eval_data is None):
+        parser.error("give both --data and --eval-data, or neither (to use the built-in set)")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    clashing = [f for f in passed_on if f.split("=")[0] in OWN_FLAGS]
+    if clashing:
+        parser.error(f"{', '.join(clashing)}: the sweep sets these for each run itself")
+    return args, passed_on
+
+
+def read_records(run_dir: Path, kind: str) -> list[dict]:
+    """The metrics.jsonl records of one kind ([] before the run has written any)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == kind]
+
+
+def run_command(preset: str, seed: int, run_dir: Path, args: argparse.Namespace, passed_on: list[str]) -> list[str]:
+    """The `python -m train.run` command line of one run; --resume when it has a checkpoint to go on from."""
+    command = [sys.executable, "-m", "train.run", "--preset", preset, "--seed", str(seed), "--out", str(run_dir)]
+    if args.data is not None:
+        command += ["--data", str(args.data), "--eval-data", str(args.eval_data)]
+    if (run_dir / "latest.pt").is_file():
+        command.append("--resume")
+    return command + passed_on
+
+
+def model_cost(config: ModelConfig) -> tuple[int, float]:
+    """(parameters, forward GFLOPs for one clip) of a model config, counted with torch's flop counter."""
+    model = build_model(config, fused_attention=False).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 1, config.input_frames, config.n_mels))
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.3f} ± {std:.3f}"
+
+
+def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
+    """One dict per row: the test metrics of its finished seeds (mean ± std), parameters and GFLOPs."""
+    rows = []
+    for row in TABLES[table]:
+        tests = [t for s in range(seeds) for t in read_records(runs / f"{row.preset}-seed{s}", "test")[-1:]]
+        cost = "", ""
+        best = runs / f"{row.preset}-seed0" / "best.pt"
+        if best.is_file():
+            params, gflops = model_cost(ModelConfig(**read_checkpoint(best)["config"]["model"]))
+            cost = f"{params / 1e6:.3f} M", f"{gflops:.4g}"
+        rows.append({"model": row.model, "attention": row.detail, "preset": row.preset, "seeds": len(tests),
+                     **{m: _mean_std([t[m] for t in tests]) for m in METRICS},
+                     "params": cost[0], "GFLOPs/clip": cost[1],
+                     **{f"paper {m}": f"{v:.3f}" for m, v in zip(METRICS, row.paper)}})
+    return rows
+
+
+def write_tables(rows: list[dict], table: int, out: Path, command: str, note: str) -> tuple[Path, Path]:
+    """OUT/tableT.md (with the command that made it) and OUT/tableT.csv."""
+    columns = list(rows[0])
+    md = out / f"table{table}.md"
+    lines = [f"# Table {table}, reproduced", "", f"Made by `{command}`.", "", note, "",
+             "| " + " | ".join(c.replace("d_prime", "d′") for c in columns) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
+    md.write_text("\n".join(lines) + "\n")
+    csv_path = out / f"table{table}.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return md, csv_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, passed_on = parse_args(argv)
+    out = Path(args.out)
+    runs = out / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    jobs = [(row.preset, seed) for row in TABLES[args.table] for seed in range(args.seeds)]
+    failed = []
+    bar = tqdm(jobs, unit="run", dynamic_ncols=True)
+    for preset, seed in bar:
+        run_dir = runs / f"{preset}-seed{seed}"
+        bar.set_postfix_str(f"{preset} seed {seed}")
+        if read_records(run_dir, "test"):
+            continue   # finished earlier
+        run_dir.mkdir(exist_ok=True)
+        command = run_command(preset, seed, run_dir, args, passed_on)
+        with (run_dir / "log.txt").open("a") as log:
+            log.write(f"$ {shlex.join(command)}\n")
+            log.flush()
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = process.wait()
+            except KeyboardInterrupt:   # the run got the Ctrl-C too: let it write latest.pt
+                process.wait()
+                code = None
+        if code is None or (code == 0 and not read_records(run_dir, "test")):
+            bar.close()
+            print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
+                  file=sys.stderr)
+            sys.exit(130)
+        if code != 0:
+            last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
+            tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
+            failed.append(run_dir)
+    bar.close()
+    command = shlex.join(["python", "-m", "train.sweep", *(sys.argv[1:] if argv is None else argv)])
+    note = (f"Test-split metrics of each run's best.pt (chosen on a validation split held out of the training "
+            f"data), mean ± sample std over seeds 0..{args.seeds - 1}; parameters and forward GFLOPs per clip of "
+            f"the model as trained; `paper` columns: the paper's AudioSet numbers, for reference only.")
+    md, csv_path = write_tables(summarise(args.table, args.seeds, runs), args.table, out, command, note)
+    print(md.read_text(), end="")
+    print(f"wrote {md} and {csv_path}")
+    if failed:
+        print(f"error: {len(failed)} run(s) failed: {', '.join(map(str, failed))}; see log.txt in each",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
