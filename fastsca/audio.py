@@ -25,17 +25,21 @@ class TruncatedAudioError(AudioError):
     """A file that holds less audio than its header declares (an interrupted download or copy)."""
 
 
-# libsndfile's log of a WAV/AIFF header whose data chunk runs past the end of the file:
-# "data : 192000 (should be 29956)", the declared and the present byte counts.
-_SHORT_DATA_CHUNK = re.compile(r"^(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# libsndfile's log of a header that declares more audio than the file holds (it then returns what is there):
+# WAV "data : 192000 (should be 29956)", the declared and the present bytes of the data chunk;
+# AIFF "Frame count read from 'COMM' chunk (96000) not equal to ...", the declared frames.
+_SHORT_WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_AIFF_FRAMES = re.compile(r"Frame count read from 'COMM' chunk \((\d+)\)")
 
 
-def _check_whole(path: str | Path, info: soundfile._SoundFileInfo, decoded_frames: int) -> None:
-    """Raise TruncatedAudioError if the file holds fewer frames than its header declares."""
-    short = _SHORT_DATA_CHUNK.search(info.extra_info)
+def _check_whole(path: str | Path, info, decoded_frames: int) -> None:
+    """Raise TruncatedAudioError if the file holds fewer frames than its header declares; `info` is
+    soundfile.info's (frames, samplerate and libsndfile's header log in extra_info)."""
     declared_frames = info.frames
-    if short and int(short.group(1)) > int(short.group(2)):
-        declared_frames = round(info.frames * int(short.group(1)) / int(short.group(2)))
+    if wav := _SHORT_WAV_DATA.search(info.extra_info):   # info.frames counts only the bytes present
+        declared_frames = round(info.frames * int(wav.group(1)) / max(1, int(wav.group(2))))
+    elif aiff := _AIFF_FRAMES.search(info.extra_info):
+        declared_frames = int(aiff.group(1))
     if decoded_frames < declared_frames:
         raise TruncatedAudioError(
             f"{path}: truncated: the header declares {declared_frames / info.samplerate:.2f} s but the file holds "

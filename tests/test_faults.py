@@ -106,18 +106,24 @@ def alive(pid: int) -> bool:
         return False
 
 
+def describe(pids: list[int]) -> list[str]:
+    """PID and command line of each live process of `pids`."""
+    return [f"{p}: " + (Path("/proc") / str(p) / "cmdline").read_bytes().replace(b"\0", b" ")[:120].decode()
+            for p in pids if alive(p)]
+
+
 def assert_gone_within(pids: list[int], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while any(alive(p) for p in pids):
-        assert time.monotonic() < deadline, f"still alive {seconds} s after their parent: {[p for p in pids if alive(p)]}"
+        assert time.monotonic() < deadline, f"still alive {seconds} s after their parent: {describe(pids)}"
         time.sleep(0.1)
 
 
 # --- damaged audio ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
-def test_truncated_wav_is_refused(tmp_path, subtype):
-    path = tmp_path / "clip.wav"
+@pytest.mark.parametrize("ext, subtype", [("wav", "PCM_16"), ("wav", "PCM_24"), ("wav", "FLOAT"), ("aiff", "PCM_16")])
+def test_truncated_file_is_refused(tmp_path, ext, subtype):
+    path = tmp_path / f"clip.{ext}"
     write_wav(path, 6.0, subtype=subtype)
     keep = int(np.random.default_rng().integers(20000, 60000))
     truncate(path, keep)
@@ -611,15 +617,18 @@ def test_kill_9_of_pack_ends_its_workers(tmp_path):
     (tmp_path / "a.csv").write_text("# YTID, start_seconds, end_seconds, positive_labels\n" + "\n".join(rows) + "\n")
     args[args.index("--workers") + 1] = "2"
     args[args.index("--shard-size") + 1] = "1000"
-    process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
-        while len(descendants(process.pid)) < 2 or not list((tmp_path / "out").glob("*.tmp")):
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        # clips decoded: both workers are up and working (a worker killed while it still imports also
+        # ends, but only once its imports are done)
+        while not re.search(r"packing:.*\| *([1-9]\d*)/4000", log.read_text()):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        time.sleep(1.0)
         workers = descendants(process.pid)
+        assert len(workers) >= 2
     finally:
         process.kill()
         process.wait()
