@@ -104,8 +104,10 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
 
     clip_bce = train.run.clip_bce
     monkeypatch.setattr(train.run, "clip_bce", loss_then_signal)
-    train.run.main(tiny_args(out, builtin_dir))
+    with pytest.raises(SystemExit) as stopped:
+        train.run.main(tiny_args(out, builtin_dir))
     monkeypatch.undo()
+    assert stopped.value.code == 128 + signal.SIGTERM
     assert "stopped by SIGTERM after step 13" in capsys.readouterr().out
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 13
 
@@ -130,7 +132,7 @@ def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 0, stderr
+    assert process.returncode == 128 + signal.SIGTERM, stderr
     step = torch.load(out / "latest.pt", weights_only=True)["step"]
     assert 2 <= step < 100000
     assert f"stopped by SIGTERM after step {step}" in stdout

@@ -7,6 +7,7 @@ the run (each dataclass as a dict) and the label names. `fastsca.inference` read
 import os
 import random
 import shutil
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -14,8 +15,17 @@ import numpy as np
 import torch
 
 from fastsca.config import ModelConfig
-from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
-from train.config import TrainConfig
+from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, TrainedModel, load_trained_model, read_checkpoint
+from train.config import OptimConfig, TrainConfig
+from train.optim import lr_factor
+from train.out_folder import OutFolderError, describe_os_error
+
+# What a resume reads from a checkpoint, besides the TrainState fields.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "loader", "rng", "config", "label_names")
+CONFIG_PARTS = ("model", "log_mel", "data", "optim", "run")
+# Fields that shape the learning-rate schedule: changing one on resume would make the lr jump.
+SCHEDULE_FIELDS = (("optim", "lr"), ("optim", "warmup_steps"), ("optim", "min_lr_ratio"), ("run", "steps"),
+                   ("run", "epochs"))
 
 
 @dataclass
@@ -28,6 +38,20 @@ class TrainState:
     """Best validation mAP so far (best.pt holds that model)."""
     best_step: int = 0
     """The step best.pt was written at (early stopping counts evaluations since)."""
+
+
+class Cadence:
+    """Says when `minutes` have passed since the last checkpoint (a time cadence beside the eval cadence)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = 60.0 * minutes
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.seconds
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
 
 
 def rng_state() -> dict:
@@ -54,18 +78,30 @@ def config_dict(config: TrainConfig) -> dict:
     return {f.name: asdict(getattr(config, f.name)) for f in fields(config)}
 
 
+def _write_atomically(path: Path, write) -> None:
+    """`write(tmp)` then rename onto `path`, so `path` is always a whole file; on a file-system error (disk
+    full) the temporary file is removed, `path` keeps its previous content and the error is one line."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OutFolderError(describe_os_error(error, f"write {path}") + f" (the previous {path.name}, if any, "
+                             f"is kept)") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def save(path: Path, payload: dict) -> None:
     """Write `payload` to `path` through a temporary file and a rename, so `path` is always a whole file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def copy(source: Path, target: Path) -> None:
     """Copy a checkpoint file atomically (best.pt from latest.pt)."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    _write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -106,8 +142,46 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def check_contents(path: Path, payload: dict) -> None:
+    """Raise CheckpointError (one line) if a checkpoint lacks what a resume reads (a hand-edited file)."""
+    missing = [k for k in (*RESUME_KEYS, *(f.name for f in fields(TrainState))) if k not in payload]
+    if not isinstance(payload.get("config", {}), dict):
+        missing.append("config")
+    missing += [f"config.{part}" for part in CONFIG_PARTS
+                if "config" not in missing and not isinstance(payload.get("config", {}).get(part), dict)]
+    if missing:
+        raise CheckpointError(f"{path}: no {', '.join(missing)} entry; the file was edited or written by other "
+                              f"code: resume from a latest.pt as written by `python -m train.run`, or start a new "
+                              f"run with another --out")
+
+
+def _check_schedule(path: Path, saved: dict, config: TrainConfig, step: int) -> None:
+    """Raise CheckpointError if this run's learning-rate schedule differs from the checkpoint's.
+
+    Refused rather than adopted: a schedule stretched or squeezed mid-run makes the lr jump at once (the issue
+    that asked for this saw 3e-05 become 4.8e-04 with a larger --steps), and silently keeping the old one
+    would ignore the flag the user just gave."""
+    current = config_dict(config)
+    changed = [f"{part}.{name} {saved[part].get(name)!r} vs {current[part][name]!r}" for part, name in SCHEDULE_FIELDS
+               if saved[part].get(name) != current[part][name]]
+    if not changed:
+        return
+    jump = ""
+    if saved["run"].get("steps") and config.run.steps:
+        before = saved["optim"]["lr"] * lr_factor(step, OptimConfig(**{**saved["optim"],
+                                                                        "betas": tuple(saved["optim"]["betas"])}),
+                                                  saved["run"]["steps"])
+        after = config.optim.lr * lr_factor(step, config.optim, config.run.steps)
+        jump = f"; the lr at step {step} would jump from {before:.3g} to {after:.3g}"
+    raise CheckpointError(f"{path} was started with another learning-rate schedule ({', '.join(changed)}, checkpoint "
+                          f"vs this run){jump}; resume with the checkpoint's --steps/--epochs/--lr/--warmup-steps, "
+                          f"or start a new run with another --out")
+
+
 def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
-    """Raise CheckpointError (one line) unless the checkpoint's model, front end and data settings are this run's."""
+    """Raise CheckpointError (one line) unless the checkpoint's model, front end, data settings and lr schedule
+    are this run's."""
+    check_contents(path, payload)
     saved = payload["config"]
     saved_model = ModelConfig(**saved["model"])
     if saved_model != config.model:   # ModelConfig's equality leaves out the preset name
@@ -123,6 +197,7 @@ def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
             raise CheckpointError(
                 f"{path} was written with other {part} settings ({differences}, checkpoint vs this run); resume "
                 f"with the same data options, or start a new run with another --out")
+    _check_schedule(path, saved, config, payload["step"])
 
 
 def load_for_resume(path: Path, config: TrainConfig) -> dict:
@@ -130,6 +205,38 @@ def load_for_resume(path: Path, config: TrainConfig) -> dict:
     payload = read_checkpoint(path)
     check_compatible(path, payload, config)
     return payload
+
+
+def load_state(module, state: dict, path: Path, what: str) -> None:
+    """`module.load_state_dict(state)`, with a mismatch (a hand-edited file) as a one-line CheckpointError."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: its {what} state does not fit this run's {what} ({reason}); the file was "
+                              f"edited or damaged: resume from a latest.pt as written by `python -m train.run`, or "
+                              f"start a new run with another --out") from None
+
+
+def load_trained(path: str | Path, device: torch.device) -> TrainedModel:
+    """`fastsca.inference.load_trained_model`, with a hand-edited checkpoint (an entry missing, a config that
+    does not build, weights of another shape, labels of another count) as a one-line CheckpointError."""
+    try:
+        trained = load_trained_model(path, device)
+    except CheckpointError:
+        raise
+    except KeyError as error:
+        raise CheckpointError(f"{path}: no {error} entry; the file was edited or written by other code: use "
+                              f"best.pt or latest.pt as written by `python -m train.run`") from None
+    except (TypeError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: its config and weights do not fit together ({reason}); the file was "
+                              f"edited or damaged: use best.pt or latest.pt as written by `python -m train.run`") from None
+    classes = trained.configs["model"]["num_classes"]
+    if len(trained.label_names) != classes:
+        raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; the "
+                              f"file was edited or damaged: use best.pt or latest.pt as written by `python -m train.run`")
+    return trained
 
 
 def restore_train_state(payload: dict) -> TrainState:

@@ -103,6 +103,8 @@ class RunConfig:
     """Intra-op CPU threads of each process (torch.set_num_threads); None keeps torch's default."""
     resume: bool = False
     """Continue from out/latest.pt: same next batch, same subsequent losses."""
+    checkpoint_minutes: float = 5.0
+    """Also write latest.pt when this many minutes passed since the last one, so a kill -9 loses at most that."""
 
     def __post_init__(self) -> None:
         if self.profile not in ("cpu", "gpu"):
@@ -116,6 +118,8 @@ class RunConfig:
         for name, value in counts.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
 
 
 @dataclass(frozen=True)

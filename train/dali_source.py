@@ -8,10 +8,12 @@ DALI pickles the callable once, when the pipeline starts its workers, and calls 
 main process (sampler epoch, resume position), so the main process writes each DALI epoch's clip
 order to `<order_prefix><epoch>.npy` before that epoch starts and the workers memory-map it.
 """
+import os
 import signal
 
 import numpy as np
 
+from train.parent_death import die_with_parent
 from train.shards import ShardIndex
 
 
@@ -28,13 +30,17 @@ class ClipSource:
         self.order_prefix = order_prefix
         self._epoch = -1
         self._order = np.zeros(0, np.int64)
+        self._parent_pid = os.getpid()   # the training process, which starts DALI's workers
 
     def __setstate__(self, state: dict) -> None:
         """Runs in each spawned worker as DALI unpickles the source. A Ctrl-C in a terminal reaches the
         whole process group; the main process handles it (checkpoint, then closing the loader stops
-        the workers), so the workers ignore it rather than each printing a KeyboardInterrupt traceback."""
+        the workers), so the workers ignore it rather than each printing a KeyboardInterrupt traceback.
+        A kill -9 of the training process reaches no worker, so each dies with its parent instead."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.__dict__.update(state)
+        if os.getpid() != self._parent_pid:
+            die_with_parent(self._parent_pid)
 
     def __call__(self, sample_info) -> tuple[np.ndarray, np.ndarray]:
         if sample_info.epoch_idx != self._epoch:

@@ -6,6 +6,7 @@ written by `python -m train.run`; without --data it evaluates on the held-out sp
 """
 import argparse
 import csv
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
+from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.metrics import TaggingMetrics, tagging_metrics
-from train import distributed
+from train import checkpoint, distributed
 from train.loader import LoaderConfig, LogMelLoader
+from train.out_folder import OutFolderError, describe_os_error, ensure_writable
 from train.synth import SynthConfig, ensure_builtin
 
 
@@ -51,14 +53,21 @@ def format_table(metrics: TaggingMetrics) -> str:
 
 
 def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[str, ...]) -> None:
-    """One row per class: name, AP, AUC (empty where excluded), positives."""
-    with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
-        writer.writerow(["name", "AP", "AUC", "positives"])
-        for name, ap, auc, positives in zip(label_names, metrics.average_precision, metrics.roc_auc,
-                                            metrics.positives):
-            writer.writerow([name, "" if np.isnan(ap) else f"{ap:.6f}", "" if np.isnan(auc) else f"{auc:.6f}",
-                             int(positives)])
+    """One row per class: name, AP, AUC (empty where excluded), positives; written whole or not at all
+    (through a temporary file; a file-system error is a one-line OutFolderError)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["name", "AP", "AUC", "positives"])
+            for name, ap, auc, positives in zip(label_names, metrics.average_precision, metrics.roc_auc,
+                                                metrics.positives):
+                writer.writerow([name, "" if np.isnan(ap) else f"{ap:.6f}", "" if np.isnan(auc) else f"{auc:.6f}",
+                                 int(positives)])
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OutFolderError(describe_os_error(error, f"write {path}")) from None
 
 
 def run_eval_split(trained: TrainedModel) -> str:
@@ -81,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        trained = load_trained_model(args.checkpoint, device)
+        trained = checkpoint.load_trained(args.checkpoint, device)
+        # checked before the work, so an unwritable --out never costs a whole evaluation
+        out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
         data = args.data or run_eval_split(trained)
         config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
                               drop_last=False)
@@ -91,16 +102,15 @@ def main(argv: list[str] | None = None) -> None:
                                       f"was trained on {_short(trained.label_names)}; evaluate on data with the "
                                       f"checkpoint's label set")
             metrics, clips = evaluate(trained.model, loader, device)
-    except ValueError as error:   # CheckpointError, ShardError and the loader's errors are ValueErrors
+        # the table first: a disk that fills up while the CSV is written still leaves the metrics on screen
+        print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
+              f"{len(trained.label_names)} classes")
+        print(format_table(metrics), flush=True)
+        csv_path = out / "per_class_metrics.csv"
+        write_per_class_csv(csv_path, metrics, trained.label_names)
+    except ValueError as error:   # CheckpointError, ShardError, OutFolderError and the loader's are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "per_class_metrics.csv"
-    write_per_class_csv(csv_path, metrics, trained.label_names)
-    print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
-          f"{len(trained.label_names)} classes")
-    print(format_table(metrics))
     print(f"per-class metrics: {csv_path}")
 
 

@@ -228,7 +228,13 @@ class LogMelLoader:
         for b in range(n_batches):
             if this_pass != self._pass:
                 raise RuntimeError("this loader iterator was superseded by a newer pass over the loader")
-            db, target = self._pipe.run()
+            try:
+                db, target = self._pipe.run()
+            except Exception:
+                # a worker's ShardError arrives as a bare Exception holding its traceback's text; re-check
+                # here so the error is the one-line ShardError
+                self.index.check_unchanged()
+                raise
             real = min(c.batch_size, len(indices) - b * c.batch_size)
             db = self._to_torch(db, torch.float32)                                       # (B, F, T + 1)
             log_mel = db[:real, None, :, : self.log_mel.frames].transpose(2, 3).contiguous()   # (B, 1, T, F)

@@ -8,9 +8,11 @@ zero-padded to 10 s and stored as int16 with its multi-hot target (train/shards.
 `--shard-size` clips of the CSVs per shard. Decoding runs in `--workers` processes.
 
 Re-running with the same inputs resumes: a shard is written under a temporary name and renamed when
-complete, finished shards are skipped, an interrupted one is redone. A missing or undecodable clip
-is skipped, never fatal: it is recorded in its shard (so the list survives resumes) and all of them
-are listed in OUTDIR/pack_report.csv (ytid, shard, reason) with a summary line at the end.
+complete, finished shards are skipped, an interrupted one is redone. A missing, undecodable or
+truncated clip (fastsca/audio.py) is skipped, never fatal: it is recorded in its shard (so the list
+survives resumes) and all of them are listed in OUTDIR/pack_report.csv (ytid, shard, reason) with a
+summary line at the end. Packing no clip at all is an error (exit 1), after writing that report.
+The decoding workers die with the packer (train/parent_death.py).
 """
 import argparse
 import csv
@@ -29,8 +31,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from fastsca.audio import AudioError, load_audio
+from fastsca.audio import AudioError, TruncatedAudioError, load_audio
 from train.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
+from train.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.parent_death import die_with_parent
 from train.shards import ShardError, ShardWriter, write_index
 
 EXTENSIONS = ("wav", "flac", "ogg", "mp3")          # preference order when a clip exists in several
@@ -76,6 +80,10 @@ class PackConfig:
             raise ValueError("sample_rate and clip_samples must be >= 1")
 
 
+class NothingPackedError(ValueError):
+    """Every clip was skipped: shards without clips train nothing."""
+
+
 def find_clips(audio_dir: Path) -> dict[str, Path]:
     """YTID -> clip file under `audio_dir`, preferring wav, then flac, ogg, mp3."""
     found: dict[str, tuple[int, Path]] = {}
@@ -99,7 +107,8 @@ def _decode(tasks: list[tuple[str, str | None]], sample_rate: int, clip_samples:
         try:
             waveform = load_audio(path, sample_rate, clip_samples)
         except AudioError as error:
-            results.append((None, f"undecodable: {error}"))
+            kind = "truncated" if isinstance(error, TruncatedAudioError) else "undecodable"
+            results.append((None, f"{kind}: {error}"))
             continue
         results.append((np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16), ""))
     return results
@@ -170,13 +179,17 @@ def pack(config: PackConfig) -> dict:
     strong: dict = {}
     for path in config.strong:
         strong.update(read_strong(path))
-    config.out.mkdir(parents=True, exist_ok=True)
+    if not config.audio_dir.is_dir():
+        raise ValueError(f"--audio-dir {config.audio_dir}: no such folder; give the folder holding the "
+                         f"Y<YTID>.<ext> clips")
+    ensure_writable(config.out)
     _check_plan(config.out, _plan_key(config, segments, labels))
     clips = find_clips(config.audio_dir)
     shards = [segments[i:i + config.shard_size] for i in range(0, len(segments), config.shard_size)]
     names = [f"shard_{i:05d}.h5" for i in range(len(shards))]
     resumed = 0
-    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn")) as pool, \
+    with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"), initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool, \
             tqdm(total=len(segments), desc="packing", unit="clip") as bar:
         for name, shard in zip(names, shards):
             if (config.out / name).exists():
@@ -191,15 +204,23 @@ def pack(config: PackConfig) -> dict:
             skipped += [(y.decode(), name, r.decode()) for y, r in zip(handle["skipped_name"][:],
                                                                         handle["skipped_reason"][:])]
     report = config.out / REPORT_FILE
-    with open(report.with_name(REPORT_FILE + ".tmp"), "w", newline="") as handle:
-        csv.writer(handle).writerows([("ytid", "shard", "reason"), *skipped])
-    os.replace(report.with_name(REPORT_FILE + ".tmp"), report)
+    tmp = report.with_name(REPORT_FILE + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows([("ytid", "shard", "reason"), *skipped])
+        os.replace(tmp, report)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OutFolderError(describe_os_error(error, f"write {report}")) from None
     reasons = Counter(reason.split(":")[0] for _, _, reason in skipped)
     summary = {"packed": len(rows) - len(skipped), "shards": len(names), "resumed_shards": resumed,
                "skipped": len(skipped), **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
     print(f"packed {summary['packed']} clips into {len(names)} shards in {config.out} ({resumed} already done); "
           f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))}), "
                                        f"listed in {report}" if skipped else ""))
+    if summary["packed"] == 0:
+        raise NothingPackedError(f"no clip of the {len(rows)} CSV rows could be packed (see {report}); check that "
+                                 f"--audio-dir {config.audio_dir} holds files named Y<YTID>.wav/.flac/.ogg/.mp3")
     return summary
 
 
@@ -217,8 +238,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         pack(PackConfig(tuple(args.csv), args.labels, args.audio_dir, args.out, args.shard_size, args.workers,
                         tuple(args.strong)))
-    except (MetadataError, ShardError, ValueError) as error:
+    except (MetadataError, ShardError, ValueError) as error:   # OutFolderError and NothingPackedError too
         sys.exit(f"error: {error}")
+    except OSError as error:   # a disk that fills up while a shard is written (h5py's write errors are OSErrors)
+        sys.exit(f"error: {describe_os_error(error, f'write into {args.out}')}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ is evaluated once, at the end, with best.pt. With no --data it trains on the bui
 generated once into --builtin-dir (default ~/.cache/fastsca). `--profile auto` picks `gpu` (the preset
 as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s clips, a run of a few
 minutes) otherwise; see train/config.py. Under `torchrun --nproc_per_node=N -m train.run ...` it runs
-DDP, the loader sharded by rank. Ctrl-C or SIGTERM stops after the current step and writes latest.pt;
-`--resume` continues from it exactly (same next batch, same losses).
+DDP, the loader sharded by rank. Ctrl-C or SIGTERM stops after the current step, writes latest.pt and
+exits with 128 + the signal number; latest.pt is also written every --checkpoint-minutes; `--resume`
+continues from it exactly (same next batch, same losses). One run at a time owns --out (OUT/.lock).
 """
 import argparse
 import sys
@@ -30,6 +31,7 @@ from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
 from train.metrics_log import MetricsLog
 from train.optim import build_optimizer, build_scheduler
+from train.out_folder import RunLock
 from train.sampler import SAMPLERS
 from train.shards import ShardIndex
 from train.signals import StopRequest
@@ -65,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--builtin-eval", type=int, help="clips in the built-in eval split")
     arg("--out", help="output folder (default runs/PRESET-PROFILE)")
     arg("--resume", action="store_true", help="continue from OUT/latest.pt")
+    arg("--checkpoint-minutes", type=float, default=5.0,
+        help="also write OUT/latest.pt every this many minutes, so a kill -9 loses at most that (default 5)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps (default: the profile's)")
     length.add_argument("--epochs", type=int, help="passes over the training split, instead of --steps")
@@ -128,7 +132,8 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
                     log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
                     compile=args.compile,
                     compile_backend=args.compile_backend,
-                    threads=_pick(args.threads, profile.threads), resume=args.resume)
+                    threads=_pick(args.threads, profile.threads), resume=args.resume,
+                    checkpoint_minutes=args.checkpoint_minutes)
     return TrainConfig(model=model, log_mel=log_mel, data=data, optim=optim, run=run), paths
 
 
@@ -204,9 +209,9 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 raise CheckpointError(f"{latest} was written by {len(payload['loader'])} process(es) but this run "
                                       f"has {ctx.world_size}; resume with torchrun --nproc_per_node="
                                       f"{len(payload['loader'])} (or without torchrun for 1)")
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
+            checkpoint.load_state(model, payload["model"], latest, "model")
+            checkpoint.load_state(optimizer, payload["optimizer"], latest, "optimizer")
+            checkpoint.load_state(scheduler, payload["scheduler"], latest, "scheduler")
             train_loader.load_state_dict(payload["loader"][ctx.rank])
             checkpoint.set_rng_state(payload["rng"][ctx.rank])
             state = checkpoint.restore_train_state(payload)
@@ -220,7 +225,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         if ctx.world_size > 1:
             train_model = DistributedDataParallel(train_model,
                                                   device_ids=[device.index] if device.type == "cuda" else None)
-        log = MetricsLog(out, enabled=ctx.is_main)
+        log = MetricsLog(out, enabled=ctx.is_main, resume_step=state.step if run.resume else None)
+        cadence = checkpoint.Cadence(run.checkpoint_minutes)
         label_names = tuple(train_loader.label_names)
 
         def save_latest() -> None:
@@ -281,6 +287,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                     if improved:
                         state.best_map, state.best_step, best_summary = summary["mAP"], state.step, summary
                     save_latest()
+                    cadence.reset()
                     if improved and ctx.is_main:
                         checkpoint.copy(latest, out / "best.pt")
                     eval_s = time.perf_counter() - eval_start
@@ -294,6 +301,9 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                             f"{state.best_step}")
                         total_steps = state.step
 
+                if state.step % run.log_every == 0 and distributed.any_rank(cadence.due(), device):
+                    save_latest()
+                    cadence.reset()
                 interrupted = distributed.any_rank(stop.requested, device)
                 stopping = interrupted or state.step >= total_steps
                 if stopping:
@@ -326,12 +336,15 @@ def main(argv: list[str] | None = None) -> None:
             if ctx.is_main:
                 print(f"profile {profile} ({why}): defaults from train/config.py PROFILES[{profile!r}]", flush=True)
             config, (train_path, eval_path) = build_config(args, profile)
-            summary = train(config, train_path, eval_path, ctx, stop)
-    except ValueError as error:   # config errors, and CheckpointError and ShardError, which are ValueErrors
-        print(f"error: {error}", file=sys.stderr)
+            with RunLock(Path(config.run.out), enabled=ctx.is_main):
+                summary = train(config, train_path, eval_path, ctx, stop)
+    except ValueError as error:   # config errors, and CheckpointError, ShardError and OutFolderError (ValueErrors)
+        tqdm.write(f"error: {error}", file=sys.stderr)   # on a line of its own, not after a progress bar
         sys.exit(2)
     finally:
         distributed.teardown()
+    if summary is None and stop.requested:
+        sys.exit(stop.exit_code)
     if ctx.is_main and summary:
         test = summary["test"]
         print(f"done in {time.perf_counter() - start:.0f} s: best.pt (validation mAP {summary['validation']['mAP']:.4f}) "

@@ -179,6 +179,8 @@ class ShardIndex:
     """Machine id of each target column."""
     label_names: tuple[str, ...]
     """Display name of each target column."""
+    file_sizes: tuple[int, ...] = ()
+    """Bytes of each shard file when opened; a read checks them, so a file truncated later is an error, not zeros."""
     offsets: np.ndarray = field(init=False, repr=False, compare=False)
     """(num_shards + 1,) index of each shard's first clip, then num_clips."""
     _handles: dict = field(default_factory=dict, repr=False, compare=False)
@@ -219,7 +221,8 @@ class ShardIndex:
                 raise ShardError(f"{shard_path}: its clips, sample rate or labels disagree with "
                                  f"{path / INDEX_FILE}; re-run `python -m train.pack`")
             counts.append(clips)
-        return cls(tuple(p for p, _ in shards), tuple(counts), *header)
+        paths = tuple(p for p, _ in shards)
+        return cls(paths, tuple(counts), *header, file_sizes=tuple(os.path.getsize(p) for p in paths))
 
     @property
     def num_clips(self) -> int:
@@ -236,9 +239,23 @@ class ShardIndex:
             self._handles[shard] = (handle, handle["waveform"], handle["target"])
         return self._handles[shard][1:]
 
+    def check_unchanged(self, shard: int | None = None) -> None:
+        """Raise ShardError if a shard file (`shard`, or every one) no longer has the size it had when opened:
+        HDF5 reads the missing part of a truncated file as zeros, which would train on silence."""
+        for i in range(len(self.paths)) if shard is None else (shard,):
+            try:
+                size = os.path.getsize(self.paths[i])
+            except OSError as error:
+                size = f"unreadable: {error.strerror}"
+            if self.file_sizes and size != self.file_sizes[i]:
+                raise ShardError(f"{self.paths[i]}: the file changed while in use ({self.file_sizes[i]} bytes when "
+                                 f"opened, {size} now); it was truncated or overwritten: copy or pack it again, "
+                                 f"then continue with --resume")
+
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Clip `index` of the split: waveform (clip_samples,) int16 and target (K,) uint8."""
         shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        self.check_unchanged(shard)   # one stat per clip (microseconds beside the 320 kB read)
         waveform, target = self._datasets(shard)
         row = index - int(self.offsets[shard])
         return waveform[row], target[row]

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from train.shards import ShardWriter
+from train.parent_death import die_with_parent
+from train.shards import ShardError, ShardIndex, ShardWriter
 
 CLASS_NAMES = ("tone", "up-chirp", "down-chirp", "noise-burst", "click-train", "harmonic-stack",
                "am-tone", "warble", "beeps", "hiss", "siren", "thumps")
@@ -233,22 +235,41 @@ def write_split(path: Path, config: SynthConfig, split: int, pool: Executor) -> 
         return writer.commit()
 
 
+def _is_whole(path: Path, clips: int) -> bool:
+    """Whether a cached split opens as a shard of `clips` clips whose last clip reads."""
+    try:
+        index = ShardIndex.open(path)
+        try:
+            index.read(clips - 1)
+        finally:
+            index.close()
+    except (ShardError, OSError, KeyError, IndexError):
+        return False
+    return index.num_clips == clips
+
+
 def ensure_builtin(root: Path, config: SynthConfig = SynthConfig(), workers: int | None = None) -> tuple[Path, Path]:
     """(train, eval) shard files of the built-in set for `config`, generated under `root` on first use.
 
     Safe to call from several processes at once (e.g. every DDP rank): a file lock lets one generate
     while the others wait. A split interrupted mid-generation leaves only a `.tmp` file, regenerated
-    next time.
+    next time; a cached split that no longer reads whole (truncated, overwritten) is regenerated too,
+    with a message.
     """
     folder = Path(root) / f"synth-{config.cache_key()}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = (folder / "train.h5", folder / "eval.h5")
     with open(folder / "generate.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        for split, path in enumerate(paths):
+            if path.exists() and not _is_whole(path, config.n_train if split == 0 else config.n_eval):
+                print(f"the cached built-in set file {path} is damaged; regenerating it", file=sys.stderr, flush=True)
+                path.unlink()
         missing = [(split, path) for split, path in enumerate(paths) if not path.exists()]
         if missing:
             (folder / "config.json").write_text(json.dumps(asdict(config), indent=1))
-            with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers or os.cpu_count() or 1, mp_context=get_context("spawn"),
+                                     initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 for split, path in missing:
                     write_split(path, config, split, pool)
     return paths
