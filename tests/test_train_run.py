@@ -71,6 +71,7 @@ def test_run_learns_and_writes_checkpoints(full_run):
     assert len(losses) == 39 and np.mean(losses[-5:]) < np.mean(losses[:5])   # step 1 is logged as first_step
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
     out = tmp_path / "interrupted"
     calls = 0
@@ -98,6 +99,7 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
     assert records(out, "eval")[-1]["mAP"] == records(full_run, "eval")[-1]["mAP"]
 
 
+@pytest.mark.slow
 def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "train.run", *tiny_args(out, builtin_dir, 100000)],
