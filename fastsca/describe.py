@@ -1,18 +1,23 @@
-"""`python -m fastsca.describe PRESET`: the per-block anatomy of a preset, for papers and sanity checks.
+"""`python -m fastsca.describe PRESET [--profile cpu] [--channels ...] [--pooling-plan ...]`: a model's anatomy.
 
-Prints, per block, its output shape, where attention sits (arrangement and the T x F map it sees), parameter counts
-(total and attention's share) and forward GFLOPs per clip (multiply-adds x 2 of convolutions and
+Takes the same model options as `python -m train.run` (train/cli.py), so it shows the model a run
+builds: `--profile cpu` the narrow one the default CPU run trains, `--profile gpu` (the default here)
+the preset as it is, on 10 s clips. Prints, per block, its output shape, where attention sits
+(arrangement and the T x F map it sees), parameter counts (total and attention's share) and forward GFLOPs per clip (multiply-adds x 2 of convolutions and
 matrix products, counted by torch.utils.flop_counter on the reference path; elementwise ops are not
 counted, as is customary).
 """
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastsca.config import PRESETS
+from fastsca.config import PRESETS, ModelConfig
 from fastsca.model import build_model
+from train.cli import add_model_options, input_frames, model_config, preset_help, profile_defaults, resolve_profile
+from train.config import PROFILES
+from train.synth import SynthConfig
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,10 @@ def _parameter_count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def describe(preset: str) -> list[BlockReport]:
-    """Per-block reports of one forward pass of a single clip through `preset`."""
-    model = build_model(preset, fused_attention=False).eval()   # the flop counter sees through the reference
+def describe(preset: str | ModelConfig) -> list[BlockReport]:
+    """Per-block reports of one forward pass of a single clip through a preset (by name) or a config."""
+    config = ModelConfig.from_name(preset) if isinstance(preset, str) else preset
+    model = build_model(replace(config, fused_attention=False)).eval()   # the flop counter sees the reference
     config = model.config
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [block.register_forward_hook(lambda mod, inp, out, i=i: shapes.__setitem__(f"block{i + 1}", tuple(out.shape)))
@@ -66,10 +72,11 @@ def describe(preset: str) -> list[BlockReport]:
     return reports
 
 
-def format_table(preset: str, reports: list[BlockReport]) -> str:
+def format_table(config: ModelConfig, reports: list[BlockReport]) -> str:
     """A plain-text table with totals."""
     header = f"{'layer':<18} {'attention':<16} {'output shape':<24} {'params':>12} {'attn params':>12} {'GFLOPs':>8}"
-    lines = [f"AT-SCA preset {preset!r}: input (1, 1, {PRESETS[preset].input_frames}, {PRESETS[preset].n_mels})",
+    lines = [f"AT-SCA preset {config.name!r}: input (1, 1, {config.input_frames}, {config.n_mels}), "
+             f"channels {','.join(map(str, config.channels))}, {config.num_classes} classes",
              header, "-" * len(header)]
     for r in reports:
         shape = "x".join(map(str, r.output_shape[1:])) if r.name != "attention pooling" else "clip K, frame T'xK"
@@ -83,11 +90,34 @@ def format_table(preset: str, reports: list[BlockReport]) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fastsca.describe", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", choices=list(PRESETS), metavar="PRESET", help=preset_help())
+    add_model_options(parser, profile_default="gpu")
+    parser.add_argument("--clip-seconds", type=float, help=f"clip length, which sets the input frames (default: "
+                        f"the profile's: {profile_defaults('clip_seconds', ' s')}; a run on packed data: 10 s)")
+    parser.add_argument("--num-classes", type=int, default=527, help=f"classes K; train.run takes them from its data, "
+                        f"{SynthConfig().n_classes} for the built-in set (default: %(default)s, AudioSet's)")
+    return parser
+
+
+def model_from_args(args: argparse.Namespace) -> ModelConfig:
+    """The model the parsed options describe, built as train.run builds it (train/cli.py)."""
+    profile, _ = resolve_profile(args.profile, torch.cuda.is_available())
+    clip_seconds = args.clip_seconds if args.clip_seconds is not None else PROFILES[profile].clip_seconds
+    return model_config(args, args.preset, profile, num_classes=args.num_classes,
+                        input_frames=input_frames(clip_seconds))
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("preset", choices=list(PRESETS), metavar="PRESET", help=f"one of: {', '.join(PRESETS)}")
+    parser = build_parser()
     args = parser.parse_args(argv)
-    print(format_table(args.preset, describe(args.preset)))
+    try:
+        config = model_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
+    print(format_table(config, describe(config)))
 
 
 if __name__ == "__main__":

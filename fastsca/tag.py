@@ -92,7 +92,8 @@ def _plot_path(plot: Path, file: str, several: bool) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fastsca.tag", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3; any rate)")
     parser.add_argument("--checkpoint", required=True, help="best.pt or latest.pt written by train.run")
     parser.add_argument("--top-k", type=int, default=5, help="labels to show per file (default 5)")

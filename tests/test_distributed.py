@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fastsca.inference import load_trained_model
+from fastsca.model import build_model
 from train import distributed
 from train.evaluate import evaluate
 from train.loader import LoaderConfig, LogMelLoader
@@ -46,6 +47,40 @@ def test_collectives_with_unequal_counts():
         assert objects == [{"rank": r} for r in range(world_size)]
 
 
+def _strided_grads(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if p.grad.stride() != p.stride()]
+
+
+def test_gradients_arrive_with_their_parameters_strides():
+    """The local branch's w1 when T // r = 1: its gradient's size-1 dimension comes back strided otherwise."""
+    torch.manual_seed(0)
+    model = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8),
+                        fused_attention=False)
+    twin = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8),
+                       fused_attention=False)
+    twin.load_state_dict(model.state_dict())
+    distributed.match_grad_strides(model)
+    log_mel = torch.randn(3, 1, 40, 64)
+    model(log_mel).clip.sum().backward()
+    twin(log_mel).clip.sum().backward()
+    assert any(".w1" in name for name in _strided_grads(twin))   # what DDP would warn about
+    assert _strided_grads(model) == []
+    for mine, theirs in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=0, atol=0)
+
+
+def test_a_gradient_in_another_layout_is_copied_into_the_parameters():
+    parameter = torch.randn(7, 1, 5)
+    same_memory = torch.randn(7, 5).unsqueeze(1).as_strided((7, 1, 5), (5, 1, 1))
+    viewed = distributed._in_layout_of(same_memory, parameter)
+    assert viewed.stride() == (5, 5, 1) and viewed.data_ptr() == same_memory.data_ptr()
+    torch.testing.assert_close(viewed, same_memory, rtol=0, atol=0)
+    transposed = torch.randn(5, 7).t().unsqueeze(1)            # (7, 1, 5) with strides (1, 7, 7)
+    copied = distributed._in_layout_of(transposed, parameter)
+    assert copied.stride() == (5, 5, 1)
+    torch.testing.assert_close(copied, transposed, rtol=0, atol=0)
+
+
 def test_single_process_collectives_are_identities():
     rows = torch.randn(5, 2)
     assert distributed.gather_rows(rows) is rows
@@ -58,6 +93,7 @@ def builtin_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("builtin")
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_gathers_the_whole_eval_split(tmp_path, builtin_dir):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -66,6 +102,9 @@ def test_torchrun_two_processes_gathers_the_whole_eval_split(tmp_path, builtin_d
          *tiny_args(out, builtin_dir, 12, "--eval-every", "6")],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    # 1 s clips leave 10 frames at the attention blocks, so w1 of the local branch is (F, 1, 10): without
+    # match_grad_strides its gradient comes back (1, 1, 1)-strided and DDP warns
+    assert "Grad strides do not match bucket view strides" not in result.stderr
     evals = records(out, "val")
     assert [e["step"] for e in evals] == [6, 12]
     # only rank 0 writes: one line per event, and the step's clips/s counts both processes' batches

@@ -49,7 +49,7 @@ def _assert_same(reference: torch.nn.Module, fused: torch.nn.Module, log_mel: to
 
 
 @pytest.mark.parametrize("name, overrides", [
-    ("at-sca-3", {}),                          # the real maps: (1, 256, 100, 4), (1, 512, 100, 2), (1, 512, 100, 1)
+    pytest.param("at-sca-3", {}, marks=pytest.mark.slow),   # the real maps of at-sca-3
     ("at-csa-3", dict(channels=NARROW)),       # channel-weighted pooling
     ("at-cps-3", dict(channels=NARROW)),       # additive gate
     ("at-s-local-3", dict(channels=NARROW)),   # local branch alone, spatial gate only

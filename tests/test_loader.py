@@ -136,10 +136,14 @@ def test_an_old_iterator_cannot_continue_after_a_new_pass(data):
 
 
 def test_errors(data, tmp_path):
-    with pytest.raises(ValueError, match="16000-sample clips .* expects 160000"):
+    with pytest.raises(ValueError, match=r"holds 1 s clips \(16000 samples at 16000 Hz\) but the model takes "
+                                         r"10 s clips \(160000 samples at 16000 Hz\).*--clip-seconds"):
         LogMelLoader(data[0], LoaderConfig(), LogMelConfig())
-    with pytest.raises(ValueError, match="batch_size 64 exceeds the 45 clips"):
+    with pytest.raises(ValueError, match=r"a batch of 64 clips is more than the 45 clips .* each of 1 process\(es\)"
+                                         r".* use --batch-size 45 or less"):
         LogMelLoader(data[0], LoaderConfig(batch_size=64), FRONT_END)
+    with pytest.raises(ValueError, match=r"more than the 22 clips .* each of 2 process\(es\).*--batch-size 22 or"):
+        LogMelLoader(data[0], LoaderConfig(batch_size=23), FRONT_END, world_size=2)
     with pytest.raises(ValueError, match="sampler 'random'"):
         LoaderConfig(sampler="random")
     truncated = tmp_path / "train.h5"

@@ -11,7 +11,11 @@ def _tiny(name: str, **overrides) -> torch.nn.Module:
     return build_model(name, channels=(4, 8, 8, 16, 16, 32, 32), fused_attention=False, **overrides)
 
 
-@pytest.mark.parametrize("name", list(PRESETS))
+FAST_PRESETS = ("baseline", "at-sca-3")
+"""Presets the fast suite (-m "not slow") runs at full size; the rest take the same code paths, 10-20 s each."""
+
+
+@pytest.mark.parametrize("name", [n if n in FAST_PRESETS else pytest.param(n, marks=pytest.mark.slow) for n in PRESETS])
 def test_every_preset_runs_forward_and_backward(name):
     model = build_model(name, fused_attention=False)
     log_mel = torch.randn(2, 1, 400, 64)

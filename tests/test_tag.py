@@ -70,7 +70,7 @@ def test_top_k_text_and_json(checkpoints, audio, capsys):
     assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
 
 
-@pytest.mark.parametrize("preset", ["at-sca-3", "baseline"])
+@pytest.mark.parametrize("preset", [pytest.param("at-sca-3", marks=pytest.mark.slow), "baseline"])
 def test_plot_writes_a_png_per_file(checkpoints, audio, tmp_path, preset, capsys):
     out = tmp_path / "fig.png"
     tag.main([audio["flac"], "--checkpoint", checkpoints[preset], "--plot", str(out)])

@@ -91,6 +91,7 @@ def test_patience_stops_early_and_still_reports_the_test_split(tmp_path, builtin
     assert test["step"] == vals[-1]["step"] and "test split: mAP" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
     out = tmp_path / "interrupted"
     calls = 0
@@ -122,6 +123,7 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
     assert {**resumed_test, "time": 0} == {**full_test, "time": 0}
 
 
+@pytest.mark.slow
 def test_external_sigterm_writes_a_checkpoint(tmp_path, builtin_dir):
     out = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "train.run", *tiny_args(out, builtin_dir, 100000)],

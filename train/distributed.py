@@ -88,3 +88,28 @@ def gather_objects(obj) -> list:
     objects = [None] * dist.get_world_size()
     dist.all_gather_object(objects, obj)
     return objects
+
+
+def match_grad_strides(module: torch.nn.Module) -> None:
+    """Make every parameter's gradient arrive with the parameter's own strides, the layout of DDP's bucket views.
+
+    A parameter with a dimension of size 1 can get a gradient laid out otherwise in that dimension: the
+    global spatial branch's first conv weight (8, 1, 5, 5) under torch.compile, where Inductor lays the
+    one-channel map S out channels-last and the weight gradient follows it, (25, 1, 5, 1) instead of
+    (25, 25, 5, 1); the local branch's w1 (F, 1, T) when T // r = 1. DDP compares the strides, warns "Grad
+    strides do not match bucket view strides" and copies through a strided path. A stride of a size-1
+    dimension addresses nothing, so the gradient viewed with the parameter's strides is the same memory;
+    any other mismatch is copied into the parameter's layout once.
+    """
+    for parameter in module.parameters():
+        if parameter.requires_grad:
+            parameter.register_hook(lambda grad, p=parameter: _in_layout_of(grad, p))
+
+
+def _in_layout_of(grad: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """`grad` with the strides of `parameter` (a view where they differ only in size-1 dimensions)."""
+    if grad.stride() == parameter.stride():
+        return grad
+    if all(g == p or n == 1 for g, p, n in zip(grad.stride(), parameter.stride(), grad.shape)):
+        return grad.as_strided(grad.shape, parameter.stride())
+    return torch.empty_like(parameter, memory_format=torch.preserve_format).copy_(grad)

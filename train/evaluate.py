@@ -70,30 +70,36 @@ def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[
         raise OutFolderError(describe_os_error(error, f"write {path}")) from None
 
 
-def run_eval_split(trained: TrainedModel) -> str:
+def run_eval_split(trained: TrainedModel, checkpoint_path: str) -> str:
     """The held-out split the checkpoint's run evaluated on; a built-in one is regenerated if it was removed."""
     data = trained.configs["data"]
     if data["eval_path"] is not None:
+        if not Path(data["eval_path"]).exists():
+            where = "" if Path(data["eval_path"]).is_absolute() else f" (read from this folder, {Path.cwd()})"
+            raise CheckpointError(f"the eval split {data['eval_path']} that {checkpoint_path} names as its run's "
+                                  f"--eval-data is not there{where}; run from the folder train.run ran in, or "
+                                  f"pass --data")
         return data["eval_path"]
     _, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
     return str(eval_path)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="best.pt or latest.pt written by train.run")
     parser.add_argument("--data", help="split to evaluate: a shard .h5 or a folder with index.json "
                                        "(default: the run's held-out split)")
     parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         trained = checkpoint.load_trained(args.checkpoint, device)
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
-        data = args.data or run_eval_split(trained)
+        data = args.data or run_eval_split(trained, args.checkpoint)
         config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
                               drop_last=False)
         with LogMelLoader(data, config, log_mel=trained.log_mel, device=device) as loader:

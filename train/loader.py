@@ -80,6 +80,11 @@ class LoaderConfig:
             raise ValueError(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
+
+def _clip_length(samples: int, sample_rate: int) -> str:
+    """'10 s clips (160000 samples at 16000 Hz)'."""
+    return f"{samples / sample_rate:g} s clips ({samples} samples at {sample_rate} Hz)"
+
 class LogMelLoader:
     """Iterates (log_mel (B, 1, T, F) float32, target (B, K) float32) on `device`, one epoch a pass."""
 
@@ -93,8 +98,10 @@ class LogMelLoader:
         # or an opened index: a split, or part of one (train/holdout.py's SubsetIndex reads the same way)
         self.index = ShardIndex.open(data_path) if isinstance(data_path, (str, Path)) else data_path
         if (self.index.sample_rate, self.index.clip_samples) != (log_mel.sample_rate, log_mel.clip_samples):
-            raise ValueError(f"{data_path} holds {self.index.clip_samples}-sample clips at {self.index.sample_rate} Hz "
-                             f"but the LogMelConfig expects {log_mel.clip_samples} at {log_mel.sample_rate} Hz")
+            raise ValueError(f"{data_path} holds {_clip_length(self.index.clip_samples, self.index.sample_rate)} "
+                             f"but the model takes {_clip_length(log_mel.clip_samples, log_mel.sample_rate)}; "
+                             f"a model takes the clip length of the data it was trained on (for the built-in set "
+                             f"train.run's --clip-seconds; packed AudioSet clips are 10 s at 16000 Hz)")
         self.config = config
         self.log_mel = log_mel
         self.device = torch.device(device)
@@ -103,8 +110,9 @@ class LogMelLoader:
         per_rank = self.index.num_clips // world_size if config.drop_last else len(self.sampler)
         self._batches = per_rank // config.batch_size if config.drop_last else math.ceil(per_rank / config.batch_size)
         if self._batches == 0:
-            raise ValueError(f"batch_size {config.batch_size} exceeds the {per_rank} clips per rank with "
-                             f"drop_last; use a smaller batch or drop_last=False")
+            raise ValueError(f"a batch of {config.batch_size} clips is more than the {per_rank} clips that {data_path} "
+                             f"gives each of {world_size} process(es), and only full batches are trained on; use "
+                             f"--batch-size {per_rank} or less, or a larger split")
         self._pipe: Pipeline | None = None
         self._order_dir = tempfile.mkdtemp(prefix="fastsca-loader-")
         # Removes the clip-order files even when close() is never called (garbage collection, exit).

@@ -5,11 +5,12 @@ periodic evaluation (mAP, mAUC, d') on a validation split held out of the traini
 writes OUT/metrics.jsonl, OUT/latest.pt and OUT/best.pt (by validation mAP); the test split (--eval-data)
 is evaluated once, at the end, with best.pt. With no --data it trains on the built-in synthetic set (train/synth.py),
 generated once into --builtin-dir (default ~/.cache/fastsca). `--profile auto` picks `gpu` (the preset
-as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s clips, a run of a few
-minutes) otherwise; see train/config.py. Under `torchrun --nproc_per_node=N -m train.run ...` it runs
-DDP, the loader sharded by rank. Ctrl-C or SIGTERM stops after the current step, writes latest.pt and
-exits with 128 + the signal number; latest.pt is also written every --checkpoint-minutes; `--resume`
-continues from it exactly (same next batch, same losses). One run at a time owns --out (OUT/.lock).
+as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s built-in clips, a run of a
+few minutes; packed data keeps its 10 s clips) otherwise; see train/config.py. Under
+`torchrun --nproc_per_node=N -m train.run ...` it runs DDP, the loader sharded by rank. Ctrl-C or SIGTERM
+stops after the current step, writes latest.pt and exits with 128 + the signal number; latest.pt is also
+written every --checkpoint-minutes; `--resume` continues from it exactly (same next batch, same losses).
+One run at a time owns --out (OUT/.lock).
 """
 import argparse
 import sys
@@ -17,15 +18,17 @@ import time
 from pathlib import Path
 
 import torch
+from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_dir
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
+from fastsca.config import PRESETS
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
 from train import checkpoint, distributed, holdout
-from train.config import PROFILE_NAMES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
+from train.cli import add_model_options, model_config, preset_help, profile_defaults, resolve_profile
+from train.config import PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.evaluate import autocast, evaluate
 from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
@@ -38,56 +41,67 @@ from train.signals import StopRequest
 from train.synth import SynthConfig, ensure_builtin
 
 
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(c) for c in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # the docstring's first line is a usage line; argparse writes its own, so the description starts after it
+    parser = argparse.ArgumentParser(prog="python -m train.run", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = parser.add_argument
-    arg("--profile", choices=PROFILE_NAMES, default="auto", help="hardware defaults (auto: gpu if CUDA is available)")
-    arg("--preset", default="at-sca-3", choices=list(PRESETS), metavar="PRESET", help="model preset (default at-sca-3)")
-    arg("--channels", type=_channels, help="comma-separated widths of the 7 blocks (default: the profile's)")
-    arg("--pooling-plan", choices=list(POOLING_PLANS), default="time-freq",
-        help="max-pools after the blocks: time-freq (blocks 5-7 see 100x4, default) or six-pool (the paper's "
-             "literal six pools, 100x1 at block 7); docs/model.md")
+    add_model_options(parser)
+    arg("--preset", default="at-sca-3", choices=list(PRESETS), metavar="PRESET",
+        help=preset_help() + " (default: %(default)s)")
     arg("--data", help="training split: a shard .h5 or a folder with index.json (default: the built-in set)")
     arg("--eval-data", help="test split (with --data), evaluated once at the end with best.pt")
     arg("--validation-fraction", type=float, default=0.1,
-        help="share of the training split held out for model selection (best.pt, early stopping)")
-    arg("--validation-max-clips", type=int, default=5000, help="cap on the validation clips")
+        help="share of the training split held out for model selection (best.pt, early stopping) "
+             "(default: %(default)s)")
+    arg("--validation-max-clips", type=int, default=5000, help="cap on the validation clips (default: %(default)s)")
     arg("--patience", type=int, default=0, help="stop after this many evaluations without a better validation mAP "
-                                                "(0: never)")
-    arg("--builtin-dir", default="~/.cache/fastsca", help="where the built-in set is generated and cached")
-    arg("--clip-seconds", type=float, help="clip length of the built-in set (default: the profile's)")
-    arg("--builtin-train", type=int, help="clips in the built-in training split")
-    arg("--builtin-eval", type=int, help="clips in the built-in eval split")
-    arg("--out", help="output folder (default runs/PRESET-PROFILE)")
+                                                "(default: 0, never)")
+    arg("--builtin-dir", default="~/.cache/fastsca", help="where the built-in set is generated and cached "
+        "(default: %(default)s)")
+    arg("--clip-seconds", type=float, help=f"clip length of the built-in set (default: the profile's: "
+        f"{profile_defaults('clip_seconds', ' s')}; packed data keeps the length it was packed with, 10 s)")
+    arg("--builtin-train", type=int, help=f"clips in the built-in training split (default: the profile's: "
+        f"{profile_defaults('builtin_train')})")
+    arg("--builtin-eval", type=int, help=f"clips in the built-in eval split (default: the profile's: "
+        f"{profile_defaults('builtin_eval')})")
+    arg("--out", help="output folder (default: runs/PRESET-PROFILE)")
     arg("--resume", action="store_true", help="continue from OUT/latest.pt")
     arg("--checkpoint-minutes", type=float, default=5.0,
         help="also write OUT/latest.pt every this many minutes, so a kill -9 loses at most that (default 5)")
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimiser steps (default: the profile's)")
+    length.add_argument("--steps", type=int, help=f"optimiser steps (default: the profile's: "
+                        f"{profile_defaults('steps')})")
     length.add_argument("--epochs", type=int, help="passes over the training split, instead of --steps")
-    arg("--batch-size", type=int, help="clips per step on each process")
-    arg("--eval-batch-size", type=int, default=64)
-    arg("--sampler", choices=SAMPLERS, default="balanced")
-    arg("--num-workers", type=int, help="loader worker processes per training process")
-    arg("--mixup-alpha", type=float, default=0.0)
-    arg("--spec-augment", action="store_true")
-    arg("--lr", type=float, help="peak learning rate")
-    arg("--warmup-steps", type=int)
-    arg("--weight-decay", type=float, default=0.01)
-    arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
-    arg("--eval-every", type=int)
-    arg("--log-every", type=int)
-    arg("--seed", type=int, default=0)
-    arg("--compile", action="store_true", help="torch.compile the model for training")
-    arg("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
-    arg("--threads", type=int, help="intra-op CPU threads per process (default: the profile's)")
+    arg("--batch-size", type=int, help=f"clips per step on each process (default: the profile's: "
+        f"{profile_defaults('batch_size')})")
+    arg("--eval-batch-size", type=int, default=64, help="clips per evaluation batch on each process "
+        "(default: %(default)s)")
+    arg("--sampler", choices=SAMPLERS, default="balanced", help="order of training clips: balanced (every class "
+        "equally often, PANNs-style), shuffle, or sequential (default: %(default)s)")
+    arg("--num-workers", type=int, help=f"loader worker processes per training process (default: the profile's: "
+        f"{profile_defaults('num_workers')})")
+    arg("--mixup-alpha", type=float, default=0.0, help="mix pairs of clips and their targets with a "
+        "Beta(alpha, alpha) weight; 0 turns mixup off (default: %(default)s)")
+    arg("--spec-augment", action="store_true", help="mask random time and mel-bin bands of each training "
+        "log-mel (SpecAugment)")
+    arg("--lr", type=float, help=f"peak learning rate (default: the profile's: {profile_defaults('lr')})")
+    arg("--warmup-steps", type=int, help=f"steps of linear learning-rate warm-up (default: the profile's: "
+        f"{profile_defaults('warmup_steps')})")
+    arg("--weight-decay", type=float, default=0.01, help="AdamW weight decay of weight matrices and conv kernels "
+        "(default: %(default)s)")
+    arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0: off (default: %(default)s)")
+    arg("--eval-every", type=int, help=f"steps between evaluations and checkpoints (default: the profile's: "
+        f"{profile_defaults('eval_every')})")
+    arg("--log-every", type=int, help=f"steps between metrics.jsonl lines and progress-bar updates "
+        f"(default: the profile's: {profile_defaults('log_every')})")
+    arg("--seed", type=int, default=0, help="seed of the initialisation, sampling and augmentation "
+        "(default: %(default)s)")
+    arg("--compile", action="store_true", help="torch.compile the model for training (the first step "
+        "compiles: a minute or more; later runs reuse Inductor's cache)")
+    arg("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
+    arg("--threads", type=int, help=f"intra-op CPU threads per process (default: the profile's: "
+        f"{profile_defaults('threads', none='torch decides')})")
     return parser.parse_args(argv)
 
 
@@ -95,18 +109,13 @@ def _pick(value, default):
     return default if value is None else value
 
 
-def resolve_profile(requested: str, cuda: bool) -> tuple[str, str]:
-    """The profile's name and why it was chosen."""
-    if requested != "auto":
-        return requested, "asked for"
-    return ("gpu", "auto: CUDA is available") if cuda else ("cpu", "auto: no CUDA device")
-
-
 def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tuple[str, str]]:
     """The run's config from the flags and profile `name`, and the (train, eval) split paths; generates the
     built-in set if it is used."""
     profile = PROFILES[name]
     clip_seconds = _pick(args.clip_seconds, profile.clip_seconds)
+    if not clip_seconds > 0:
+        raise ValueError(f"--clip-seconds must be > 0, got {clip_seconds:g}")
     # events last 10-40 % of a clip, as in SynthConfig's 1-4 s events on 10 s clips
     builtin = SynthConfig(clip_seconds=clip_seconds, event_seconds=(0.1 * clip_seconds, 0.4 * clip_seconds),
                           n_train=_pick(args.builtin_train, profile.builtin_train),
@@ -120,10 +129,7 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
     paths = _data_paths(data)
     sample_rate, clip_samples, label_names = _data_header(*paths)
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
-    model = ModelConfig.from_name(args.preset, pooling_plan=args.pooling_plan, num_classes=len(label_names),
-                                  input_frames=log_mel.frames,
-                                  channels=args.channels or profile.channels or PRESETS[args.preset].channels,
-                                  fused_attention=profile.fused_attention)
+    model = model_config(args, args.preset, name, num_classes=len(label_names), input_frames=log_mel.frames)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
                         weight_decay=args.weight_decay, grad_clip=args.grad_clip)
     steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
@@ -223,6 +229,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
 
         train_model = torch.compile(model, backend=run.compile_backend) if run.compile else model
         if ctx.world_size > 1:
+            distributed.match_grad_strides(model)
             train_model = DistributedDataParallel(train_model,
                                                   device_ids=[device.index] if device.type == "cuda" else None)
         log = MetricsLog(out, enabled=ctx.is_main, resume_step=state.step if run.resume else None)
@@ -243,7 +250,10 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
             if ctx.is_main:
                 tqdm.write(text)
 
-        bar = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True, disable=not ctx.is_main)
+        if run.compile and state.step < total_steps:
+            say(f"compiling the model in the first step (a minute or more); a later run of the same model and "
+                f"shapes reuses Inductor's cache in {inductor_cache_dir()}")
+        bar = None   # made after the first step, so its rate and ETA leave out compilation and warm-up
         summary: dict[str, float] = {}
         best_summary: dict[str, float] = {}
         clips_per_step = data.loader.batch_size * ctx.world_size
@@ -262,14 +272,17 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 optimizer.step()
                 scheduler.step()
                 state.step += 1
-                bar.update(1)
 
                 if state.step == start_step + 1:   # the first step of a process includes torch.compile's work
                     first_step_s = time.perf_counter() - mark_time
                     log.write("first_step", state.step, seconds=round(first_step_s, 2), compile=run.compile)
                     say(f"first step: {first_step_s:.1f} s" + (" (includes compilation)" if run.compile else ""))
+                    bar = tqdm(total=total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+                               disable=not ctx.is_main)
                     mark_step, mark_time = state.step, time.perf_counter()
-                elif state.step % run.log_every == 0 or state.step == total_steps:
+                else:
+                    bar.update(1)
+                if state.step > start_step + 1 and (state.step % run.log_every == 0 or state.step == total_steps):
                     now = time.perf_counter()
                     clips_per_s = (state.step - mark_step) * clips_per_step / (now - mark_time)
                     lr = scheduler.get_last_lr()[0]
@@ -295,6 +308,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                     say(f"step {state.step}: validation mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
                         f"d' {summary['d_prime']:.3f}  ({eval_s:.1f} s){'  best' if improved else ''}")
                     mark_time += time.perf_counter() - eval_start   # clips/s counts training time only
+                    bar.unpause()                                   # and so does the bar's ETA
 
                     if run.patience and (state.step - state.best_step) // run.eval_every >= run.patience:
                         say(f"early stop: no better validation mAP in {run.patience} evaluations since step "
@@ -308,7 +322,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 stopping = interrupted or state.step >= total_steps
                 if stopping:
                     break
-        bar.close()
+        if bar is not None:
+            bar.close()
         if interrupted and state.step < total_steps:
             log.close()
             save_latest()

@@ -1,0 +1,128 @@
+"""The command lines a user meets first: --help of every `python -m` entry point, describe's model options
+(the same as train.run's), and the plain-language errors of bad flags."""
+import argparse
+
+import pytest
+
+import bench.gpu_report
+import bench.summarize
+import fastsca.describe
+import fastsca.tag
+import train.evaluate
+import train.pack
+import train.run
+from fastsca.config import POOLING_PLANS, PRESETS
+from train import checkpoint
+from train.cli import model_config, profile_defaults
+from train.config import PROFILES
+
+from test_checkpoint import tiny_config, tiny_payload
+
+ENTRY_POINTS = {
+    "train.run": train.run.main, "train.pack": train.pack.main, "train.evaluate": train.evaluate.main,
+    "fastsca.tag": fastsca.tag.main, "fastsca.describe": fastsca.describe.main,
+    "bench.gpu_report": bench.gpu_report.main, "bench.summarize": bench.summarize.main,
+}
+
+
+class _Parsed(Exception):
+    """Raised in place of parsing, carrying the parser an entry point built."""
+
+
+def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
+    """The ArgumentParser `main` builds, caught when it is about to parse."""
+    def catch(parser, *args, **kwargs):
+        raise _Parsed(parser)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(_Parsed) as caught:
+        main([])
+    return caught.value.args[0]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_help_shows_the_real_command_and_exits_0(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        ENTRY_POINTS[module](["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert out.startswith(f"usage: python -m {module} ")
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_option_has_a_help_text(module, monkeypatch):
+    parser = parser_of(ENTRY_POINTS[module], monkeypatch)
+    assert parser.prog == f"python -m {module}"
+    missing = [action.option_strings or action.dest for action in parser._actions if not action.help]
+    assert missing == []
+
+
+def test_run_description_does_not_repeat_the_usage_line(capsys):
+    with pytest.raises(SystemExit):
+        train.run.main(["--help"])
+    assert capsys.readouterr().out.count("python -m train.run") == 1
+
+
+def test_profile_defaults_are_the_profiles_values(capsys):
+    steps = {name: profile.steps for name, profile in PROFILES.items()}
+    assert profile_defaults("steps") == "; ".join(f"{name}: {value}" for name, value in steps.items())
+    with pytest.raises(SystemExit):
+        train.run.main(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())   # argparse wraps lines
+    assert "the profile's" in help_text
+    for field, flag in [("steps", "--steps"), ("batch_size", "--batch-size"), ("eval_every", "--eval-every"),
+                        ("warmup_steps", "--warmup-steps")]:
+        assert f"{profile_defaults(field)})" in help_text, flag
+
+
+@pytest.mark.parametrize("argv", [
+    ["--profile", "cpu"],
+    ["--profile", "gpu", "--channels", "4,8,8,16,16,32,24", "--pooling-plan", "six-pool"],
+    ["--profile", "cpu", "--pooling-plan", "time-freq"],
+])
+def test_describe_builds_the_model_train_run_builds(argv):
+    run_args = train.run.parse_args(argv + ["--preset", "at-csa-2"])
+    describe_args = fastsca.describe.build_parser().parse_args(["at-csa-2", *argv, "--num-classes", "10"])
+    profile = argv[1]
+    frames = 40 * PROFILES[profile].clip_seconds
+    expected = model_config(run_args, run_args.preset, profile, num_classes=10, input_frames=frames)
+    assert fastsca.describe.model_from_args(describe_args) == expected
+    if "--pooling-plan" in argv:
+        assert expected.pools == POOLING_PLANS[argv[argv.index("--pooling-plan") + 1]]
+    if "--channels" not in argv:
+        assert expected.channels == (PROFILES[profile].channels or PRESETS["at-csa-2"].channels)
+
+
+def test_describe_cpu_profile_table(capsys):
+    fastsca.describe.main(["at-sca-3", "--profile", "cpu", "--pooling-plan", "time-freq"])
+    table = capsys.readouterr().out
+    channels = ",".join(map(str, PROFILES["cpu"].channels))
+    assert f"input (1, 1, {40 * PROFILES['cpu'].clip_seconds:g}, 64), channels {channels}" in table
+    frames = int(10 * PROFILES["cpu"].clip_seconds)   # 40 frames/s, pooled 4x in time
+    assert table.count(f"sca on {frames}x4") == 3
+
+
+def test_describe_bad_model_option_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        fastsca.describe.main(["at-sca-3", "--channels", "8,16"])
+    assert exit_info.value.code == 2
+    assert "channels has 2 blocks but pools has 7" in capsys.readouterr().err
+
+
+def test_zero_clip_seconds_names_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.run.main(["--clip-seconds", "0", "--out", str(tmp_path / "out"), "--builtin-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --clip-seconds must be > 0, got 0"]
+
+
+def test_a_missing_eval_split_from_the_checkpoint_says_so(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "run" / "best.pt"
+    path.parent.mkdir()
+    checkpoint.save(path, tiny_payload(tiny_config(train_path="data/train", eval_path="data/eval")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.evaluate.main(["--checkpoint", str(path)])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1
+    assert f"the eval split data/eval that {path} names as its run's --eval-data is not there" in lines[0]
+    assert f"(read from this folder, {tmp_path})" in lines[0] and "pass --data" in lines[0]
