@@ -200,7 +200,7 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     ax.invert_yaxis()
     ax.set_title(f"(a) events: {source}" + ("" if events else " - none"), loc="left", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    fig.colorbar(plt.cm.ScalarMappable(), ax=ax, pad=0.01, aspect=8).remove()   # keep the width of the panels above
+    fig.colorbar(plt.cm.ScalarMappable(), ax=ax, pad=0.01, aspect=8).ax.set_visible(False)   # same width as the maps
 
     row = 2
     for letter, who, found in (("b", baseline.model.config.name, base_maps), ("c", config.name, maps)):
