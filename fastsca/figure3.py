@@ -7,8 +7,8 @@ whose strong labels are then drawn. Panels, all on the clip's time axis:
 (b) the C-channel average of the baseline's feature map at each block where the attention model has attention;
 (c) the same for the attention model;
 (d) the two channels of the last attention block's output F'' with the highest channel weights sigma(logit_c),
-    and the spatial mask it applied there: sigma(logit_s), or for C//S sigma(logit_s + logit_c) averaged over
-    channels (the mask C//S applies differs per channel).
+    and the spatial mask each attention block applied: sigma(logit_s), or for C//S sigma(logit_s + logit_c)
+    averaged over channels (the mask C//S applies differs per channel).
 A "feature map" in (b) and (c) is the block's output, after the residual sum and the ReLU. Everything is
 captured with forward hooks on the unchanged models. Drawn with matplotlib's Agg backend.
 """
@@ -176,11 +176,12 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     if not source:
         events, source = predicted_events(frame, model.label_names, seconds), "predicted by the attention model (v_t >= 0.5)"
     last = maps[blocks[-1]]
-    mask = applied_mask(config.arrangement, last)
+    masks = {block: applied_mask(config.arrangement, maps[block]) for block in blocks}
+    masks = {block: mask for block, mask in masks.items() if mask is not None}
     top = torch.topk(last.logit_c, 2).indices.tolist() if last.logit_c is not None else []
 
     labels = sorted({e.label for e in events})
-    heights = [2.2, 0.25 + 0.22 * max(1, len(labels))] + [0.85] * (2 * len(blocks) + len(top) + (mask is not None))
+    heights = [2.2, 0.25 + 0.22 * max(1, len(labels))] + [0.85] * (2 * len(blocks) + len(top) + len(masks))
     fig, axes = plt.subplots(len(heights), 1, figsize=(10, sum(heights) + 1.2), sharex=True,
                              gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     fig.suptitle(f"{clip.name}\nbaseline {baseline.model.config.name!r} (step {baseline.step}) vs "
@@ -215,10 +216,11 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
              f"(d) {config.name}, block {blocks[-1] + 1}: channel {channel} of F'', channel weight "
              f"{weights[channel]:.3f} (top {rank} of {len(weights)})")
         row += 1
-    if mask is not None:
-        what = "sigma(logit_s + logit_c), mean over channels" if config.arrangement == "cps" else "sigma(logit_s)"
-        _map(axes[row], mask.numpy(), seconds, n_mels, f"(d) spatial mask applied in block {blocks[-1] + 1}: {what}",
-             limits=(0.0, 1.0))
+    what = "sigma(logit_s + logit_c), mean over channels" if config.arrangement == "cps" else "sigma(logit_s)"
+    for block, mask in masks.items():   # each in its own colour range: deep masks can sit close to 1
+        _map(axes[row], mask.numpy(), seconds, n_mels, f"(d) spatial mask applied in block {block + 1}: {what}, "
+             f"from {mask.min():.3f} to {mask.max():.3f}")
+        row += 1
     for ax in axes[2:]:
         ax.set_ylabel("mel bin", fontsize=8)
     axes[-1].set_xlabel("time (s)")
