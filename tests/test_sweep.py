@@ -1,5 +1,6 @@
 """`python -m train.sweep`: every row trained once per seed, the table written, finished runs not retrained."""
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -57,3 +58,10 @@ def test_sweep_writes_the_table_and_skips_finished_runs(tmp_path, monkeypatch, c
     sweep.main(argv)   # again: everything is finished, nothing is trained
     assert all(p.read_text().count("$ ") == 1 for p in Path(tmp_path / "runs").glob("*/log.txt"))
     assert len(re.findall(r"\d ± \d", (tmp_path / "table2.md").read_text())) == 6   # 2 rows x 3 metrics
+
+
+def test_a_run_locked_by_a_live_process_is_left_to_it(tmp_path):
+    assert sweep.claim(tmp_path)
+    assert not sweep.claim(tmp_path)                       # held by this (live) process
+    (tmp_path / "sweep.lock").write_text("999999999")      # a process id that does not exist
+    assert sweep.claim(tmp_path) and (tmp_path / "sweep.lock").read_text() == str(os.getpid())

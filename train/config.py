@@ -2,8 +2,8 @@
 
 The model is `fastsca.config.ModelConfig` and the front end `fastsca.frontend.LogMelConfig`; `TrainConfig`
 bundles all five, and a checkpoint stores each as a dict. A `Profile` holds the defaults that depend on
-the hardware: the `cpu` profile shrinks the model and the clips so that the default run on a 2-core CPU
-finishes in minutes; the `gpu` profile keeps the preset's widths and the paper's 10 s clips.
+the hardware: the `cpu` profile shrinks the model (and, for the built-in set, the clips) so that the default run on a
+2-core CPU finishes in minutes; the `gpu` profile keeps the preset's widths and the paper's 10 s clips.
 """
 from dataclasses import dataclass, field
 
@@ -155,8 +155,9 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # A quarter of DESIGN.md's widths and 2 s clips: 0.087 forward GFLOPs per clip instead of 7.0 (80x
-    # fewer; 0.7 M parameters instead of 11.7 M), which fits a run to mAP >= 0.9 into minutes on 2 cores.
+    # A quarter of the preset's widths and 2 s clips: at-sca-3 takes 0.143 forward GFLOPs per clip instead
+    # of 11.45 (80x fewer; 0.71 M parameters instead of 11.75 M), which fits a run to mAP >= 0.9 into minutes
+    # on 2 cores. With packed data the clips are the data's (10 s): 0.71 GFLOPs per clip, 5x the cost a step.
     # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
     # waits at a barrier for whichever thread was descheduled), 1 thread at 119-139 clips/s; the other
     # core feeds the loader. Fused attention ops only pay off on CUDA: on CPU they are the reference.

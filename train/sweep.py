@@ -9,14 +9,18 @@ Each run is a `python -m train.run` subprocess in DIR/runs/PRESET-seedS (its out
 every flag this command does not know passed on (--steps, --profile, --channels, ...). A run whose
 metrics.jsonl holds its test record is finished and not trained again; one with a latest.pt resumes from it,
 so the sweep can be stopped (Ctrl-C) and started again with the same command. Both tables can share DIR:
-Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs.
+Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs. Several sweeps may work on one DIR at once
+(e.g. both tables, one per core): a run being trained holds DIR/runs/RUN/sweep.lock, and the others wait
+for it instead of training it too.
 """
 import argparse
 import csv
 import json
+import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +71,8 @@ TABLES: dict[int, tuple[Row, ...]] = {
 """Every row of the paper's Tables 1 and 2, in the paper's order."""
 
 METRICS = ("mAP", "mAUC", "d_prime")
+# seconds between looks at runs another sweep is training
+LOCK_POLL_S = 10.0
 # flags the sweep sets for each run itself
 OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
 
@@ -106,6 +112,41 @@ def run_command(preset: str, seed: int, run_dir: Path, args: argparse.Namespace,
     if (run_dir / "latest.pt").is_file():
         command.append("--resume")
     return command + passed_on
+
+
+def claim(run_dir: Path) -> bool:
+    """Take run_dir's sweep.lock (holding this process id); False while a live process holds it."""
+    lock = run_dir / "sweep.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)   # signal 0: only asks whether the holder lives
+                return False
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                lock.unlink(missing_ok=True)             # left by a sweep that died: take it over
+                continue
+            except PermissionError:                      # alive, another user's
+                return False
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def train_one(preset: str, seed: int, run_dir: Path, args: argparse.Namespace, passed_on: list[str]) -> int | None:
+    """Train (or resume) one run as a train.run subprocess, its output in log.txt; its exit code, None on Ctrl-C."""
+    command = run_command(preset, seed, run_dir, args, passed_on)
+    with (run_dir / "log.txt").open("a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:   # the run got the Ctrl-C too: let it write latest.pt
+            process.wait()
+            return None
 
 
 def model_cost(config: ModelConfig) -> tuple[int, float]:
@@ -164,32 +205,37 @@ def main(argv: list[str] | None = None) -> None:
     runs.mkdir(parents=True, exist_ok=True)
     jobs = [(row.preset, seed) for row in TABLES[args.table] for seed in range(args.seeds)]
     failed = []
-    bar = tqdm(jobs, unit="run", dynamic_ncols=True)
-    for preset, seed in bar:
-        run_dir = runs / f"{preset}-seed{seed}"
-        bar.set_postfix_str(f"{preset} seed {seed}")
-        if read_records(run_dir, "test"):
-            continue   # finished earlier
-        run_dir.mkdir(exist_ok=True)
-        command = run_command(preset, seed, run_dir, args, passed_on)
-        with (run_dir / "log.txt").open("a") as log:
-            log.write(f"$ {shlex.join(command)}\n")
-            log.flush()
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    bar = tqdm(total=len(jobs), unit="run", dynamic_ncols=True)
+    while jobs:
+        waiting = []
+        for preset, seed in jobs:
+            run_dir = runs / f"{preset}-seed{seed}"
+            run_dir.mkdir(exist_ok=True)
+            if read_records(run_dir, "test"):   # finished earlier
+                bar.update(1)
+                continue
+            if not claim(run_dir):
+                waiting.append((preset, seed))
+                continue
+            bar.set_postfix_str(f"{preset} seed {seed}")
             try:
-                code = process.wait()
-            except KeyboardInterrupt:   # the run got the Ctrl-C too: let it write latest.pt
-                process.wait()
-                code = None
-        if code is None or (code == 0 and not read_records(run_dir, "test")):
-            bar.close()
-            print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
-                  file=sys.stderr)
-            sys.exit(130)
-        if code != 0:
-            last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
-            tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
-            failed.append(run_dir)
+                code = train_one(preset, seed, run_dir, args, passed_on)
+            finally:
+                (run_dir / "sweep.lock").unlink(missing_ok=True)
+            if code is None or (code == 0 and not read_records(run_dir, "test")):
+                bar.close()
+                print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
+                      file=sys.stderr)
+                sys.exit(130)
+            if code != 0:
+                last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
+                tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
+                failed.append(run_dir)
+            bar.update(1)
+        if waiting:
+            bar.set_postfix_str(f"waiting for {len(waiting)} run(s) another sweep is training")
+            time.sleep(LOCK_POLL_S)
+        jobs = waiting
     bar.close()
     command = shlex.join(["python", "-m", "train.sweep", *(sys.argv[1:] if argv is None else argv)])
     note = (f"Test-split metrics of each run's best.pt (chosen on a validation split held out of the training "
