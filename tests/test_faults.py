@@ -428,6 +428,7 @@ def test_checkpoints_come_on_a_time_cadence(tmp_path, builtin_dir, monkeypatch):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_crash_then_resume_keeps_every_step_once(tmp_path, builtin_dir, full_run, monkeypatch):
     out = tmp_path / "run"
     crash_at(monkeypatch, 15)
@@ -521,7 +522,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 5
 
 
-def test_a_shard_truncated_during_training_stops_the_run(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
+def test_a_shard_truncated_during_training_stops_the_run(tmp_path, builtin_dir, monkeypatch, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "eval"):
