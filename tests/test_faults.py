@@ -620,7 +620,8 @@ def test_kill_9_of_pack_ends_its_workers(tmp_path):
     args[args.index("--shard-size") + 1] = "1000"
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         # clips decoded: both workers are up and working (a worker killed while it still imports also

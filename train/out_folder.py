@@ -37,7 +37,7 @@ def ensure_writable(folder: Path, option: str = "--out") -> Path:
     """Create `folder` if needed and check a file can be written in it; OutFolderError (one line) otherwise."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutFolderError(f"{option} {folder} is a file, not a folder; give a folder path (it is created if missing)")
+        raise OutFolderError(f"{option} {folder} is a file, not a folder; give a folder path (created if missing)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
