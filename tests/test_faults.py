@@ -383,6 +383,16 @@ def test_run_into_an_unusable_out_is_one_line(tmp_path, builtin_dir, kind, capsy
     assert line.startswith(f"error: --out {out}") and words in line
 
 
+def test_run_with_an_unwritable_builtin_dir_is_one_line(tmp_path, capsys):
+    cache = read_only_folder(tmp_path) / "fastsca-cache"
+    with pytest.raises(SystemExit) as stopped:
+        train.run.main(tiny_args(tmp_path / "run", cache))
+    assert stopped.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write {cache}") and "choose a folder you can write to" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_second_run_into_a_held_out_is_refused(tmp_path, builtin_dir, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
