@@ -383,6 +383,16 @@ def test_run_into_an_unusable_out_is_one_line(tmp_path, builtin_dir, kind, capsy
     assert line.startswith(f"error: --out {out}") and words in line
 
 
+def test_run_with_an_unwritable_builtin_dir_is_one_line(tmp_path, capsys):
+    cache = read_only_folder(tmp_path) / "fastsca-cache"
+    with pytest.raises(SystemExit) as stopped:
+        train.run.main(tiny_args(tmp_path / "run", cache))
+    assert stopped.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write {cache}") and "choose a folder you can write to" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_second_run_into_a_held_out_is_refused(tmp_path, builtin_dir, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
@@ -428,6 +438,7 @@ def test_checkpoints_come_on_a_time_cadence(tmp_path, builtin_dir, monkeypatch):
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_crash_then_resume_keeps_every_step_once(tmp_path, builtin_dir, full_run, monkeypatch):
     out = tmp_path / "run"
     crash_at(monkeypatch, 15)
@@ -521,7 +532,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 5
 
 
-def test_a_shard_truncated_during_training_stops_the_run(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
+def test_a_shard_truncated_during_training_stops_the_run(tmp_path, builtin_dir, monkeypatch, capsys):
     data = tmp_path / "data"
     data.mkdir()
     for split in ("train", "eval"):
@@ -619,7 +630,8 @@ def test_kill_9_of_pack_ends_its_workers(tmp_path):
     args[args.index("--shard-size") + 1] = "1000"
     log = tmp_path / "stderr.txt"
     with open(log, "w") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.DEVNULL, stderr=stderr)
+        process = subprocess.Popen([sys.executable, "-m", "train.pack", *args], stdout=subprocess.DEVNULL,
+                                   stderr=stderr)
     try:
         deadline = time.monotonic() + 120
         # clips decoded: both workers are up and working (a worker killed while it still imports also

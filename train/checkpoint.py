@@ -230,12 +230,13 @@ def load_trained(path: str | Path, device: torch.device) -> TrainedModel:
                               f"best.pt or latest.pt as written by `python -m train.run`") from None
     except (TypeError, RuntimeError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: its config and weights do not fit together ({reason}); the file was "
-                              f"edited or damaged: use best.pt or latest.pt as written by `python -m train.run`") from None
+        raise CheckpointError(f"{path}: its config and weights do not fit together ({reason}); the file was edited "
+                              f"or damaged: use best.pt or latest.pt as written by `python -m train.run`") from None
     classes = trained.configs["model"]["num_classes"]
     if len(trained.label_names) != classes:
-        raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; the "
-                              f"file was edited or damaged: use best.pt or latest.pt as written by `python -m train.run`")
+        raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; "
+                              f"the file was edited or damaged: use best.pt or latest.pt as written by "
+                              f"`python -m train.run`")
     return trained
 
 

@@ -13,11 +13,11 @@ import tempfile
 from pathlib import Path
 
 LOCK_FILE = ".lock"
-# What to do about a file-system error, by errno; the fallback names the folder to change.
+# What to do about a file-system error, by errno; {where} names the option to change.
 ADVICE = {
-    errno.ENOSPC: "the disk is full: free space there or choose another --out",
-    errno.EDQUOT: "the disk quota is used up: free space there or choose another --out",
-    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.ENOSPC: "the disk is full: free space there or choose another {where}",
+    errno.EDQUOT: "the disk quota is used up: free space there or choose another {where}",
+    errno.EROFS: "the file system is read-only: choose another {where}",
     errno.EACCES: "no permission to write there: choose a folder you can write to",
     errno.EPERM: "no permission to write there: choose a folder you can write to",
 }
@@ -27,17 +27,18 @@ class OutFolderError(ValueError):
     """An output folder that cannot be used; the message names it and what to do."""
 
 
-def describe_os_error(error: OSError, action: str) -> str:
-    """One line: what failed (`action`, e.g. "write OUT/latest.pt"), the system's reason and what to do."""
-    advice = ADVICE.get(error.errno, "check the path and the disk, or choose another --out")
-    return f"cannot {action}: {error.strerror or error}; {advice}"
+def describe_os_error(error: OSError, action: str, where: str = "--out") -> str:
+    """One line: what failed (`action`, e.g. "write OUT/latest.pt"), the system's reason and what to do
+    (`where`: the option that names the folder)."""
+    advice = ADVICE.get(error.errno, "check the path and the disk, or choose another {where}")
+    return f"cannot {action}: {error.strerror or error}; {advice.format(where=where)}"
 
 
 def ensure_writable(folder: Path, option: str = "--out") -> Path:
     """Create `folder` if needed and check a file can be written in it; OutFolderError (one line) otherwise."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise OutFolderError(f"{option} {folder} is a file, not a folder; give a folder path (it is created if missing)")
+        raise OutFolderError(f"{option} {folder} is a file, not a folder; give a folder path (created if missing)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")

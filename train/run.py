@@ -34,7 +34,7 @@ from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
 from train.metrics_log import MetricsLog
 from train.optim import build_optimizer, build_scheduler
-from train.out_folder import RunLock
+from train.out_folder import RunLock, describe_os_error
 from train.sampler import SAMPLERS
 from train.shards import ShardIndex
 from train.signals import StopRequest
@@ -355,6 +355,9 @@ def main(argv: list[str] | None = None) -> None:
                 summary = train(config, train_path, eval_path, ctx, stop)
     except ValueError as error:   # config errors, and CheckpointError, ShardError and OutFolderError (ValueErrors)
         tqdm.write(f"error: {error}", file=sys.stderr)   # on a line of its own, not after a progress bar
+        sys.exit(2)
+    except OSError as error:   # a file-system fault outside --out (e.g. an unwritable --builtin-dir)
+        tqdm.write(f"error: {describe_os_error(error, f'write {error.filename}', 'folder')}", file=sys.stderr)
         sys.exit(2)
     finally:
         distributed.teardown()

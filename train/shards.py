@@ -12,7 +12,9 @@ One shard file holds up to a few tens of thousands of clips:
 
 A split is one `.h5` file or a folder of shards with an `index.json` (`write_index`) listing the
 files and their clip counts, so opening a split never scans the waveforms. A shard is written under
-`<name>.tmp` and renamed when complete: a file with the final name is always whole.
+`<name>.tmp` and renamed when complete: a file with the final name is always whole. A reader checks
+before each clip that the file still has the size it had when opened (HDF5 would read the missing
+part of a file truncated meanwhile as zeros).
 """
 import json
 import os
@@ -255,7 +257,7 @@ class ShardIndex:
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Clip `index` of the split: waveform (clip_samples,) int16 and target (K,) uint8."""
         shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
-        self.check_unchanged(shard)   # one stat per clip (microseconds beside the 320 kB read)
+        self.check_unchanged(shard)   # one stat per clip: 9.5 us beside 107 us for a 2 s clip's read (2-core box)
         waveform, target = self._datasets(shard)
         row = index - int(self.offsets[shard])
         return waveform[row], target[row]
