@@ -111,7 +111,7 @@ class Profile:
     """Hardware-dependent defaults; every command-line flag left unset takes its value from here."""
 
     channels: tuple[int, ...] | None
-    """Widths of the seven blocks; None keeps the preset's (DESIGN.md's)."""
+    """Widths of the seven blocks; None keeps the preset's (docs/design.md, "Backbone and pooling plan")."""
     fused_attention: bool
     """Use the fused Triton attention ops (they only pay off on CUDA)."""
     clip_seconds: float
@@ -139,7 +139,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # A quarter of DESIGN.md's widths and 2 s clips: 0.087 forward GFLOPs per clip instead of 7.0 (80x
+    # A quarter of the preset widths (docs/design.md) and 2 s clips: 0.087 forward GFLOPs per clip instead of 7.0 (80x
     # fewer; 0.7 M parameters instead of 11.7 M), which fits a run to mAP >= 0.9 into minutes on 2 cores.
     # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
     # waits at a barrier for whichever thread was descheduled), 1 thread at 119-139 clips/s; the other
