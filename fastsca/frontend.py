@@ -2,7 +2,7 @@
 
 `LogMelConfig` holds the front-end settings shared by the DALI loader (train/loader.py) and
 `log_mel`, the reference used to tag single files and to check the loader. The defaults are
-DESIGN.md's: 16 kHz, periodic Hann 1024, FFT 1024, hop 400, centred frames with reflect padding
+docs/design.md's ("Front end"): 16 kHz, periodic Hann 1024, FFT 1024, hop 400, centred frames with reflect padding
 (what DALI's `fn.spectrogram(reflect_padding=True)` does, which is numpy's and librosa's "reflect"),
 the first `clip_samples // hop` frames kept, 64 Slaney mel bins with Slaney norm over 50-8000 Hz,
 power -> dB with amin 1e-10. They agree with `librosa.feature.melspectrogram` + `power_to_db` on the

@@ -1,4 +1,4 @@
-"""The log-mel reference: DESIGN.md's defaults, the Slaney mel matrix, and agreement with librosa."""
+"""The log-mel reference: the defaults of docs/design.md, the Slaney mel matrix, and agreement with librosa."""
 from dataclasses import replace
 
 import numpy as np

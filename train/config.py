@@ -127,7 +127,7 @@ class Profile:
     """Hardware-dependent defaults; every command-line flag left unset takes its value from here."""
 
     channels: tuple[int, ...] | None
-    """Widths of the seven blocks; None keeps the preset's (DESIGN.md's)."""
+    """Widths of the seven blocks; None keeps the preset's (docs/design.md, "Backbone and pooling plan")."""
     fused_attention: bool
     """Use the fused Triton attention ops (they only pay off on CUDA)."""
     clip_seconds: float
@@ -155,7 +155,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # A quarter of the preset's widths and 2 s clips: at-sca-3 takes 0.143 forward GFLOPs per clip instead
+    # A quarter of the preset's widths (docs/design.md) and 2 s clips: at-sca-3 takes 0.143 forward GFLOPs per clip instead
     # of 11.45 (80x fewer; 0.71 M parameters instead of 11.75 M), which fits a run to mAP >= 0.9 into minutes
     # on 2 cores. With packed data the clips are the data's (10 s): 0.71 GFLOPs per clip, 5x the cost a step.
     # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
