@@ -202,15 +202,7 @@ def _local_fc_backward_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if use_triton(s) and fits_kernel(s.shape[2], w1.shape[1]):
         return local_fc_backward(grad, s, w1, b1, w2, b2)
-    # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
-    rows = s[:, 0].float().transpose(1, 2)                                      # (B, F, T)
-    dout = grad[:, 0].float().transpose(1, 2)                                   # (B, F, T)
-    pre = torch.einsum("bft,fht->bfh", rows, w1.float()) + b1.float()           # (B, F, H)
-    dpre = torch.einsum("bft,fth->bfh", dout, w2.float()) * (pre > 0)           # (B, F, H)
-    ds = torch.einsum("bfh,fht->bft", dpre, w1.float()).transpose(1, 2).unsqueeze(1)
-    grads = (ds, torch.einsum("bfh,bft->fht", dpre, rows), dpre.sum(dim=0),
-             torch.einsum("bft,bfh->fth", dout, torch.relu(pre)), dout.sum(dim=0))
-    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (s, w1, b1, w2, b2)))
+    return local_fc_backward_reference(grad, s, w1, b1, w2, b2)
 
 
 @_local_fc_backward_op.register_fake
@@ -252,3 +244,20 @@ def local_fc_reference(
     hidden = torch.relu(torch.einsum("bft,fht->bfh", rows, w1.float()) + b1.float())  # (B, F, H)
     out = torch.einsum("bfh,fth->bft", hidden, w2.float()) + b2.float()              # (B, F, T)
     return out.transpose(1, 2).unsqueeze(1).to(s.dtype)
+
+
+def local_fc_backward_reference(
+    grad: torch.Tensor,   # (B, 1, T, F), dL/dout
+    s: torch.Tensor,      # (B, 1, T, F)
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """(ds, dw1, db1, dw2, db2) of local_fc_reference in plain PyTorch, each in its input's dtype (for
+    custom ops' bodies, where autograd does not run)."""
+    rows = s[:, 0].float().transpose(1, 2)                                      # (B, F, T)
+    dout = grad[:, 0].float().transpose(1, 2)                                   # (B, F, T)
+    pre = torch.einsum("bft,fht->bfh", rows, w1.float()) + b1.float()           # (B, F, H)
+    dpre = torch.einsum("bft,fth->bfh", dout, w2.float()) * (pre > 0)           # (B, F, H)
+    ds = torch.einsum("bfh,fht->bft", dpre, w1.float()).transpose(1, 2).unsqueeze(1)
+    grads = (ds, torch.einsum("bfh,bft->fht", dpre, rows), dpre.sum(dim=0),
+             torch.einsum("bft,bfh->fth", dout, torch.relu(pre)), dout.sum(dim=0))
+    return tuple(g.to(t.dtype).contiguous() for g, t in zip(grads, (s, w1, b1, w2, b2)))
