@@ -2,8 +2,10 @@
 
 Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
 - the four fused ops `channel_pool`, `local_fc`, `spatial_squeeze`, `gate` and the whole SCA module
-  (eq. 10), at the attention maps of at-sca-1/2/3 (C x T x F = 256x100x4, 512x100x2, 512x100x1) with
-  batch 32 and 256; providers `eager` (the PyTorch reference), `compile` (torch.compile of the
+  (eq. 10), at the attention maps of at-sca-1/2/3 under both pooling plans (fastsca/config.py
+  POOLING_PLANS: "time-freq", blocks 5-7 at 100x4 with 256/512/512 channels; "six-pool", 256x100x4,
+  512x100x2, 512x100x1), with batch 32 and 256, in bf16 (under autocast, as training runs) and fp32
+  on CUDA, fp32 on CPU; providers `eager` (the PyTorch reference), `compile` (torch.compile of the
   reference), `fused` (the torch.library ops of kernels/, Triton on CUDA), and for the module also
   `fused_compile` (fused ops inside a compiled module, as training runs it); modes `forward`,
   `backward` (of a forward done outside the timed region) and `full` (forward + backward);
@@ -22,11 +24,10 @@ their tensor's size; each input read once, each output written once):
   spatial_squeeze  fwd |x| + |l| + |Z|             bwd |dZ| + |dx| (+ |x| + |l| + |dl| with a logit)
   gate             fwd |x| + |ls| + |lc| + |out|   bwd |dout| + |x| + |ls| + |lc| + |dx| + |dls| + |dlc|
   SCA module       fwd 4|F|: three reads of F (channel_pool, spatial_squeeze, gate) and one write
-                   bwd 4|F|: DESIGN.md's "about three reads of F and of the incoming gradient, one
-                   write"; the S-, Z- and weight-sized terms (< 1% at C >= 256) are left out
-  full = forward + backward. A schedule that respects the backward's data dependencies needs
-  5|F| (F and dF'' for the gate's logit gradients, F again for the squeeze's, dF'' and a write for
-  dF): the 4|F| figure makes the bandwidth target a little harder, never easier.
+                   bwd 5|F|: pass 1 reads dF'' and F (the gate's logit gradients), pass 2 reads F (the
+                   squeeze's logit gradient), pass 3 reads dF'' and writes dF; the S-, Z- and
+                   weight-sized terms (< 1% at C >= 256) are left out
+  full = forward + backward.
 """
 import contextlib
 import importlib.util
@@ -42,7 +43,7 @@ import kernels
 from bench.harness import Prepared, l2_flush
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
-from fastsca.config import ModelConfig
+from fastsca.config import POOLING_PLANS, ModelConfig
 from fastsca.frontend import LogMelConfig
 
 OPS = ("channel_pool", "local_fc", "spatial_squeeze", "gate")
@@ -58,8 +59,8 @@ COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused")
 REAL_PRESETS = ("at-sca-1", "at-sca-2", "at-sca-3")
 """The presets whose attention maps give the real shapes (at-sca-3's three include the others')."""
 BATCHES = (32, 256)
-TARGET_PRESET, TARGET_BATCH = "at-sca-3", 256
-"""The issue's targets are checked on at-sca-3's maps at batch 256."""
+TARGET_PRESET, TARGET_PLAN, TARGET_BATCH = "at-sca-3", "time-freq", 256
+"""The targets are checked on at-sca-3's maps under the time-freq plan (blocks 5-7 at 100x4) at batch 256."""
 CPU_MODULE_BATCH = 32
 """On CPU the module runs eager vs compile at batch 32 only, which keeps the CPU bench inside 10 minutes."""
 
@@ -112,9 +113,10 @@ class BenchEnv:
         return "smoke" if self.smoke else "gpu" if self.cuda else "cpu"
 
     @property
-    def dtype(self) -> torch.dtype:
-        """Feature maps are bf16 on CUDA (training runs under bf16 autocast), fp32 on CPU."""
-        return torch.bfloat16 if self.cuda else torch.float32
+    def dtypes(self) -> tuple[str, ...]:
+        """Feature-map dtypes of the kernel and module cases: bf16 (training runs under bf16 autocast)
+        and fp32 on CUDA and in the smoke run, fp32 alone on CPU."""
+        return ("bf16", "fp32") if self.cuda or self.smoke else ("fp32",)
 
 
 @dataclass(frozen=True)
@@ -149,20 +151,28 @@ class Case:
     shape: MapShape | None = None
     model: str | None = None
     """Preset of a training step."""
+    dtype: str | None = None
+    """'bf16' or 'fp32': the feature map's dtype in kernel and module cases (bf16 under autocast)."""
 
     @property
     def id(self) -> str:
         where = self.shape.label if self.shape else f"{self.model + '-' if self.model else ''}B{self.batch}"
-        return f"{self.suite}-{where}-{self.provider}-{self.mode}"
+        return f"{self.suite}-{where}{'-' + self.dtype if self.dtype else ''}-{self.provider}-{self.mode}"
 
     @property
     def group(self) -> str:
-        """pytest-benchmark's group: the providers of one suite, shape and mode side by side."""
+        """pytest-benchmark's group: the providers of one suite, shape, dtype and mode side by side."""
         where = self.shape.label if self.shape else f"{self.model or ''} B{self.batch}".strip()
-        return f"{self.suite} {where} {self.mode}"
+        return f"{self.suite} {where} {self.dtype or ''} {self.mode}".replace("  ", " ")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype or "fp32"]
 
     def describe(self) -> dict:
         out = {"id": self.id, "suite": self.suite, "provider": self.provider, "mode": self.mode, "batch": self.batch}
+        if self.dtype:
+            out["dtype"] = self.dtype
         if self.shape:
             out.update(shape=list(self.shape.dims), presets=list(self.shape.presets))
         if self.model:
@@ -173,26 +183,30 @@ class Case:
 # ---------------------------------------------------------------------------------------------- grid
 
 def map_shapes(env: BenchEnv) -> list[MapShape]:
-    """The distinct attention maps of at-sca-1/2/3 at batch 32 and 256, read off the presets."""
+    """The distinct attention maps of at-sca-1/2/3 under both pooling plans at batch 32 and 256, read off
+    the presets; each map lists the 'preset/plan' pairs whose attention sees it."""
     if env.smoke:
         return [MapShape(*SMOKE_SHAPE, presets=("smoke",))]
     seen: dict[tuple[int, int, int], list[str]] = {}
     for name in REAL_PRESETS:
-        config = ModelConfig.from_name(name)
-        sizes = config.block_input_sizes()
-        for block in config.attention_blocks:
-            seen.setdefault((config.channels[block], *sizes[block]), []).append(name)
+        for plan, pools in POOLING_PLANS.items():
+            config = ModelConfig.from_name(name, pools=pools)
+            sizes = config.block_input_sizes()
+            for block in config.attention_blocks:
+                users = seen.setdefault((config.channels[block], *sizes[block]), [])
+                if f"{name}/{plan}" not in users:
+                    users.append(f"{name}/{plan}")
     return [MapShape(batch, c, t, f, tuple(presets)) for batch in BATCHES for (c, t, f), presets in seen.items()]
 
 
 def op_cases(op: str, env: BenchEnv) -> list[Case]:
-    return [Case(op, provider, mode, shape.batch, shape)
-            for shape in map_shapes(env) for provider in OP_PROVIDERS for mode in MODES]
+    return [Case(op, provider, mode, shape.batch, shape, dtype=dtype)
+            for shape in map_shapes(env) for dtype in env.dtypes for provider in OP_PROVIDERS for mode in MODES]
 
 
 def sca_cases(env: BenchEnv) -> list[Case]:
-    return [Case("sca", provider, mode, shape.batch, shape)
-            for shape in map_shapes(env) for provider in SCA_PROVIDERS for mode in MODES]
+    return [Case("sca", provider, mode, shape.batch, shape, dtype=dtype)
+            for shape in map_shapes(env) for dtype in env.dtypes for provider in SCA_PROVIDERS for mode in MODES]
 
 
 def train_cases(env: BenchEnv) -> list[Case]:
@@ -210,10 +224,20 @@ def all_cases(env: BenchEnv) -> list[Case]:
 
 
 def target_maps(env: BenchEnv) -> list[MapShape]:
-    """The maps the issue's targets are read on: at-sca-3's at batch 256 (the smoke run's one map there)."""
+    """The maps the targets are read on: at-sca-3's under the time-freq plan at batch 256 (the smoke run's one map)."""
     if env.smoke:
         return map_shapes(env)
-    return [s for s in map_shapes(env) if s.batch == TARGET_BATCH and TARGET_PRESET in s.presets]
+    return [s for s in map_shapes(env) if s.batch == TARGET_BATCH and f"{TARGET_PRESET}/{TARGET_PLAN}" in s.presets]
+
+
+def target_blocks(env: BenchEnv) -> list[tuple[int, int, int, int]]:
+    """(B, C, T, F) of each attention block of at-sca-3 under the time-freq plan at batch 256, in order
+    (blocks 6 and 7 see the same map); the smoke run's one map once."""
+    if env.smoke:
+        return [tuple(s.dims) for s in map_shapes(env)]
+    config = ModelConfig.from_name(TARGET_PRESET, pools=POOLING_PLANS[TARGET_PLAN])
+    sizes = config.block_input_sizes()
+    return [(TARGET_BATCH, config.channels[b], *sizes[b]) for b in config.attention_blocks]
 
 
 def is_target(case: Case, env: BenchEnv) -> bool:
@@ -260,10 +284,13 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
 
 # ---------------------------------------------------------------------------------------- preparing
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA and none on CPU, as training runs (train/evaluate.py's autocast; not
-    imported from there because train.evaluate imports the DALI loader)."""
-    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """bf16 autocast for a bf16 case, as training runs (train/evaluate.py's autocast; not imported from
+    there because train.evaluate imports the DALI loader); none for fp32. On CPU only bf16 cases
+    (the smoke run's) get it: it makes the fp32 convs and linears of the module accept a bf16 map."""
+    if dtype != torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, torch.bfloat16)
 
 
 def nbytes(*tensors: torch.Tensor | None) -> int:
@@ -296,15 +323,15 @@ def op_minimal_bytes(op: str, mode: str, args: list) -> int:
 
 
 def sca_minimal_bytes(mode: str, x: torch.Tensor) -> int:
-    """4|F| forward, 4|F| backward (module docstring)."""
-    return {"forward": 4, "backward": 4, "full": 8}[mode] * nbytes(x)
+    """4|F| forward, 5|F| backward (module docstring)."""
+    return {"forward": 4, "backward": 5, "full": 9}[mode] * nbytes(x)
 
 
-def _op_args(op: str, shape: MapShape, env: BenchEnv) -> list:
+def _op_args(op: str, shape: MapShape, env: BenchEnv, map_dtype: torch.dtype) -> list:
     """Random arguments of `op` at `shape` as the SCA module passes them (no channel weight: SCA, not CSA)."""
     b, c, t, f = shape.dims
 
-    def tensor(*size, dtype=env.dtype, scale=1.0):
+    def tensor(*size, dtype=map_dtype, scale=1.0):
         return (torch.randn(*size, device=env.device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
 
     if op == "channel_pool":
@@ -355,7 +382,7 @@ def _mode_fn(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mo
 @contextlib.contextmanager
 def _prepare_op(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     op = case.suite
-    args = _op_args(op, case.shape, env)
+    args = _op_args(op, case.shape, env, case.torch_dtype)
     if case.provider == "eager":
         fn = getattr(kernels, f"{op}_reference")
     elif case.provider == "fused":
@@ -367,12 +394,12 @@ def _prepare_op(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     inputs = [a for a in args if isinstance(a, torch.Tensor)]
     yield Prepared(fn=_mode_fn(lambda: fn(*args), inputs, case.mode), device=env.device,
                    minimal_bytes=op_minimal_bytes(op, case.mode, args), setup=l2_flush(env.device),
-                   info={"dtype": str(env.dtype).replace("torch.", "")})
+                   info={"dtype": case.dtype})
 
 
 def _sca_module(case: Case, env: BenchEnv) -> tuple[torch.nn.Module, Callable]:
     """The SCA module of at-sca-3's config at the case's map, and what runs it (compiled or not)."""
-    key = ("sca", case.shape.dims[1:], case.provider, env.compile_backend, str(env.device))
+    key = ("sca", case.shape.dims[1:], case.dtype, case.provider, env.compile_backend, str(env.device))
     if key not in _COMPILED:
         config = ModelConfig.from_name(TARGET_PRESET)
         _, channels, time, freq = case.shape.dims
@@ -392,15 +419,15 @@ def _prepare_sca(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     if case.provider not in SCA_PROVIDERS:
         raise ValueError(f"unknown module provider {case.provider!r}; valid: {', '.join(SCA_PROVIDERS)}")
     module, run = _sca_module(case, env)
-    x = torch.randn(case.shape.dims, device=env.device).to(env.dtype).requires_grad_()
+    x = torch.randn(case.shape.dims, device=env.device).to(case.torch_dtype).requires_grad_()
 
     def forward():
-        with autocast(env.device):
+        with autocast(env.device, case.torch_dtype):
             return run(x)
 
     yield Prepared(fn=_mode_fn(forward, [x, *module.parameters()], case.mode), device=env.device,
                    minimal_bytes=sca_minimal_bytes(case.mode, x), setup=l2_flush(env.device),
-                   info={"dtype": str(env.dtype).replace("torch.", ""), "autocast": env.cuda})
+                   info={"dtype": case.dtype, "autocast": case.dtype == "bf16"})
 
 
 def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -438,7 +465,7 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         run = torch.compile(model, backend=env.compile_backend)
 
     def step() -> None:
-        with autocast(env.device):
+        with autocast(env.device, torch.bfloat16 if env.cuda else torch.float32):
             output = run(log_mel)
         loss = clip_bce(output.clip, target)
         optimizer.zero_grad(set_to_none=True)

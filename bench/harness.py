@@ -105,12 +105,21 @@ def configure_dynamo() -> None:
     Each (op, shape) is compiled with dynamic=False, so one compiled reference holds up to 6 shapes x
     grad modes; past dynamo's default limit of 8 it would silently run eager and the 'compile'
     column would time the eager reference.
+
+    Also turns off AOTAutograd's buffer donation: a compiled backward may otherwise reuse the saved
+    activations' memory for its outputs, and the `backward` mode, which runs autograd again and again
+    over one graph kept with retain_graph, then fails on its second call (or a later case on a graph
+    compiled for an earlier one): with donation off every case times the same work in any order.
     """
     config = torch._dynamo.config
     for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
                  "accumulated_recompile_limit"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), 512))
+    import torch._functorch.config as functorch_config   # not loaded by `import torch` alone
+
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
 
 
 def configure_threads(device: torch.device) -> None:

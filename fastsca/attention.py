@@ -3,9 +3,10 @@
 Blocks: `GlobalSpatialBranch` (eq. 5), `LocalSpatialBranch` (eq. 6), `SpatialAttention` (eqs. 4, 7),
 `ChannelAttention` (eqs. 8-9), and the arrangements that compose them: spatial only (AT-S), channel
 only (AT-C), SCA (eq. 10), CSA and the parallel C//S. The heavy steps over the feature map F run
-through four ops (`AttentionOps`): the fused Triton ones of `kernels` or their PyTorch references.
-Each arrangement reads F three times and writes it once; F' (the spatially weighted map) is never
-materialised. Differences from the paper: none in the maths; the module returns F'' = M_c * M_s * F
+through four ops (`AttentionOps`): their PyTorch references, or, fused, the whole arrangement as
+one op (`kernels.attention`) whose forward reads F three times and writes it once (F', the spatially
+weighted map, is never materialised) and whose backward is one unit writing dF once (kernels/attention.py
+gives the bytes of each arrangement). Differences from the paper: none in the maths; the module returns F'' = M_c * M_s * F
 in one gate instead of two successive products (equal in exact arithmetic).
 """
 from dataclasses import dataclass
@@ -19,12 +20,14 @@ import kernels
 
 @dataclass(frozen=True)
 class AttentionOps:
-    """The four feature-map ops an attention arrangement is made of (see kernels/)."""
+    """The four feature-map ops an attention arrangement is made of (see kernels/), and the fused whole."""
 
     channel_pool: Callable
     local_fc: Callable
     spatial_squeeze: Callable
     gate: Callable
+    unit: Callable | None = None
+    """The whole arrangement as one op (kernels.attention), or None to run the four ops step by step."""
 
 
 REFERENCE_OPS = AttentionOps(
@@ -38,6 +41,7 @@ FUSED_OPS = AttentionOps(
     local_fc=kernels.local_fc,
     spatial_squeeze=kernels.spatial_squeeze,
     gate=kernels.gate,
+    unit=kernels.attention,
 )
 
 
@@ -58,6 +62,22 @@ class GlobalSpatialBranch(nn.Module):
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
         return self.conv2(self.act(self.bn(self.conv1(s))))  # (B, 1, T, F)
+
+    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fused op takes for this branch (kernels.attention.PARAM_NAMES order)."""
+        bn = self.bn
+        return (self.conv1.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                self.conv2.weight, self.conv2.bias)
+
+    def update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
+        """What nn.BatchNorm2d's training forward does to its buffers, given the batch mean and biased
+        variance over count values per channel (the fused op computes them but cannot mutate buffers)."""
+        bn = self.bn
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.item()
+            bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_((var * (count / max(count - 1, 1))).to(bn.running_var.dtype), momentum)
 
 
 class LocalSpatialBranch(nn.Module):
@@ -89,6 +109,10 @@ class LocalSpatialBranch(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
         return self.ops.local_fc(s, self.w1, self.b1, self.w2, self.b2)  # (B, 1, T, F)
 
+    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fused op takes for this branch (kernels.attention.PARAM_NAMES order)."""
+        return self.w1, self.b1, self.w2, self.b2
+
 
 class SpatialAttention(nn.Module):
     """Eq. 7 before the sigmoid: logit_s = M_global(S) + M_local(S), from the descriptor S of eq. 4."""
@@ -112,6 +136,14 @@ class SpatialAttention(nn.Module):
             branches.append(LocalSpatialBranch(time_steps, freq_bins, rd_ratio, ops))
         self.branches = nn.ModuleList(branches)
 
+    @property
+    def global_branch(self) -> GlobalSpatialBranch | None:
+        return next((b for b in self.branches if isinstance(b, GlobalSpatialBranch)), None)
+
+    @property
+    def local_branch(self) -> LocalSpatialBranch | None:
+        return next((b for b in self.branches if isinstance(b, LocalSpatialBranch)), None)
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F) -> logit_s (B, 1, T, F)
         return sum(branch(s) for branch in self.branches)
 
@@ -134,9 +166,20 @@ class ChannelAttention(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:   # z: (B, C) -> logit_c (B, C)
         return self.fc2(self.act(self.fc1(z)))
 
+    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors the fused op takes for the MLP (kernels.attention.PARAM_NAMES order)."""
+        return self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+
 
 class Arrangement(nn.Module):
-    """An attention arrangement: its spatial and channel parts (either may be None) and the ops it runs."""
+    """An attention arrangement: its spatial and channel parts (either may be None) and the ops it runs.
+
+    `reference` spells the arrangement out step by step; with a fused unit op, forward runs the same
+    maths as one op (one autograd node, so F gets one gradient, written once).
+    """
+
+    name: str
+    """The arrangement's name in ARRANGEMENT_REGISTRY and kernels.attention."""
 
     def __init__(
         self,
@@ -145,13 +188,37 @@ class Arrangement(nn.Module):
         ops: AttentionOps,
     ) -> None:
         super().__init__()
+        if channel is not None and not isinstance(channel.act, nn.ReLU) and ops.unit is not None:
+            raise ValueError("the fused attention op implements the channel MLP with ReLU; use the reference ops")
         self.spatial, self.channel, self.ops = spatial, channel, ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+        if self.ops.unit is None:
+            return self.reference(x)
+        params, bn_eps = [None] * 15, 1e-5
+        glob = self.spatial.global_branch if self.spatial is not None else None
+        if glob is not None:
+            params[0:7] = glob.unit_tensors()
+            bn_eps = glob.bn.eps
+        if self.spatial is not None and self.spatial.local_branch is not None:
+            params[7:11] = self.spatial.local_branch.unit_tensors()
+        if self.channel is not None:
+            params[11:15] = self.channel.unit_tensors()
+        out, mean, var = self.ops.unit(x, self.name, params, self.training, bn_eps)
+        if glob is not None and self.training:
+            glob.update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+        return out
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class SpatialOnly(Arrangement):
     """AT-S: F'' = sigma(logit_s(mean_c F)) * F."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+    name = "spatial"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))           # eqs. 4-7
         return self.ops.gate(x, logit_s, None, False)
 
@@ -159,7 +226,9 @@ class SpatialOnly(Arrangement):
 class ChannelOnly(Arrangement):
     """AT-C: F'' = sigma(logit_c(mean_tf F)) * F."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+    name = "channel"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # eqs. 8-9
         return self.ops.gate(x, None, logit_c, False)
 
@@ -167,7 +236,9 @@ class ChannelOnly(Arrangement):
 class SpatialThenChannel(Arrangement):
     """SCA, eq. 10: F' = M_s * F, F'' = M_c(F') * F'; Z is squeezed from F' without writing F'."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+    name = "sca"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))           # (B, 1, T, F)
         logit_c = self.channel(self.ops.spatial_squeeze(x, logit_s))     # (B, C), Z from F'
         return self.ops.gate(x, logit_s, logit_c, False)
@@ -176,7 +247,9 @@ class SpatialThenChannel(Arrangement):
 class ChannelThenSpatial(Arrangement):
     """CSA: F' = M_c(F) * F, F'' = M_s(F') * F'; S is the mean of the channel-weighted map."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+    name = "csa"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # (B, C)
         logit_s = self.spatial(self.ops.channel_pool(x, torch.sigmoid(logit_c)))  # S from F'
         return self.ops.gate(x, logit_s, logit_c, False)
@@ -185,7 +258,9 @@ class ChannelThenSpatial(Arrangement):
 class ParallelChannelSpatial(Arrangement):
     """C//S: both masks from F, F'' = sigma(logit_s + logit_c) * F (§3.3)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
+    name = "cps"
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         logit_s = self.spatial(self.ops.channel_pool(x, None))
         logit_c = self.channel(self.ops.spatial_squeeze(x, None))
         return self.ops.gate(x, logit_s, logit_c, True)

@@ -8,8 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, load_vector, map_strides,
-                            output_format, space_sum, store_tile, stride_or_zero, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
+                            use_triton)
 
 # Forward: one program per (32 spatial columns, batch row), looping over all C. A reduction over C
 # needs the whole channel range in one program (no atomics, deterministic); 32 columns keep enough
@@ -30,53 +31,93 @@ NUM_WARPS = 8
 
 @triton.jit
 def channel_pool_forward_kernel(
-    x_ptr, w_ptr, s_ptr,
-    C, N, inv_c,
-    sxb, sxc, sxn, swb, swc, ssb, ssn,
-    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, w_ptr, s_ptr, sxb, swb, ssb, inv_c,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+    HAS_W: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """S[b, n] = 1/C sum_c w[b, c] x[b, c, n]; grid (cdiv(N, BLOCK_N), B)."""
+    """S[b, n] = 1/C sum_c w[b, c] x[b, c, n]; grid (cdiv(N, BLOCK_N), B). With G > 1 (NCHW, see
+    row_group): one program per batch row reads BLOCK_C / G grouped rows of G * N <= BLOCK_N values at a
+    time and folds the G column sums; grid (1, B)."""
     b = tl.program_id(1).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    total = channel_sum(x_ptr, w_ptr, b, offs_n, C, N, sxb, sxc, sxn, swb, swc, HAS_W, BLOCK_C, BLOCK_N)
-    tl.store(s_ptr + b * ssb + offs_n * ssn, (total * inv_c).to(s_ptr.dtype.element_ty), mask=offs_n < N)
+    if G == 1:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        total = channel_sum(x_ptr, w_ptr, b, sxb, swb, offs_n, C, N, X_CL, HAS_W, BLOCK_C, BLOCK_N)
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_C // G, BLOCK_N), dtype=tl.float32)
+        for r0 in range(0, C // G, BLOCK_C // G):
+            offs_r = r0 + tl.arange(0, BLOCK_C // G)
+            x = load_grouped(x_ptr, b, sxb, offs_r, offs_n, C, N, G)
+            if HAS_W:
+                channel, _ = grouped_index(offs_r, offs_n, N, G)
+                mask = (offs_r[:, None] < C // G) & (offs_n[None, :] < G * N)
+                x *= tl.load(w_ptr + b * swb + channel, mask=mask, other=0.0).to(tl.float32)
+            acc += x
+        total = fold_groups(tl.sum(acc, axis=0), offs_n, N, G, BLOCK_N)
+    tl.store(s_ptr + b * ssb + offs_n, (total * inv_c).to(s_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 @triton.jit
 def channel_pool_backward_kernel(
-    x_ptr, w_ptr, ds_ptr, dx_ptr, dw_ptr,
-    C, N, inv_c,
-    sxb, sxc, sxn, swb, swc, sdsb, sdsn, sdxb, sdxc, sdxn, sdwb, sdwc,
+    x_ptr, w_ptr, ds_ptr, dx_ptr, dw_ptr, sxb, swb, sdsb, sdxb, inv_c,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DX_CL: tl.constexpr,
     HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dx[b, c, n] = w[b, c] dS[b, n] / C and dw[b, c] = 1/C sum_n x dS; grid (cdiv(C, BLOCK_C), B)."""
     b = tl.program_id(1).to(tl.int64)
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    w = load_vector(w_ptr, b, offs_c, C, swb, swc, HAS_W) * inv_c
+    w = load_vector(w_ptr, b, offs_c, C, swb, 1, HAS_W) * inv_c
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        ds = load_vector(ds_ptr, b, offs_n, N, sdsb, sdsn, True)
-        store_tile(dx_ptr, w[:, None] * ds[None, :], b, offs_c, offs_n, C, N, sdxb, sdxc, sdxn)
+        ds = load_vector(ds_ptr, b, offs_n, N, sdsb, 1, True)
+        store_plane(dx_ptr, w[:, None] * ds[None, :], b, sdxb, offs_c, offs_n, C, N, DX_CL)
     if HAS_W:
-        dw = space_sum(x_ptr, ds_ptr, b, offs_c, C, N, sxb, sxc, sxn, sdsb, sdsn,
-                       True, False, BLOCK_N, BLOCK_C) * inv_c
-        tl.store(dw_ptr + b * sdwb + offs_c * sdwc, dw.to(dw_ptr.dtype.element_ty), mask=offs_c < C)
+        dw = space_sum(x_ptr, ds_ptr, b, sxb, sdsb, offs_c, C, N, X_CL, True, False, BLOCK_C, BLOCK_N) * inv_c
+        tl.store(dw_ptr + b * C + offs_c, dw.to(dw_ptr.dtype.element_ty), mask=offs_c < C)
 
 
-def channel_pool_forward(x: torch.Tensor, channel_weight: torch.Tensor | None) -> torch.Tensor:
-    """Launch the forward kernel: x (B, C, T, F), channel_weight (B, C) or None -> S (B, 1, T, F)."""
+@triton.jit
+def channel_pool_logit_grad_kernel(
+    x_ptr, l_ptr, ds_ptr, part_ptr, dl_ptr, sxb, inv_c, K,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """CSA's second backward pass (reads F once): the channel-logit gradient of eq. 4 with w = sigma(l),
+    dl[b, c] = sum_k part[b, k, c] + sigma'(l[b, c]) / C sum_n dS[b, n] x[b, c, n], where part holds the
+    gate's per-column-block terms (fp32, (B, K, C)); grid (cdiv(C, BLOCK_C), B)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w = tl.sigmoid(tl.load(l_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32))
+    total = space_sum(x_ptr, ds_ptr, b, sxb, N, offs_c, C, N, X_CL, True, False, BLOCK_C, BLOCK_N)
+    dl = w * (1.0 - w) * total * inv_c
+    for k in range(K):
+        dl += tl.load(part_ptr + (b * K + k) * C + offs_c, mask=mask_c, other=0.0)
+    tl.store(dl_ptr + b * C + offs_c, dl, mask=mask_c)
+
+
+def channel_pool_forward(
+    x: torch.Tensor,                      # (B, C, T, F)
+    channel_weight: torch.Tensor | None,  # (B, C) or None
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:                        # (B, 1, T, F), in out_dtype (x's dtype by default)
+    """Launch the forward kernel."""
     batch, channels, time, freq = x.shape
-    s = torch.empty((batch, 1, time, freq), device=x.device, dtype=x.dtype)
+    s = torch.empty((batch, 1, time, freq), device=x.device, dtype=out_dtype or x.dtype)
     if s.numel() == 0 or channels == 0:
         return s.zero_()
-    x, sxb, sxc, sxn = map_strides(x)
+    x, sxb, x_cl = plane(x)
+    w = channel_weight.contiguous() if channel_weight is not None else x
     n = time * freq
-    grid = (triton.cdiv(n, FORWARD_BLOCK_N), batch)
-    channel_pool_forward_kernel[grid](
-        x, channel_weight if channel_weight is not None else x, s,
-        channels, n, 1.0 / channels,
-        sxb, sxc, sxn, stride_or_zero(channel_weight, 0), stride_or_zero(channel_weight, 1), s.stride(0), 1,
-        HAS_W=channel_weight is not None, BLOCK_C=FORWARD_BLOCK_C, BLOCK_N=FORWARD_BLOCK_N, num_warps=NUM_WARPS,
+    group = row_group(x, x_cl)
+    block_c, block_n, columns = FORWARD_BLOCK_C, FORWARD_BLOCK_N, triton.cdiv(n, FORWARD_BLOCK_N)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c, columns = group * max(1, FORWARD_BLOCK_C * FORWARD_BLOCK_N // block_n), 1
+    channel_pool_forward_kernel[(columns, batch)](
+        x, w, s, sxb, channels if channel_weight is not None else 0, n, 1.0 / channels,
+        C=channels, N=n, X_CL=x_cl,
+        HAS_W=channel_weight is not None, G=group, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["channel_pool_forward"] += 1
     return s
@@ -94,19 +135,38 @@ def channel_pool_backward(
                      device=x.device, dtype=channel_weight.dtype if channel_weight is not None else x.dtype)
     if dx.numel() == 0:
         return dx, dw.zero_()
-    x, sxb, sxc, sxn = map_strides(x)
-    grad, sgb, _, sgn = map_strides(grad)
-    _, sdxb, sdxc, sdxn = map_strides(dx)
-    grid = (triton.cdiv(channels, BACKWARD_BLOCK_C), batch)
-    channel_pool_backward_kernel[grid](
-        x, channel_weight if channel_weight is not None else x, grad, dx, dw,
-        channels, time * freq, 1.0 / channels,
-        sxb, sxc, sxn, stride_or_zero(channel_weight, 0), stride_or_zero(channel_weight, 1),
-        sgb, sgn, sdxb, sdxc, sdxn, dw.stride(0), dw.stride(-1),
+    x, sxb, x_cl = plane(x)
+    dx_arg, sdxb, dx_cl = plane(dx)
+    grad = grad.contiguous()
+    w = channel_weight.contiguous() if channel_weight is not None else x
+    n = time * freq
+    channel_pool_backward_kernel[(triton.cdiv(channels, BACKWARD_BLOCK_C), batch)](
+        x, w, grad, dx_arg, dw, sxb, channels if channel_weight is not None else 0, n, sdxb, 1.0 / channels,
+        C=channels, N=n, X_CL=x_cl, DX_CL=dx_cl,
         HAS_W=channel_weight is not None, BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
     )
     LAUNCHES["channel_pool_backward"] += 1
     return dx, dw
+
+
+def channel_pool_logit_grad(
+    x: torch.Tensor,              # (B, C, T, F)
+    channel_logit: torch.Tensor,  # (B, C); the pool's channel weight is sigmoid(channel_logit)
+    grad: torch.Tensor,           # (B, 1, T, F), dL/dS
+    parts: torch.Tensor,          # (B, K, C) fp32 terms added to the result
+) -> torch.Tensor:                # (B, C) fp32
+    """Launch channel_pool_logit_grad_kernel (CSA's second backward pass)."""
+    batch, channels, time, freq = x.shape
+    n = time * freq
+    dl = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
+    x, sxb, x_cl = plane(x)
+    channel_pool_logit_grad_kernel[(triton.cdiv(channels, BACKWARD_BLOCK_C), batch)](
+        x, channel_logit.contiguous(), grad.contiguous(), parts.contiguous(), dl, sxb, 1.0 / channels,
+        parts.shape[1], C=channels, N=n, X_CL=x_cl,
+        BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
+    )
+    LAUNCHES["channel_pool_logit_grad"] += 1
+    return dl
 
 
 def _check(x: torch.Tensor, channel_weight: torch.Tensor | None) -> None:

@@ -5,6 +5,7 @@ channels_last both merge (T, F) into one spatial stride, so neither is copied. T
 the module needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward
 passes reuse them with the upstream gradient as the weight.
 """
+import math
 import os
 from collections import Counter
 
@@ -52,6 +53,40 @@ def map_strides(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return x, x.stride(0), x.stride(1), stride_n
 
 
+def plane(x: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
+    """x (B, C, T, F) as the contiguous (C, N) planes the kernels index: (x, stride_b, channels_last).
+
+    NCHW planes are C rows of N, channels_last planes N rows of C; the kernels compute offsets from the
+    compile-time C and N (not from runtime strides), so Triton can prove 16-byte alignment. A map whose
+    plane is contiguous in neither order (an expanded gradient, a slice) is copied once.
+    """
+    x, stride_b, stride_c, stride_n = map_strides(x)
+    channels, n = x.shape[1], x.shape[2] * x.shape[3]
+    if (channels == 1 or stride_c == n) and (n == 1 or stride_n == 1):
+        return x, stride_b, False
+    if (n == 1 or stride_n == channels) and (channels == 1 or stride_c == 1):
+        return x, stride_b, True
+    x = x.contiguous()
+    return x, x.stride(0), False
+
+
+MAX_GROUPED_ROW = 512
+"""Longest row (G * N values, padded to a power of two) a grouped-row kernel holds in one tile."""
+
+
+def row_group(x: torch.Tensor, channels_last: bool) -> int:
+    """G: how many NCHW channel rows of N values the reductions read as one row of G * N, so that every
+    row starts on a 16-byte boundary (bf16 at N = 100: rows of 200 B, G = 2 makes them 400 B). 1 where
+    rows are already aligned, for channels_last (C is the contiguous axis), and where C is not a multiple
+    of G or the grouped row would not fit one tile."""
+    channels, n = x.shape[1], x.shape[2] * x.shape[3]
+    row_bytes = n * x.element_size()
+    group = 16 // math.gcd(row_bytes, 16)
+    if channels_last or group == 1 or channels % group or triton.next_power_of_2(group * n) > MAX_GROUPED_ROW:
+        return 1
+    return group
+
+
 def check_map(name: str, x: torch.Tensor) -> None:
     """ValueError unless x is a floating (B, C, T, F) feature map."""
     if x.dim() != 4:
@@ -82,19 +117,63 @@ def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
 
 
 @triton.jit
-def load_tile(ptr, b, offs_c, offs_n, C, N, stride_b, stride_c, stride_n):
-    """A [BLOCK_C, BLOCK_N] tile of a (B, C, N) map at batch b, in fp32, zero outside the map."""
+def plane_offsets(offs_c, offs_n, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """[BLOCK_C, BLOCK_N] element offsets of a (C, N) plane, and the in-map mask."""
     mask = (offs_c[:, None] < C) & (offs_n[None, :] < N)
-    ptrs = ptr + b * stride_b + offs_c[:, None] * stride_c + offs_n[None, :] * stride_n
-    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    if CHANNELS_LAST:
+        return offs_n[None, :] * C + offs_c[:, None], mask
+    else:
+        return offs_c[:, None] * N + offs_n[None, :], mask
 
 
 @triton.jit
-def store_tile(ptr, value, b, offs_c, offs_n, C, N, stride_b, stride_c, stride_n):
-    """Store a [BLOCK_C, BLOCK_N] fp32 tile of a (B, C, N) map at batch b, in the map's dtype."""
-    mask = (offs_c[:, None] < C) & (offs_n[None, :] < N)
-    ptrs = ptr + b * stride_b + offs_c[:, None] * stride_c + offs_n[None, :] * stride_n
-    tl.store(ptrs, value.to(ptr.dtype.element_ty), mask=mask)
+def load_plane(ptr, b, stride_b, offs_c, offs_n, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """A [BLOCK_C, BLOCK_N] fp32 tile of plane b of a (B, C, N) map (see `plane`), zero outside the map."""
+    offs, mask = plane_offsets(offs_c, offs_n, C, N, CHANNELS_LAST)
+    return tl.load(ptr + b * stride_b + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_plane(ptr, value, b, stride_b, offs_c, offs_n, C: tl.constexpr, N: tl.constexpr,
+                CHANNELS_LAST: tl.constexpr):
+    """Store a [BLOCK_C, BLOCK_N] fp32 tile into plane b of a (B, C, N) map, in the map's dtype."""
+    offs, mask = plane_offsets(offs_c, offs_n, C, N, CHANNELS_LAST)
+    tl.store(ptr + b * stride_b + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grouped_index(offs_r, offs_m, N: tl.constexpr, G: tl.constexpr):
+    """Channel [BLOCK_R, BLOCK_M] and column [BLOCK_M] of the values of grouped rows offs_r (G channels
+    of N values each, see row_group) at positions offs_m < G * N."""
+    return offs_r[:, None] * G + offs_m[None, :] // N, offs_m % N
+
+
+@triton.jit
+def load_grouped(ptr, b, stride_b, offs_r, offs_m, C: tl.constexpr, N: tl.constexpr, G: tl.constexpr):
+    """A [BLOCK_R, BLOCK_M] fp32 tile of grouped rows of an NCHW plane: offsets r * G * N + m, which
+    Triton proves 16-byte aligned where G * N values are a multiple of 16 bytes."""
+    mask = (offs_r[:, None] < C // G) & (offs_m[None, :] < G * N)
+    return tl.load(ptr + b * stride_b + offs_r[:, None] * (G * N) + offs_m[None, :], mask=mask,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def fold_groups(colsum, offs_m, N: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per-column sums over grouped rows [BLOCK_M] -> per spatial column n: sum_j colsum[j * N + n]
+    (valid at offs_m < N)."""
+    total = colsum
+    for j in tl.static_range(1, G):
+        total += tl.gather(colsum, tl.minimum(offs_m + j * N, BLOCK_M - 1), 0)
+    return total
+
+
+@triton.jit
+def split_groups(value, offs_m, N: tl.constexpr, G: tl.constexpr):
+    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile per channel: [BLOCK_R, G], entry (r, j) the sum over
+    channel r * G + j's columns."""
+    j = tl.arange(0, G)
+    onehot = (offs_m[:, None] // N) == j[None, :]                       # [BLOCK_M, G]
+    return tl.sum(tl.where(onehot[None, :, :], value[:, :, None], 0.0), axis=1)
 
 
 @triton.jit
@@ -107,9 +186,9 @@ def load_vector(ptr, b, offs, size, stride_b, stride, PRESENT: tl.constexpr):
 
 
 @triton.jit
-def channel_sum(x_ptr, a_ptr, b, offs_n, C, N, sxb, sxc, sxn, sab, sac,
+def channel_sum(x_ptr, a_ptr, b, sxb, sab, offs_n, C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
                 HAS_A: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
-    """sum_c a[b, c] * x[b, c, n] for the columns offs_n, in fp32 (a = 1 without HAS_A).
+    """sum_c a[b, c] * x[b, c, n] for the columns offs_n, in fp32 (a = 1 without HAS_A; a contiguous rows).
 
     Eq. 4 (a = channel weight), and the logit gradient of eq. 8 (a = dZ). Accumulates a full tile
     and reduces once at the end: one cross-thread reduction per program instead of one per chunk.
@@ -117,24 +196,25 @@ def channel_sum(x_ptr, a_ptr, b, offs_n, C, N, sxb, sxc, sxn, sab, sac,
     acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
-        x = load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn)
-        a = load_vector(a_ptr, b, offs_c, C, sab, sac, HAS_A)
+        x = load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL)
+        a = load_vector(a_ptr, b, offs_c, C, sab, 1, HAS_A)
         acc += x * a[:, None]
     return tl.sum(acc, axis=0)
 
 
 @triton.jit
-def space_sum(x_ptr, g_ptr, b, offs_c, C, N, sxb, sxc, sxn, sgb, sgn,
-              HAS_G: tl.constexpr, SIGMOID_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    """sum_n g[b, n] * x[b, c, n] for the channels offs_c, in fp32; g is sigmoid'ed if SIGMOID_G, 1 without HAS_G.
+def space_sum(x_ptr, g_ptr, b, sxb, sgb, offs_c, C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+              HAS_G: tl.constexpr, SIGMOID_G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
+    """sum_n g[b, n] * x[b, c, n] for the channels offs_c, in fp32; g (contiguous rows) is sigmoid'ed if
+    SIGMOID_G, 1 without HAS_G.
 
     Eq. 8 (g = sigmoid(logit_s)), and the channel-weight gradient of eq. 4 (g = dS).
     """
     acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        x = load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn)
-        g = load_vector(g_ptr, b, offs_n, N, sgb, sgn, HAS_G)
+        x = load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL)
+        g = load_vector(g_ptr, b, offs_n, N, sgb, 1, HAS_G)
         if HAS_G and SIGMOID_G:
             g = tl.sigmoid(g)
         acc += x * g[None, :]

@@ -11,30 +11,31 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, load_tile, load_vector,
-                            map_strides, output_format, store_tile, stride_or_zero, use_triton)
+from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, grouped_index, load_grouped,
+                            load_plane, load_vector, output_format, plane, row_group, split_groups, use_triton)
 
-# One program per (32 channels, batch row), looping over N = T * F, forward and backward: the
-# channel-logit gradient then completes in the program, and the spatial one needs C / 32 partial
-# rows, an fp32 buffer of |F| / 32 elements (<= 1/16 of F's bytes in bf16). C / 32 * B = 256-4096
-# programs at the real shapes. 64 channels would halve the partials but also the programs at B = 32.
+# Elementwise kernels (forward, and the input gradient in kernels/attention.py) walk each (C, N) plane
+# flat, as Inductor does: 2048 values per program at 8 warps are 8 per thread, one 16-byte access in
+# bf16 (two in fp32) whatever N is; C * N / 2048 * B programs (>= 3200 at B = 256).
+FLAT_BLOCK = 2048
+# Logit-gradient passes: one program per (32 channels or 32 columns, batch row), looping over the other
+# axis, so one of the two logit gradients completes in the program and the other leaves K fp32 partial
+# rows (|F| / 16 bytes in bf16) that the next backward pass adds as it reads them: no extra launch.
 BLOCK_C = 32
 # 64 columns per step: N <= 400 at the real shapes, so at most 7 steps; 128 B of bf16 per NCHW row.
 BLOCK_N = 64
-# 8 warps: 8 values of the 32 x 64 tile per thread. ptxas (sm_90, bf16, NCHW): 138 registers forward
-# and 210 backward at 4 warps, 64 and 113 at 8 warps, i.e. 32 and 16 resident warps per SM instead of
-# 12 and 8 to hide DRAM latency; the backward holds x, dout, the gate and its two factors per tile.
+# 8 warps: 8 values of a 32 x 64 tile per thread.
 NUM_WARPS = 8
 
 
 @triton.jit
 def gate_tile(s, c, HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr):
-    """The gate of a [BLOCK_C, BLOCK_N] tile from logits s [BLOCK_N] and c [BLOCK_C] (ones when absent).
-
-    Returns (gate, ds_factor, dc_factor): d gate / d logit_s = gate * ds_factor, and likewise for c.
+    """The gate of a tile from logits s ([1, BLOCK_N] or a whole tile) and c ([BLOCK_C, 1] or a whole
+    tile), ones where absent. Returns (gate, ds_factor, dc_factor), tiles: d gate / d logit_s =
+    gate * ds_factor, and likewise for c.
     """
     if ADDITIVE:
-        gate = tl.sigmoid(s[None, :] + c[:, None])
+        gate = tl.sigmoid(s + c)
         ds_factor = 1.0 - gate
         dc_factor = 1.0 - gate
     else:
@@ -42,74 +43,164 @@ def gate_tile(s, c, HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.const
             s = tl.sigmoid(s)
         if HAS_C:
             c = tl.sigmoid(c)
-        gate = c[:, None] * s[None, :]
-        ds_factor = tl.broadcast_to((1.0 - s)[None, :], gate.shape)
-        dc_factor = tl.broadcast_to((1.0 - c)[:, None], gate.shape)
+        gate = c * s
+        ds_factor = tl.broadcast_to(1.0 - s, gate.shape)
+        dc_factor = tl.broadcast_to(1.0 - c, gate.shape)
     return gate, ds_factor, dc_factor
 
 
 @triton.jit
-def gate_forward_kernel(
-    x_ptr, s_ptr, c_ptr, out_ptr,
-    C, N,
-    sxb, sxc, sxn, ssb, ssn, scb, scc, sob, soc, son,
-    HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """out[b, c, n] = gate(s[b, n], c[b, c]) * x[b, c, n]; grid (cdiv(C, BLOCK_C), B)."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c = load_vector(c_ptr, b, offs_c, C, scb, scc, HAS_C)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = load_vector(s_ptr, b, offs_n, N, ssb, ssn, HAS_S)
-        gate, _, _ = gate_tile(s, c, HAS_S, HAS_C, ADDITIVE)
-        x = load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn)
-        store_tile(out_ptr, gate * x, b, offs_c, offs_n, C, N, sob, soc, son)
+def flat_gate(s_ptr, c_ptr, b, offs, mask, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+              HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr):
+    """For flat plane offsets offs: (channel, column, gate, sigma(logit_s), sigma(logit_c)) per value (ones
+    where a logit is absent), gathering the contiguous (B, N) and (B, C) logits (tiny, cache-resident)."""
+    if CHANNELS_LAST:
+        n = offs // C
+        ch = offs % C
+    else:
+        n = offs % N
+        ch = offs // N
+    s = tl.full(offs.shape, 1.0, tl.float32)
+    c = tl.full(offs.shape, 1.0, tl.float32)
+    if HAS_S:
+        s = tl.load(s_ptr + b * N + n, mask=mask, other=0.0).to(tl.float32)
+    if HAS_C:
+        c = tl.load(c_ptr + b * C + ch, mask=mask, other=0.0).to(tl.float32)
+    if ADDITIVE:
+        gate = tl.sigmoid(s + c)
+    else:
+        if HAS_S:
+            s = tl.sigmoid(s)
+        if HAS_C:
+            c = tl.sigmoid(c)
+        gate = s * c
+    return ch, n, gate, s, c
 
 
 @triton.jit
-def gate_backward_kernel(
-    x_ptr, s_ptr, c_ptr, dout_ptr, dx_ptr, ds_part_ptr, dc_ptr,
-    C, N,
-    sxb, sxc, sxn, ssb, ssn, scb, scc, sdob, sdoc, sdon, sdxb, sdxc, sdxn, spb, spk, sdcb, sdcc,
+def gate_forward_kernel(
+    x_ptr, s_ptr, c_ptr, out_ptr, sxb, sob,
+    C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+    HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out[b, c, n] = gate(s[b, n], c[b, c]) * x[b, c, n], x and out in one layout; grid (cdiv(C N, BLOCK), B)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < C * N
+    _, _, gate, _, _ = flat_gate(s_ptr, c_ptr, b, offs, mask, C, N, CHANNELS_LAST, HAS_S, HAS_C, ADDITIVE)
+    x = tl.load(x_ptr + b * sxb + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + b * sob + offs, (gate * x).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gate_input_grad_kernel(
+    dout_ptr, s_ptr, c_ptr, dz_ptr, ds_ptr, dx_ptr, sdob, sdxb, inv_n, inv_c,
+    C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr,
     HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr,
+    HAS_DZ: tl.constexpr, SQUEEZE_GATED: tl.constexpr, HAS_DS: tl.constexpr, POOL_WEIGHTED: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """The last backward pass of every arrangement (reads dF'' once, writes dF once, no F):
+    dx = dout * gate + dZ[b, c] / N (* sigma(logit_s) if SQUEEZE_GATED) + dS[b, n] / C (* sigma(logit_c)
+    if POOL_WEIGHTED): the gate's, squeeze's (eq. 8) and channel pool's (eq. 4) terms summed in registers.
+    dout and dx in one layout; grid (cdiv(C N, BLOCK), B)."""
+    b = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < C * N
+    ch, n, gate, sig_s, sig_c = flat_gate(s_ptr, c_ptr, b, offs, mask, C, N, CHANNELS_LAST, HAS_S, HAS_C, ADDITIVE)
+    dx = tl.load(dout_ptr + b * sdob + offs, mask=mask, other=0.0).to(tl.float32) * gate
+    if HAS_DZ:
+        dz = tl.load(dz_ptr + b * C + ch, mask=mask, other=0.0).to(tl.float32) * inv_n
+        if SQUEEZE_GATED:
+            dz *= sig_s
+        dx += dz
+    if HAS_DS:
+        ds = tl.load(ds_ptr + b * N + n, mask=mask, other=0.0).to(tl.float32) * inv_c
+        if POOL_WEIGHTED:
+            ds *= sig_c
+        dx += ds
+    tl.store(dx_ptr + b * sdxb + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gate_logit_grad_rows_kernel(
+    x_ptr, s_ptr, c_ptr, dout_ptr, dc_ptr, part_ptr, sxb, sdob,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DOUT_CL: tl.constexpr,
+    HAS_S: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_S: tl.constexpr, G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """dx = gate * dout; dc[b, c] = sum_n dout x dgate/dc; partial ds[b, k, n] over this program's
-    channels k; grid (cdiv(C, BLOCK_C), B)."""
+    """First backward pass, by channel rows (reads dF'' and F once): dc[b, c] = sum_n dout x dgate/dc
+    (fp32, complete); with PARTIAL_S, part[b, k, n] = the same sum for dgate/ds over this program's
+    channels k (fp32, (B, K, N)); grid (K = cdiv(C, BLOCK_C), B). With G > 1 (NCHW, see row_group) a
+    program reads BLOCK_C channels as BLOCK_C / G rows of G * N <= BLOCK_N values, and part is (B, K G, N)."""
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c = load_vector(c_ptr, b, offs_c, C, scb, scc, HAS_C)
-    dc_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = load_vector(s_ptr, b, offs_n, N, ssb, ssn, HAS_S)
-        gate, ds_factor, dc_factor = gate_tile(s, c, HAS_S, HAS_C, ADDITIVE)
-        dout = load_tile(dout_ptr, b, offs_c, offs_n, C, N, sdob, sdoc, sdon)
-        store_tile(dx_ptr, gate * dout, b, offs_c, offs_n, C, N, sdxb, sdxc, sdxn)
-        if HAS_S or HAS_C:
-            dgate = dout * load_tile(x_ptr, b, offs_c, offs_n, C, N, sxb, sxc, sxn) * gate
-            if HAS_S:
-                ds = tl.sum(dgate * ds_factor, axis=0)
-                tl.store(ds_part_ptr + b * spb + pid_c * spk + offs_n, ds, mask=offs_n < N)
-            if HAS_C:
-                dc_acc += dgate * dc_factor
-    if HAS_C:
-        dc = tl.sum(dc_acc, axis=1)
-        tl.store(dc_ptr + b * sdcb + offs_c * sdcc, dc.to(dc_ptr.dtype.element_ty), mask=offs_c < C)
+    if G == 1:
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        c = load_vector(c_ptr, b, offs_c, C, C, 1, True)
+        dc_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            s = load_vector(s_ptr, b, offs_n, N, N, 1, HAS_S)
+            gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], HAS_S, True, ADDITIVE)
+            dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
+                     * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
+            if PARTIAL_S:
+                tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * N + offs_n,
+                         tl.sum(dgate * ds_factor, axis=0), mask=offs_n < N)
+            dc_acc += dgate * dc_factor
+        tl.store(dc_ptr + b * C + offs_c, tl.sum(dc_acc, axis=1), mask=offs_c < C)
+    else:
+        offs_r = pid_c * (BLOCK_C // G) + tl.arange(0, BLOCK_C // G)
+        offs_m = tl.arange(0, BLOCK_N)
+        channel, column = grouped_index(offs_r, offs_m, N, G)
+        mask = (offs_r[:, None] < C // G) & (offs_m[None, :] < G * N)
+        c = tl.load(c_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32)
+        s = load_vector(s_ptr, b, column, N, N, 1, HAS_S)
+        gate, ds_factor, dc_factor = gate_tile(s[None, :], c, HAS_S, True, ADDITIVE)
+        dgate = (load_grouped(dout_ptr, b, sdob, offs_r, offs_m, C, N, G)
+                 * load_grouped(x_ptr, b, sxb, offs_r, offs_m, C, N, G) * gate)
+        if PARTIAL_S:
+            tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * (G * N) + offs_m,
+                     tl.sum(dgate * ds_factor, axis=0), mask=offs_m < G * N)
+        dc = split_groups(dgate * dc_factor, offs_m, N, G)
+        tl.store(dc_ptr + b * C + offs_r[:, None] * G + tl.arange(0, G)[None, :], dc,
+                 mask=offs_r[:, None] < C // G)
 
 
-def _logit_strides(x, spatial_logit, channel_logit):
-    """Strides of the optional logits (0 when absent) and the logits with T, F merged."""
-    ssb = ssn = 0
-    if spatial_logit is not None:
-        spatial_logit, ssb, _, ssn = map_strides(spatial_logit)
-    scb, scc = stride_or_zero(channel_logit, 0), stride_or_zero(channel_logit, 1)
-    s_arg = spatial_logit if spatial_logit is not None else x
-    c_arg = channel_logit if channel_logit is not None else x
-    return s_arg, c_arg, ssb, ssn, scb, scc
+@triton.jit
+def gate_logit_grad_columns_kernel(
+    x_ptr, s_ptr, c_ptr, dout_ptr, ds_ptr, part_ptr, sxb, sdob,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DOUT_CL: tl.constexpr,
+    HAS_C: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """First backward pass, by spatial columns (reads dF'' and F once): ds[b, n] = sum_c dout x dgate/ds
+    (fp32, complete); with PARTIAL_C, part[b, j, c] = the same sum for dgate/dc over this program's
+    columns j (fp32, (B, J, C)); grid (J = cdiv(N, BLOCK_N), B)."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    s = load_vector(s_ptr, b, offs_n, N, N, 1, True)
+    ds_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        c = load_vector(c_ptr, b, offs_c, C, C, 1, HAS_C)
+        gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], True, HAS_C, ADDITIVE)
+        dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
+                 * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
+        if PARTIAL_C:
+            tl.store(part_ptr + (b * tl.num_programs(0) + pid_n) * C + offs_c,
+                     tl.sum(dgate * dc_factor, axis=1), mask=offs_c < C)
+        ds_acc += dgate * ds_factor
+    tl.store(ds_ptr + b * N + offs_n, tl.sum(ds_acc, axis=0), mask=offs_n < N)
+
+
+def _logits(x, spatial_logit, channel_logit):
+    """The logits as contiguous (B, N) / (B, C) rows (x stands in for an absent one; never read)."""
+    s = spatial_logit.contiguous() if spatial_logit is not None else x
+    c = channel_logit.contiguous() if channel_logit is not None else x
+    return s, c
 
 
 def gate_forward(
@@ -120,22 +211,113 @@ def gate_forward(
 ) -> torch.Tensor:                       # (B, C, T, F), in x's layout
     """Launch the forward kernel."""
     batch, channels, time, freq = x.shape
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
+    layout = output_format(x)
+    x, sxb, x_cl = plane(x.contiguous(memory_format=layout))
+    out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=layout)
     if out.numel() == 0:
         return out
-    x, sxb, sxc, sxn = map_strides(x)
-    _, sob, soc, son = map_strides(out)
-    s_arg, c_arg, ssb, ssn, scb, scc = _logit_strides(x, spatial_logit, channel_logit)
-    grid = (triton.cdiv(channels, BLOCK_C), batch)
-    gate_forward_kernel[grid](
-        x, s_arg, c_arg, out,
-        channels, time * freq,
-        sxb, sxc, sxn, ssb, ssn, scb, scc, sob, soc, son,
+    n = time * freq
+    s_arg, c_arg = _logits(x, spatial_logit, channel_logit)
+    gate_forward_kernel[(triton.cdiv(channels * n, FLAT_BLOCK), batch)](
+        x, s_arg, c_arg, out, sxb, out.stride(0), C=channels, N=n, CHANNELS_LAST=x_cl,
         HAS_S=spatial_logit is not None, HAS_C=channel_logit is not None, ADDITIVE=additive,
-        BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+        BLOCK=FLAT_BLOCK, num_warps=NUM_WARPS,
     )
     LAUNCHES["gate_forward"] += 1
     return out
+
+
+def gate_logit_grad_rows(
+    grad: torch.Tensor,                  # (B, C, T, F), dL/dout
+    x: torch.Tensor,                     # (B, C, T, F)
+    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
+    channel_logit: torch.Tensor,         # (B, C)
+    additive: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch gate_logit_grad_rows_kernel: (dchannel_logit (B, C) fp32, spatial partials (B, K, N) fp32,
+    empty without a spatial logit)."""
+    batch, channels, time, freq = x.shape
+    n = time * freq
+    x, sxb, x_cl = plane(x)
+    grad, sdob, dout_cl = plane(grad)
+    group = row_group(x, x_cl or dout_cl)
+    block_c, block_n = BLOCK_C, BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, BLOCK_C * BLOCK_N // block_n)
+    blocks = triton.cdiv(channels, block_c)
+    dc = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
+    parts = torch.empty((batch, blocks * group, n) if spatial_logit is not None else (batch, 0, n),
+                        device=x.device, dtype=torch.float32)
+    s_arg, c_arg = _logits(x, spatial_logit, channel_logit)
+    gate_logit_grad_rows_kernel[(blocks, batch)](
+        x, s_arg, c_arg, grad, dc, parts, sxb, sdob, C=channels, N=n, X_CL=x_cl, DOUT_CL=dout_cl,
+        HAS_S=spatial_logit is not None, ADDITIVE=additive, PARTIAL_S=spatial_logit is not None, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
+    )
+    LAUNCHES["gate_logit_grad_rows"] += 1
+    return dc, parts
+
+
+def gate_logit_grad_columns(
+    grad: torch.Tensor,                  # (B, C, T, F), dL/dout
+    x: torch.Tensor,                     # (B, C, T, F)
+    spatial_logit: torch.Tensor,         # (B, 1, T, F)
+    channel_logit: torch.Tensor | None,  # (B, C) or None
+    additive: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch gate_logit_grad_columns_kernel: (dspatial_logit (B, 1, T, F) fp32, channel partials (B, J, C)
+    fp32, empty without a channel logit)."""
+    batch, channels, time, freq = x.shape
+    n = time * freq
+    blocks = triton.cdiv(n, BLOCK_N)
+    ds = torch.empty((batch, 1, time, freq), device=x.device, dtype=torch.float32)
+    parts = torch.empty((batch, blocks, channels) if channel_logit is not None else (batch, 0, channels),
+                        device=x.device, dtype=torch.float32)
+    x, sxb, x_cl = plane(x)
+    grad, sdob, dout_cl = plane(grad)
+    s_arg, c_arg = _logits(x, spatial_logit, channel_logit)
+    gate_logit_grad_columns_kernel[(blocks, batch)](
+        x, s_arg, c_arg, grad, ds, parts, sxb, sdob, C=channels, N=n, X_CL=x_cl, DOUT_CL=dout_cl,
+        HAS_C=channel_logit is not None, ADDITIVE=additive, PARTIAL_C=channel_logit is not None,
+        BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+    )
+    LAUNCHES["gate_logit_grad_columns"] += 1
+    return ds, parts
+
+
+def gate_input_grad(
+    grad: torch.Tensor,                  # (B, C, T, F), dL/dout
+    like: torch.Tensor,                  # (B, C, T, F): dx gets its shape, dtype and layout
+    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
+    channel_logit: torch.Tensor | None,  # (B, C) or None
+    additive: bool,
+    squeeze_grad: torch.Tensor | None = None,  # (B, C) dL/dZ of a squeeze of this map, or None
+    squeeze_gated: bool = False,               # the squeeze was weighted by sigma(spatial_logit) (SCA)
+    pool_grad: torch.Tensor | None = None,     # (B, 1, T, F) dL/dS of a channel pool of this map, or None
+    pool_weighted: bool = False,               # the pool was weighted by sigma(channel_logit) (CSA)
+) -> torch.Tensor:                             # (B, C, T, F) in like's layout
+    """Launch gate_input_grad_kernel. A gradient in another layout than like is copied once into it."""
+    batch, channels, time, freq = like.shape
+    n = time * freq
+    layout = output_format(like)
+    dx = torch.empty(like.shape, device=like.device, dtype=like.dtype, memory_format=layout)
+    if dx.numel() == 0:
+        return dx
+    grad, sdob, cl = plane(grad.contiguous(memory_format=layout))
+    s_arg, c_arg = _logits(grad, spatial_logit, channel_logit)
+    dz = squeeze_grad.contiguous() if squeeze_grad is not None else grad
+    ds = pool_grad.contiguous() if pool_grad is not None else grad
+    gate_input_grad_kernel[(triton.cdiv(channels * n, FLAT_BLOCK), batch)](
+        grad, s_arg, c_arg, dz, ds, dx, sdob, dx.stride(0), 1.0 / n, 1.0 / channels,
+        C=channels, N=n, CHANNELS_LAST=cl,
+        HAS_S=spatial_logit is not None, HAS_C=channel_logit is not None, ADDITIVE=additive,
+        HAS_DZ=squeeze_grad is not None, SQUEEZE_GATED=squeeze_gated,
+        HAS_DS=pool_grad is not None, POOL_WEIGHTED=pool_weighted,
+        BLOCK=FLAT_BLOCK, num_warps=NUM_WARPS,
+    )
+    LAUNCHES["gate_input_grad"] += 1
+    return dx
 
 
 def gate_backward(
@@ -145,39 +327,18 @@ def gate_backward(
     channel_logit: torch.Tensor | None,  # (B, C) or None
     additive: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel: (dx in x's layout, dspatial_logit, dchannel_logit); absent logits get empty grads."""
-    batch, channels, time, freq = x.shape
-    n = time * freq
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    blocks = triton.cdiv(channels, BLOCK_C)
-    # Absent logits get a 0-element gradient (the kernel never touches it; autograd returns None).
-    ds_part = torch.empty((batch, blocks, n) if spatial_logit is not None else (0, 0, 0),
-                          device=x.device, dtype=torch.float32)
-    dc = torch.empty((batch, channels) if channel_logit is not None else (0, 0), device=x.device,
-                     dtype=channel_logit.dtype if channel_logit is not None else x.dtype)
-    if dx.numel() > 0:
-        x, sxb, sxc, sxn = map_strides(x)
-        grad, sdob, sdoc, sdon = map_strides(grad)
-        _, sdxb, sdxc, sdxn = map_strides(dx)
-        s_arg, c_arg, ssb, ssn, scb, scc = _logit_strides(x, spatial_logit, channel_logit)
-        gate_backward_kernel[(blocks, batch)](
-            x, s_arg, c_arg, grad, dx, ds_part, dc,
-            channels, n,
-            sxb, sxc, sxn, ssb, ssn, scb, scc, sdob, sdoc, sdon, sdxb, sdxc, sdxn,
-            ds_part.stride(0), ds_part.stride(1), dc.stride(0), dc.stride(1),
-            HAS_S=spatial_logit is not None, HAS_C=channel_logit is not None, ADDITIVE=additive,
-            BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
-        )
-        LAUNCHES["gate_backward"] += 1
-    else:
-        dc.zero_()
-        ds_part.zero_()
-    if channel_logit is None:
-        dc = x.new_empty((0,))
-    if spatial_logit is None:
-        return dx, x.new_empty((0,)), dc
-    ds = ds_part.sum(dim=1).to(spatial_logit.dtype).view(batch, 1, time, freq)
-    return dx, ds, dc
+    """The standalone op's backward: (dx in x's layout, dspatial_logit, dchannel_logit); absent logits get
+    empty grads. The arrangements' backward (kernels/attention.py) uses the passes directly instead."""
+    ds, dc = x.new_empty((0,)), x.new_empty((0,))
+    if channel_logit is not None:
+        dc, parts = gate_logit_grad_rows(grad, x, spatial_logit, channel_logit, additive)
+        dc = dc.to(channel_logit.dtype)
+        if spatial_logit is not None:
+            ds = parts.sum(dim=1).view(spatial_logit.shape).to(spatial_logit.dtype)
+    elif spatial_logit is not None:
+        ds, _ = gate_logit_grad_columns(grad, x, spatial_logit, None, additive)
+        ds = ds.to(spatial_logit.dtype)
+    return gate_input_grad(grad, x, spatial_logit, channel_logit, additive), ds, dc
 
 
 def _check(x, spatial_logit, channel_logit, additive) -> None:

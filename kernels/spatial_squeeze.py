@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, load_vector, map_strides,
-                            output_format, space_sum, store_tile, stride_or_zero, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fold_groups, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, split_groups,
+                            store_plane, use_triton)
 
 # Forward: one program per (32 channels, batch row), looping over N = T * F (<= 400 at the real
 # shapes: at most 7 steps), so Z[b, c] completes in one program without atomics; C / 32 * B gives
@@ -31,57 +32,105 @@ NUM_WARPS = 8
 
 @triton.jit
 def spatial_squeeze_forward_kernel(
-    x_ptr, l_ptr, z_ptr,
-    C, N, inv_n,
-    sxb, sxc, sxn, slb, sln, szb, szc,
-    HAS_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr, l_ptr, z_ptr, sxb, slb, inv_n,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+    HAS_L: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Z[b, c] = 1/N sum_n sigma(l[b, n]) x[b, c, n]; grid (cdiv(C, BLOCK_C), B)."""
+    """Z[b, c] = 1/N sum_n sigma(l[b, n]) x[b, c, n]; grid (cdiv(C, BLOCK_C), B). With G > 1 (NCHW, see
+    row_group) a program reads its BLOCK_C channels as BLOCK_C / G rows of G * N <= BLOCK_N values."""
     b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    total = space_sum(x_ptr, l_ptr, b, offs_c, C, N, sxb, sxc, sxn, slb, sln, HAS_L, True, BLOCK_N, BLOCK_C)
-    tl.store(z_ptr + b * szb + offs_c * szc, (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_c < C)
+    if G == 1:
+        offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        total = space_sum(x_ptr, l_ptr, b, sxb, slb, offs_c, C, N, X_CL, HAS_L, True, BLOCK_C, BLOCK_N)
+        tl.store(z_ptr + b * C + offs_c, (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_c < C)
+    else:
+        offs_r = tl.program_id(0) * (BLOCK_C // G) + tl.arange(0, BLOCK_C // G)
+        offs_m = tl.arange(0, BLOCK_N)
+        _, column = grouped_index(offs_r, offs_m, N, G)
+        gate = load_vector(l_ptr, b, column, N, slb, 1, HAS_L)
+        if HAS_L:
+            gate = tl.sigmoid(gate)
+        x = load_grouped(x_ptr, b, sxb, offs_r, offs_m, C, N, G)
+        total = split_groups(x * gate[None, :], offs_m, N, G)
+        tl.store(z_ptr + b * C + offs_r[:, None] * G + tl.arange(0, G)[None, :],
+                 (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_r[:, None] < C // G)
 
 
 @triton.jit
 def spatial_squeeze_backward_kernel(
-    x_ptr, l_ptr, dz_ptr, dx_ptr, dl_ptr,
-    C, N, inv_n,
-    sxb, sxc, sxn, slb, sln, sdzb, sdzc, sdxb, sdxc, sdxn, sdlb, sdln,
+    x_ptr, l_ptr, dz_ptr, dx_ptr, dl_ptr, sxb, sdxb, inv_n,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DX_CL: tl.constexpr,
     HAS_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dx = dZ[b, c] sigma(l[b, n]) / N, dl = sigma'(l) / N sum_c dZ x; grid (cdiv(N, BLOCK_N), B)."""
     b = tl.program_id(1).to(tl.int64)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    gate = load_vector(l_ptr, b, offs_n, N, slb, sln, HAS_L)
+    gate = load_vector(l_ptr, b, offs_n, N, N, 1, HAS_L)
     if HAS_L:
         gate = tl.sigmoid(gate)
-        total = channel_sum(x_ptr, dz_ptr, b, offs_n, C, N, sxb, sxc, sxn, sdzb, sdzc, True, BLOCK_C, BLOCK_N)
+        total = channel_sum(x_ptr, dz_ptr, b, sxb, C, offs_n, C, N, X_CL, True, BLOCK_C, BLOCK_N)
         dl = gate * (1.0 - gate) * total * inv_n
-        tl.store(dl_ptr + b * sdlb + offs_n * sdln, dl.to(dl_ptr.dtype.element_ty), mask=offs_n < N)
+        tl.store(dl_ptr + b * N + offs_n, dl.to(dl_ptr.dtype.element_ty), mask=offs_n < N)
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
-        dz = load_vector(dz_ptr, b, offs_c, C, sdzb, sdzc, True) * inv_n
-        store_tile(dx_ptr, dz[:, None] * gate[None, :], b, offs_c, offs_n, C, N, sdxb, sdxc, sdxn)
+        dz = load_vector(dz_ptr, b, offs_c, C, C, 1, True) * inv_n
+        store_plane(dx_ptr, dz[:, None] * gate[None, :], b, sdxb, offs_c, offs_n, C, N, DX_CL)
 
 
-def spatial_squeeze_forward(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> torch.Tensor:
-    """Launch the forward kernel: x (B, C, T, F), spatial_logit (B, 1, T, F) or None -> Z (B, C)."""
+@triton.jit
+def spatial_squeeze_logit_grad_kernel(
+    x_ptr, l_ptr, dz_ptr, part_ptr, dl_ptr, sxb, inv_n, K,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, G: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """SCA's second backward pass (reads F once): the spatial-logit gradient of eq. 8,
+    dl[b, n] = sum_k part[b, k, n] + sigma'(l[b, n]) / N sum_c dZ[b, c] x[b, c, n], where part holds the
+    gate's per-channel-block terms (fp32, (B, K, N)); grid (cdiv(N, BLOCK_N), B). With G > 1 (NCHW, see
+    row_group): one program per batch row over grouped rows of G * N <= BLOCK_N values; grid (1, B)."""
+    b = tl.program_id(1).to(tl.int64)
+    if G == 1:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        total = channel_sum(x_ptr, dz_ptr, b, sxb, C, offs_n, C, N, X_CL, True, BLOCK_C, BLOCK_N)
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_C // G, BLOCK_N), dtype=tl.float32)
+        for r0 in range(0, C // G, BLOCK_C // G):
+            offs_r = r0 + tl.arange(0, BLOCK_C // G)
+            channel, _ = grouped_index(offs_r, offs_n, N, G)
+            mask = (offs_r[:, None] < C // G) & (offs_n[None, :] < G * N)
+            dz = tl.load(dz_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32)
+            acc += load_grouped(x_ptr, b, sxb, offs_r, offs_n, C, N, G) * dz
+        total = fold_groups(tl.sum(acc, axis=0), offs_n, N, G, BLOCK_N)
+    mask_n = offs_n < N
+    gate = tl.sigmoid(tl.load(l_ptr + b * N + offs_n, mask=mask_n, other=0.0).to(tl.float32))
+    dl = gate * (1.0 - gate) * total * inv_n
+    for k in range(K):
+        dl += tl.load(part_ptr + (b * K + k) * N + offs_n, mask=mask_n, other=0.0)
+    tl.store(dl_ptr + b * N + offs_n, dl, mask=mask_n)
+
+
+def spatial_squeeze_forward(
+    x: torch.Tensor,                     # (B, C, T, F)
+    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:                       # (B, C), in out_dtype (x's dtype by default)
+    """Launch the forward kernel."""
     batch, channels, time, freq = x.shape
-    z = torch.empty((batch, channels), device=x.device, dtype=x.dtype)
+    z = torch.empty((batch, channels), device=x.device, dtype=out_dtype or x.dtype)
     n = time * freq
     if z.numel() == 0 or n == 0:
         return z.zero_()
-    x, sxb, sxc, sxn = map_strides(x)
-    slb = sln = 0
-    if spatial_logit is not None:
-        spatial_logit, slb, _, sln = map_strides(spatial_logit)
-    grid = (triton.cdiv(channels, FORWARD_BLOCK_C), batch)
-    spatial_squeeze_forward_kernel[grid](
-        x, spatial_logit if spatial_logit is not None else x, z,
-        channels, n, 1.0 / n,
-        sxb, sxc, sxn, slb, sln, z.stride(0), z.stride(1),
-        HAS_L=spatial_logit is not None, BLOCK_C=FORWARD_BLOCK_C, BLOCK_N=FORWARD_BLOCK_N, num_warps=NUM_WARPS,
+    x, sxb, x_cl = plane(x)
+    logit = spatial_logit.contiguous() if spatial_logit is not None else x
+    group = row_group(x, x_cl)
+    block_c, block_n = FORWARD_BLOCK_C, FORWARD_BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, FORWARD_BLOCK_C * FORWARD_BLOCK_N // block_n)
+    spatial_squeeze_forward_kernel[(triton.cdiv(channels, block_c), batch)](
+        x, logit, z, sxb, n if spatial_logit is not None else 0, 1.0 / n,
+        C=channels, N=n, X_CL=x_cl,
+        HAS_L=spatial_logit is not None, G=group, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["spatial_squeeze_forward"] += 1
     return z
@@ -100,21 +149,41 @@ def spatial_squeeze_backward(
     n = time * freq
     if dx.numel() == 0:
         return dx, dl.zero_()
-    x, sxb, sxc, sxn = map_strides(x)
-    _, sdxb, sdxc, sdxn = map_strides(dx)
-    slb = sln = 0
-    if spatial_logit is not None:
-        spatial_logit, slb, _, sln = map_strides(spatial_logit)
-    grid = (triton.cdiv(n, BACKWARD_BLOCK_N), batch)
-    spatial_squeeze_backward_kernel[grid](
-        x, spatial_logit if spatial_logit is not None else x, grad, dx, dl,
-        channels, n, 1.0 / n,
-        sxb, sxc, sxn, slb, sln, grad.stride(0), grad.stride(1), sdxb, sdxc, sdxn,
-        stride_or_zero(spatial_logit, 0), 1,
+    x, sxb, x_cl = plane(x)
+    dx_arg, sdxb, dx_cl = plane(dx)
+    logit = spatial_logit.contiguous() if spatial_logit is not None else x
+    spatial_squeeze_backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK_N), batch)](
+        x, logit, grad.contiguous(), dx_arg, dl, sxb, sdxb, 1.0 / n,
+        C=channels, N=n, X_CL=x_cl, DX_CL=dx_cl,
         HAS_L=spatial_logit is not None, BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
     )
     LAUNCHES["spatial_squeeze_backward"] += 1
     return dx, dl
+
+
+def spatial_squeeze_logit_grad(
+    x: torch.Tensor,              # (B, C, T, F)
+    spatial_logit: torch.Tensor,  # (B, 1, T, F)
+    grad: torch.Tensor,           # (B, C), dL/dZ
+    parts: torch.Tensor,          # (B, K, N) fp32 terms added to the result
+) -> torch.Tensor:                # (B, 1, T, F) fp32
+    """Launch spatial_squeeze_logit_grad_kernel (SCA's second backward pass)."""
+    batch, channels, time, freq = x.shape
+    n = time * freq
+    dl = torch.empty((batch, 1, time, freq), device=x.device, dtype=torch.float32)
+    x, sxb, x_cl = plane(x)
+    group = row_group(x, x_cl)
+    block_c, block_n, columns = BACKWARD_BLOCK_C, BACKWARD_BLOCK_N, triton.cdiv(n, BACKWARD_BLOCK_N)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c, columns = group * max(1, BACKWARD_BLOCK_C * BACKWARD_BLOCK_N // block_n), 1
+    spatial_squeeze_logit_grad_kernel[(columns, batch)](
+        x, spatial_logit.contiguous(), grad.contiguous(), parts.contiguous(), dl, sxb, 1.0 / n,
+        parts.shape[1], C=channels, N=n, X_CL=x_cl, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
+    )
+    LAUNCHES["spatial_squeeze_logit_grad"] += 1
+    return dl
 
 
 def _check(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> None:

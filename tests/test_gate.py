@@ -31,7 +31,7 @@ def test_gate_matches_reference(kernel_device, assert_matches_reference, shape, 
     before = LAUNCHES.copy()
     out = assert_matches_reference(gate, gate_reference, [x, s, z, additive], atol, rtol)
     assert LAUNCHES["gate_forward"] == before["gate_forward"] + 1
-    assert LAUNCHES["gate_backward"] == before["gate_backward"] + 1
+    assert LAUNCHES["gate_input_grad"] == before["gate_input_grad"] + 1
     assert out.is_contiguous(memory_format=layout)
 
 
@@ -56,9 +56,9 @@ def test_gate_opcheck(spatial, channel, additive):
 
 def test_gate_opcheck_through_the_kernels(kernel_device):
     x, s, z = _inputs((2, 37, 7, 3), True, True, torch.contiguous_format, kernel_device)
-    before = LAUNCHES["gate_backward"]
+    before = LAUNCHES["gate_input_grad"]
     torch.library.opcheck(torch.ops.fastsca.gate.default, (x.requires_grad_(), s.requires_grad_(), z.requires_grad_(), True))
-    assert LAUNCHES["gate_backward"] > before
+    assert LAUNCHES["gate_input_grad"] > before
 
 
 def test_gate_compiles_without_graph_break(kernel_device):
@@ -74,7 +74,7 @@ def test_gate_compiles_without_graph_break(kernel_device):
     before = LAUNCHES.copy()
     compiled(*compiled_args).square().sum().backward()
     assert LAUNCHES["gate_forward"] == before["gate_forward"] + 2
-    assert LAUNCHES["gate_backward"] == before["gate_backward"] + 2
+    assert LAUNCHES["gate_input_grad"] == before["gate_input_grad"] + 2
     attention(*eager_args).square().sum().backward()
     for mine, expected in zip(compiled_args, eager_args):
         torch.testing.assert_close(mine.grad, expected.grad, atol=1e-5, rtol=1e-5)
