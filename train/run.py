@@ -72,11 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--eval-batch-size", type=int, default=64)
     arg("--sampler", choices=SAMPLERS, default="balanced")
     arg("--num-workers", type=int, help="loader worker processes per training process")
-    arg("--mixup-alpha", type=float, default=0.0)
-    arg("--spec-augment", action="store_true")
+    arg("--mixup-alpha", type=float, help="mixup Beta(alpha, alpha), 0: off (default: the profile's)")
+    arg("--spec-augment", action=argparse.BooleanOptionalAction, help="SpecAugment masks (default: the profile's)")
     arg("--lr", type=float, help="peak learning rate")
     arg("--warmup-steps", type=int)
-    arg("--weight-decay", type=float, default=0.01)
+    arg("--weight-decay", type=float, help="AdamW weight decay (default: the profile's)")
     arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip (0: off)")
     arg("--eval-every", type=int)
     arg("--log-every", type=int)
@@ -109,7 +109,8 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
                           n_eval=_pick(args.builtin_eval, profile.builtin_eval))
     loader = LoaderConfig(batch_size=_pick(args.batch_size, profile.batch_size), sampler=args.sampler,
                           seed=args.seed, num_workers=_pick(args.num_workers, profile.num_workers),
-                          mixup_alpha=args.mixup_alpha, spec_augment=args.spec_augment)
+                          mixup_alpha=_pick(args.mixup_alpha, profile.mixup_alpha),
+                          spec_augment=_pick(args.spec_augment, profile.spec_augment))
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
                       validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips)
@@ -121,7 +122,7 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
                                   channels=args.channels or profile.channels or PRESETS[args.preset].channels,
                                   fused_attention=profile.fused_attention)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
-                        weight_decay=args.weight_decay, grad_clip=args.grad_clip)
+                        weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip)
     steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
     run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
                     eval_every=_pick(args.eval_every, profile.eval_every),
