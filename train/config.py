@@ -150,6 +150,12 @@ class Profile:
     """Peak learning rate."""
     warmup_steps: int
     """Linear warm-up steps."""
+    mixup_alpha: float
+    """Mixup Beta(alpha, alpha) parameter; 0: no mixup."""
+    spec_augment: bool
+    """SpecAugment time and frequency masks."""
+    weight_decay: float
+    """AdamW's decoupled weight decay."""
     threads: int | None
     """Intra-op CPU threads; None keeps torch's default."""
 
@@ -163,11 +169,12 @@ PROFILES: dict[str, Profile] = {
     # core feeds the loader. Fused attention ops only pay off on CUDA: on CPU they are the reference.
     "cpu": Profile(channels=(8, 16, 32, 64, 64, 128, 128), fused_attention=False, clip_seconds=2.0,
                    builtin_train=2048, builtin_eval=512, batch_size=32, num_workers=1, steps=600,
-                   eval_every=200, log_every=5, lr=3e-3, warmup_steps=30, threads=1),
+                   eval_every=200, log_every=5, lr=3e-3, warmup_steps=30, mixup_alpha=0.0, spec_augment=False,
+                   weight_decay=0.01, threads=1),
     # The preset as it is, on the paper's 10 s clips.
     "gpu": Profile(channels=None, fused_attention=True, clip_seconds=10.0, builtin_train=8192,
                    builtin_eval=1024, batch_size=64, num_workers=6, steps=3000, eval_every=500, log_every=20,
-                   lr=1e-3, warmup_steps=200, threads=None),
+                   lr=1e-3, warmup_steps=200, mixup_alpha=0.0, spec_augment=False, weight_decay=0.01, threads=None),
 }
 
 

@@ -81,15 +81,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "equally often, PANNs-style), shuffle, or sequential (default: %(default)s)")
     arg("--num-workers", type=int, help=f"loader worker processes per training process (default: the profile's: "
         f"{profile_defaults('num_workers')})")
-    arg("--mixup-alpha", type=float, default=0.0, help="mix pairs of clips and their targets with a "
-        "Beta(alpha, alpha) weight; 0 turns mixup off (default: %(default)s)")
-    arg("--spec-augment", action="store_true", help="mask random time and mel-bin bands of each training "
-        "log-mel (SpecAugment)")
+    arg("--mixup-alpha", type=float, help="mix pairs of clips and their targets with a Beta(alpha, alpha) "
+        f"weight; 0 turns mixup off (default: the profile's: {profile_defaults('mixup_alpha')})")
+    arg("--spec-augment", action=argparse.BooleanOptionalAction, help="mask random time and mel-bin bands of "
+        f"each training log-mel (SpecAugment) (default: the profile's: {profile_defaults('spec_augment')})")
     arg("--lr", type=float, help=f"peak learning rate (default: the profile's: {profile_defaults('lr')})")
     arg("--warmup-steps", type=int, help=f"steps of linear learning-rate warm-up (default: the profile's: "
         f"{profile_defaults('warmup_steps')})")
-    arg("--weight-decay", type=float, default=0.01, help="AdamW weight decay of weight matrices and conv kernels "
-        "(default: %(default)s)")
+    arg("--weight-decay", type=float, help="AdamW weight decay of weight matrices and conv kernels "
+        f"(default: the profile's: {profile_defaults('weight_decay')})")
     arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0: off (default: %(default)s)")
     arg("--eval-every", type=int, help=f"steps between evaluations and checkpoints (default: the profile's: "
         f"{profile_defaults('eval_every')})")
@@ -122,7 +122,8 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
                           n_eval=_pick(args.builtin_eval, profile.builtin_eval))
     loader = LoaderConfig(batch_size=_pick(args.batch_size, profile.batch_size), sampler=args.sampler,
                           seed=args.seed, num_workers=_pick(args.num_workers, profile.num_workers),
-                          mixup_alpha=args.mixup_alpha, spec_augment=args.spec_augment)
+                          mixup_alpha=_pick(args.mixup_alpha, profile.mixup_alpha),
+                          spec_augment=_pick(args.spec_augment, profile.spec_augment))
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
                       validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips)
@@ -131,7 +132,7 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
     model = model_config(args, args.preset, name, num_classes=len(label_names), input_frames=log_mel.frames)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
-                        weight_decay=args.weight_decay, grad_clip=args.grad_clip)
+                        weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip)
     steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
     run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
                     eval_every=_pick(args.eval_every, profile.eval_every),
