@@ -6,8 +6,9 @@ OUT/best.pt (by eval mAP). With no --data it trains on the built-in synthetic se
 generated once into --builtin-dir (default ~/.cache/fastsca). `--profile auto` picks `gpu` (the preset
 as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s built-in clips, a run of a
 few minutes; packed data keeps its 10 s clips) otherwise; see train/config.py. Under
-`torchrun --nproc_per_node=N -m train.run ...` it runs DDP, the loader sharded by rank. Ctrl-C or SIGTERM stops after the current step and writes latest.pt;
-`--resume` continues from it exactly (same next batch, same losses).
+`torchrun --nproc_per_node=N -m train.run ...` it runs DDP, the loader sharded by rank. Ctrl-C or
+SIGTERM stops after the current step and writes latest.pt; `--resume` continues from it exactly (same
+next batch, same losses).
 """
 import argparse
 import sys
