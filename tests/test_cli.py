@@ -17,6 +17,7 @@ from train.cli import model_config, profile_defaults
 from train.config import PROFILES
 
 from test_checkpoint import tiny_config, tiny_payload
+from test_train_run import tiny_args
 
 ENTRY_POINTS = {
     "train.run": train.run.main, "train.pack": train.pack.main, "train.evaluate": train.evaluate.main,
@@ -126,3 +127,14 @@ def test_a_missing_eval_split_from_the_checkpoint_says_so(tmp_path, monkeypatch,
     assert exit_info.value.code == 2 and len(lines) == 1
     assert f"the eval split data/eval that {path} names as its run's --eval-data is not there" in lines[0]
     assert f"(read from this folder, {tmp_path})" in lines[0] and "pass --data" in lines[0]
+
+
+@pytest.mark.slow
+def test_a_compiled_run_says_it_is_compiling_and_where_the_cache_is(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    train.run.main(tiny_args(tmp_path / "out", tmp_path / "builtin", 3, "--eval-every", "3", "--compile",
+                             "--compile-backend", "eager"))
+    out = capsys.readouterr().out
+    assert f"compiling the model in the first step (a minute or more); a later run of the same model and shapes " \
+           f"reuses Inductor's cache in {tmp_path / 'inductor'}" in out
+    assert out.index("compiling the model") < out.index("first step: ") < out.index("(includes compilation)")
