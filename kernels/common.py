@@ -168,12 +168,10 @@ def fold_groups(colsum, offs_m, N: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.co
 
 
 @triton.jit
-def split_groups(value, offs_m, N: tl.constexpr, G: tl.constexpr):
-    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile per channel: [BLOCK_R, G], entry (r, j) the sum over
-    channel r * G + j's columns."""
-    j = tl.arange(0, G)
-    onehot = (offs_m[:, None] // N) == j[None, :]                       # [BLOCK_M, G]
-    return tl.sum(tl.where(onehot[None, :, :], value[:, :, None], 0.0), axis=1)
+def group_sum(value, offs_m, N: tl.constexpr, j: tl.constexpr):
+    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile over the columns of each row's j-th channel:
+    [BLOCK_R], entry r the sum for channel r * G + j (callers loop j over tl.static_range(G))."""
+    return tl.sum(tl.where(((offs_m // N) == j)[None, :], value, 0.0), axis=1)
 
 
 @triton.jit
