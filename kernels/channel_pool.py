@@ -8,9 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, grouped_index,
-                            load_grouped, load_vector, output_format, plane, row_group, space_sum, group_sum,
-                            store_plane, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, group_sum, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
+                            use_triton)
 
 # Forward: one program per (32 spatial columns, batch row), looping over all C. A reduction over C
 # needs the whole channel range in one program (no atomics, deterministic); 32 columns keep enough

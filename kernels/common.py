@@ -1,9 +1,11 @@
 """Shared pieces of the SCA kernels (eqs. 4-10): Triton tile helpers, strides, layouts, when Triton runs.
 
-Every kernel sees the feature map F as (B, C, N) with N = T * F, through three strides: NCHW and
-channels_last both merge (T, F) into one spatial stride, so neither is copied. The two reductions
-the module needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward
-passes reuse them with the upstream gradient as the weight.
+Every kernel sees the feature map F as B contiguous (C, N) planes, N = T * F: C rows of N (NCHW) or
+N rows of C (channels_last), neither copied. Offsets come from compile-time C and N, not from runtime
+strides, so Triton can prove 16-byte alignment; where an NCHW row is not a multiple of 16 bytes (bf16
+at N = 100), the reductions read G channels as one row (`row_group`). The two reductions the module
+needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward passes reuse
+them with the upstream gradient as the weight.
 """
 import math
 import os
@@ -109,11 +111,6 @@ def check_channel(name: str, arg: str, weight: torch.Tensor | None, x: torch.Ten
     if weight is not None and (tuple(weight.shape) != (b, c) or weight.device != x.device):
         raise ValueError(f"{name}: {arg} must have shape (B, C) = {(b, c)} on {x.device}, "
                          f"got {tuple(weight.shape)} on {weight.device}")
-
-
-def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
-    """Stride of an optional tensor (0 when it is absent: the kernel never reads it)."""
-    return t.stride(dim) if t is not None else 0
 
 
 @triton.jit

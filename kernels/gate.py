@@ -2,18 +2,19 @@
 
 Sequential (SCA, CSA):  out = sigma(logit_s) * sigma(logit_c) * F   (a missing logit gates with 1)
 Parallel (C//S):        out = sigma(logit_s + logit_c) * F
-Forward reads F once and writes F'' once. Backward reads F and dF'' once each and writes dF once;
-the channel-logit gradient (a sum over T, F) completes in each program, the spatial one (a sum
-over C) is summed over per-program partials. The op `fastsca::gate` runs these kernels on CUDA (and
-on CPU under TRITON_INTERPRET=1) and `gate_reference` otherwise.
+Forward reads F once and writes F'' once. The backward is two passes every arrangement's backward
+(kernels/attention.py) is built from: the logit gradients (reads dF'' and F, by channel rows or by
+spatial columns: one gradient completes per program, the other leaves fp32 partial rows), and the
+input gradient (reads dF'', writes dF, adding the squeeze's and the channel pool's terms). The op
+`fastsca::gate` runs these kernels on CUDA (and on CPU under TRITON_INTERPRET=1) and `gate_reference`
+otherwise; its own backward sums the partial rows with one small torch op.
 """
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, fold_groups, grouped_index,
-                            load_grouped, load_plane, load_vector, output_format, plane, row_group, group_sum,
-                            use_triton)
+from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, fold_groups, group_sum, grouped_index,
+                            load_grouped, load_plane, load_vector, output_format, plane, row_group, use_triton)
 
 # Elementwise kernels (forward, and the input gradient in kernels/attention.py) walk each (C, N) plane
 # flat, as Inductor does: 2048 values per program at 8 warps are 8 per thread, one 16-byte access in

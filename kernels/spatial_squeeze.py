@@ -10,9 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fold_groups, grouped_index,
-                            load_grouped, load_vector, output_format, plane, row_group, space_sum, group_sum,
-                            store_plane, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fold_groups, group_sum, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
+                            use_triton)
 
 # Forward: one program per (32 channels, batch row), looping over N = T * F (<= 400 at the real
 # shapes: at most 7 steps), so Z[b, c] completes in one program without atomics; C / 32 * B gives

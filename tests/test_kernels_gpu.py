@@ -9,8 +9,8 @@ import torch
 
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
-from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc,
-                     local_fc_reference, spatial_squeeze, spatial_squeeze_reference)
+from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc, local_fc_reference,
+                     spatial_squeeze, spatial_squeeze_reference)
 from kernels.attention import ARRANGEMENTS
 
 pytestmark = pytest.mark.skipif(
@@ -115,8 +115,9 @@ def test_attention_on_gpu(monkeypatch, shape, layout, dtype, atol, rtol):
         torch.testing.assert_close(out.float(), expected, atol=atol, rtol=rtol)
         torch.testing.assert_close(dx.float(), expected_dx, atol=atol, rtol=rtol)
         for (name, p), q in zip(reference.named_parameters(), fused.parameters()):
+            where = f"{arrangement}: gradient of {name}"
             torch.testing.assert_close(q.grad, p.grad, atol=atol * p.grad.abs().max().item() + 1e-6, rtol=rtol,
-                                       msg=lambda m, name=name: f"{arrangement}: gradient of {name}: {m}")
+                                       msg=lambda m, where=where: f"{where}: {m}")
 
 
 def test_fused_model_matches_reference_on_gpu(monkeypatch):
