@@ -8,8 +8,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, load_vector, output_format, plane,
-                            space_sum, store_plane, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
+                            use_triton)
 
 # Forward: one program per (32 spatial columns, batch row), looping over all C. A reduction over C
 # needs the whole channel range in one program (no atomics, deterministic); 32 columns keep enough
@@ -32,12 +33,27 @@ NUM_WARPS = 8
 def channel_pool_forward_kernel(
     x_ptr, w_ptr, s_ptr, sxb, swb, ssb, inv_c,
     C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_W: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """S[b, n] = 1/C sum_c w[b, c] x[b, c, n]; grid (cdiv(N, BLOCK_N), B)."""
+    """S[b, n] = 1/C sum_c w[b, c] x[b, c, n]; grid (cdiv(N, BLOCK_N), B). With G > 1 (NCHW, see
+    row_group): one program per batch row reads BLOCK_C / G grouped rows of G * N <= BLOCK_N values at a
+    time and folds the G column sums; grid (1, B)."""
     b = tl.program_id(1).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    total = channel_sum(x_ptr, w_ptr, b, sxb, swb, offs_n, C, N, X_CL, HAS_W, BLOCK_C, BLOCK_N)
+    if G == 1:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        total = channel_sum(x_ptr, w_ptr, b, sxb, swb, offs_n, C, N, X_CL, HAS_W, BLOCK_C, BLOCK_N)
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_C // G, BLOCK_N), dtype=tl.float32)
+        for r0 in range(0, C // G, BLOCK_C // G):
+            offs_r = r0 + tl.arange(0, BLOCK_C // G)
+            x = load_grouped(x_ptr, b, sxb, offs_r, offs_n, C, N, G)
+            if HAS_W:
+                channel, _ = grouped_index(offs_r, offs_n, N, G)
+                mask = (offs_r[:, None] < C // G) & (offs_n[None, :] < G * N)
+                x *= tl.load(w_ptr + b * swb + channel, mask=mask, other=0.0).to(tl.float32)
+            acc += x
+        total = fold_groups(tl.sum(acc, axis=0), offs_n, N, G, BLOCK_N)
     tl.store(s_ptr + b * ssb + offs_n, (total * inv_c).to(s_ptr.dtype.element_ty), mask=offs_n < N)
 
 
@@ -93,10 +109,15 @@ def channel_pool_forward(
     x, sxb, x_cl = plane(x)
     w = channel_weight.contiguous() if channel_weight is not None else x
     n = time * freq
-    channel_pool_forward_kernel[(triton.cdiv(n, FORWARD_BLOCK_N), batch)](
+    group = row_group(x, x_cl)
+    block_c, block_n, columns = FORWARD_BLOCK_C, FORWARD_BLOCK_N, triton.cdiv(n, FORWARD_BLOCK_N)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c, columns = group * max(1, FORWARD_BLOCK_C * FORWARD_BLOCK_N // block_n), 1
+    channel_pool_forward_kernel[(columns, batch)](
         x, w, s, sxb, channels if channel_weight is not None else 0, n, 1.0 / channels,
         C=channels, N=n, X_CL=x_cl,
-        HAS_W=channel_weight is not None, BLOCK_C=FORWARD_BLOCK_C, BLOCK_N=FORWARD_BLOCK_N, num_warps=NUM_WARPS,
+        HAS_W=channel_weight is not None, G=group, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["channel_pool_forward"] += 1
     return s

@@ -5,6 +5,7 @@ channels_last both merge (T, F) into one spatial stride, so neither is copied. T
 the module needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward
 passes reuse them with the upstream gradient as the weight.
 """
+import math
 import os
 from collections import Counter
 
@@ -69,6 +70,23 @@ def plane(x: torch.Tensor) -> tuple[torch.Tensor, int, bool]:
     return x, x.stride(0), False
 
 
+MAX_GROUPED_ROW = 512
+"""Longest row (G * N values, padded to a power of two) a grouped-row kernel holds in one tile."""
+
+
+def row_group(x: torch.Tensor, channels_last: bool) -> int:
+    """G: how many NCHW channel rows of N values the reductions read as one row of G * N, so that every
+    row starts on a 16-byte boundary (bf16 at N = 100: rows of 200 B, G = 2 makes them 400 B). 1 where
+    rows are already aligned, for channels_last (C is the contiguous axis), and where C is not a multiple
+    of G or the grouped row would not fit one tile."""
+    channels, n = x.shape[1], x.shape[2] * x.shape[3]
+    row_bytes = n * x.element_size()
+    group = 16 // math.gcd(row_bytes, 16)
+    if channels_last or group == 1 or channels % group or triton.next_power_of_2(group * n) > MAX_GROUPED_ROW:
+        return 1
+    return group
+
+
 def check_map(name: str, x: torch.Tensor) -> None:
     """ValueError unless x is a floating (B, C, T, F) feature map."""
     if x.dim() != 4:
@@ -121,6 +139,41 @@ def store_plane(ptr, value, b, stride_b, offs_c, offs_n, C: tl.constexpr, N: tl.
     """Store a [BLOCK_C, BLOCK_N] fp32 tile into plane b of a (B, C, N) map, in the map's dtype."""
     offs, mask = plane_offsets(offs_c, offs_n, C, N, CHANNELS_LAST)
     tl.store(ptr + b * stride_b + offs, value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grouped_index(offs_r, offs_m, N: tl.constexpr, G: tl.constexpr):
+    """Channel [BLOCK_R, BLOCK_M] and column [BLOCK_M] of the values of grouped rows offs_r (G channels
+    of N values each, see row_group) at positions offs_m < G * N."""
+    return offs_r[:, None] * G + offs_m[None, :] // N, offs_m % N
+
+
+@triton.jit
+def load_grouped(ptr, b, stride_b, offs_r, offs_m, C: tl.constexpr, N: tl.constexpr, G: tl.constexpr):
+    """A [BLOCK_R, BLOCK_M] fp32 tile of grouped rows of an NCHW plane: offsets r * G * N + m, which
+    Triton proves 16-byte aligned where G * N values are a multiple of 16 bytes."""
+    mask = (offs_r[:, None] < C // G) & (offs_m[None, :] < G * N)
+    return tl.load(ptr + b * stride_b + offs_r[:, None] * (G * N) + offs_m[None, :], mask=mask,
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def fold_groups(colsum, offs_m, N: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per-column sums over grouped rows [BLOCK_M] -> per spatial column n: sum_j colsum[j * N + n]
+    (valid at offs_m < N)."""
+    total = colsum
+    for j in tl.static_range(1, G):
+        total += tl.gather(colsum, tl.minimum(offs_m + j * N, BLOCK_M - 1), 0)
+    return total
+
+
+@triton.jit
+def split_groups(value, offs_m, N: tl.constexpr, G: tl.constexpr):
+    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile per channel: [BLOCK_R, G], entry (r, j) the sum over
+    channel r * G + j's columns."""
+    j = tl.arange(0, G)
+    onehot = (offs_m[:, None] // N) == j[None, :]                       # [BLOCK_M, G]
+    return tl.sum(tl.where(onehot[None, :, :], value[:, :, None], 0.0), axis=1)
 
 
 @triton.jit

@@ -11,8 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, load_plane, load_vector,
-                            output_format, plane, use_triton)
+from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, grouped_index, load_grouped,
+                            load_plane, load_vector, output_format, plane, row_group, split_groups, use_triton)
 
 # Elementwise kernels (forward, and the input gradient in kernels/attention.py) walk each (C, N) plane
 # flat, as Inductor does: 2048 values per program at 8 warps are 8 per thread, one 16-byte access in
@@ -30,12 +30,12 @@ NUM_WARPS = 8
 
 @triton.jit
 def gate_tile(s, c, HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.constexpr):
-    """The gate of a [BLOCK_C, BLOCK_N] tile from logits s [BLOCK_N] and c [BLOCK_C] (ones when absent).
-
-    Returns (gate, ds_factor, dc_factor): d gate / d logit_s = gate * ds_factor, and likewise for c.
+    """The gate of a tile from logits s ([1, BLOCK_N] or a whole tile) and c ([BLOCK_C, 1] or a whole
+    tile), ones where absent. Returns (gate, ds_factor, dc_factor), tiles: d gate / d logit_s =
+    gate * ds_factor, and likewise for c.
     """
     if ADDITIVE:
-        gate = tl.sigmoid(s[None, :] + c[:, None])
+        gate = tl.sigmoid(s + c)
         ds_factor = 1.0 - gate
         dc_factor = 1.0 - gate
     else:
@@ -43,9 +43,9 @@ def gate_tile(s, c, HAS_S: tl.constexpr, HAS_C: tl.constexpr, ADDITIVE: tl.const
             s = tl.sigmoid(s)
         if HAS_C:
             c = tl.sigmoid(c)
-        gate = c[:, None] * s[None, :]
-        ds_factor = tl.broadcast_to((1.0 - s)[None, :], gate.shape)
-        dc_factor = tl.broadcast_to((1.0 - c)[:, None], gate.shape)
+        gate = c * s
+        ds_factor = tl.broadcast_to(1.0 - s, gate.shape)
+        dc_factor = tl.broadcast_to(1.0 - c, gate.shape)
     return gate, ds_factor, dc_factor
 
 
@@ -126,28 +126,46 @@ def gate_input_grad_kernel(
 def gate_logit_grad_rows_kernel(
     x_ptr, s_ptr, c_ptr, dout_ptr, dc_ptr, part_ptr, sxb, sdob,
     C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DOUT_CL: tl.constexpr,
-    HAS_S: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_S: tl.constexpr,
+    HAS_S: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_S: tl.constexpr, G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """First backward pass, by channel rows (reads dF'' and F once): dc[b, c] = sum_n dout x dgate/dc
     (fp32, complete); with PARTIAL_S, part[b, k, n] = the same sum for dgate/ds over this program's
-    channels k (fp32, (B, K, N)); grid (K = cdiv(C, BLOCK_C), B)."""
+    channels k (fp32, (B, K, N)); grid (K = cdiv(C, BLOCK_C), B). With G > 1 (NCHW, see row_group) a
+    program reads BLOCK_C channels as BLOCK_C / G rows of G * N <= BLOCK_N values, and part is (B, K G, N)."""
     pid_c = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    c = load_vector(c_ptr, b, offs_c, C, C, 1, True)
-    dc_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = load_vector(s_ptr, b, offs_n, N, N, 1, HAS_S)
-        gate, ds_factor, dc_factor = gate_tile(s, c, HAS_S, True, ADDITIVE)
-        dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
-                 * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
+    if G == 1:
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        c = load_vector(c_ptr, b, offs_c, C, C, 1, True)
+        dc_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+        for n0 in range(0, N, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            s = load_vector(s_ptr, b, offs_n, N, N, 1, HAS_S)
+            gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], HAS_S, True, ADDITIVE)
+            dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
+                     * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
+            if PARTIAL_S:
+                tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * N + offs_n,
+                         tl.sum(dgate * ds_factor, axis=0), mask=offs_n < N)
+            dc_acc += dgate * dc_factor
+        tl.store(dc_ptr + b * C + offs_c, tl.sum(dc_acc, axis=1), mask=offs_c < C)
+    else:
+        offs_r = pid_c * (BLOCK_C // G) + tl.arange(0, BLOCK_C // G)
+        offs_m = tl.arange(0, BLOCK_N)
+        channel, column = grouped_index(offs_r, offs_m, N, G)
+        mask = (offs_r[:, None] < C // G) & (offs_m[None, :] < G * N)
+        c = tl.load(c_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32)
+        s = load_vector(s_ptr, b, column, N, N, 1, HAS_S)
+        gate, ds_factor, dc_factor = gate_tile(s[None, :], c, HAS_S, True, ADDITIVE)
+        dgate = (load_grouped(dout_ptr, b, sdob, offs_r, offs_m, C, N, G)
+                 * load_grouped(x_ptr, b, sxb, offs_r, offs_m, C, N, G) * gate)
         if PARTIAL_S:
-            tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * N + offs_n,
-                     tl.sum(dgate * ds_factor, axis=0), mask=offs_n < N)
-        dc_acc += dgate * dc_factor
-    tl.store(dc_ptr + b * C + offs_c, tl.sum(dc_acc, axis=1), mask=offs_c < C)
+            tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * (G * N) + offs_m,
+                     tl.sum(dgate * ds_factor, axis=0), mask=offs_m < G * N)
+        dc = split_groups(dgate * dc_factor, offs_m, N, G)
+        tl.store(dc_ptr + b * C + offs_r[:, None] * G + tl.arange(0, G)[None, :], dc,
+                 mask=offs_r[:, None] < C // G)
 
 
 @triton.jit
@@ -168,7 +186,7 @@ def gate_logit_grad_columns_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         c = load_vector(c_ptr, b, offs_c, C, C, 1, HAS_C)
-        gate, ds_factor, dc_factor = gate_tile(s, c, True, HAS_C, ADDITIVE)
+        gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], True, HAS_C, ADDITIVE)
         dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
                  * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
         if PARTIAL_C:
@@ -220,17 +238,22 @@ def gate_logit_grad_rows(
     empty without a spatial logit)."""
     batch, channels, time, freq = x.shape
     n = time * freq
-    blocks = triton.cdiv(channels, BLOCK_C)
-    dc = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
-    parts = torch.empty((batch, blocks, n) if spatial_logit is not None else (batch, 0, n),
-                        device=x.device, dtype=torch.float32)
     x, sxb, x_cl = plane(x)
     grad, sdob, dout_cl = plane(grad)
+    group = row_group(x, x_cl or dout_cl)
+    block_c, block_n = BLOCK_C, BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, BLOCK_C * BLOCK_N // block_n)
+    blocks = triton.cdiv(channels, block_c)
+    dc = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
+    parts = torch.empty((batch, blocks * group, n) if spatial_logit is not None else (batch, 0, n),
+                        device=x.device, dtype=torch.float32)
     s_arg, c_arg = _logits(x, spatial_logit, channel_logit)
     gate_logit_grad_rows_kernel[(blocks, batch)](
         x, s_arg, c_arg, grad, dc, parts, sxb, sdob, C=channels, N=n, X_CL=x_cl, DOUT_CL=dout_cl,
-        HAS_S=spatial_logit is not None, ADDITIVE=additive, PARTIAL_S=spatial_logit is not None,
-        BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+        HAS_S=spatial_logit is not None, ADDITIVE=additive, PARTIAL_S=spatial_logit is not None, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["gate_logit_grad_rows"] += 1
     return dc, parts

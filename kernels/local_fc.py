@@ -2,9 +2,9 @@
 
 m^f = W2[f] @ relu(W1[f] @ s^f + b1[f]) + b2[f], with s^f the time series of row f of S.
 Both layers run in one kernel: a program holds the weights of one row f in registers and applies
-them to a run of batch rows; the hidden layer never leaves registers. The backward kernel recomputes
-the hidden layer and sums the weight gradients of its run of rows; the runs' partial sums (fp32)
-are added on the host. The op `fastsca::local_fc` runs these kernels on CUDA (and on CPU under
+them to one batch row; the hidden layer never leaves registers. The backward kernel recomputes the
+hidden layer and writes dS and, per row, the hidden activations and their gradient (B x F x H, tiny);
+the weight gradients, sums over the batch, are then two batched matmuls and two sums. The op `fastsca::local_fc` runs these kernels on CUDA (and on CPU under
 TRITON_INTERPRET=1) and `local_fc_reference` otherwise, and for rows too long for the register tile.
 """
 import torch
@@ -13,14 +13,13 @@ import triton.language as tl
 
 from kernels.common import LAUNCHES, use_triton
 
-# Batch rows per program. S is tiny (B * T * F values): the cost is latency and weight loads, not
-# bandwidth. 8 rows reuse each loaded weight tile 8 times and leave B / 8 * F programs (128 at
-# B = 256, F = 4); in backward they also bound the partial weight gradients to B / 8 copies.
-ROWS_PER_PROGRAM = 8
-# Largest padded H x T weight tile the kernels hold in registers (two of them, fp32, plus two
-# gradient accumulators in backward). ptxas (sm_90): 8 x 128 (the real T = 100, H = 6) at 4 warps
-# uses 56 / 113 registers forward / backward; 16 x 256 at 8 warps 80 / 243; 32 x 512 spills even at
-# 16 warps. Larger rows (T > 256 at r = 16: attention in block 1) run local_fc_reference instead.
+# One program per (frequency row, batch row): S is tiny (B * T * F values), so the cost is latency,
+# and a serial loop over batch rows (8 per program before) left 32-128 programs for 132 SMs at B = 256;
+# now B * F (256-1024). Each program reloads its row's weights (6.4 KB fp32 at T = 100), from L2.
+# Largest padded H x T weight tile the kernels hold in registers (two of them, fp32). ptxas (sm_90)
+# before this change, with two more gradient accumulators in backward: 8 x 128 (the real T = 100,
+# H = 6) at 4 warps 56 / 113 registers forward / backward; 16 x 256 at 8 warps 80 / 243; 32 x 512
+# spilled even at 16 warps. Larger rows (T > 256 at r = 16: attention in block 1) run local_fc_reference instead.
 MAX_TILE = 2 ** 12
 # Warps for tiles up to 1024 values (the real 8 x 128); larger tiles get twice as many.
 NUM_WARPS = 4
@@ -47,65 +46,48 @@ def local_fc_hidden(s, w1, b1):
 @triton.jit
 def local_fc_forward_kernel(
     s_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, out_ptr,
-    B, T, H,
+    T, H,
     ssb, sst, ssf, sob, sot, sof,
-    ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """out[b, t, f] = sum_h W2[f, t, h] relu(W1[f] s[b, :, f] + b1[f])[h] + b2[f, t]; grid (F, cdiv(B, ROWS))."""
+    """out[b, t, f] = sum_h W2[f, t, h] relu(W1[f] s[b, :, f] + b1[f])[h] + b2[f, t]; grid (F, B)."""
     f = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
     offs_t = tl.arange(0, BLOCK_T)
     offs_h = tl.arange(0, BLOCK_H)
-    mask_t = offs_t < T
+    mask = offs_t < T
     w1, w2, b1 = load_row_weights(w1_ptr, b1_ptr, w2_ptr, f, offs_t, offs_h, T, H)
-    b2 = tl.load(b2_ptr + f * T + offs_t, mask=mask_t, other=0.0).to(tl.float32)
-    for r in range(ROWS):
-        b = (tl.program_id(1) * ROWS + r).to(tl.int64)
-        mask = offs_t < tl.where(b < B, T, 0)  # rows past B: nothing (a scalar & vector mask upsets the interpreter)
-        s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
-        _, hidden = local_fc_hidden(s, w1, b1)
-        out = tl.sum(w2 * hidden[:, None], axis=0) + b2
-        tl.store(out_ptr + b * sob + offs_t * sot + f * sof, out.to(out_ptr.dtype.element_ty), mask=mask)
+    b2 = tl.load(b2_ptr + f * T + offs_t, mask=mask, other=0.0).to(tl.float32)
+    s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
+    _, hidden = local_fc_hidden(s, w1, b1)
+    out = tl.sum(w2 * hidden[:, None], axis=0) + b2
+    tl.store(out_ptr + b * sob + offs_t * sot + f * sof, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def local_fc_backward_kernel(
-    s_ptr, w1_ptr, b1_ptr, w2_ptr, dout_ptr, ds_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr,
-    B, T, H, F,
+    s_ptr, w1_ptr, b1_ptr, w2_ptr, dout_ptr, ds_ptr, hidden_ptr, dpre_ptr,
+    T, H, F,
     ssb, sst, ssf, sdob, sdot, sdof, sdsb, sdst, sdsf,
-    ROWS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """ds for this program's rows, and its partial weight gradients at index pid(1) of the fp32
-    buffers dw1 (K, F, H, T), db1 (K, F, H), dw2 (K, F, T, H), db2 (K, F, T); grid (F, K = cdiv(B, ROWS))."""
+    """ds for row (b, f), and that row's hidden activations and pre-activation gradient into the fp32
+    (B, F, H) buffers hidden and dpre (the weight gradients' factors); grid (F, B)."""
     f = tl.program_id(0)
-    k = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)
     offs_t = tl.arange(0, BLOCK_T)
     offs_h = tl.arange(0, BLOCK_H)
-    mask_t = offs_t < T
-    mask_ht = (offs_h[:, None] < H) & mask_t[None, :]
+    mask = offs_t < T
     w1, w2, b1 = load_row_weights(w1_ptr, b1_ptr, w2_ptr, f, offs_t, offs_h, T, H)
-    dw1 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
-    dw2 = tl.zeros((BLOCK_H, BLOCK_T), dtype=tl.float32)
-    db1 = tl.zeros((BLOCK_H,), dtype=tl.float32)
-    db2 = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    for r in range(ROWS):
-        b = (k * ROWS + r).to(tl.int64)
-        mask = offs_t < tl.where(b < B, T, 0)  # rows past B: nothing (a scalar & vector mask upsets the interpreter)
-        # Rows past B load dout = 0, so every gradient they add is 0.
-        s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
-        dout = tl.load(dout_ptr + b * sdob + offs_t * sdot + f * sdof, mask=mask, other=0.0).to(tl.float32)
-        pre, hidden = local_fc_hidden(s, w1, b1)
-        dpre = tl.where(pre > 0.0, tl.sum(w2 * dout[None, :], axis=1), 0.0)
-        ds = tl.sum(w1 * dpre[:, None], axis=0)
-        tl.store(ds_ptr + b * sdsb + offs_t * sdst + f * sdsf, ds.to(ds_ptr.dtype.element_ty), mask=mask)
-        dw1 += dpre[:, None] * s[None, :]
-        dw2 += hidden[:, None] * dout[None, :]
-        db1 += dpre
-        db2 += dout
-    base = k * F + f
-    tl.store(dw1_ptr + base * H * T + offs_h[:, None] * T + offs_t[None, :], dw1, mask=mask_ht)
-    tl.store(dw2_ptr + base * T * H + offs_t[None, :] * H + offs_h[:, None], dw2, mask=mask_ht)
-    tl.store(db1_ptr + base * H + offs_h, db1, mask=offs_h < H)
-    tl.store(db2_ptr + base * T + offs_t, db2, mask=mask_t)
+    s = tl.load(s_ptr + b * ssb + offs_t * sst + f * ssf, mask=mask, other=0.0).to(tl.float32)
+    dout = tl.load(dout_ptr + b * sdob + offs_t * sdot + f * sdof, mask=mask, other=0.0).to(tl.float32)
+    pre, hidden = local_fc_hidden(s, w1, b1)
+    dpre = tl.where(pre > 0.0, tl.sum(w2 * dout[None, :], axis=1), 0.0)
+    ds = tl.sum(w1 * dpre[:, None], axis=0)
+    tl.store(ds_ptr + b * sdsb + offs_t * sdst + f * sdsf, ds.to(ds_ptr.dtype.element_ty), mask=mask)
+    row = (b * F + f) * H
+    tl.store(hidden_ptr + row + offs_h, hidden, mask=offs_h < H)
+    tl.store(dpre_ptr + row + offs_h, dpre, mask=offs_h < H)
 
 
 def fits_kernel(time: int, hidden: int) -> bool:
@@ -132,39 +114,39 @@ def local_fc_forward(s, w1, b1, w2, b2) -> torch.Tensor:
     out = torch.empty_like(s, memory_format=torch.contiguous_format)
     if out.numel() == 0:
         return out
-    grid = (freq, triton.cdiv(batch, ROWS_PER_PROGRAM))
-    local_fc_forward_kernel[grid](
+    local_fc_forward_kernel[(freq, batch)](
         s, w1.contiguous(), b1.contiguous(), w2.contiguous(), b2.contiguous(), out,
-        batch, time, hidden,
+        time, hidden,
         s.stride(0), s.stride(2), s.stride(3), out.stride(0), out.stride(2), out.stride(3),
-        ROWS=ROWS_PER_PROGRAM, **_launch_meta(time, hidden),
+        **_launch_meta(time, hidden),
     )
     LAUNCHES["local_fc_forward"] += 1
     return out
 
 
 def local_fc_backward(grad, s, w1, b1, w2, b2) -> tuple[torch.Tensor, ...]:
-    """Launch the backward kernel: (ds, dw1, db1, dw2, db2), each in its input's dtype."""
+    """Launch the backward kernel: (ds, dw1, db1, dw2, db2), each in its input's dtype. The weight
+    gradients sum over the batch as two batched matmuls (einsum) and two sums of tiny tensors."""
     batch, _, time, freq = s.shape
     hidden = w1.shape[1]
     ds = torch.empty_like(s, memory_format=torch.contiguous_format)
-    runs = triton.cdiv(batch, ROWS_PER_PROGRAM)
-    # Per-run fp32 partial sums of dw1, db1, dw2, db2; every program fills its whole slot.
-    parts = [torch.empty((runs, *w.shape), device=s.device, dtype=torch.float32) for w in (w1, b1, w2, b2)]
+    # The kernel fills every (b, f) row of these; with nothing to launch they must be zeros.
+    new = torch.empty if ds.numel() > 0 else torch.zeros
+    acts, dpre = (new((batch, freq, hidden), device=s.device, dtype=torch.float32) for _ in range(2))
     if ds.numel() > 0:
-        local_fc_backward_kernel[(freq, runs)](
-            s, w1.contiguous(), b1.contiguous(), w2.contiguous(), grad, ds, *parts,
-            batch, time, hidden, freq,
+        local_fc_backward_kernel[(freq, batch)](
+            s, w1.contiguous(), b1.contiguous(), w2.contiguous(), grad, ds, acts, dpre,
+            time, hidden, freq,
             s.stride(0), s.stride(2), s.stride(3), grad.stride(0), grad.stride(2), grad.stride(3),
             ds.stride(0), ds.stride(2), ds.stride(3),
-            ROWS=ROWS_PER_PROGRAM, **_launch_meta(time, hidden),
+            **_launch_meta(time, hidden),
         )
         LAUNCHES["local_fc_backward"] += 1
-    else:
-        for part in parts:
-            part.zero_()
-    dw1, db1, dw2, db2 = (part.sum(dim=0).to(w.dtype) for part, w in zip(parts, (w1, b1, w2, b2)))
-    return ds, dw1, db1, dw2, db2
+    rows = s[:, 0].float().transpose(1, 2)       # (B, F, T)
+    dout = grad[:, 0].float().transpose(1, 2)    # (B, F, T)
+    grads = (torch.einsum("bfh,bft->fht", dpre, rows), dpre.sum(dim=0),
+             torch.einsum("bft,bfh->fth", dout, acts), dout.sum(dim=0))
+    return (ds, *(g.to(w.dtype) for g, w in zip(grads, (w1, b1, w2, b2))))
 
 
 def _check(s, w1, b1, w2, b2) -> None:

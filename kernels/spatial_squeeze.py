@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, load_vector, output_format, plane,
-                            space_sum, store_plane, use_triton)
+from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fold_groups, grouped_index,
+                            load_grouped, load_vector, output_format, plane, row_group, space_sum, split_groups,
+                            store_plane, use_triton)
 
 # Forward: one program per (32 channels, batch row), looping over N = T * F (<= 400 at the real
 # shapes: at most 7 steps), so Z[b, c] completes in one program without atomics; C / 32 * B gives
@@ -33,13 +34,26 @@ NUM_WARPS = 8
 def spatial_squeeze_forward_kernel(
     x_ptr, l_ptr, z_ptr, sxb, slb, inv_n,
     C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
-    HAS_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_L: tl.constexpr, G: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Z[b, c] = 1/N sum_n sigma(l[b, n]) x[b, c, n]; grid (cdiv(C, BLOCK_C), B)."""
+    """Z[b, c] = 1/N sum_n sigma(l[b, n]) x[b, c, n]; grid (cdiv(C, BLOCK_C), B). With G > 1 (NCHW, see
+    row_group) a program reads its BLOCK_C channels as BLOCK_C / G rows of G * N <= BLOCK_N values."""
     b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    total = space_sum(x_ptr, l_ptr, b, sxb, slb, offs_c, C, N, X_CL, HAS_L, True, BLOCK_C, BLOCK_N)
-    tl.store(z_ptr + b * C + offs_c, (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_c < C)
+    if G == 1:
+        offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        total = space_sum(x_ptr, l_ptr, b, sxb, slb, offs_c, C, N, X_CL, HAS_L, True, BLOCK_C, BLOCK_N)
+        tl.store(z_ptr + b * C + offs_c, (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_c < C)
+    else:
+        offs_r = tl.program_id(0) * (BLOCK_C // G) + tl.arange(0, BLOCK_C // G)
+        offs_m = tl.arange(0, BLOCK_N)
+        _, column = grouped_index(offs_r, offs_m, N, G)
+        gate = load_vector(l_ptr, b, column, N, slb, 1, HAS_L)
+        if HAS_L:
+            gate = tl.sigmoid(gate)
+        x = load_grouped(x_ptr, b, sxb, offs_r, offs_m, C, N, G)
+        total = split_groups(x * gate[None, :], offs_m, N, G)
+        tl.store(z_ptr + b * C + offs_r[:, None] * G + tl.arange(0, G)[None, :],
+                 (total * inv_n).to(z_ptr.dtype.element_ty), mask=offs_r[:, None] < C // G)
 
 
 @triton.jit
@@ -66,17 +80,29 @@ def spatial_squeeze_backward_kernel(
 @triton.jit
 def spatial_squeeze_logit_grad_kernel(
     x_ptr, l_ptr, dz_ptr, part_ptr, dl_ptr, sxb, inv_n, K,
-    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """SCA's second backward pass (reads F once): the spatial-logit gradient of eq. 8,
     dl[b, n] = sum_k part[b, k, n] + sigma'(l[b, n]) / N sum_c dZ[b, c] x[b, c, n], where part holds the
-    gate's per-channel-block terms (fp32, (B, K, N)); grid (cdiv(N, BLOCK_N), B)."""
+    gate's per-channel-block terms (fp32, (B, K, N)); grid (cdiv(N, BLOCK_N), B). With G > 1 (NCHW, see
+    row_group): one program per batch row over grouped rows of G * N <= BLOCK_N values; grid (1, B)."""
     b = tl.program_id(1).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    if G == 1:
+        offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        total = channel_sum(x_ptr, dz_ptr, b, sxb, C, offs_n, C, N, X_CL, True, BLOCK_C, BLOCK_N)
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_C // G, BLOCK_N), dtype=tl.float32)
+        for r0 in range(0, C // G, BLOCK_C // G):
+            offs_r = r0 + tl.arange(0, BLOCK_C // G)
+            channel, _ = grouped_index(offs_r, offs_n, N, G)
+            mask = (offs_r[:, None] < C // G) & (offs_n[None, :] < G * N)
+            dz = tl.load(dz_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32)
+            acc += load_grouped(x_ptr, b, sxb, offs_r, offs_n, C, N, G) * dz
+        total = fold_groups(tl.sum(acc, axis=0), offs_n, N, G, BLOCK_N)
     mask_n = offs_n < N
     gate = tl.sigmoid(tl.load(l_ptr + b * N + offs_n, mask=mask_n, other=0.0).to(tl.float32))
-    total = channel_sum(x_ptr, dz_ptr, b, sxb, C, offs_n, C, N, X_CL, True, BLOCK_C, BLOCK_N)
     dl = gate * (1.0 - gate) * total * inv_n
     for k in range(K):
         dl += tl.load(part_ptr + (b * K + k) * N + offs_n, mask=mask_n, other=0.0)
@@ -96,10 +122,15 @@ def spatial_squeeze_forward(
         return z.zero_()
     x, sxb, x_cl = plane(x)
     logit = spatial_logit.contiguous() if spatial_logit is not None else x
-    spatial_squeeze_forward_kernel[(triton.cdiv(channels, FORWARD_BLOCK_C), batch)](
+    group = row_group(x, x_cl)
+    block_c, block_n = FORWARD_BLOCK_C, FORWARD_BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, FORWARD_BLOCK_C * FORWARD_BLOCK_N // block_n)
+    spatial_squeeze_forward_kernel[(triton.cdiv(channels, block_c), batch)](
         x, logit, z, sxb, n if spatial_logit is not None else 0, 1.0 / n,
         C=channels, N=n, X_CL=x_cl,
-        HAS_L=spatial_logit is not None, BLOCK_C=FORWARD_BLOCK_C, BLOCK_N=FORWARD_BLOCK_N, num_warps=NUM_WARPS,
+        HAS_L=spatial_logit is not None, G=group, BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["spatial_squeeze_forward"] += 1
     return z
@@ -141,10 +172,15 @@ def spatial_squeeze_logit_grad(
     n = time * freq
     dl = torch.empty((batch, 1, time, freq), device=x.device, dtype=torch.float32)
     x, sxb, x_cl = plane(x)
-    spatial_squeeze_logit_grad_kernel[(triton.cdiv(n, BACKWARD_BLOCK_N), batch)](
+    group = row_group(x, x_cl)
+    block_c, block_n, columns = BACKWARD_BLOCK_C, BACKWARD_BLOCK_N, triton.cdiv(n, BACKWARD_BLOCK_N)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c, columns = group * max(1, BACKWARD_BLOCK_C * BACKWARD_BLOCK_N // block_n), 1
+    spatial_squeeze_logit_grad_kernel[(columns, batch)](
         x, spatial_logit.contiguous(), grad.contiguous(), parts.contiguous(), dl, sxb, 1.0 / n,
-        parts.shape[1], C=channels, N=n, X_CL=x_cl,
-        BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
+        parts.shape[1], C=channels, N=n, X_CL=x_cl, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["spatial_squeeze_logit_grad"] += 1
     return dl

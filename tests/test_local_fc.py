@@ -23,8 +23,7 @@ def _inputs(batch, time, freq, device, dtype=torch.float32, strided=False):
     return [s, w1, b1, w2, b2]
 
 
-# (B, T, F): the at-sca-3 rows (T = 100, F = 4, 2, 1), a batch (9) that ends one row into a run of
-# ROWS_PER_PROGRAM, and T = 7 (H = 1), F = 3.
+# (B, T, F): the at-sca-3 rows (T = 100, F = 4, 2, 1), an odd batch (9), and T = 7 (H = 1), F = 3.
 @pytest.mark.parametrize("batch, time, freq", [(2, 100, 4), (9, 100, 2), (3, 100, 1), (3, 7, 3), (1, 40, 3)])
 @pytest.mark.parametrize("strided", [False, True])
 @pytest.mark.parametrize("dtype, atol, rtol", [(torch.float32, 1e-5, 1e-5)])
