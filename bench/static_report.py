@@ -39,8 +39,9 @@ H100_SMS = 132
 HBM_BYTES_PER_S = 3.35e12
 """H100 SXM HBM3 bandwidth (datasheet); the roofline time is bytes / this."""
 FLOORS = {"sca": (4, 5), "csa": (4, 5), "cps": (4, 4)}
-"""(forward, backward) F-sized traffic floor in |F|. Forward, every arrangement: channel_pool,
-spatial_squeeze and gate each read F once, gate writes F'' once. Backward: pass 1 reads dF'' and F
+"""(forward, backward) F-sized traffic floor in |F| (docs/kernels.md derives them). Forward: the two
+descriptors and the gate each read F once, the gate writes F'' once (C//S's independent S and Z could
+share one read, but the issue holds it to 3 reads + 1 write too). Backward: pass 1 reads dF'' and F
 (the gate's logit gradients); SCA needs F once more for the squeeze's logit gradient (its dZ comes
 from pass 1's channel gradient), CSA for the channel weight's gradient through channel_pool (its dS
 comes from pass 1's spatial gradient); the last pass reads dF'' and writes dF with every term summed
