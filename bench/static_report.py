@@ -39,8 +39,9 @@ H100_SMS = 132
 HBM_BYTES_PER_S = 3.35e12
 """H100 SXM HBM3 bandwidth (datasheet); the roofline time is bytes / this."""
 FLOORS = {"sca": (4, 5), "csa": (4, 5), "cps": (4, 4)}
-"""(forward, backward) F-sized traffic floor in |F|. Forward, every arrangement: channel_pool,
-spatial_squeeze and gate each read F once, gate writes F'' once. Backward: pass 1 reads dF'' and F
+"""(forward, backward) F-sized traffic floor in |F| (docs/kernels.md derives them). Forward: the two
+descriptors and the gate each read F once, the gate writes F'' once (C//S's independent S and Z could
+share one read, but the issue holds it to 3 reads + 1 write too). Backward: pass 1 reads dF'' and F
 (the gate's logit gradients); SCA needs F once more for the squeeze's logit gradient (its dZ comes
 from pass 1's channel gradient), CSA for the channel weight's gradient through channel_pool (its dS
 comes from pass 1's spatial gradient); the last pass reads dF'' and writes dF with every term summed
@@ -179,16 +180,21 @@ def module_rows(case: ModuleCase, batch: int, arch: int, sass: bool = True) -> t
 
 
 def distinct_kernels(launches: list[dict]) -> list[dict]:
-    """One row per compiled specialisation and grid, with the modules and phases that launch it."""
+    """One row per compiled specialisation, grid and map, with the modules that launch it: `dtype` and
+    `layout` list the modules' (a kernel on S or Z in fp32 serves bf16 and fp32 modules alike)."""
     rows: dict[str, dict] = {}
     for launch in launches:
         row = rows.setdefault(launch["key"], {k: v for k, v in launch.items()
                                                if k not in ("key", "module", "phase", "f_bytes", "other_bytes")}
-                              | {"modules": [], "used_by": []})
-        row["modules"] = sorted(set(row["modules"]) | {launch["module"]})
+                              | {"uses": [], "used_by": []})
+        use = [launch["module"], launch["dtype"], launch["layout"]]
+        if use not in row["uses"]:
+            row["uses"].append(use)
+        row["dtype"] = ", ".join(sorted({u[1] for u in row["uses"]}))
+        row["layout"] = ", ".join(sorted({u[2] for u in row["uses"]}, reverse=True))
         row["used_by"].append(f"{launch['module']} {launch['dtype']} {launch['layout']} {launch['phase']}")
-    return sorted(rows.values(), key=lambda r: (r["kernel"], r["variant"], r["dtype"], r["layout"], -r["map"][1] * r["map"][2],
-                                                r["map"][0]))
+    return sorted(rows.values(), key=lambda r: (r["kernel"], r["variant"], r["dtype"], r["layout"],
+                                                -r["map"][1] * r["map"][2], r["map"][0]))
 
 
 def summary(modules: list[dict], kernels_: list[dict]) -> list[dict]:
@@ -199,7 +205,7 @@ def summary(modules: list[dict], kernels_: list[dict]) -> list[dict]:
     for preset, plan, dtype in keys:
         mine = [m for m in modules if (m["preset"], m["plan"], m["dtype"]) == (preset, plan, dtype)]
         labels = {m["module"] for m in mine}
-        ks = [k for k in kernels_ if k["dtype"] == dtype and labels & set(k["modules"])]
+        ks = [k for k in kernels_ if any(module in labels and d == dtype for module, d, _ in k["uses"])]
         row = {"preset": preset, "plan": plan, "dtype": dtype}
         for phase in ("forward", "backward"):
             ph = [m for m in mine if m["phase"] == phase]
@@ -263,8 +269,8 @@ def render_markdown(report: dict) -> str:
     lines += ["", "## Per preset and pooling plan (every attention block; traffic: the worst block and layout)", ""]
     lines += summary_table(report["summary"], batch)
     lines += ["", "## Modules: F-sized traffic per block, forward and backward", ""]
-    lines += _table(["module", "dtype", "layout", "phase", "launches", "kernels (|F|)", "aten (|F|)", "aten ops",
-                     "total (|F|)", "floor", "within", "roofline µs"],
+    lines += _table(["module", "dtype", "layout", "phase", "launches", "kernels (\\|F\\|)", "aten (\\|F\\|)",
+                     "aten ops", "total (\\|F\\|)", "floor", "within", "roofline µs"],
                     [[m["module"], m["dtype"], m["layout"], m["phase"], m["launches"], m["kernel_f_bytes"] / m["f_bytes"],
                       m["aten_f_bytes"] / m["f_bytes"], ", ".join(m["aten_ops"]) or "–", m["traffic_f"], m["floor_f"],
                       m["within_floor"], m["roofline_us"]] for m in report["modules"]])

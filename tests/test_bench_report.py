@@ -119,3 +119,23 @@ for case in backward + grid + backward[::-1]:
             prepared.fn()
 print("ok")
 """
+
+
+def test_grid_follows_both_pooling_plans_in_bf16_and_fp32():
+    """On a GPU the module and op cases cover every attention map of both plans in both dtypes, and the
+    targets read at-sca-3's time-freq blocks (5-7 at 100x4 with 256/512/512 channels) at batch 256."""
+    import torch
+
+    from bench import cases
+
+    env = cases.BenchEnv(torch.device("cuda"))   # a description only: nothing runs on it here
+    assert {s.dims[1:] for s in cases.map_shapes(env)} == {(256, 100, 4), (512, 100, 4), (512, 100, 2), (512, 100, 1)}
+    assert {s.batch for s in cases.map_shapes(env)} == {32, 256}
+    assert sorted(s.dims for s in cases.target_maps(env)) == [(256, 256, 100, 4), (256, 512, 100, 4)]
+    assert cases.target_blocks(env) == [(256, 256, 100, 4), (256, 512, 100, 4), (256, 512, 100, 4)]
+    for suite_cases in (cases.sca_cases(env), cases.op_cases("gate", env)):
+        assert {c.dtype for c in suite_cases} == {"bf16", "fp32"}
+        assert len({c.id for c in suite_cases}) == len(suite_cases)
+    x = torch.empty(2, 3, 5, 7, dtype=torch.bfloat16)
+    assert [cases.sca_minimal_bytes(m, x) for m in ("forward", "backward", "full")] == [4 * 420, 5 * 420, 9 * 420]
+    assert cases.BenchEnv(torch.device("cpu")).dtypes == ("fp32",)

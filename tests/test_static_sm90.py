@@ -206,3 +206,16 @@ def test_passes_and_aten_traffic_are_counted(tooling):
     assert twice["x"]["load_passes"] == 2 and twice["x"]["store_passes"] == 0
     assert twice["y"]["store_passes"] == 1 and twice["y"]["load_passes"] == 0
     assert twice["aten"] == [["aten.add.Tensor", "backward", 2 * 4 * twice["n"], 4 * twice["n"]]]
+
+
+@pytest.mark.parametrize("argv, message", [(["--extra-map", "64x25"], "--extra-map takes CxTxF"),
+                                           (["--presets", "at-sca-9"], "--presets: unknown at-sca-9"),
+                                           (["--dtypes", "fp16"], "--dtypes: unknown fp16")])
+def test_bad_arguments_get_a_one_line_error(argv, message, capsys):
+    from bench import static_report
+
+    with pytest.raises(SystemExit) as exit_info:
+        static_report.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and "Traceback" not in error
