@@ -5,9 +5,10 @@ Blocks: `GlobalSpatialBranch` (eq. 5), `LocalSpatialBranch` (eq. 6), `SpatialAtt
 only (AT-C), SCA (eq. 10), CSA and the parallel C//S. The heavy steps over the feature map F run
 through four ops (`AttentionOps`): their PyTorch references, or, fused, the whole arrangement as
 one op (`kernels.attention`) whose forward reads F three times and writes it once (F', the spatially
-weighted map, is never materialised) and whose backward is one unit writing dF once (kernels/attention.py
-gives the bytes of each arrangement). Differences from the paper: none in the maths; the module returns F'' = M_c * M_s * F
-in one gate instead of two successive products (equal in exact arithmetic).
+weighted map, is never materialised) and whose backward is one unit writing dF once
+(docs/kernels.md gives the bytes of each arrangement). Differences from the paper: none in the
+maths; the module returns F'' = M_c * M_s * F in one gate instead of two successive products (equal
+in exact arithmetic).
 """
 from dataclasses import dataclass
 from typing import Callable

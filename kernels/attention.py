@@ -34,8 +34,7 @@ import torch
 
 from kernels.channel_pool import channel_pool_forward, channel_pool_logit_grad, channel_pool_reference
 from kernels.common import check_map, output_format, use_triton
-from kernels.gate import (gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows,
-                          gate_reference)
+from kernels.gate import gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows, gate_reference
 from kernels.spatial_squeeze import spatial_squeeze_forward, spatial_squeeze_logit_grad, spatial_squeeze_reference
 from kernels.subnets import (ChannelParams, GlobalParams, LocalParams, channel_backward, channel_forward,
                              global_backward, global_forward, local_backward, local_forward)

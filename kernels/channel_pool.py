@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, grouped_index,
+from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, group_sum, grouped_index,
                             load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
                             use_triton)
 
@@ -77,23 +77,40 @@ def channel_pool_backward_kernel(
 
 
 @triton.jit
+def channel_logit_grad_store(l_ptr, part_ptr, dl_ptr, b, channel, dw, C: tl.constexpr, K):
+    """dl[b, c] = sigma'(l[b, c]) dw + sum_k part[b, k, c] for the channels `channel` (fp32)."""
+    mask = channel < C
+    w = tl.sigmoid(tl.load(l_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32))
+    dl = w * (1.0 - w) * dw
+    for k in range(K):
+        dl += tl.load(part_ptr + (b * K + k) * C + channel, mask=mask, other=0.0)
+    tl.store(dl_ptr + b * C + channel, dl, mask=mask)
+
+
+@triton.jit
 def channel_pool_logit_grad_kernel(
     x_ptr, l_ptr, ds_ptr, part_ptr, dl_ptr, sxb, inv_c, K,
-    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr,
+    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """CSA's second backward pass (reads F once): the channel-logit gradient of eq. 4 with w = sigma(l),
     dl[b, c] = sum_k part[b, k, c] + sigma'(l[b, c]) / C sum_n dS[b, n] x[b, c, n], where part holds the
-    gate's per-column-block terms (fp32, (B, K, C)); grid (cdiv(C, BLOCK_C), B)."""
+    gate's per-column-block terms (fp32, (B, K, C)); grid (cdiv(C, BLOCK_C), B). With G > 1 (NCHW, see
+    row_group) a program reads its BLOCK_C channels as BLOCK_C / G rows of G * N <= BLOCK_N values."""
     b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_c = offs_c < C
-    w = tl.sigmoid(tl.load(l_ptr + b * C + offs_c, mask=mask_c, other=0.0).to(tl.float32))
-    total = space_sum(x_ptr, ds_ptr, b, sxb, N, offs_c, C, N, X_CL, True, False, BLOCK_C, BLOCK_N)
-    dl = w * (1.0 - w) * total * inv_c
-    for k in range(K):
-        dl += tl.load(part_ptr + (b * K + k) * C + offs_c, mask=mask_c, other=0.0)
-    tl.store(dl_ptr + b * C + offs_c, dl, mask=mask_c)
+    if G == 1:
+        channel = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+        total = space_sum(x_ptr, ds_ptr, b, sxb, N, channel, C, N, X_CL, True, False, BLOCK_C, BLOCK_N)
+        channel_logit_grad_store(l_ptr, part_ptr, dl_ptr, b, channel, total * inv_c, C, K)
+    else:
+        offs_r = tl.program_id(0) * (BLOCK_C // G) + tl.arange(0, BLOCK_C // G)
+        offs_m = tl.arange(0, BLOCK_N)
+        _, column = grouped_index(offs_r, offs_m, N, G)
+        ds = load_vector(ds_ptr, b, column, N, N, 1, True)
+        x = load_grouped(x_ptr, b, sxb, offs_r, offs_m, C, N, G)
+        for j in tl.static_range(G):
+            total = group_sum(x * ds[None, :], offs_m, N, j)
+            channel_logit_grad_store(l_ptr, part_ptr, dl_ptr, b, offs_r * G + j, total * inv_c, C, K)
 
 
 def channel_pool_forward(
@@ -160,10 +177,15 @@ def channel_pool_logit_grad(
     n = time * freq
     dl = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
     x, sxb, x_cl = plane(x)
-    channel_pool_logit_grad_kernel[(triton.cdiv(channels, BACKWARD_BLOCK_C), batch)](
+    group = row_group(x, x_cl)
+    block_c, block_n = BACKWARD_BLOCK_C, BACKWARD_BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, BACKWARD_BLOCK_C * BACKWARD_BLOCK_N // block_n)
+    channel_pool_logit_grad_kernel[(triton.cdiv(channels, block_c), batch)](
         x, channel_logit.contiguous(), grad.contiguous(), parts.contiguous(), dl, sxb, 1.0 / channels,
-        parts.shape[1], C=channels, N=n, X_CL=x_cl,
-        BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
+        parts.shape[1], C=channels, N=n, X_CL=x_cl, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["channel_pool_logit_grad"] += 1
     return dl

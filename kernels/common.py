@@ -1,9 +1,11 @@
 """Shared pieces of the SCA kernels (eqs. 4-10): Triton tile helpers, strides, layouts, when Triton runs.
 
-Every kernel sees the feature map F as (B, C, N) with N = T * F, through three strides: NCHW and
-channels_last both merge (T, F) into one spatial stride, so neither is copied. The two reductions
-the module needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward
-passes reuse them with the upstream gradient as the weight.
+Every kernel sees the feature map F as B contiguous (C, N) planes, N = T * F: C rows of N (NCHW) or
+N rows of C (channels_last), neither copied. Offsets come from compile-time C and N, not from runtime
+strides, so Triton can prove 16-byte alignment; where an NCHW row is not a multiple of 16 bytes (bf16
+at N = 100), the reductions read G channels as one row (`row_group`). The two reductions the module
+needs, over channels (eq. 4) and over space (eq. 8), are one helper each; the backward passes reuse
+them with the upstream gradient as the weight.
 """
 import math
 import os
@@ -111,11 +113,6 @@ def check_channel(name: str, arg: str, weight: torch.Tensor | None, x: torch.Ten
                          f"got {tuple(weight.shape)} on {weight.device}")
 
 
-def stride_or_zero(t: torch.Tensor | None, dim: int) -> int:
-    """Stride of an optional tensor (0 when it is absent: the kernel never reads it)."""
-    return t.stride(dim) if t is not None else 0
-
-
 @triton.jit
 def plane_offsets(offs_c, offs_n, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """[BLOCK_C, BLOCK_N] element offsets of a (C, N) plane, and the in-map mask."""
@@ -168,12 +165,10 @@ def fold_groups(colsum, offs_m, N: tl.constexpr, G: tl.constexpr, BLOCK_M: tl.co
 
 
 @triton.jit
-def split_groups(value, offs_m, N: tl.constexpr, G: tl.constexpr):
-    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile per channel: [BLOCK_R, G], entry (r, j) the sum over
-    channel r * G + j's columns."""
-    j = tl.arange(0, G)
-    onehot = (offs_m[:, None] // N) == j[None, :]                       # [BLOCK_M, G]
-    return tl.sum(tl.where(onehot[None, :, :], value[:, :, None], 0.0), axis=1)
+def group_sum(value, offs_m, N: tl.constexpr, j: tl.constexpr):
+    """Row sums of a [BLOCK_R, BLOCK_M] grouped tile over the columns of each row's j-th channel:
+    [BLOCK_R], entry r the sum for channel r * G + j (callers loop j over tl.static_range(G))."""
+    return tl.sum(tl.where(((offs_m // N) == j)[None, :], value, 0.0), axis=1)
 
 
 @triton.jit

@@ -2,17 +2,19 @@
 
 Sequential (SCA, CSA):  out = sigma(logit_s) * sigma(logit_c) * F   (a missing logit gates with 1)
 Parallel (C//S):        out = sigma(logit_s + logit_c) * F
-Forward reads F once and writes F'' once. Backward reads F and dF'' once each and writes dF once;
-the channel-logit gradient (a sum over T, F) completes in each program, the spatial one (a sum
-over C) is summed over per-program partials. The op `fastsca::gate` runs these kernels on CUDA (and
-on CPU under TRITON_INTERPRET=1) and `gate_reference` otherwise.
+Forward reads F once and writes F'' once. The backward is two passes every arrangement's backward
+(kernels/attention.py) is built from: the logit gradients (reads dF'' and F, by channel rows or by
+spatial columns: one gradient completes per program, the other leaves fp32 partial rows), and the
+input gradient (reads dF'', writes dF, adding the squeeze's and the channel pool's terms). The op
+`fastsca::gate` runs these kernels on CUDA (and on CPU under TRITON_INTERPRET=1) and `gate_reference`
+otherwise; its own backward sums the partial rows with one small torch op.
 """
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, grouped_index, load_grouped,
-                            load_plane, load_vector, output_format, plane, row_group, split_groups, use_triton)
+from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, fold_groups, group_sum, grouped_index,
+                            load_grouped, load_plane, load_vector, output_format, plane, row_group, use_triton)
 
 # Elementwise kernels (forward, and the input gradient in kernels/attention.py) walk each (C, N) plane
 # flat, as Inductor does: 2048 values per program at 8 warps are 8 per thread, one 16-byte access in
@@ -163,37 +165,61 @@ def gate_logit_grad_rows_kernel(
         if PARTIAL_S:
             tl.store(part_ptr + (b * tl.num_programs(0) + pid_c) * (G * N) + offs_m,
                      tl.sum(dgate * ds_factor, axis=0), mask=offs_m < G * N)
-        dc = split_groups(dgate * dc_factor, offs_m, N, G)
-        tl.store(dc_ptr + b * C + offs_r[:, None] * G + tl.arange(0, G)[None, :], dc,
-                 mask=offs_r[:, None] < C // G)
+        for j in tl.static_range(G):
+            tl.store(dc_ptr + b * C + offs_r * G + j, group_sum(dgate * dc_factor, offs_m, N, j),
+                     mask=offs_r < C // G)
 
 
 @triton.jit
 def gate_logit_grad_columns_kernel(
     x_ptr, s_ptr, c_ptr, dout_ptr, ds_ptr, part_ptr, sxb, sdob,
     C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DOUT_CL: tl.constexpr,
-    HAS_C: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_C: tl.constexpr,
+    HAS_C: tl.constexpr, ADDITIVE: tl.constexpr, PARTIAL_C: tl.constexpr, G: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """First backward pass, by spatial columns (reads dF'' and F once): ds[b, n] = sum_c dout x dgate/ds
     (fp32, complete); with PARTIAL_C, part[b, j, c] = the same sum for dgate/dc over this program's
-    columns j (fp32, (B, J, C)); grid (J = cdiv(N, BLOCK_N), B)."""
+    columns j (fp32, (B, J, C)); grid (J = cdiv(N, BLOCK_N), B). With G > 1 (NCHW, see row_group): one
+    program per batch row over grouped rows of G * N <= BLOCK_N values, J = 1; grid (1, B)."""
     pid_n = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    s = load_vector(s_ptr, b, offs_n, N, N, 1, True)
-    ds_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c = load_vector(c_ptr, b, offs_c, C, C, 1, HAS_C)
-        gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], True, HAS_C, ADDITIVE)
-        dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
-                 * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
-        if PARTIAL_C:
-            tl.store(part_ptr + (b * tl.num_programs(0) + pid_n) * C + offs_c,
-                     tl.sum(dgate * dc_factor, axis=1), mask=offs_c < C)
-        ds_acc += dgate * ds_factor
-    tl.store(ds_ptr + b * N + offs_n, tl.sum(ds_acc, axis=0), mask=offs_n < N)
+    if G == 1:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        s = load_vector(s_ptr, b, offs_n, N, N, 1, True)
+        ds_acc = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            c = load_vector(c_ptr, b, offs_c, C, C, 1, HAS_C)
+            gate, ds_factor, dc_factor = gate_tile(s[None, :], c[:, None], True, HAS_C, ADDITIVE)
+            dgate = (load_plane(dout_ptr, b, sdob, offs_c, offs_n, C, N, DOUT_CL)
+                     * load_plane(x_ptr, b, sxb, offs_c, offs_n, C, N, X_CL) * gate)
+            if PARTIAL_C:
+                tl.store(part_ptr + (b * tl.num_programs(0) + pid_n) * C + offs_c,
+                         tl.sum(dgate * dc_factor, axis=1), mask=offs_c < C)
+            ds_acc += dgate * ds_factor
+        ds = tl.sum(ds_acc, axis=0)
+    else:
+        offs_n = tl.arange(0, BLOCK_N)
+        s = load_vector(s_ptr, b, offs_n % N, N, N, 1, True)
+        ds_acc = tl.zeros((BLOCK_C // G, BLOCK_N), dtype=tl.float32)
+        for r0 in range(0, C // G, BLOCK_C // G):
+            offs_r = r0 + tl.arange(0, BLOCK_C // G)
+            channel, _ = grouped_index(offs_r, offs_n, N, G)
+            mask = (offs_r[:, None] < C // G) & (offs_n[None, :] < G * N)
+            if HAS_C:
+                c = tl.load(c_ptr + b * C + channel, mask=mask, other=0.0).to(tl.float32)
+            else:
+                c = tl.full(channel.shape, 1.0, tl.float32)
+            gate, ds_factor, dc_factor = gate_tile(s[None, :], c, True, HAS_C, ADDITIVE)
+            dgate = (load_grouped(dout_ptr, b, sdob, offs_r, offs_n, C, N, G)
+                     * load_grouped(x_ptr, b, sxb, offs_r, offs_n, C, N, G) * gate)
+            if PARTIAL_C:
+                for j in tl.static_range(G):
+                    tl.store(part_ptr + b * C + offs_r * G + j, group_sum(dgate * dc_factor, offs_n, N, j),
+                             mask=offs_r < C // G)
+            ds_acc += dgate * ds_factor
+        ds = fold_groups(tl.sum(ds_acc, axis=0), offs_n, N, G, BLOCK_N)
+    tl.store(ds_ptr + b * N + offs_n, ds, mask=offs_n < N)
 
 
 def _logits(x, spatial_logit, channel_logit):
@@ -270,17 +296,21 @@ def gate_logit_grad_columns(
     fp32, empty without a channel logit)."""
     batch, channels, time, freq = x.shape
     n = time * freq
-    blocks = triton.cdiv(n, BLOCK_N)
+    x, sxb, x_cl = plane(x)
+    grad, sdob, dout_cl = plane(grad)
+    group = row_group(x, x_cl or dout_cl)
+    block_c, block_n, blocks = BLOCK_C, BLOCK_N, triton.cdiv(n, BLOCK_N)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c, blocks = group * max(1, BLOCK_C * BLOCK_N // block_n), 1
     ds = torch.empty((batch, 1, time, freq), device=x.device, dtype=torch.float32)
     parts = torch.empty((batch, blocks, channels) if channel_logit is not None else (batch, 0, channels),
                         device=x.device, dtype=torch.float32)
-    x, sxb, x_cl = plane(x)
-    grad, sdob, dout_cl = plane(grad)
     s_arg, c_arg = _logits(x, spatial_logit, channel_logit)
     gate_logit_grad_columns_kernel[(blocks, batch)](
         x, s_arg, c_arg, grad, ds, parts, sxb, sdob, C=channels, N=n, X_CL=x_cl, DOUT_CL=dout_cl,
-        HAS_C=channel_logit is not None, ADDITIVE=additive, PARTIAL_C=channel_logit is not None,
-        BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+        HAS_C=channel_logit is not None, ADDITIVE=additive, PARTIAL_C=channel_logit is not None, G=group,
+        BLOCK_C=block_c, BLOCK_N=block_n, num_warps=NUM_WARPS,
     )
     LAUNCHES["gate_logit_grad_columns"] += 1
     return ds, parts

@@ -4,8 +4,9 @@ m^f = W2[f] @ relu(W1[f] @ s^f + b1[f]) + b2[f], with s^f the time series of row
 Both layers run in one kernel: a program holds the weights of one row f in registers and applies
 them to one batch row; the hidden layer never leaves registers. The backward kernel recomputes the
 hidden layer and writes dS and, per row, the hidden activations and their gradient (B x F x H, tiny);
-the weight gradients, sums over the batch, are then two batched matmuls and two sums. The op `fastsca::local_fc` runs these kernels on CUDA (and on CPU under
-TRITON_INTERPRET=1) and `local_fc_reference` otherwise, and for rows too long for the register tile.
+the weight gradients, sums over the batch, are then two batched matmuls and two sums. The op
+`fastsca::local_fc` runs these kernels on CUDA (and on CPU under TRITON_INTERPRET=1) and
+`local_fc_reference` otherwise, and for rows too long for the register tile.
 """
 import torch
 import triton

@@ -5,9 +5,9 @@ import torch
 import kernels
 from kernels import LAUNCHES, channel_pool, channel_pool_reference
 
-# (B, C, T, F): the at-sca-3 maps at B = 1 and awkward sizes (C = 37, T = 7, F = 3) that leave
-# partial tiles on every axis.
-SHAPES = [(2, 37, 7, 3), (1, 256, 100, 4), (3, 512, 7, 2), (1, 512, 100, 1)]
+# (B, C, T, F): the at-sca-3 maps at B = 1, awkward sizes (C = 37, T = 7, F = 3) that leave partial
+# tiles on every axis, and C = 12 at N = 21, read as grouped rows of 4 channels (kernels.common.row_group).
+SHAPES = [(2, 37, 7, 3), (1, 256, 100, 4), (3, 512, 7, 2), (1, 512, 100, 1), (2, 12, 7, 3)]
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
 
 

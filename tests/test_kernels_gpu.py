@@ -8,15 +8,18 @@ import pytest
 import torch
 
 from fastsca import build_model
-from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc,
-                     local_fc_reference, spatial_squeeze, spatial_squeeze_reference)
+from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc, local_fc_reference,
+                     spatial_squeeze, spatial_squeeze_reference)
+from kernels.attention import ARRANGEMENTS
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason="needs a CUDA GPU: bf16/fp16 kernels and the real shapes (the CPU suite covers fp32 under the interpreter)")
 
-REAL_SHAPES = [(32, 256, 100, 4), (32, 512, 100, 2), (32, 512, 100, 1)]
-"""The maps the at-sca-3 attention modules see at B = 32."""
+REAL_SHAPES = [(32, 256, 100, 4), (32, 512, 100, 4), (32, 512, 100, 2), (32, 512, 100, 1)]
+"""The maps the attention modules see at B = 32: blocks 5-7 of the time-freq plan (N = 400) and of the
+six-pool plan (N = 400, 200, 100)."""
 # One rounding of the output (and of each gradient) in the input dtype, both sides accumulating in fp32.
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 2e-2), (torch.float16, 1e-2, 1e-2)]
 LAYOUTS = [torch.contiguous_format, torch.channels_last]
@@ -24,8 +27,9 @@ VARIANTS = [(True, True, False), (True, False, False), (False, True, False), (Tr
 """(spatial logit, channel logit, additive): SCA/CSA, AT-S, AT-C, C//S."""
 
 
-def _launched(op: str, before) -> bool:
-    return LAUNCHES[f"{op}_forward"] > before[f"{op}_forward"] and LAUNCHES[f"{op}_backward"] > before[f"{op}_backward"]
+def _launched(op: str, before, backward: str | None = None) -> bool:
+    backward = backward or f"{op}_backward"
+    return LAUNCHES[f"{op}_forward"] > before[f"{op}_forward"] and LAUNCHES[backward] > before[backward]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -40,7 +44,7 @@ def test_gate_on_gpu(assert_matches_reference, shape, layout, dtype, atol, rtol)
         before = LAUNCHES.copy()
         out = assert_matches_reference(gate, gate_reference,
                                        [x, s if spatial else None, z if channel else None, additive], atol, rtol)
-        assert _launched("gate", before)
+        assert _launched("gate", before, "gate_input_grad")
         assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
 
 
@@ -85,6 +89,37 @@ def test_local_fc_on_gpu(assert_matches_reference, freq, weight_dtype, dtype, at
     assert _launched("local_fc", before) and out.dtype == dtype
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", REAL_SHAPES)
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_attention_on_gpu(monkeypatch, shape, layout, dtype, atol, rtol):
+    # The fused op on a half-precision map against the reference module in fp32 on the same values
+    # (the op accumulates in fp32 and runs the sub-networks in fp32): one rounding of F'' and dF apart.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    _, channels, time, freq = shape
+    x = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=layout)
+    grad = torch.randn(shape, device="cuda").to(dtype)
+    for arrangement in ARRANGEMENTS:
+        reference, fused = (build_attention(arrangement, channels, time, freq, True, True, 16, 8, 5, ops).cuda()
+                            for ops in (REFERENCE_OPS, FUSED_OPS))
+        fused.load_state_dict(reference.state_dict())
+        results = []
+        for module, inputs in ((fused, x), (reference, x.float())):
+            inputs = inputs.clone().requires_grad_()
+            out = module(inputs)
+            out.backward(grad.to(out.dtype))
+            results.append((out, inputs.grad))
+        (out, dx), (expected, expected_dx) = results
+        assert out.dtype == dtype and out.is_contiguous(memory_format=layout), arrangement
+        torch.testing.assert_close(out.float(), expected, atol=atol, rtol=rtol)
+        torch.testing.assert_close(dx.float(), expected_dx, atol=atol, rtol=rtol)
+        for (name, p), q in zip(reference.named_parameters(), fused.parameters()):
+            where = f"{arrangement}: gradient of {name}"
+            torch.testing.assert_close(q.grad, p.grad, atol=atol * p.grad.abs().max().item() + 1e-6, rtol=rtol,
+                                       msg=lambda m, where=where: f"{where}: {m}")
+
+
 def test_fused_model_matches_reference_on_gpu(monkeypatch):
     # fp32 without TF32, so both models round alike; tolerances as in test_fused_model.py.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -117,6 +152,7 @@ def test_compiled_fused_model_runs_the_kernels_in_bf16():
     out.clip.float().sum().backward()
     for op in ("channel_pool", "local_fc", "spatial_squeeze", "gate"):
         assert LAUNCHES[f"{op}_forward"] >= before[f"{op}_forward"] + 3, op
-        assert LAUNCHES[f"{op}_backward"] >= before[f"{op}_backward"] + 3, op
+    for kernel in ("gate_logit_grad_rows", "spatial_squeeze_logit_grad", "local_fc_backward", "gate_input_grad"):
+        assert LAUNCHES[kernel] >= before[kernel] + 3, kernel
     assert torch.isfinite(out.clip).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
