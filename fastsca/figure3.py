@@ -87,7 +87,7 @@ def read_clip(spec: str, sample_rate: int, clip_samples: int) -> Clip:
             events = tuple(Event(float(shard["strong_onset"][i]), float(shard["strong_offset"][i]),
                                  names[int(shard["strong_label"][i])]) for i in mine)
             name = shard["audio_name"][row].decode()
-        return Clip(fit_length(waveform, clip_samples), f"{name} ({spec})", events, "strong labels")
+        return Clip(fit_length(waveform, clip_samples), f"{name} ({Path(path).name}:{row})", events, "strong labels")
     return Clip(load_audio(spec, sample_rate, clip_samples), Path(spec).name, (), "")
 
 
