@@ -2,7 +2,9 @@
 
 `python -m train.evaluate --checkpoint C [--data D] [--out DIR]` prints the metrics table (mAP, mAUC, d',
 excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a checkpoint
-written by `python -m train.run`; without --data it evaluates on the held-out split the run used.
+written by `python -m train.run`; without --data it evaluates on the held-out split the run used. With
+strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
+segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv.
 """
 import argparse
 import csv
@@ -15,7 +17,7 @@ import torch
 
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.metrics import TaggingMetrics, tagging_metrics
-from train import distributed
+from train import distributed, localisation
 from train.loader import LoaderConfig, LogMelLoader
 from train.synth import SynthConfig, ensure_builtin
 
@@ -26,17 +28,24 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device) -> tuple[TaggingMetrics, int]:
+def evaluate(model: torch.nn.Module, loader, device: torch.device,
+             frames: list | None = None) -> tuple[TaggingMetrics, int]:
     """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
-    number of clips they cover."""
+    number of clips they cover. Given a list `frames`, it receives the gathered (N, T', K) frame
+    probabilities, for localisation scores (train/localisation.py)."""
     was_training = model.training
     model.eval()
     scores, targets = [], []
     for log_mel, target in loader:
         with autocast(device):
-            scores.append(model(log_mel).clip.float())
+            output = model(log_mel)
+        scores.append(output.clip.float())
+        if frames is not None:
+            frames.append(output.frame.float())
         targets.append(target)
     model.train(was_training)
+    if frames is not None:
+        frames[:] = [distributed.gather_rows(torch.cat(frames)).cpu().numpy()]
     scores = distributed.gather_rows(torch.cat(scores)).cpu().numpy()
     targets = distributed.gather_rows(torch.cat(targets)).cpu().numpy()
     return tagging_metrics(targets, scores), len(scores)
@@ -76,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="split to evaluate: a shard .h5 or a folder with index.json "
                                        "(default: the run's held-out split)")
     parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
+    parser.add_argument("--strong", metavar="STRONG.tsv",
+                        help="strong labels (AudioSet layout: segment_id, start, end, label mid; or id, onset, "
+                             "offset, display name) to score localisation; a split packed with strong labels "
+                             "is scored without it")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
     args = parser.parse_args(argv)
@@ -90,7 +103,14 @@ def main(argv: list[str] | None = None) -> None:
                 raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
                                       f"was trained on {_short(trained.label_names)}; evaluate on data with the "
                                       f"checkpoint's label set")
-            metrics, clips = evaluate(trained.model, loader, device)
+            strong = localisation.reference_for_split(data, args.strong)
+            frames = [] if strong is not None else None
+            metrics, clips = evaluate(trained.model, loader, device, frames)
+        located = None
+        if strong is not None:
+            frame_seconds = trained.log_mel.clip_samples / trained.log_mel.sample_rate / frames[0].shape[1]
+            located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
+                                                        frame_seconds)
     except ValueError as error:   # CheckpointError, ShardError and the loader's errors are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -102,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
           f"{len(trained.label_names)} classes")
     print(format_table(metrics))
     print(f"per-class metrics: {csv_path}")
+    if located is not None:
+        localisation.write_per_class_csv(out / "per_class_localisation.csv", located)
+        print(localisation.format_table(located))
+        print(f"per-class localisation: {out / 'per_class_localisation.csv'}")
 
 
 def _short(names) -> str:

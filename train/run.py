@@ -22,7 +22,7 @@ from fastsca.config import PRESETS, ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
-from train import checkpoint, distributed
+from train import checkpoint, distributed, localisation
 from train.config import PROFILE_NAMES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.evaluate import autocast, evaluate
 from train.loader import LoaderConfig, LogMelLoader
@@ -203,6 +203,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                                                   device_ids=[device.index] if device.type == "cuda" else None)
         log = MetricsLog(out, enabled=ctx.is_main)
         label_names = tuple(train_loader.label_names)
+        strong = localisation.reference_for_split(eval_path, None)   # None: the eval split has no strong labels
 
         def save_latest() -> None:
             """Every rank's loader position and RNG states go into rank 0's latest.pt."""
@@ -255,17 +256,22 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 if state.step % run.eval_every == 0 or state.step == total_steps:
                     eval_start = time.perf_counter()
                     distributed.broadcast_buffers(model)
-                    metrics, clips = evaluate(model, eval_loader, device)
+                    frames = [] if strong is not None else None
+                    metrics, clips = evaluate(model, eval_loader, device, frames)
                     summary = {k: float(v) for k, v in metrics.summary().items()}
+                    located = localisation.score_during_training(frames, strong if ctx.is_main else None, label_names,
+                                                                 config.log_mel.clip_samples
+                                                                 / config.log_mel.sample_rate, ctx.world_size)
                     improved = summary["mAP"] > state.best_map
                     state.best_map = max(state.best_map, summary["mAP"])
                     save_latest()
                     if improved and ctx.is_main:
                         checkpoint.copy(latest, out / "best.pt")
                     eval_s = time.perf_counter() - eval_start
-                    log.write("eval", state.step, **summary, clips=clips, seconds=round(eval_s, 2))
+                    log.write("eval", state.step, **summary, **located, clips=clips, seconds=round(eval_s, 2))
                     say(f"step {state.step}: eval mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
-                        f"d' {summary['d_prime']:.3f}  ({eval_s:.1f} s){'  best' if improved else ''}")
+                        f"d' {summary['d_prime']:.3f}{localisation.progress_text(located)}  ({eval_s:.1f} s)"
+                        f"{'  best' if improved else ''}")
                     mark_time += time.perf_counter() - eval_start   # clips/s counts training time only
 
                 interrupted = distributed.any_rank(stop.requested, device)
