@@ -83,11 +83,13 @@ def plot_tags(tags: FileTags, trained: TrainedModel, k: int, path: Path, events:
         column = trained.label_names.index(name)
         values = tags.frame[first:last, column]
         ax.stairs(values, times, label=f"{name} ({tags.clip[column]:.2f})", color=colours[name], linewidth=1.6)
-    ax.set_ylim(-0.02, 1.02)
+    ax.set_yticks([0.0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("probability")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False,
-              title="top classes (clip)", title_fontsize=8)
+    # inside the panel: a legend beside it would narrow every panel's time axis to make room
+    ax.legend(loc="upper right", fontsize=8, framealpha=0.85, ncol=min(k, 5), title="top classes (clip probability)",
+              title_fontsize=8)
+    ax.set_ylim(-0.02, 1.3)   # headroom for the legend above the curves
     ax.set_title(f"({next(letters)}) frame-level probabilities v_t of the top {k} classes "
                  f"({1 / tags.frame_seconds:g} Hz)", loc="left", fontsize=10)
 
