@@ -101,7 +101,7 @@ class _Tagger:
         self.handed_over = 0                      # output frames stitched so far
         self.pending = None                       # (start, frame probs, maps) of the last window run
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run(self, windows: list[tuple[int, torch.Tensor]]) -> None:
         """Run windows (start, (window, n_mels) log-mel) and stitch every window but the last, whose
         share is known only once the next window's start is."""
@@ -270,6 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--plot", type=Path, metavar="OUT.png",
         help="draw the log-mel, spatial attention maps, frame probabilities and events (.png, .pdf, .svg, or a "
              "folder)")
+    arg("--threads", type=int, default=1,
+        help="CPU threads for the model (default 1: on a shared 2-core box 1 thread ran 87 windows/s, 2 threads 28)")
     arg("--start", type=float, default=0.0, help="--plot from this second (default 0)")
     arg("--end", type=float, help="--plot up to this second (default: --start + 60 s, at most the file's end)")
     args = parser.parse_args(argv)
@@ -288,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
             check_writable_folder(folder, "--out" if args.events and folder == args.out else "--plot")
         events_config = EventConfig(threshold=args.threshold)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
         trained = load_trained_model(args.checkpoint, device)
         label_mids = _read_label_mids(args.labels, trained.label_names) if args.labels else None
         reference = read_reference(args.strong, trained.label_names, label_mids) if args.strong else {}
