@@ -319,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
             all_events += events
             result["events"] = events_as_dicts(events)
         if plots is not None:
-            plot_tags(tags, trained, args.top_k, plots[i], events, reference_for(file, reference) if reference else None)
+            truth = reference_for(file, reference) if reference else None
+            plot_tags(tags, trained, args.top_k, plots[i], events, truth)
             result["plot"] = str(plots[i])
         results.append(result)
         if not args.json:

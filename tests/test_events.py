@@ -63,7 +63,8 @@ def test_layouts_and_reference_round_trip(tmp_path):
     write_dcase_tsv(tmp_path / "d.tsv", events)
     write_json(tmp_path / "e.json", events)
     assert (tmp_path / "s.tsv").read_text().splitlines() == [
-        "segment_id\tstart_time_seconds\tend_time_seconds\tlabel", "Yabc\t0.200\t0.700\t/m/a", "Yabc\t1.600\t2.000\t/m/b"]
+        "segment_id\tstart_time_seconds\tend_time_seconds\tlabel",
+        "Yabc\t0.200\t0.700\t/m/a", "Yabc\t1.600\t2.000\t/m/b"]
     assert (tmp_path / "d.tsv").read_text().splitlines()[1] == "Yabc.wav\t0.200\t0.700\ta"
     assert json.loads((tmp_path / "e.json").read_text())[0] == {"file": "dir/Yabc.wav", "onset": 0.2, "offset": 0.7,
                                                                 "label": "a", "score": 0.9123}

@@ -13,6 +13,7 @@ from fastsca.frontend import LogMelConfig, log_mel
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
 from train.loss import clip_bce
+from train import synth
 from train.synth import SynthConfig, make_clip
 
 SYNTH = SynthConfig(n_classes=4, clip_seconds=2.0, event_seconds=(0.4, 1.2), max_events=2)
@@ -42,7 +43,9 @@ def trained() -> TrainedModel:
 
 
 def background(rng, seconds: float) -> np.ndarray:
-    return (0.02 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+    """Pink noise at the built-in set's background level, as the model heard in training."""
+    noise = synth._noise(rng, int(seconds * 16000), 16000, 0.0, 8000.0, tilt=1.0)
+    return (noise * synth.BACKGROUND_RMS / np.sqrt(np.mean(noise ** 2))).astype(np.float32)
 
 
 @pytest.mark.slow
@@ -72,11 +75,12 @@ def test_an_event_crossing_window_joins_is_one_event(trained, tmp_path):
     t = np.arange(int(3.0 * 16000)) / 16000
     tone = 0.3 * np.sin(2 * np.pi * rng.uniform(500, 2000) * t).astype(np.float32)
     waveform = background(rng, 7.0)
-    waveform[int(1.5 * 16000): int(4.5 * 16000)] += tone                 # 1.5-4.5 s: across joins at 2 s, 3 s, 4 s
+    # 1.2-3.8 s: 2 s windows every 1 s hand over at 1.5, 2.5, 3.5 s, so three joins fall inside the tone
+    waveform[int(1.2 * 16000): int(3.8 * 16000)] += tone[: int(2.6 * 16000)]
     path = tmp_path / "tone.wav"
     soundfile.write(path, waveform, 16000, subtype="FLOAT")
     tags = tag.tag_file(trained, str(path))
     events = [e for e in detect_events(tags.frame, tags.frame_seconds, trained.label_names, str(path))
               if e.label == "tone"]
     assert len(events) == 1
-    assert events[0].onset == pytest.approx(1.5, abs=0.25) and events[0].offset == pytest.approx(4.5, abs=0.25)
+    assert events[0].onset == pytest.approx(1.2, abs=0.25) and events[0].offset == pytest.approx(3.8, abs=0.25)

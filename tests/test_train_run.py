@@ -71,6 +71,12 @@ def test_run_learns_and_writes_checkpoints(full_run):
     assert len(losses) == 39 and np.mean(losses[-5:]) < np.mean(losses[:5])   # step 1 is logged as first_step
 
 
+def test_run_scores_localisation_at_each_evaluation(full_run):
+    # the built-in eval split carries strong labels: every evaluation scores events against them
+    for record in records(full_run, "eval"):
+        assert 0 <= record["event_f1"] <= 1 and 0 <= record["psds1"] <= 1 and record["localisation_seconds"] > 0
+
+
 def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
     out = tmp_path / "interrupted"
     calls = 0
