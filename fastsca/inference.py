@@ -1,4 +1,4 @@
-"""A trained model from a training checkpoint (written by train/checkpoint.py), for tagging and evaluation.
+"""A trained model from a training checkpoint (written by train/checkpoint.py), and what it says about a file.
 
 A checkpoint is a dict saved with torch.save; this module reads the parts inference needs: the model's
 weights and config, the front-end config and the label names. It is read with `weights_only=True`, so a
@@ -9,6 +9,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastsca.config import ModelConfig
@@ -67,3 +68,48 @@ def load_trained_model(path: str | Path, device: torch.device = torch.device("cp
                         label_names=tuple(payload["label_names"]),
                         step=int(payload["step"]),
                         configs=payload["config"])
+
+
+@dataclass(frozen=True)
+class PlotView:
+    """The part of a file kept for its figure: the log-mel and spatial attention maps over a time range."""
+
+    start: float
+    """Seconds from the file's start where the view begins."""
+    end: float
+    """Seconds from the file's start where it ends (at most the analysed audio's end)."""
+    log_mel: np.ndarray
+    """(T, n_mels) log-mel over [start, end), in dB."""
+    spatial_maps: dict[str, np.ndarray]
+    """Per attention block ("block 7"), its spatial attention map M_s (T_s, F_s) over [start, end)."""
+
+
+@dataclass(frozen=True)
+class FileTags:
+    """What the model says about one file."""
+
+    path: str
+    """The file as given."""
+    seconds: float
+    """Its duration."""
+    clip: np.ndarray
+    """(K,) clip probabilities: the largest over the file's windows (0 where the file is digital silence)."""
+    frame: np.ndarray
+    """(T', K) frame-level probabilities over the analysed audio, frame t covering [t, t + 1) x frame_seconds."""
+    frame_seconds: float
+    """Duration of one output frame (0.1 s at 10 Hz)."""
+    silent: bool
+    """The whole file is digital silence: no tag, no event."""
+    view: PlotView | None = None
+    """The log-mel and attention maps over the plot's range, when a plot was asked for."""
+
+    @property
+    def analysed_seconds(self) -> float:
+        """Seconds of audio the frame probabilities cover (the file's last partial output frame is left out)."""
+        return len(self.frame) * self.frame_seconds
+
+
+def top_k(tags: FileTags, label_names: tuple[str, ...], k: int) -> list[tuple[str, float]]:
+    """The k most probable labels, with their clip probabilities, most probable first."""
+    order = np.argsort(-tags.clip, kind="stable")[:k]
+    return [(label_names[i], float(tags.clip[i])) for i in order]

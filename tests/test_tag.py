@@ -1,8 +1,10 @@
-"""`fastsca.tag`: windows over long files, top-k text and JSON, the Fig. 3 plot, and one-line errors per bad file."""
+"""`fastsca.tag`: streamed windows over long files, tags that depend only on the audio, silence, events,
+text and JSON, the figure's destinations, and one-line errors per bad file or destination."""
 import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from fastsca import tag
 from fastsca.frontend import log_mel
 from fastsca.inference import load_trained_model
+from fastsca.stream import WindowPlan
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -30,53 +33,137 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 
 @pytest.fixture
 def audio(tmp_path) -> dict[str, str]:
-    """A 2.5 s stereo flac at 44.1 kHz, a 0.3 s mono wav at 22.05 kHz, a text file named .wav, a missing path."""
+    """A 2.5 s stereo flac at 44.1 kHz, a 0.3 s mono wav at 22.05 kHz, a text file named .wav, a missing path,
+    and two files that share the stem "same" in different folders."""
     rng = np.random.default_rng()
     paths = {"flac": tmp_path / "long.flac", "wav": tmp_path / "short.wav", "text": tmp_path / "notes.wav",
-             "missing": tmp_path / "missing.wav"}
+             "missing": tmp_path / "missing.wav", "same1": tmp_path / "one" / "same.wav",
+             "same2": tmp_path / "two" / "same.wav"}
     soundfile.write(paths["flac"], 0.1 * rng.standard_normal((110250, 2)), 44100)
     soundfile.write(paths["wav"], 0.1 * rng.standard_normal(6615), 22050)
     paths["text"].write_text("not audio\n")
+    for name in ("same1", "same2"):
+        paths[name].parent.mkdir()
+        soundfile.write(paths[name], 0.1 * rng.standard_normal(20000), 16000)
     return {name: str(path) for name, path in paths.items()}
 
 
-def test_long_file_is_tagged_window_by_window(checkpoints, audio):
+def write(path: Path, waveform: np.ndarray, rate: int = 16000, subtype: str = "FLOAT") -> str:
+    soundfile.write(path, waveform, rate, subtype=subtype)
+    return str(path)
+
+
+def test_long_file_is_streamed_over_overlapping_windows(checkpoints, tmp_path):
     trained = load_trained_model(checkpoints["at-sca-3"])
-    waveform = np.random.default_rng().standard_normal(40000).astype(np.float32) * 0.1   # 2.5 s: 3 windows
-    tags = tag.tag_waveform(trained, waveform, "x")
-    assert tags.seconds == 2.5 and tags.log_mel.shape == (120, 64) and tags.frame.shape == (30, len(LABELS))
-    assert list(tags.spatial_maps) == ["block 5", "block 6", "block 7"]
-    assert [m.shape for m in tags.spatial_maps.values()] == [(30, 4), (30, 2), (30, 1)]
-    assert all(((m > 0) & (m < 1)).all() for m in tags.spatial_maps.values())
-    # the log-mel is the whole file's, continuous over the joins of the windows
-    whole = log_mel(torch.from_numpy(np.pad(waveform, (0, 8000)))[None], replace(trained.log_mel, clip_samples=48000))
-    np.testing.assert_allclose(tags.log_mel, whole[0, 0].numpy(), atol=1e-4, rtol=0)
-    # the clip probability is the largest over the windows
+    waveform = np.random.default_rng().standard_normal(41000).astype(np.float32) * 0.1   # 2.5625 s
+    tags = tag.tag_file(trained, write(tmp_path / "x.wav", waveform), tag.StreamConfig(block_seconds=0.37),
+                        view=(0.0, 60.0))
+    # 102 log-mel frames, 100 of them in whole output frames: 25 output frames, the last 25 ms left out
+    assert tags.seconds == pytest.approx(41000 / 16000) and tags.frame.shape == (25, len(LABELS))
+    whole = log_mel(torch.from_numpy(waveform)[None], replace(trained.log_mel, clip_samples=41000))[0, 0][:100]
+    # read in 0.37 s blocks, the log-mel is the whole file's (continuous over the blocks and windows)
+    np.testing.assert_allclose(tags.view.log_mel, whole.numpy(), atol=1e-4, rtol=0)
+    assert [m.shape for m in tags.view.spatial_maps.values()] == [(25, 4), (25, 2), (25, 1)]
+    # windows of 40 frames every 20 (half overlap), the last ending at the file's end: starts 0, 20, 40, 60;
+    # clip probability = the largest over them, frame t = the window whose middle is nearest
+    starts = WindowPlan.for_model(40, 10, 0.5).starts(100)
+    assert starts == [0, 20, 40, 60]
     with torch.no_grad():
-        windows = trained.model(whole.view(3, 40, 64)[:, None]).clip
-    np.testing.assert_allclose(tags.clip, windows.amax(dim=0).numpy(), rtol=1e-5)
+        out = trained.model(torch.stack([whole[s:s + 40] for s in starts])[:, None])
+    np.testing.assert_allclose(tags.clip, out.clip.amax(dim=0).numpy(), rtol=1e-5)
+    expected = np.concatenate([out.frame[0, :7], out.frame[1, 2:7], out.frame[2, 2:7], out.frame[3, 2:]])
+    np.testing.assert_allclose(tags.frame, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_top_k_text_and_json(checkpoints, audio, capsys):
+def test_the_last_window_is_aligned_to_the_end_not_padded():
+    plan = WindowPlan.for_model(80, 20, 0.5)
+    assert plan.hop == 40 and plan.starts(84) == [0, 4] and plan.starts(80) == [0] and plan.starts(163) == [0, 40, 80]
+    assert plan.starts(170) == [0, 40, 80, 88]
+    assert plan.join(0, 4) == (0 + 20 + 1) // 2
+
+
+def test_digital_silence_is_silent_with_no_tag(checkpoints, tmp_path, capsys):
+    trained = load_trained_model(checkpoints["at-sca-3"])
+    for seconds in (0.1, 1.0, 2.0, 3.3):
+        tags = tag.tag_file(trained, write(tmp_path / f"z{seconds}.wav", np.zeros(int(seconds * 16000)), 16000,
+                                           "PCM_16"))
+        assert tags.silent and tags.clip.max() == 0.0 and tags.frame.max() == 0.0
+    tag.main([str(tmp_path / "z2.0.wav"), "--checkpoint", checkpoints["at-sca-3"], "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["silent"] is True and result[0]["labels"] == []
+
+
+def test_text_json_and_events(checkpoints, audio, tmp_path, capsys):
     tag.main([audio["flac"], audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--top-k", "3"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"{audio['flac']} (2.5 s)" and lines[4] == f"{audio['wav']} (0.3 s)"
     assert all(line.split()[1] in LABELS and 0 < float(line.split()[0]) < 1 for line in lines[1:4] + lines[5:8])
 
-    tag.main([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], "--json"])
-    result = json.loads(capsys.readouterr().out)
-    assert result[0]["file"] == audio["flac"] and result[0]["seconds"] == 2.5
+    out = tmp_path / "events"
+    tag.main([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], "--json", "--events", "--out", str(out),
+              "--threshold", "0.05"])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out, parse_constant=lambda name: pytest.fail(f"invalid JSON constant {name}"))
+    assert result[0]["file"] == audio["flac"] and result[0]["seconds"] == 2.5 and result[0]["silent"] is False
     probabilities = [entry["probability"] for entry in result[0]["labels"]]
     assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+    events = result[0]["events"]
+    assert events and all(0 <= e["onset"] < e["offset"] <= 2.5 and e["label"] in LABELS for e in events)
+    strong = (out / "events.tsv").read_text().splitlines()
+    dcase = (out / "events_dcase.tsv").read_text().splitlines()
+    assert strong[0] == "segment_id\tstart_time_seconds\tend_time_seconds\tlabel" and len(strong) == len(events) + 1
+    assert dcase[0] == "filename\tonset\toffset\tevent_label" and dcase[1].split("\t")[0] == "long.flac"
+    assert json.loads((out / "events.json").read_text()) == events
 
 
-@pytest.mark.parametrize("preset", [pytest.param("at-sca-3", marks=pytest.mark.slow), "baseline"])
-def test_plot_writes_a_png_per_file(checkpoints, audio, tmp_path, preset, capsys):
-    out = tmp_path / "fig.png"
-    tag.main([audio["flac"], "--checkpoint", checkpoints[preset], "--plot", str(out)])
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20000
-    tag.main([audio["flac"], audio["wav"], "--checkpoint", checkpoints[preset], "--plot", str(out)])
-    assert (tmp_path / "fig-long.png").is_file() and (tmp_path / "fig-short.png").is_file()
+def test_bad_samples_are_one_line_errors(checkpoints, tmp_path):
+    waveform = np.random.default_rng().standard_normal(24000).astype(np.float32) * 0.1
+    waveform[[100, 5000, 20000]] = [np.nan, np.inf, -np.inf]
+    bad = write(tmp_path / "nan.wav", waveform)
+    good = write(tmp_path / "good.wav", np.full(8000, 0.05, np.float32))
+    result = subprocess.run([sys.executable, "-m", "fastsca.tag", bad, good, "--checkpoint", checkpoints["at-sca-3"],
+                             "--json"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[0].startswith(f"error: {bad}: sample 100 (0.006 s) is NaN or infinite")
+    assert [r["file"] for r in json.loads(result.stdout)] == [good]
+
+
+def test_plot_destinations_never_collide_and_are_reported(checkpoints, audio, tmp_path, capsys):
+    files = [audio["same1"], audio["same2"], audio["flac"]]
+    assert tag.plot_destinations(tmp_path / "figx", [audio["flac"]]) == [tmp_path / "figx.png"]
+    assert tag.plot_destinations(tmp_path / "f.svg", files) == [tmp_path / "f-same.svg", tmp_path / "f-same-2.svg",
+                                                               tmp_path / "f-long.svg"]
+    folder = tmp_path / "figures"
+    folder.mkdir()
+    tag.main(files + ["--checkpoint", checkpoints["at-sca-3"], "--plot", str(folder), "--json"])
+    listed = [r["plot"] for r in json.loads(capsys.readouterr().out)]
+    assert listed == [str(folder / "same.png"), str(folder / "same-2.png"), str(folder / "long.png")]
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in listed)
+    tag.main([audio["flac"], "--checkpoint", checkpoints["baseline"], "--plot", str(tmp_path / "figx"),
+              "--start", "0.5", "--end", "2"])
+    assert f"  plot: {tmp_path / 'figx.png'}" in capsys.readouterr().out
+    assert (tmp_path / "figx.png").stat().st_size > 20000
+
+
+@pytest.mark.parametrize("case, message", [
+    ("extension", "cannot write '.xyz' figures; use .png, .pdf, .svg or a folder"),
+    ("plot-under-a-file", "is a file, not a folder"),
+    ("out-is-a-file", "is a file, not a folder"),
+    ("read-only", "cannot write there"),
+])
+def test_bad_destinations_are_one_line_errors_before_any_work(checkpoints, audio, tmp_path, case, message, capsys,
+                                                              monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = {"extension": ["--plot", str(tmp_path / "fig.xyz")],
+            "plot-under-a-file": ["--plot", str(blocker / "fig.png")],
+            "out-is-a-file": ["--events", "--out", str(blocker)],
+            "read-only": ["--events", "--out", "/proc/fastsca-events"]}[case]
+    monkeypatch.setattr(tag, "tag_file", lambda *a, **k: pytest.fail("the work started before the check"))
+    with pytest.raises(SystemExit) as exit_info:
+        tag.main([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], *args])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
 
 
 def test_unreadable_files_are_reported_and_skipped(checkpoints, audio):

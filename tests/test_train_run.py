@@ -91,6 +91,12 @@ def test_patience_stops_early_and_still_reports_the_test_split(tmp_path, builtin
     assert test["step"] == vals[-1]["step"] and "test split: mAP" in capsys.readouterr().out
 
 
+def test_run_scores_localisation_at_each_evaluation(full_run):
+    # the validation clips, held out of the built-in training split, carry strong labels: every evaluation scores them
+    for record in records(full_run, "val"):
+        assert 0 <= record["event_f1"] <= 1 and 0 <= record["psds1"] <= 1 and record["localisation_seconds"] > 0
+
+
 @pytest.mark.slow
 def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_dir, full_run, monkeypatch, capsys):
     out = tmp_path / "interrupted"

@@ -2,7 +2,9 @@
 
 `python -m train.evaluate --checkpoint C [--data D] [--out DIR]` prints the metrics table (mAP, mAUC, d',
 excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a checkpoint
-written by `python -m train.run`; without --data it evaluates on the held-out split the run used.
+written by `python -m train.run`; without --data it evaluates on the held-out split the run used. With
+strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
+segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv.
 """
 import argparse
 import csv
@@ -16,7 +18,7 @@ import torch
 
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.metrics import TaggingMetrics, tagging_metrics
-from train import checkpoint, distributed
+from train import checkpoint, distributed, localisation
 from train.loader import LoaderConfig, LogMelLoader
 from train.out_folder import OutFolderError, describe_os_error, ensure_writable
 from train.synth import SynthConfig, ensure_builtin
@@ -28,17 +30,24 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device) -> tuple[TaggingMetrics, int]:
+def evaluate(model: torch.nn.Module, loader, device: torch.device,
+             frames: list | None = None) -> tuple[TaggingMetrics, int]:
     """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
-    number of clips they cover."""
+    number of clips they cover. Given a list `frames`, it receives the gathered (N, T', K) frame
+    probabilities, for localisation scores (train/localisation.py)."""
     was_training = model.training
     model.eval()
     scores, targets = [], []
     for log_mel, target in loader:
         with autocast(device):
-            scores.append(model(log_mel).clip.float())
+            output = model(log_mel)
+        scores.append(output.clip.float())
+        if frames is not None:
+            frames.append(output.frame.float())
         targets.append(target)
     model.train(was_training)
+    if frames is not None:
+        frames[:] = [distributed.gather_rows(torch.cat(frames)).cpu().numpy()]
     scores = distributed.gather_rows(torch.cat(scores)).cpu().numpy()
     targets = distributed.gather_rows(torch.cat(targets)).cpu().numpy()
     return tagging_metrics(targets, scores), len(scores)
@@ -91,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="split to evaluate: a shard .h5 or a folder with index.json "
                                        "(default: the run's held-out split)")
     parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
+    parser.add_argument("--strong", metavar="STRONG.tsv",
+                        help="strong labels (AudioSet layout: segment_id, start, end, label mid; or id, onset, "
+                             "offset, display name) to score localisation; a split packed with strong labels "
+                             "is scored without it")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -107,17 +120,33 @@ def main(argv: list[str] | None = None) -> None:
                 raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
                                       f"was trained on {_short(trained.label_names)}; evaluate on data with the "
                                       f"checkpoint's label set")
-            metrics, clips = evaluate(trained.model, loader, device)
-        # the table first: a disk that fills up while the CSV is written still leaves the metrics on screen
+            strong = localisation.reference_for_split(data, args.strong)
+            frames = [] if strong is not None else None
+            metrics, clips = evaluate(trained.model, loader, device, frames)
+        located = None
+        if strong is not None:
+            frame_seconds = trained.log_mel.clip_samples / trained.log_mel.sample_rate / frames[0].shape[1]
+            located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
+                                                        frame_seconds)
+        # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen
         print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
               f"{len(trained.label_names)} classes")
         print(format_table(metrics), flush=True)
+        if located is not None:
+            print(localisation.format_table(located), flush=True)
         csv_path = out / "per_class_metrics.csv"
         write_per_class_csv(csv_path, metrics, trained.label_names)
+        if located is not None:
+            try:
+                localisation.write_per_class_csv(out / "per_class_localisation.csv", located)
+            except OSError as error:
+                raise OutFolderError(describe_os_error(error, f"write {out / 'per_class_localisation.csv'}")) from None
     except ValueError as error:   # CheckpointError, ShardError, OutFolderError and the loader's are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     print(f"per-class metrics: {csv_path}")
+    if located is not None:
+        print(f"per-class localisation: {out / 'per_class_localisation.csv'}")
 
 
 def _short(names) -> str:

@@ -26,7 +26,7 @@ from fastsca.config import PRESETS
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
-from train import checkpoint, distributed, holdout
+from train import checkpoint, distributed, holdout, localisation
 from train.cli import add_model_options, model_config, preset_help, profile_defaults, resolve_profile
 from train.config import PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.evaluate import autocast, evaluate
@@ -236,6 +236,9 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         log = MetricsLog(out, enabled=ctx.is_main, resume_step=state.step if run.resume else None)
         cadence = checkpoint.Cadence(run.checkpoint_minutes)
         label_names = tuple(train_loader.label_names)
+        strong = localisation.reference_for_split(train_path, None)   # None: no strong labels were packed
+        if strong is not None:   # the validation clips' names, in the validation loader's order
+            strong = ([strong[0][i] for i in validation_part.clips], strong[1])
 
         def save_latest() -> None:
             """Every rank's loader position and RNG states go into rank 0's latest.pt."""
@@ -295,8 +298,12 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 if state.step % run.eval_every == 0 or state.step == total_steps:
                     eval_start = time.perf_counter()
                     distributed.broadcast_buffers(model)
-                    metrics, clips = evaluate(model, validation_loader, device)
+                    frames = [] if strong is not None else None
+                    metrics, clips = evaluate(model, validation_loader, device, frames)
                     summary = {k: float(v) for k, v in metrics.summary().items()}
+                    located = localisation.score_during_training(frames, strong if ctx.is_main else None, label_names,
+                                                                 config.log_mel.clip_samples
+                                                                 / config.log_mel.sample_rate, ctx.world_size)
                     improved = summary["mAP"] > state.best_map
                     if improved:
                         state.best_map, state.best_step, best_summary = summary["mAP"], state.step, summary
@@ -305,9 +312,10 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                     if improved and ctx.is_main:
                         checkpoint.copy(latest, out / "best.pt")
                     eval_s = time.perf_counter() - eval_start
-                    log.write("val", state.step, **summary, clips=clips, seconds=round(eval_s, 2))
+                    log.write("val", state.step, **summary, **located, clips=clips, seconds=round(eval_s, 2))
                     say(f"step {state.step}: validation mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
-                        f"d' {summary['d_prime']:.3f}  ({eval_s:.1f} s){'  best' if improved else ''}")
+                        f"d' {summary['d_prime']:.3f}{localisation.progress_text(located)}  ({eval_s:.1f} s)"
+                        f"{'  best' if improved else ''}")
                     mark_time += time.perf_counter() - eval_start   # clips/s counts training time only
                     bar.unpause()                                   # and so does the bar's ETA
 
