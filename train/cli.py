@@ -53,7 +53,7 @@ def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "a
                         help=f"comma-separated widths of the 7 blocks (default: the profile's: "
                              f"{profile_defaults('channels')} ({','.join(map(str, ModelConfig().channels))}))")
     parser.add_argument("--pooling-plan", choices=list(POOLING_PLANS),
-                        help=f"max-pools after the blocks, fastsca/config.py POOLING_PLANS: "
+                        help="max-pools after the blocks, fastsca/config.py POOLING_PLANS: "
                              + "; ".join(f"{name} {' '.join(f'{t}x{f}' for t, f in plan)}"
                                          for name, plan in POOLING_PLANS.items())
                              + f" (default: the preset's, {_plan_name(ModelConfig().pools)})")
