@@ -68,6 +68,10 @@ class SubsetIndex:
         """For each class, the sorted subset positions of the clips that carry it."""
         return [np.searchsorted(self.clips, m[np.isin(m, self.clips)]) for m in self.base.class_members()]
 
+    def check_unchanged(self, shard: int | None = None) -> None:
+        """The base split's check that its shard files still have the sizes they had when opened."""
+        self.base.check_unchanged(shard)
+
     def close(self) -> None:
         self.base.close()
 
