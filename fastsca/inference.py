@@ -59,15 +59,31 @@ class TrainedModel:
 
 
 def load_trained_model(path: str | Path, device: torch.device = torch.device("cpu")) -> TrainedModel:
-    """The model saved in a training checkpoint, ready for inference on `device`."""
+    """The model saved in a training checkpoint, ready for inference on `device`; a hand-edited checkpoint (an
+    entry missing, a config that does not build, weights of another shape, labels of another count) is a
+    one-line CheckpointError."""
     payload = read_checkpoint(path)
-    model = build_model(ModelConfig(**payload["config"]["model"]))
-    model.load_state_dict(payload["model"])
-    return TrainedModel(model=model.to(device).eval(),
-                        log_mel=LogMelConfig(**payload["config"]["log_mel"]),
-                        label_names=tuple(payload["label_names"]),
-                        step=int(payload["step"]),
-                        configs=payload["config"])
+    advice = "use best.pt or latest.pt as written by `python -m train.run`"
+    try:
+        model = build_model(ModelConfig(**payload["config"]["model"]))
+        model.load_state_dict(payload["model"])
+        trained = TrainedModel(model=model.to(device).eval(),
+                               log_mel=LogMelConfig(**payload["config"]["log_mel"]),
+                               label_names=tuple(payload["label_names"]),
+                               step=int(payload["step"]),
+                               configs=payload["config"])
+    except KeyError as error:
+        raise CheckpointError(f"{path}: no {error} entry; the file was edited or written by other code: "
+                              f"{advice}") from None
+    except (TypeError, RuntimeError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: its config and weights do not fit together ({reason}); the file was edited "
+                              f"or damaged: {advice}") from None
+    classes = trained.configs["model"]["num_classes"]
+    if len(trained.label_names) != classes:
+        raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; "
+                              f"the file was edited or damaged: {advice}")
+    return trained
 
 
 @dataclass(frozen=True)

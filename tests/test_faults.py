@@ -28,6 +28,7 @@ import torch
 
 import train.run
 from fastsca.audio import AudioError, TruncatedAudioError, load_audio
+from fastsca import tag
 from train import checkpoint, evaluate, pack
 from train.out_folder import RunLock
 from train.shards import ShardIndex, ShardWriter
@@ -332,6 +333,22 @@ def test_evaluate_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, capsys
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"error: {path}: ") and words in line
 
+
+
+@pytest.mark.parametrize("edit", ["model", "config", "label_names", "class count in config", "class count in labels"])
+def test_tag_with_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, tmp_path, capsys):
+    path, _ = eval_inputs
+    payload = torch.load(path, weights_only=True)
+    words = edit_checkpoint(payload, edit)
+    edited = tmp_path / "edited.pt"
+    torch.save(payload, edited)
+    clip = tmp_path / "clip.wav"
+    soundfile.write(clip, np.random.default_rng().standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    with pytest.raises(SystemExit) as stopped:
+        tag.main([str(clip), "--checkpoint", str(edited)])
+    assert stopped.value.code == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {edited}: ") and words in line
 
 # --- training runs (in this process, on the tiny built-in set of test_train_run) --------------------------------
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fastsca.config import ModelConfig
-from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, TrainedModel, load_trained_model, read_checkpoint
+from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from train.config import OptimConfig, TrainConfig
 from train.optim import lr_factor
 from train.out_folder import OutFolderError, describe_os_error
@@ -216,28 +216,6 @@ def load_state(module, state: dict, path: Path, what: str) -> None:
         raise CheckpointError(f"{path}: its {what} state does not fit this run's {what} ({reason}); the file was "
                               f"edited or damaged: resume from a latest.pt as written by `python -m train.run`, or "
                               f"start a new run with another --out") from None
-
-
-def load_trained(path: str | Path, device: torch.device) -> TrainedModel:
-    """`fastsca.inference.load_trained_model`, with a hand-edited checkpoint (an entry missing, a config that
-    does not build, weights of another shape, labels of another count) as a one-line CheckpointError."""
-    try:
-        trained = load_trained_model(path, device)
-    except CheckpointError:
-        raise
-    except KeyError as error:
-        raise CheckpointError(f"{path}: no {error} entry; the file was edited or written by other code: use "
-                              f"best.pt or latest.pt as written by `python -m train.run`") from None
-    except (TypeError, RuntimeError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: its config and weights do not fit together ({reason}); the file was edited "
-                              f"or damaged: use best.pt or latest.pt as written by `python -m train.run`") from None
-    classes = trained.configs["model"]["num_classes"]
-    if len(trained.label_names) != classes:
-        raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; "
-                              f"the file was edited or damaged: use best.pt or latest.pt as written by "
-                              f"`python -m train.run`")
-    return trained
 
 
 def restore_train_state(payload: dict) -> TrainState:

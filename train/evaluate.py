@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsca.inference import CheckpointError, TrainedModel
+from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.metrics import TaggingMetrics, tagging_metrics
-from train import checkpoint, distributed, localisation
+from train import distributed, localisation
 from train.loader import LoaderConfig, LogMelLoader
 from train.out_folder import OutFolderError, describe_os_error, ensure_writable
 from train.synth import SynthConfig, ensure_builtin
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        trained = checkpoint.load_trained(args.checkpoint, device)
+        trained = load_trained_model(args.checkpoint, device)
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
         data = args.data or run_eval_split(trained, args.checkpoint)
