@@ -34,7 +34,8 @@ import torch
 
 from kernels.channel_pool import channel_pool_forward, channel_pool_logit_grad, channel_pool_reference
 from kernels.common import check_map, output_format, use_triton
-from kernels.gate import gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows, gate_reference
+from kernels.gate import (gate_factors, gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows,
+                          gate_reference)
 from kernels.spatial_squeeze import spatial_squeeze_forward, spatial_squeeze_logit_grad, spatial_squeeze_reference
 from kernels.subnets import (ChannelParams, GlobalParams, LocalParams, channel_backward, channel_forward,
                              global_backward, global_forward, local_backward, local_forward)
@@ -74,15 +75,7 @@ class _TritonPasses:
 
 def _gate_parts(grad, x, spatial_logit, channel_logit, additive):
     """dout * x * gate, and d gate / d logit_s, d logit_c over gate, in fp32 (plain PyTorch)."""
-    s = spatial_logit.float() if spatial_logit is not None else None
-    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
-    if additive:
-        gate = torch.sigmoid(s + c)
-        ds_factor = dc_factor = 1 - gate
-    else:
-        sig_s = torch.sigmoid(s) if s is not None else torch.ones((), device=x.device)
-        sig_c = torch.sigmoid(c) if c is not None else torch.ones((), device=x.device)
-        gate, ds_factor, dc_factor = sig_s * sig_c, 1 - sig_s, 1 - sig_c
+    gate, ds_factor, dc_factor = gate_factors(x, spatial_logit, channel_logit, additive)
     return grad.float() * x.float() * gate, ds_factor, dc_factor
 
 

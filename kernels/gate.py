@@ -395,6 +395,20 @@ def _(x, spatial_logit, channel_logit, additive):
     return torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
 
 
+def gate_factors(x: torch.Tensor, spatial_logit: torch.Tensor | None, channel_logit: torch.Tensor | None,
+                 additive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gate of eqs. 7/9/10 (or sigmoid(s + c) for C//S) and d gate / d logit_s, d logit_c over the gate,
+    in fp32 plain PyTorch: the backward references share it."""
+    s = spatial_logit.float() if spatial_logit is not None else None
+    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
+    if additive:
+        gate = torch.sigmoid(s + c)
+        return gate, 1 - gate, 1 - gate
+    sig_s = torch.sigmoid(s) if s is not None else torch.ones((), device=x.device)
+    sig_c = torch.sigmoid(c) if c is not None else torch.ones((), device=x.device)
+    return sig_s * sig_c, 1 - sig_s, 1 - sig_c
+
+
 @torch.library.custom_op("fastsca::gate_backward", mutates_args=())
 def _gate_backward_op(
     grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor | None,
@@ -403,15 +417,7 @@ def _gate_backward_op(
     if use_triton(x):
         return gate_backward(grad, x, spatial_logit, channel_logit, additive)
     # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
-    s = spatial_logit.float() if spatial_logit is not None else None
-    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
-    if additive:
-        gate = torch.sigmoid(s + c)
-        ds_factor = dc_factor = 1 - gate
-    else:
-        sig_s = torch.sigmoid(s) if s is not None else torch.ones((), device=x.device)
-        sig_c = torch.sigmoid(c) if c is not None else torch.ones((), device=x.device)
-        gate, ds_factor, dc_factor = sig_s * sig_c, 1 - sig_s, 1 - sig_c
+    gate, ds_factor, dc_factor = gate_factors(x, spatial_logit, channel_logit, additive)
     g = grad.float()
     dx = (g * gate).to(x.dtype).contiguous(memory_format=output_format(x))
     dgate = g * x.float() * gate

@@ -350,6 +350,7 @@ def test_tag_with_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, tmp_pa
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"error: {edited}: ") and words in line
 
+
 # --- training runs (in this process, on the tiny built-in set of test_train_run) --------------------------------
 
 @pytest.fixture(scope="module")
