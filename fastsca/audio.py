@@ -32,7 +32,7 @@ _SHORT_WAV_DATA = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULT
 _AIFF_FRAMES = re.compile(r"Frame count read from 'COMM' chunk \((\d+)\)")
 
 
-def _check_whole(path: str | Path, info, decoded_frames: int) -> None:
+def check_whole(path: str | Path, info, decoded_frames: int) -> None:
     """Raise TruncatedAudioError if the file holds fewer frames than its header declares; `info` is
     soundfile.info's (frames, samplerate and libsndfile's header log in extra_info)."""
     declared_frames = info.frames
@@ -75,7 +75,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000, clip_samples: int | N
                          f"(wav, flac, ogg or mp3)") from error
     if data.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no samples; re-download or re-encode it")
-    _check_whole(path, info, data.shape[0])
+    check_whole(path, info, data.shape[0])
     _check_finite(path, data, file_rate)
     waveform = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
     if file_rate != sample_rate:

@@ -17,7 +17,7 @@ import soundfile
 import soxr
 import torch
 
-from fastsca.audio import AudioError
+from fastsca.audio import AudioError, check_whole
 from fastsca.frontend import LogMelConfig, log_mel
 
 # Log-mel frames computed per STFT call: 4000 frames (100 s at 40 frames/s) is ~66 MB of float64
@@ -25,21 +25,28 @@ from fastsca.frontend import LogMelConfig, log_mel
 FRAMES_PER_CHUNK = 4000
 
 
-def audio_frames(path: str | Path) -> tuple[int, int]:
-    """(samples per channel, sample rate) of an audio file, from its header; one-line AudioError otherwise."""
+def audio_info(path: str | Path):
+    """soundfile.info of an audio file (frames, sample rate, libsndfile's header log); one-line AudioError otherwise."""
     if not Path(path).is_file():
         raise AudioError(f"{path}: no such file; check the path")
     try:
-        info = soundfile.info(str(path))
+        return soundfile.info(str(path))
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"{path}: cannot decode audio ({error}); re-download or re-encode the file "
                          f"(wav, flac, ogg or mp3)") from None
+
+
+def audio_frames(path: str | Path) -> tuple[int, int]:
+    """(samples per channel, sample rate) of an audio file, from its header; one-line AudioError otherwise."""
+    info = audio_info(path)
     return info.frames, info.samplerate
 
 
 def read_blocks(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
-    """The file as float32 mono blocks at `sample_rate`; a NaN or infinite sample raises AudioError."""
-    _, file_rate = audio_frames(path)
+    """The file as float32 mono blocks at `sample_rate`; a NaN or infinite sample, or a file that holds less
+    audio than its header declares, raises AudioError."""
+    info = audio_info(path)
+    file_rate = info.samplerate
     resampler = (soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ")
                  if file_rate != sample_rate else None)
     position = 0
@@ -54,6 +61,7 @@ def read_blocks(path: str | Path, sample_rate: int, block_seconds: float = 30.0)
             position += len(block)
             mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
             yield resampler.resample_chunk(mono) if resampler is not None else mono
+        check_whole(path, info, position)
         if resampler is not None:
             yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
     except (soundfile.SoundFileError, RuntimeError) as error:

@@ -160,7 +160,7 @@ def test_tag_reports_damaged_files_and_tags_the_rest(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = result.stderr.strip().splitlines()
     assert errors[0].startswith(f"error: {short}: truncated: the header declares 6.00 s but the file holds 0.94 s")
-    assert errors[1].startswith(f"error: {bad}: 3 sample(s) are NaN or infinite")
+    assert errors[1].startswith(f"error: {bad}: sample 3 (0.000 s) is NaN or infinite")
     assert errors[2] == "error: 2 of 3 files could not be read"
     assert result.stdout.startswith(f"{good} (1.5 s)\n")
 

@@ -104,3 +104,11 @@ def test_evaluate_cli_scores_localisation_from_a_strong_tsv(tmp_path, strong_spl
     assert "event F1" in out and "PSDS2" in out and "strong clips      10" in out
     rows = (tmp_path / "out" / "per_class_localisation.csv").read_text().splitlines()
     assert rows[0] == "name,event_f1,segment_f1,psds1,psds2,frame_ap,reference_events" and len(rows) > 1
+
+
+def test_progress_text_shows_an_undefined_figure_as_a_dash():
+    # with no event detected at all the event F1 is undefined and left out of the summary
+    f1, psds1 = np.random.default_rng().uniform(size=2)
+    assert localisation.progress_text({"psds1": psds1}) == f"  event F1 -  PSDS1 {psds1:.3f}"
+    assert localisation.progress_text({"event_f1": f1, "psds1": psds1}) == f"  event F1 {f1:.3f}  PSDS1 {psds1:.3f}"
+    assert localisation.progress_text({}) == ""

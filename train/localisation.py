@@ -241,4 +241,6 @@ def progress_text(located: dict[str, float]) -> str:
     """The localisation figures for the progress line ('' when there are none)."""
     if not located:
         return ""
-    return f"  event F1 {located['event_f1']:.3f}  PSDS1 {located['psds1']:.3f}"
+    def shown(name: str) -> str:   # a figure is left out where it is undefined (no event detected at all)
+        return f"{located[name]:.3f}" if name in located else "-"
+    return f"  event F1 {shown('event_f1')}  PSDS1 {shown('psds1')}"
