@@ -1,4 +1,4 @@
-"""The residual block of the AT-SCA backbone (paper §4.2, DESIGN.md "Backbone").
+"""The residual block of the AT-SCA backbone (paper §4.2; docs/model.md).
 
 conv3x3-BN-ReLU-conv3x3-BN on the main path, conv1x1-BN on the shortcut, sum, ReLU, then a max-pool.
 Attention, where the block has it, acts on the main path's output before the sum (the SE-Net and

@@ -123,7 +123,7 @@ class Profile:
     """Hardware-dependent defaults; every command-line flag left unset takes its value from here."""
 
     channels: tuple[int, ...] | None
-    """Widths of the seven blocks; None keeps the preset's (DESIGN.md's)."""
+    """Widths of the seven blocks; None keeps the preset's (docs/model.md)."""
     fused_attention: bool
     """Use the fused Triton attention ops (they only pay off on CUDA)."""
     clip_seconds: float
