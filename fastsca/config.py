@@ -27,7 +27,7 @@ class ModelConfig:
     input_frames: int = 400
     """Frames of the input log-mel (400 = 10 s at 40 frames/s)."""
     channels: tuple[int, ...] = (32, 64, 128, 256, 256, 512, 512)
-    """Output channels of the seven residual blocks (DESIGN.md; the paper gives no widths)."""
+    """Output channels of the seven residual blocks (docs/model.md; the paper gives no widths)."""
     pools: tuple[tuple[int, int], ...] = POOLING_PLANS["time-freq"]
     """Max-pool (time, freq) after each block, (1, 1) meaning none; a checkpoint stores them, so it loads with
     the plan it was trained with. Default: the "time-freq" plan (blocks 5-7 see 100 x 4)."""

@@ -33,7 +33,7 @@ def test_clamp_would_have_changed_the_output():
     assert (pooling(x)[0] - clamped(x)[0]).abs().max() > 1e-3
 
 
-def test_finite_for_huge_logits_and_gradients_reach_every_frame():
+def test_finite_output_and_gradients_for_huge_logits():
     pooling = AttentionPooling(6, 3)
     x = (torch.randn(2, 13, 6) * 500).requires_grad_()   # logits in the thousands: exp() alone overflows
     assert torch.isinf(pooling.attention(x).exp()).any()
@@ -41,7 +41,8 @@ def test_finite_for_huge_logits_and_gradients_reach_every_frame():
     assert torch.isfinite(clip).all()
     upstream = torch.randn_like(clip)
     (clip * upstream).sum().backward()
-    assert torch.isfinite(x.grad).all() and pooling.attention.weight.grad.abs().sum() > 0
+    # a saturated softmax has (near) zero gradient: what matters is that nothing is inf or nan
+    assert torch.isfinite(x.grad).all() and torch.isfinite(pooling.attention.weight.grad).all()
 
 
 def test_gradient_of_large_logits_matches_eq_2():
@@ -61,6 +62,7 @@ def test_gradient_of_large_logits_matches_eq_2():
     upstream = torch.randn(3, classes, dtype=torch.float64)
     (pooling(x)[0] * upstream).sum().backward()
     (_eq2(reference[..., :classes], reference[..., classes:]) * upstream).sum().backward()
-    torch.testing.assert_close(x.grad, reference.grad)
+    # the module computes eq. 2 in fp32 (it casts the logits with .float()): fp32 tolerances
+    torch.testing.assert_close(x.grad, reference.grad, atol=1e-6, rtol=1e-4)
     # logits above 10 carry gradient (a clamp would zero it there)
     assert x.grad[..., :classes][att_logit > 10].abs().sum() > 1e-6

@@ -173,7 +173,7 @@ def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
         best = runs / f"{row.preset}-seed0" / "best.pt"
         if best.is_file():
             params, gflops = model_cost(ModelConfig(**read_checkpoint(best)["config"]["model"]))
-            cost = f"{params / 1e6:.3f} M", f"{gflops:.4g}"
+            cost = f"{params / 1e6:.3f} M", f"{gflops:.5g}"
         rows.append({"model": row.model, "attention": row.detail, "preset": row.preset, "seeds": len(tests),
                      **{m: _mean_std([t[m] for t in tests]) for m in METRICS},
                      "params": cost[0], "GFLOPs/clip": cost[1],
