@@ -16,7 +16,7 @@ Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
 The pytest suites (bench/test_bench_*.py) and `python -m bench.gpu_report` both iterate these cases
 and call `prepare`; bench/harness.py does the timing.
 
-Minimal bytes (DESIGN.md, "Kernels: where the bytes go"; |X| = bytes of tensor X, gradients have
+Minimal bytes (docs/design.md and docs/kernels.md; |X| = bytes of tensor X, gradients have
 their tensor's size; each input read once, each output written once):
   channel_pool     fwd |x| + |w| + |S|            bwd |dS| + |dx| (+ |x| + |w| + |dw| with a weight)
   local_fc         fwd |s| + |W| + |out|           bwd |dout| + |s| + |W| + |ds| + |dW|
@@ -77,7 +77,7 @@ TRAIN_SIZES = {
 LOADER_CLIPS = {"gpu": 1024, "cpu": 256}
 LOADER_BATCH = {"gpu": 32, "cpu": 32, "smoke": 4}
 LOADER_WORKERS = 2
-"""Worker processes of both loaders: equal cores (DESIGN.md's DALI figure is with 2 workers)."""
+"""Worker processes of both loaders: equal cores (docs/design.md: the DALI figure is with 2 workers)."""
 SMOKE_SHAPE = (2, 32, 16, 2)
 """(B, C, T, F) of the smoke run's one map: T = 16 gives the local FC one hidden unit at r = 16."""
 
