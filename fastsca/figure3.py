@@ -231,7 +231,7 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fastsca.figure3", description=__doc__.splitlines()[0])
     parser.add_argument("clip", help="an audio file, or SPLIT.h5:INDEX (a clip of a packed split, with its strong labels)")
     parser.add_argument("--baseline", required=True, help="checkpoint of the model without attention (b)")
     parser.add_argument("--model", required=True, help="checkpoint of the attention model, e.g. at-sca-3 (c, d)")

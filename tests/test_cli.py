@@ -5,12 +5,15 @@ import argparse
 import pytest
 
 import bench.gpu_report
+import bench.static_report
 import bench.summarize
 import fastsca.describe
+import fastsca.figure3
 import fastsca.tag
 import train.evaluate
 import train.pack
 import train.run
+import train.sweep
 from fastsca.config import POOLING_PLANS, PRESETS
 from train import checkpoint
 from train.cli import model_config, profile_defaults
@@ -23,6 +26,8 @@ ENTRY_POINTS = {
     "train.run": train.run.main, "train.pack": train.pack.main, "train.evaluate": train.evaluate.main,
     "fastsca.tag": fastsca.tag.main, "fastsca.describe": fastsca.describe.main,
     "bench.gpu_report": bench.gpu_report.main, "bench.summarize": bench.summarize.main,
+    "bench.static_report": bench.static_report.main, "fastsca.figure3": fastsca.figure3.main,
+    "train.sweep": train.sweep.main,
 }
 
 
@@ -35,6 +40,7 @@ def parser_of(main, monkeypatch) -> argparse.ArgumentParser:
     def catch(parser, *args, **kwargs):
         raise _Parsed(parser)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", catch)   # train.sweep passes the rest on
     with pytest.raises(_Parsed) as caught:
         main([])
     return caught.value.args[0]

@@ -78,14 +78,15 @@ OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False,
+    parser = argparse.ArgumentParser(prog="python -m train.sweep", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False,
                                      epilog="Any other flag is passed on to every `python -m train.run`.")
     parser.add_argument("--table", type=int, choices=sorted(TABLES), required=True, help="the paper's table to train")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row, 0..N-1 (default 3)")
     parser.add_argument("--out", required=True, help="sweep folder: runs/ and the tables")
     parser.add_argument("--data", help="training split (default: the built-in set)")
     parser.add_argument("--eval-data", help="test split, reported (with --data)")
-    args, passed_on = parser.parse_known_args(argv)
+    args, passed_on = parser.parse_known_args(argv)   # the rest goes to every train.run
     if (args.data is None) != (args.eval_data is None):
         parser.error("give both --data and --eval-data, or neither (to use the built-in set)")
     if args.seeds < 1:
