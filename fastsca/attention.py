@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 import kernels
+from kernels.attention import ARRANGEMENTS, AttentionParams
+from kernels.subnets import ChannelParams, GlobalParams, LocalParams
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,11 @@ class GlobalSpatialBranch(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
         return self.conv2(self.act(self.bn(self.conv1(s))))  # (B, 1, T, F)
 
-    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
-        """The tensors the fused op takes for this branch (kernels.attention.PARAM_NAMES order)."""
+    def unit_params(self) -> GlobalParams:
+        """The tensors the fused unit takes for this branch."""
         bn = self.bn
-        return (self.conv1.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                self.conv2.weight, self.conv2.bias)
+        return GlobalParams(self.conv1.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                            self.conv2.weight, self.conv2.bias)
 
     def update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         """What nn.BatchNorm2d's training forward does to its buffers, given the batch mean and biased
@@ -110,9 +112,9 @@ class LocalSpatialBranch(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
         return self.ops.local_fc(s, self.w1, self.b1, self.w2, self.b2)  # (B, 1, T, F)
 
-    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
-        """The tensors the fused op takes for this branch (kernels.attention.PARAM_NAMES order)."""
-        return self.w1, self.b1, self.w2, self.b2
+    def unit_params(self) -> LocalParams:
+        """The tensors the fused unit takes for this branch."""
+        return LocalParams(self.w1, self.b1, self.w2, self.b2)
 
 
 class SpatialAttention(nn.Module):
@@ -167,9 +169,9 @@ class ChannelAttention(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:   # z: (B, C) -> logit_c (B, C)
         return self.fc2(self.act(self.fc1(z)))
 
-    def unit_tensors(self) -> tuple[torch.Tensor, ...]:
-        """The tensors the fused op takes for the MLP (kernels.attention.PARAM_NAMES order)."""
-        return self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias
+    def unit_params(self) -> ChannelParams:
+        """The tensors the fused unit takes for the MLP."""
+        return ChannelParams(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 class Arrangement(nn.Module):
@@ -180,7 +182,7 @@ class Arrangement(nn.Module):
     """
 
     name: str
-    """The arrangement's name in ARRANGEMENT_REGISTRY and kernels.attention."""
+    """The arrangement's name, one of kernels.attention.ARRANGEMENTS."""
 
     def __init__(
         self,
@@ -196,19 +198,22 @@ class Arrangement(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
         if self.ops.unit is None:
             return self.reference(x)
-        params, bn_eps = [None] * 15, 1e-5
+        out, mean, var = self.ops.unit(x, self.name, self.unit_params(), self.training)
         glob = self.spatial.global_branch if self.spatial is not None else None
-        if glob is not None:
-            params[0:7] = glob.unit_tensors()
-            bn_eps = glob.bn.eps
-        if self.spatial is not None and self.spatial.local_branch is not None:
-            params[7:11] = self.spatial.local_branch.unit_tensors()
-        if self.channel is not None:
-            params[11:15] = self.channel.unit_tensors()
-        out, mean, var = self.ops.unit(x, self.name, params, self.training, bn_eps)
         if glob is not None and self.training:
             glob.update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
         return out
+
+    def unit_params(self) -> AttentionParams:
+        """The sub-networks as the fused unit takes them."""
+        glob = self.spatial.global_branch if self.spatial is not None else None
+        local = self.spatial.local_branch if self.spatial is not None else None
+        return AttentionParams(
+            glob=glob.unit_params() if glob is not None else None,
+            local=local.unit_params() if local is not None else None,
+            channel=self.channel.unit_params() if self.channel is not None else None,
+            bn_eps=glob.bn.eps if glob is not None else 1e-5,
+        )
 
     def reference(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -268,12 +273,10 @@ class ParallelChannelSpatial(Arrangement):
 
 
 ARRANGEMENT_REGISTRY: dict[str, type[Arrangement]] = {
-    "spatial": SpatialOnly,
-    "channel": ChannelOnly,
-    "sca": SpatialThenChannel,
-    "csa": ChannelThenSpatial,
-    "cps": ParallelChannelSpatial,
+    cls.name: cls for cls in (SpatialOnly, ChannelOnly, SpatialThenChannel, ChannelThenSpatial, ParallelChannelSpatial)
 }
+if tuple(ARRANGEMENT_REGISTRY) != ARRANGEMENTS:   # the names are defined once, in kernels.attention
+    raise ImportError(f"fastsca.attention: registry {tuple(ARRANGEMENT_REGISTRY)} != kernels.attention {ARRANGEMENTS}")
 
 
 def build_attention(

@@ -5,7 +5,10 @@ attention sits in a block) are fields here; docs/model.md says which default was
 """
 from dataclasses import dataclass, field, replace
 
-ARRANGEMENTS = ("none", "spatial", "channel", "sca", "csa", "cps")
+from kernels.attention import ARRANGEMENTS as ATTENTION_ARRANGEMENTS
+
+ARRANGEMENTS = ("none", *ATTENTION_ARRANGEMENTS)
+"""A block's attention: none, or one of the arrangements of §3.3 (named once, in kernels.attention)."""
 
 POOLING_PLANS: dict[str, tuple[tuple[int, int], ...]] = {
     "time-freq": ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1)),

@@ -1,9 +1,14 @@
-"""Each attention arrangement (§3.3) as ONE autograd unit: `fastsca::attention` and its backward op.
+"""Each attention arrangement (§3.3) as ONE autograd unit whose passes over F are the only opaque ops.
 
-The op takes F and every parameter of the arrangement's small sub-networks (kernels/subnets.py) and
-runs the whole module; its backward runs the whole module's backward. F therefore has one consumer
-in the autograd graph and gets one gradient, written once: no F-sized tensor is summed by autograd,
-and the gate's, the squeeze's and the channel pool's terms of dF are added in registers.
+`AttentionUnit` (a torch.autograd.Function) runs an arrangement's forward and its backward. F has one
+consumer in the autograd graph and gets one gradient, written once: no F-sized tensor is summed by
+autograd, and the gate's, the squeeze's and the channel pool's terms of dF are added in registers.
+Only the F-sized passes are `torch.library` ops (`fastsca::attention_<pass>`): Triton kernels on CUDA
+(and on CPU under TRITON_INTERPRET=1), one PyTorch expression each otherwise. The sub-networks on S
+(B, 1, T, F), Z (B, C) and the logits (kernels/subnets.py: global convs and BatchNorm, the local FC,
+the channel MLP, partial-row sums) are plain PyTorch with hand-written backward passes, so
+`torch.compile` traces them into its graph and Inductor fuses them; inside one opaque op they were
+~21 eager launches forward and ~45 backward per module.
 
 Bytes of F-sized tensors moved, in units of |F| (reads + writes; the forward's three reads of F and
 one write of F'' are the floor of every arrangement that reads F twice for its two descriptors):
@@ -28,50 +33,33 @@ The first backward pass completes one logit gradient per program and leaves K fp
 the other (|F| / 16 bytes in bf16, not counted above), which the second F pass adds as it reads them:
 no extra launch. C//S has no second F pass: its (B, K, N) partials are summed by one small torch op.
 """
-from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 from kernels.channel_pool import channel_pool_forward, channel_pool_logit_grad, channel_pool_reference
 from kernels.common import check_map, output_format, use_triton
 from kernels.gate import (gate_factors, gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows,
-                          gate_reference)
+                          gate_reference, logit_grad_partials)
 from kernels.spatial_squeeze import spatial_squeeze_forward, spatial_squeeze_logit_grad, spatial_squeeze_reference
 from kernels.subnets import (ChannelParams, GlobalParams, LocalParams, channel_backward, channel_forward,
                              global_backward, global_forward, local_backward, local_forward)
 
 ARRANGEMENTS = ("spatial", "channel", "sca", "csa", "cps")
-"""Arrangement names, as in fastsca.config."""
-PARAM_NAMES = (
-    "conv1_weight", "bn_weight", "bn_bias", "bn_running_mean", "bn_running_var", "conv2_weight", "conv2_bias",
-    "local_w1", "local_b1", "local_w2", "local_b2",
-    "fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias",
-)
-"""The sub-network tensors the op takes after F, in order; a branch that is absent passes None for all of its."""
-_RUNNING_STATS = (3, 4)
-"""Indices of BatchNorm's running statistics in PARAM_NAMES: buffers, mutated in training, no gradient."""
+"""The arrangements of §3.3, the one place their names are defined (fastsca.config and fastsca.attention
+import them): spatial only (AT-S), channel only (AT-C), SCA (eq. 10), CSA, and the parallel C//S."""
 
 
-class _TritonPasses:
-    """The F-sized passes as Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1)."""
+class AttentionParams(NamedTuple):
+    """The sub-networks of one arrangement (None where a branch is absent) and its BatchNorm epsilon."""
 
-    triton = True
+    glob: GlobalParams | None
+    local: LocalParams | None
+    channel: ChannelParams | None
+    bn_eps: float = 1e-5
 
-    @staticmethod
-    def pool(x, weight):
-        return channel_pool_forward(x, weight, torch.float32)
 
-    @staticmethod
-    def squeeze(x, spatial_logit):
-        return spatial_squeeze_forward(x, spatial_logit, torch.float32)
-
-    gate = staticmethod(gate_forward)
-    rows = staticmethod(gate_logit_grad_rows)
-    columns = staticmethod(gate_logit_grad_columns)
-    squeeze_logit_grad = staticmethod(spatial_squeeze_logit_grad)
-    pool_logit_grad = staticmethod(channel_pool_logit_grad)
-    input_grad = staticmethod(gate_input_grad)
-
+# ---- the F-sized passes: Triton on CUDA (CPU under TRITON_INTERPRET=1), plain PyTorch otherwise ----
 
 def _gate_parts(grad, x, spatial_logit, channel_logit, additive):
     """dout * x * gate, and d gate / d logit_s, d logit_c over gate, in fp32 (plain PyTorch)."""
@@ -79,255 +67,334 @@ def _gate_parts(grad, x, spatial_logit, channel_logit, additive):
     return grad.float() * x.float() * gate, ds_factor, dc_factor
 
 
-class _TorchPasses:
-    """The same passes in plain PyTorch (CPU without the interpreter); partial sums come as one full row."""
-
-    triton = False
-
-    @staticmethod
-    def pool(x, weight):
-        return channel_pool_reference(x.float(), weight)
-
-    @staticmethod
-    def squeeze(x, spatial_logit):
-        return spatial_squeeze_reference(x.float(), spatial_logit)
-
-    @staticmethod
-    def gate(x, spatial_logit, channel_logit, additive):
-        return gate_reference(x, spatial_logit, channel_logit, additive).contiguous(memory_format=output_format(x))
-
-    @staticmethod
-    def rows(grad, x, spatial_logit, channel_logit, additive):
-        dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
-        parts = (dgate * ds_factor).sum(dim=1).flatten(1)[:, None] if spatial_logit is not None else None
-        return (dgate * dc_factor).sum(dim=(2, 3)), parts
-
-    @staticmethod
-    def columns(grad, x, spatial_logit, channel_logit, additive):
-        dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
-        parts = (dgate * dc_factor).sum(dim=(2, 3))[:, None] if channel_logit is not None else None
-        return (dgate * ds_factor).sum(dim=1, keepdim=True), parts
-
-    @staticmethod
-    def squeeze_logit_grad(x, spatial_logit, grad, parts):
-        gate = torch.sigmoid(spatial_logit.float())
-        n = x.shape[2] * x.shape[3]
-        total = (grad.float()[:, :, None, None] * x.float()).sum(dim=1, keepdim=True)
-        return gate * (1 - gate) * total / n + parts.sum(dim=1).view_as(gate)
-
-    @staticmethod
-    def pool_logit_grad(x, channel_logit, grad, parts):
-        weight = torch.sigmoid(channel_logit.float())
-        total = (grad.float() * x.float()).sum(dim=(2, 3))
-        return weight * (1 - weight) * total / x.shape[1] + parts.sum(dim=1)
-
-    @staticmethod
-    def input_grad(grad, like, spatial_logit, channel_logit, additive, squeeze_grad=None, squeeze_gated=False,
-                   pool_grad=None, pool_weighted=False):
-        n = like.shape[2] * like.shape[3]
-        ones = torch.ones((), device=like.device)
-        sig_s = torch.sigmoid(spatial_logit.float()) if spatial_logit is not None else ones
-        sig_c = torch.sigmoid(channel_logit.float())[:, :, None, None] if channel_logit is not None else ones
-        gate = torch.sigmoid(spatial_logit.float() + channel_logit.float()[:, :, None, None]) if additive \
-            else sig_s * sig_c
-        dx = grad.float() * gate
-        if squeeze_grad is not None:
-            dx = dx + squeeze_grad.float()[:, :, None, None] / n * (sig_s if squeeze_gated else ones)
-        if pool_grad is not None:
-            dx = dx + pool_grad.float() / like.shape[1] * (sig_c if pool_weighted else ones)
-        return dx.to(like.dtype).contiguous(memory_format=output_format(like))
+@torch.library.custom_op("fastsca::attention_pool", mutates_args=())
+def _pool_op(x: torch.Tensor, channel_weight: torch.Tensor | None) -> torch.Tensor:
+    """S (B, 1, T, F) fp32 = mean over C of F, channel-weighted for CSA (eq. 4)."""
+    if use_triton(x):
+        return channel_pool_forward(x, channel_weight, torch.float32)
+    return channel_pool_reference(x.float(), channel_weight).contiguous()
 
 
-def _branches(params: Sequence[torch.Tensor | None]):
-    """The present sub-networks' parameter tuples (None where absent), split from the flat PARAM_NAMES order."""
-    glob = GlobalParams(*params[0:7]) if params[0] is not None else None
-    local = LocalParams(*params[7:11]) if params[7] is not None else None
-    channel = ChannelParams(*params[11:15]) if params[11] is not None else None
-    return glob, local, channel
+@_pool_op.register_fake
+def _(x, channel_weight):
+    return x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]), dtype=torch.float32)
 
 
-def _spatial_forward(s, glob, local, triton, training, eps):
+@torch.library.custom_op("fastsca::attention_squeeze", mutates_args=())
+def _squeeze_op(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> torch.Tensor:
+    """Z (B, C) fp32 = mean over T, F of F, weighted by sigma(logit_s) for SCA (eq. 8)."""
+    if use_triton(x):
+        return spatial_squeeze_forward(x, spatial_logit, torch.float32)
+    return spatial_squeeze_reference(x.float(), spatial_logit).contiguous()
+
+
+@_squeeze_op.register_fake
+def _(x, spatial_logit):
+    return x.new_empty(x.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastsca::attention_gate", mutates_args=())
+def _gate_op(x: torch.Tensor, spatial_logit: torch.Tensor | None, channel_logit: torch.Tensor | None,
+             additive: bool) -> torch.Tensor:
+    """F'' = gate * F in F's layout (eqs. 7, 9, 10)."""
+    if use_triton(x):
+        return gate_forward(x, spatial_logit, channel_logit, additive)
+    return gate_reference(x, spatial_logit, channel_logit, additive).contiguous(memory_format=output_format(x))
+
+
+@_gate_op.register_fake
+def _(x, spatial_logit, channel_logit, additive):
+    return torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
+
+
+def _partial_rows(grad, x, other_logit, by_rows) -> int:
+    """K partial rows of the other logit's gradient that pass 1 leaves (0 without that logit). The same on
+    every path, so a compiled graph (whose fake shapes Inductor caches) runs on either."""
+    return logit_grad_partials(grad, x, by_rows) if other_logit is not None else 0
+
+
+def _as_partials(total, x, k, size):
+    """(B, K, size) fp32 partial rows holding total (B, size) in row 0 and zeros elsewhere: the Triton
+    passes' partial-row shape, from a PyTorch pass that sums in one go."""
+    parts = torch.zeros((x.shape[0], k, size), device=x.device, dtype=torch.float32)
+    if k:
+        parts[:, 0] = total
+    return parts
+
+
+@torch.library.custom_op("fastsca::attention_rows", mutates_args=())
+def _rows_op(grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor | None,
+             channel_logit: torch.Tensor, additive: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward pass 1 by channel rows (reads dF'' and F): (dlogit_c (B, C) fp32, the gate's share of
+    dlogit_s as K partial rows (B, K, N) fp32; K = 0 without a spatial logit)."""
+    if use_triton(x):
+        return gate_logit_grad_rows(grad, x, spatial_logit, channel_logit, additive)
+    dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
+    k = _partial_rows(grad, x, spatial_logit, True)
+    parts = _as_partials((dgate * ds_factor).sum(dim=1).flatten(1) if k else None, x, k, x.shape[2] * x.shape[3])
+    return (dgate * dc_factor).sum(dim=(2, 3)), parts
+
+
+@_rows_op.register_fake
+def _(grad, x, spatial_logit, channel_logit, additive):
+    return (x.new_empty(x.shape[:2], dtype=torch.float32),
+            x.new_empty((x.shape[0], _partial_rows(grad, x, spatial_logit, True), x.shape[2] * x.shape[3]),
+                        dtype=torch.float32))
+
+
+@torch.library.custom_op("fastsca::attention_columns", mutates_args=())
+def _columns_op(grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor,
+                channel_logit: torch.Tensor | None, additive: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward pass 1 by spatial columns (reads dF'' and F): (dlogit_s (B, 1, T, F) fp32, the gate's
+    share of dlogit_c as J partial rows (B, J, C) fp32; J = 0 without a channel logit)."""
+    if use_triton(x):
+        return gate_logit_grad_columns(grad, x, spatial_logit, channel_logit, additive)
+    dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
+    j = _partial_rows(grad, x, channel_logit, False)
+    parts = _as_partials((dgate * dc_factor).sum(dim=(2, 3)) if j else None, x, j, x.shape[1])
+    return (dgate * ds_factor).sum(dim=1, keepdim=True).contiguous(), parts
+
+
+@_columns_op.register_fake
+def _(grad, x, spatial_logit, channel_logit, additive):
+    return (x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]), dtype=torch.float32),
+            x.new_empty((x.shape[0], _partial_rows(grad, x, channel_logit, False), x.shape[1]), dtype=torch.float32))
+
+
+@torch.library.custom_op("fastsca::attention_squeeze_logit_grad", mutates_args=())
+def _squeeze_logit_grad_op(x: torch.Tensor, spatial_logit: torch.Tensor, grad: torch.Tensor,
+                           parts: torch.Tensor) -> torch.Tensor:
+    """SCA's backward pass 2 (reads F): dlogit_s (B, 1, T, F) fp32 = the squeeze's share given dZ, plus
+    the partial rows of pass 1."""
+    if use_triton(x):
+        return spatial_squeeze_logit_grad(x, spatial_logit, grad, parts)
+    gate = torch.sigmoid(spatial_logit.float())
+    total = (grad.float()[:, :, None, None] * x.float()).sum(dim=1, keepdim=True)
+    return (gate * (1 - gate) * total / (x.shape[2] * x.shape[3]) + parts.sum(dim=1).view_as(gate)).contiguous()
+
+
+@_squeeze_logit_grad_op.register_fake
+def _(x, spatial_logit, grad, parts):
+    return x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastsca::attention_pool_logit_grad", mutates_args=())
+def _pool_logit_grad_op(x: torch.Tensor, channel_logit: torch.Tensor, grad: torch.Tensor,
+                        parts: torch.Tensor) -> torch.Tensor:
+    """CSA's backward pass 2 (reads F): dlogit_c (B, C) fp32 = the channel pool's share given dS, plus the
+    partial rows of pass 1."""
+    if use_triton(x):
+        return channel_pool_logit_grad(x, channel_logit, grad, parts)
+    weight = torch.sigmoid(channel_logit.float())
+    total = (grad.float() * x.float()).sum(dim=(2, 3))
+    return weight * (1 - weight) * total / x.shape[1] + parts.sum(dim=1)
+
+
+@_pool_logit_grad_op.register_fake
+def _(x, channel_logit, grad, parts):
+    return x.new_empty(x.shape[:2], dtype=torch.float32)
+
+
+@torch.library.custom_op("fastsca::attention_input_grad", mutates_args=())
+def _input_grad_op(grad: torch.Tensor, like: torch.Tensor, spatial_logit: torch.Tensor | None,
+                   channel_logit: torch.Tensor | None, additive: bool, squeeze_grad: torch.Tensor | None,
+                   squeeze_gated: bool, pool_grad: torch.Tensor | None, pool_weighted: bool) -> torch.Tensor:
+    """The last backward pass (reads dF'', writes dF in like's layout): the gate's term plus the
+    squeeze's (given dZ) and the channel pool's (given dS), added in registers."""
+    if use_triton(like):
+        return gate_input_grad(grad, like, spatial_logit, channel_logit, additive, squeeze_grad, squeeze_gated,
+                               pool_grad, pool_weighted)
+    n = like.shape[2] * like.shape[3]
+    ones = torch.ones((), device=like.device)
+    sig_s = torch.sigmoid(spatial_logit.float()) if spatial_logit is not None else ones
+    sig_c = torch.sigmoid(channel_logit.float())[:, :, None, None] if channel_logit is not None else ones
+    gate = (torch.sigmoid(spatial_logit.float() + channel_logit.float()[:, :, None, None]) if additive
+            else sig_s * sig_c)
+    dx = grad.float() * gate
+    if squeeze_grad is not None:
+        dx = dx + squeeze_grad.float()[:, :, None, None] / n * (sig_s if squeeze_gated else ones)
+    if pool_grad is not None:
+        dx = dx + pool_grad.float() / like.shape[1] * (sig_c if pool_weighted else ones)
+    return dx.to(like.dtype).contiguous(memory_format=output_format(like))
+
+
+@_input_grad_op.register_fake
+def _(grad, like, spatial_logit, channel_logit, additive, squeeze_grad, squeeze_gated, pool_grad, pool_weighted):
+    return torch.empty(like.shape, device=like.device, dtype=like.dtype, memory_format=output_format(like))
+
+
+PASSES = ("attention_pool", "attention_squeeze", "attention_gate", "attention_rows", "attention_columns",
+          "attention_squeeze_logit_grad", "attention_pool_logit_grad", "attention_input_grad")
+"""The ops the unit calls (torch.ops.fastsca.<name>): every F-sized pass of every arrangement."""
+
+
+# ---- the sub-networks and the arrangement's forward and backward, in plain PyTorch around the passes ----
+
+def _spatial_forward(s, params: AttentionParams, training):
     """logit_s = global(S) + local(S) (eq. 7 before the sigmoid), with the BatchNorm statistics used."""
-    logit, mean, var = torch.zeros_like(s), s.new_empty((0,)), s.new_empty((0,))   # distinct: op outputs
-    if glob is not None:
-        branch, mean, var = global_forward(s, glob, training, eps)
+    logit, mean, var = torch.zeros_like(s), s.new_empty((0,)), s.new_empty((0,))
+    if params.glob is not None:
+        branch, mean, var = global_forward(s, params.glob, training, params.bn_eps)
         logit = logit + branch
-    if local is not None:
-        logit = logit + local_forward(s, local, triton)
+    if params.local is not None:
+        logit = logit + local_forward(s, params.local)
     return logit, mean, var
 
 
-def _spatial_backward(grad, s, glob, local, triton, mean, var, training, eps):
-    """(dS, the global branch's 5 gradients or Nones, the local branch's 4 or Nones)."""
-    ds = torch.zeros_like(s)
-    glob_grads, local_grads = (None,) * 5, (None,) * 4
-    if glob is not None:
-        d, *glob_grads = global_backward(grad, s, glob, mean, var, training, eps)
+def _spatial_backward(grad, s, params: AttentionParams, mean, var, training):
+    """(dS, the global branch's GlobalParams of gradients or None, the local branch's LocalParams or None)."""
+    ds, glob_grads, local_grads = torch.zeros_like(s), None, None
+    if params.glob is not None:
+        d, dw1, dbn_w, dbn_b, dw2, db2 = global_backward(grad, s, params.glob, mean, var, training, params.bn_eps)
+        glob_grads = GlobalParams(dw1, dbn_w, dbn_b, None, None, dw2, db2)
         ds = ds + d
-    if local is not None:
-        d, *local_grads = local_backward(grad, s, local, triton)
+    if params.local is not None:
+        d, *grads = local_backward(grad, s, params.local)
+        local_grads = LocalParams(*grads)
         ds = ds + d
-    return ds, tuple(glob_grads), tuple(local_grads)
+    return ds, glob_grads, local_grads
 
 
-def _forward(x, arrangement, params, training, eps):
-    """The module's forward: (F'', S, logit_s, Z, logit_c, BN mean, BN var); absent ones are empty."""
-    passes = _TritonPasses if use_triton(x) else _TorchPasses
-    glob, local, channel = _branches(params)
-    s, logit_s, z, logit_c = (x.new_empty((0,), dtype=torch.float32) for _ in range(4))
+def _forward(x, arrangement, params: AttentionParams, training):
+    """(F'', S, logit_s, Z, logit_c, BN mean, BN var); absent ones are empty (B, 0) tensors."""
+    ops = torch.ops.fastsca
+    # Distinct empty tensors: each is a separate output or saved tensor of the autograd node.
+    s, logit_s, z, logit_c, mean, var = (x.new_empty((0,), dtype=torch.float32) for _ in range(6))
     if arrangement == "csa":                                 # Z from F, then S from M_c * F
-        z = passes.squeeze(x, None)
-        logit_c = channel_forward(z, channel)
-        s = passes.pool(x, torch.sigmoid(logit_c))
-        logit_s, mean, var = _spatial_forward(s, glob, local, passes.triton, training, eps)
+        z = ops.attention_squeeze(x, None)
+        logit_c = channel_forward(z, params.channel)
+        s = ops.attention_pool(x, torch.sigmoid(logit_c))
+        logit_s, mean, var = _spatial_forward(s, params, training)
     else:
         if arrangement != "channel":                         # S from F
-            s = passes.pool(x, None)
-            logit_s, mean, var = _spatial_forward(s, glob, local, passes.triton, training, eps)
+            s = ops.attention_pool(x, None)
+            logit_s, mean, var = _spatial_forward(s, params, training)
         if arrangement != "spatial":                         # Z from M_s * F (SCA) or F
-            z = passes.squeeze(x, logit_s if arrangement == "sca" else None)
-            logit_c = channel_forward(z, channel)
-    if arrangement == "channel":
-        mean, var = x.new_empty((0,), dtype=torch.float32), x.new_empty((0,), dtype=torch.float32)
-    out = passes.gate(x, logit_s if logit_s.numel() else None, logit_c if logit_c.numel() else None,
-                      arrangement == "cps")
+            z = ops.attention_squeeze(x, logit_s if arrangement == "sca" else None)
+            logit_c = channel_forward(z, params.channel)
+    out = ops.attention_gate(x, logit_s if arrangement != "channel" else None,
+                             logit_c if arrangement != "spatial" else None, arrangement == "cps")
     return out, s, logit_s, z, logit_c, mean, var
 
 
-def _backward(grad, x, arrangement, params, saved, training, eps):
-    """The module's backward: [dF, then one gradient per PARAM_NAMES entry (empty where absent or a buffer)]."""
-    passes = _TritonPasses if use_triton(x) else _TorchPasses
-    glob, local, channel = _branches(params)
+def _backward(grad, x, arrangement, params: AttentionParams, saved, training):
+    """(dF, AttentionParams of gradients: None for absent branches and for the running statistics)."""
+    ops = torch.ops.fastsca
     s, logit_s, z, logit_c, mean, var = saved
-    spatial_logit = logit_s if logit_s.numel() else None
-    channel_logit = logit_c if logit_c.numel() else None
+    spatial_logit = logit_s if arrangement != "channel" else None
+    channel_logit = logit_c if arrangement != "spatial" else None
     additive = arrangement == "cps"
-    dz = ds = None
-    glob_grads, local_grads, channel_grads = (None,) * 5, (None,) * 4, (None,) * 4
+    dz = ds = glob_grads = local_grads = channel_grads = None
     if arrangement in ("sca", "cps", "channel"):
         # Pass 1 by channel rows: dlogit_c complete, the gate's share of dlogit_s as partial rows.
-        dlogit_c, parts = passes.rows(grad, x, spatial_logit, channel_logit, additive)
-        dz, *channel_grads = channel_backward(dlogit_c, z, channel)
+        dlogit_c, parts = ops.attention_rows(grad, x, spatial_logit, channel_logit, additive)
+        dz, *grads = channel_backward(dlogit_c, z, params.channel)
+        channel_grads = ChannelParams(*grads)
         if arrangement != "channel":
             if arrangement == "sca":   # pass 2 reads F: the squeeze's share of dlogit_s
-                dlogit_s = passes.squeeze_logit_grad(x, logit_s, dz, parts)
+                dlogit_s = ops.attention_squeeze_logit_grad(x, logit_s, dz, parts)
             else:
                 dlogit_s = parts.sum(dim=1).view_as(logit_s)
-            ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, glob, local, passes.triton, mean, var,
-                                                            training, eps)
+            ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, params, mean, var, training)
     else:
         # Pass 1 by spatial columns: dlogit_s complete, the gate's share of dlogit_c as partial rows.
-        dlogit_s, parts = passes.columns(grad, x, spatial_logit, channel_logit, additive)
-        ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, glob, local, passes.triton, mean, var,
-                                                        training, eps)
+        dlogit_s, parts = ops.attention_columns(grad, x, spatial_logit, channel_logit, additive)
+        ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, params, mean, var, training)
         if arrangement == "csa":       # pass 2 reads F: the pool's share of dlogit_c
-            dlogit_c = passes.pool_logit_grad(x, logit_c, ds, parts)
-            dz, *channel_grads = channel_backward(dlogit_c, z, channel)
-    dx = passes.input_grad(grad, x, spatial_logit, channel_logit, additive, dz, arrangement == "sca",
-                           ds, arrangement == "csa")
-    grads = [*glob_grads[:3], None, None, *glob_grads[3:], *local_grads, *channel_grads]
-    return [dx] + [g.to(p.dtype) if g is not None else x.new_empty((0,)) for g, p in zip(grads, params)]
+            dlogit_c = ops.attention_pool_logit_grad(x, logit_c, ds, parts)
+            dz, *grads = channel_backward(dlogit_c, z, params.channel)
+            channel_grads = ChannelParams(*grads)
+    dx = ops.attention_input_grad(grad, x, spatial_logit, channel_logit, additive, dz, arrangement == "sca",
+                                  ds, arrangement == "csa")
+    return dx, AttentionParams(glob_grads, local_grads, channel_grads, params.bn_eps)
 
 
-def _check(x, arrangement, params) -> None:
+_BRANCH_TYPES = (GlobalParams, LocalParams, ChannelParams)
+
+
+def _flatten(params: AttentionParams) -> tuple[tuple[bool, bool, bool], list[torch.Tensor | None]]:
+    """(which branches are present, their tensors in field order): autograd.Function takes flat tensors."""
+    branches = (params.glob, params.local, params.channel)
+    return tuple(b is not None for b in branches), [t for b in branches if b is not None for t in b]
+
+
+def _unflatten(present, tensors, bn_eps) -> AttentionParams:
+    """The inverse of _flatten."""
+    tensors, branches = iter(tensors), []
+    for has, kind in zip(present, _BRANCH_TYPES):
+        branches.append(kind(*(next(tensors) for _ in kind._fields)) if has else None)
+    return AttentionParams(*branches, bn_eps)
+
+
+def _without_running_stats(params: AttentionParams) -> AttentionParams:
+    """params with BatchNorm's running statistics dropped: buffers the module updates in place after the
+    forward (the backward uses the statistics the forward returned instead)."""
+    if params.glob is None:
+        return params
+    return params._replace(glob=params.glob._replace(running_mean=None, running_var=None))
+
+
+class AttentionUnit(torch.autograd.Function):
+    """One arrangement, forward and backward, as one autograd node (see the module docstring)."""
+
+    @staticmethod
+    def forward(ctx, x, arrangement, training, bn_eps, present, *tensors):
+        params = _unflatten(present, tensors, bn_eps)
+        with torch.autocast(x.device.type, enabled=False):   # the sub-networks run in fp32 whatever the autocast
+            out, *saved = _forward(x, arrangement, params, training)
+        _, kept = _flatten(_without_running_stats(params))
+        ctx.arrangement, ctx.training, ctx.bn_eps, ctx.present = arrangement, training, bn_eps, present
+        ctx.kept = [t is not None for t in kept]
+        ctx.save_for_backward(x, *[t for t in kept if t is not None], *saved)
+        mean, var = saved[-2:]
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad, _mean_grad, _var_grad):
+        x, *rest = ctx.saved_tensors
+        stored, saved = iter(rest[:len(rest) - 6]), rest[len(rest) - 6:]
+        tensors = [next(stored) if kept else None for kept in ctx.kept]
+        params = _unflatten(ctx.present, tensors, ctx.bn_eps)
+        with torch.autocast(x.device.type, enabled=False):
+            dx, grads = _backward(grad, x, ctx.arrangement, params, saved, ctx.training)
+        _, flat_grads = _flatten(grads)
+        flat_grads = [g.to(t.dtype) if g is not None else None for g, t in zip(flat_grads, tensors)]
+        return (dx, None, None, None, None, *flat_grads)
+
+
+def _check(x: torch.Tensor, arrangement: str, params: AttentionParams) -> None:
     check_map("attention", x)
     if arrangement not in ARRANGEMENTS:
         raise ValueError(f"attention: unknown arrangement {arrangement!r}; valid: {', '.join(ARRANGEMENTS)}")
-    glob, local, channel = _branches(params)
-    if arrangement != "channel" and glob is None and local is None:
+    if not isinstance(params, AttentionParams):
+        raise ValueError(f"attention: params must be an AttentionParams, got {type(params).__name__}")
+    spatial, channel = arrangement != "channel", arrangement != "spatial"
+    if spatial and params.glob is None and params.local is None:
         raise ValueError(f"attention: arrangement {arrangement!r} needs the global or the local spatial branch")
-    if arrangement != "spatial" and channel is None:
-        raise ValueError(f"attention: arrangement {arrangement!r} needs the channel MLP (fc1_weight ...)")
-
-
-def _saved_shapes(x, arrangement, params):
-    """Shapes of the op's saved outputs (S, logit_s, Z, logit_c, BN mean, BN var) for the fake kernel."""
-    b, c, t, f = x.shape
-    spatial = arrangement != "channel"
-    channel = arrangement != "spatial"
-    bn = spatial and params[0] is not None
-    return [(b, 1, t, f) if spatial else (0,)] * 2 + [(b, c) if channel else (0,)] * 2 + \
-        [(params[1].shape[0],) if bn else (0,)] * 2
-
-
-@torch.library.custom_op("fastsca::attention", mutates_args=())
-def _attention_op(
-    x: torch.Tensor, arrangement: str,
-    conv1_weight: torch.Tensor | None, bn_weight: torch.Tensor | None, bn_bias: torch.Tensor | None,
-    bn_running_mean: torch.Tensor | None, bn_running_var: torch.Tensor | None,
-    conv2_weight: torch.Tensor | None, conv2_bias: torch.Tensor | None,
-    local_w1: torch.Tensor | None, local_b1: torch.Tensor | None,
-    local_w2: torch.Tensor | None, local_b2: torch.Tensor | None,
-    fc1_weight: torch.Tensor | None, fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor | None, fc2_bias: torch.Tensor | None,
-    bn_training: bool, bn_eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    params = (conv1_weight, bn_weight, bn_bias, bn_running_mean, bn_running_var, conv2_weight, conv2_bias,
-              local_w1, local_b1, local_w2, local_b2, fc1_weight, fc1_bias, fc2_weight, fc2_bias)
-    _check(x, arrangement, params)
-    with torch.autocast(x.device.type, enabled=False):   # the sub-networks run in fp32 whatever the caller's autocast
-        return _forward(x, arrangement, params, bn_training, bn_eps)
-
-
-@_attention_op.register_fake
-def _(x, arrangement, *args):
-    params = args[:15]
-    _check(x, arrangement, params)
-    out = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    return (out, *(x.new_empty(shape, dtype=torch.float32) for shape in _saved_shapes(x, arrangement, params)))
-
-
-@torch.library.custom_op("fastsca::attention_backward", mutates_args=())
-def _attention_backward_op(
-    grad: torch.Tensor, x: torch.Tensor, arrangement: str, params: list[torch.Tensor | None],
-    saved: list[torch.Tensor], bn_training: bool, bn_eps: float,
-) -> list[torch.Tensor]:
-    with torch.autocast(x.device.type, enabled=False):
-        return _backward(grad, x, arrangement, params, saved, bn_training, bn_eps)
-
-
-@_attention_backward_op.register_fake
-def _(grad, x, arrangement, params, saved, bn_training, bn_eps):
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    return [dx] + [torch.empty_like(p, memory_format=torch.contiguous_format)
-                   if p is not None and i not in _RUNNING_STATS else x.new_empty((0,)) for i, p in enumerate(params)]
-
-
-def _setup_context(ctx, inputs, output):
-    x, arrangement, *params = inputs[:17]
-    ctx.arrangement, ctx.bn_training, ctx.bn_eps = arrangement, inputs[17], inputs[18]
-    # The running statistics are not needed (the saved mean and var are) and change in place each step.
-    params = [p if i not in _RUNNING_STATS else None for i, p in enumerate(params)]
-    ctx.present = [p is not None for p in params]
-    ctx.save_for_backward(x, *[p for p in params if p is not None], *output[1:])
-    ctx.mark_non_differentiable(*output[1:])
-
-
-def _autograd_backward(ctx, grad, *unused):
-    x, *rest = ctx.saved_tensors
-    tensors, saved = iter(rest[:-6]), list(rest[-6:])
-    params = [next(tensors) if present else None for present in ctx.present]
-    dx, *grads = torch.ops.fastsca.attention_backward(grad, x, ctx.arrangement, params, saved, ctx.bn_training,
-                                                      ctx.bn_eps)
-    grads = [g if p is not None else None for g, p in zip(grads, params)]
-    return (dx, None, *grads, None, None)
-
-
-_attention_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+    if channel and params.channel is None:
+        raise ValueError(f"attention: arrangement {arrangement!r} needs the channel MLP (AttentionParams.channel)")
+    if not spatial and (params.glob is not None or params.local is not None):
+        raise ValueError("attention: arrangement 'channel' takes no spatial branch")
+    if not channel and params.channel is not None:
+        raise ValueError("attention: arrangement 'spatial' takes no channel MLP")
+    _, c, t, f = x.shape
+    if params.local is not None and tuple(params.local.b2.shape) != (f, t):
+        raise ValueError(f"attention: the local branch is built for (T, F) = {tuple(params.local.b2.shape[::-1])}, "
+                         f"the map is {(t, f)}")
+    if params.channel is not None and tuple(params.channel.fc2_bias.shape) != (c,):
+        raise ValueError(f"attention: the channel MLP is built for {params.channel.fc2_bias.shape[0]} channels, "
+                         f"the map has {c}")
 
 
 def attention(
-    x: torch.Tensor,      # (B, C, T, F)
-    arrangement: str,     # one of ARRANGEMENTS
-    params: Sequence[torch.Tensor | None],   # the sub-networks' tensors in PARAM_NAMES order
-    bn_training: bool,    # BatchNorm of the global branch normalises with batch statistics
-    bn_eps: float,
+    x: torch.Tensor,            # (B, C, T, F)
+    arrangement: str,           # one of ARRANGEMENTS
+    params: AttentionParams,    # the arrangement's sub-networks
+    bn_training: bool,          # BatchNorm of the global branch normalises with batch statistics
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The arrangement's whole module as the fused op: Triton kernels on CUDA (and on CPU under
-    TRITON_INTERPRET=1), the same steps in plain PyTorch otherwise. Returns (F'' in x's layout, and the
-    global branch's BatchNorm mean and biased variance, empty without it, for the running statistics)."""
-    if len(params) != len(PARAM_NAMES):
-        raise ValueError(f"attention: params must hold {len(PARAM_NAMES)} tensors or Nones ({', '.join(PARAM_NAMES)}), "
-                         f"got {len(params)}")
-    out, *_, mean, var = torch.ops.fastsca.attention(x, arrangement, *params, bn_training, bn_eps)
-    return out, mean, var
+    """The arrangement's whole module as one autograd unit. Returns (F'' in x's layout, and the global
+    branch's BatchNorm mean and biased variance, empty without it, for the running statistics)."""
+    _check(x, arrangement, params)
+    present, tensors = _flatten(params)
+    return AttentionUnit.apply(x, arrangement, bn_training, params.bn_eps, present, *tensors)

@@ -229,6 +229,36 @@ def _logits(x, spatial_logit, channel_logit):
     return s, c
 
 
+def _rows_tiling(x: torch.Tensor, channels_last: bool) -> tuple[int, int, int, int]:
+    """(G, BLOCK_C, BLOCK_N, programs per batch row) of gate_logit_grad_rows on the (C, N) planes of x."""
+    channels, n = x.shape[1], x.shape[2] * x.shape[3]
+    group = row_group(x, channels_last)
+    block_c, block_n = BLOCK_C, BLOCK_N
+    if group > 1:   # one tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        block_c = group * max(1, BLOCK_C * BLOCK_N // block_n)
+    return group, block_c, block_n, triton.cdiv(channels, block_c)
+
+
+def _columns_tiling(x: torch.Tensor, channels_last: bool) -> tuple[int, int, int, int]:
+    """(G, BLOCK_C, BLOCK_N, programs per batch row) of gate_logit_grad_columns on the (C, N) planes of x."""
+    n = x.shape[2] * x.shape[3]
+    group = row_group(x, channels_last)
+    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
+        block_n = triton.next_power_of_2(group * n)
+        return group, group * max(1, BLOCK_C * BLOCK_N // block_n), block_n, 1
+    return group, BLOCK_C, BLOCK_N, triton.cdiv(n, BLOCK_N)
+
+
+def logit_grad_partials(grad: torch.Tensor, x: torch.Tensor, by_rows: bool) -> int:
+    """K, the partial rows gate_logit_grad_rows (by_rows) or gate_logit_grad_columns leaves per batch row
+    for these operands: what a fake kernel must declare before the launch."""
+    x, _, x_cl = plane(x)
+    _, _, dout_cl = plane(grad)
+    group, _, _, blocks = (_rows_tiling if by_rows else _columns_tiling)(x, x_cl or dout_cl)
+    return blocks * group if by_rows else blocks
+
+
 def gate_forward(
     x: torch.Tensor,                     # (B, C, T, F)
     spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
@@ -266,12 +296,7 @@ def gate_logit_grad_rows(
     n = time * freq
     x, sxb, x_cl = plane(x)
     grad, sdob, dout_cl = plane(grad)
-    group = row_group(x, x_cl or dout_cl)
-    block_c, block_n = BLOCK_C, BLOCK_N
-    if group > 1:   # one tile spans grouped rows of G * N values
-        block_n = triton.next_power_of_2(group * n)
-        block_c = group * max(1, BLOCK_C * BLOCK_N // block_n)
-    blocks = triton.cdiv(channels, block_c)
+    group, block_c, block_n, blocks = _rows_tiling(x, x_cl or dout_cl)
     dc = torch.empty((batch, channels), device=x.device, dtype=torch.float32)
     parts = torch.empty((batch, blocks * group, n) if spatial_logit is not None else (batch, 0, n),
                         device=x.device, dtype=torch.float32)
@@ -298,11 +323,7 @@ def gate_logit_grad_columns(
     n = time * freq
     x, sxb, x_cl = plane(x)
     grad, sdob, dout_cl = plane(grad)
-    group = row_group(x, x_cl or dout_cl)
-    block_c, block_n, blocks = BLOCK_C, BLOCK_N, triton.cdiv(n, BLOCK_N)
-    if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
-        block_n = triton.next_power_of_2(group * n)
-        block_c, blocks = group * max(1, BLOCK_C * BLOCK_N // block_n), 1
+    group, block_c, block_n, blocks = _columns_tiling(x, x_cl or dout_cl)
     ds = torch.empty((batch, 1, time, freq), device=x.device, dtype=torch.float32)
     parts = torch.empty((batch, blocks, channels) if channel_logit is not None else (batch, 0, channels),
                         device=x.device, dtype=torch.float32)

@@ -2,19 +2,19 @@
 
 Global spatial branch (eq. 5: conv5x5 -> BatchNorm -> ReLU -> conv5x5), local spatial branch (eq. 6:
 `local_fc`) and the channel MLP (eq. 9: Linear -> ReLU -> Linear). They act on S (B, 1, T, F) and
-Z (B, C), a C-th and an N-th of F, so their cost is launches, not bytes. They run inside the fused
-arrangement ops of kernels/attention.py, where autograd does not reach: hence the explicit backward,
+Z (B, C), a C-th and an N-th of F, so their cost is launches, not bytes: they are plain PyTorch, which
+torch.compile traces into its graph and Inductor fuses. They run inside the arrangement's autograd unit
+(kernels/attention.py), whose backward autograd does not see into: hence the explicit backward,
 checked against autograd of the nn modules in tests/test_attention.py. BatchNorm follows
-nn.BatchNorm2d: batch statistics in training (returned, so the caller updates the running ones; an op
-with autograd cannot mutate its inputs), running statistics in eval.
+nn.BatchNorm2d: batch statistics in training (returned, so the caller updates the running ones; the
+unit cannot mutate its inputs), running statistics in eval.
 """
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from kernels.local_fc import (fits_kernel, local_fc_backward, local_fc_backward_reference, local_fc_forward,
-                              local_fc_reference)
+from kernels.local_fc import local_fc_backward_reference, local_fc_reference
 
 
 class GlobalParams(NamedTuple):
@@ -93,19 +93,14 @@ def global_backward(grad, s, p: GlobalParams, mean, var, training: bool, eps: fl
     return ds, dw1, dweight, dbias, dw2, db2
 
 
-def local_forward(s, p: LocalParams, triton: bool):
-    """Eq. 6 on S (B, 1, T, F) fp32: the local_fc kernel where it fits (triton), its reference otherwise."""
-    if triton and fits_kernel(s.shape[2], p.w1.shape[1]):
-        return local_fc_forward(s, *(w.float() for w in p))
+def local_forward(s, p: LocalParams):
+    """Eq. 6 on S (B, 1, T, F) fp32, in plain PyTorch (batched matmuls Inductor sees)."""
     return local_fc_reference(s, *p).float()
 
 
-def local_backward(grad, s, p: LocalParams, triton: bool):
+def local_backward(grad, s, p: LocalParams):
     """Gradients of eq. 6 given dL/dlogit: (dS, dw1, db1, dw2, db2), fp32."""
-    weights = [w.float() for w in p]
-    if triton and fits_kernel(s.shape[2], p.w1.shape[1]):
-        return local_fc_backward(grad, s, *weights)
-    return local_fc_backward_reference(grad, s, *weights)
+    return local_fc_backward_reference(grad, s, *(w.float() for w in p))
 
 
 def channel_forward(z, p: ChannelParams):

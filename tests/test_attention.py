@@ -1,15 +1,16 @@
-"""attention (§3.3): each arrangement as one fused op, forward and backward, against the step-by-step module.
+"""attention (§3.3): each arrangement as one autograd unit, forward and backward, against the step-by-step module.
 
 The reference is the same module run through REFERENCE_OPS with autograd (nn.Conv2d, nn.BatchNorm2d,
-nn.Linear, local_fc_reference): so the op's hand-written backward of the sub-networks is checked too,
-every parameter gradient, and BatchNorm's running statistics after a training step.
+nn.Linear, local_fc_reference): so the unit's hand-written backward of the sub-networks is checked too,
+every parameter gradient, and BatchNorm's running statistics after a training step. Each F-sized pass op
+goes through opcheck (schema, fake kernel strides, dispatch) on the Triton path and the CPU passes.
 """
 import pytest
 import torch
 
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
-from kernels import LAUNCHES, attention
-from kernels.attention import ARRANGEMENTS, PARAM_NAMES
+from kernels import LAUNCHES, AttentionParams, attention
+from kernels.attention import ARRANGEMENTS, PASSES
 
 # (B, C, T, F) and layout: awkward sizes leaving partial tiles on every axis (C = 37, T = 7, F = 3) in
 # both layouts, T = 20 for a local MLP with 2 hidden units (r = 8), a 100 x 2 map with 64 channels, and
@@ -19,19 +20,20 @@ MAPS = [((3, 37, 7, 3), torch.contiguous_format), ((3, 37, 7, 3), torch.channels
         ((2, 12, 7, 3), torch.contiguous_format)]
 BRANCHES = [(True, True), (True, False), (False, True)]
 """(global branch, local branch) of the spatial attention."""
-# Launches per fused forward and backward, by arrangement (spatial branches both present).
+# Launches per fused forward and backward, by arrangement: only the F-sized passes are kernels of ours
+# (the local FC and the other sub-networks are plain PyTorch that torch.compile fuses).
 FORWARD_KERNELS = {
-    "sca": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward", "local_fc_forward"},
-    "csa": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward", "local_fc_forward"},
-    "cps": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward", "local_fc_forward"},
-    "spatial": {"channel_pool_forward", "gate_forward", "local_fc_forward"},
+    "sca": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward"},
+    "csa": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward"},
+    "cps": {"channel_pool_forward", "spatial_squeeze_forward", "gate_forward"},
+    "spatial": {"channel_pool_forward", "gate_forward"},
     "channel": {"spatial_squeeze_forward", "gate_forward"},
 }
 BACKWARD_KERNELS = {
-    "sca": {"gate_logit_grad_rows", "spatial_squeeze_logit_grad", "gate_input_grad", "local_fc_backward"},
-    "csa": {"gate_logit_grad_columns", "channel_pool_logit_grad", "gate_input_grad", "local_fc_backward"},
-    "cps": {"gate_logit_grad_rows", "gate_input_grad", "local_fc_backward"},
-    "spatial": {"gate_logit_grad_columns", "gate_input_grad", "local_fc_backward"},
+    "sca": {"gate_logit_grad_rows", "spatial_squeeze_logit_grad", "gate_input_grad"},
+    "csa": {"gate_logit_grad_columns", "channel_pool_logit_grad", "gate_input_grad"},
+    "cps": {"gate_logit_grad_rows", "gate_input_grad"},
+    "spatial": {"gate_logit_grad_columns", "gate_input_grad"},
     "channel": {"gate_logit_grad_rows", "gate_input_grad"},
 }
 
@@ -108,28 +110,35 @@ def test_attention_with_a_broadcast_upstream_gradient(kernel_device):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-5)
 
 
-def _op_args(arrangement, device):
-    module = build_attention(arrangement, 37, 7, 3, True, True, 8, 4, 5, REFERENCE_OPS).to(device)
-    params = [None] * len(PARAM_NAMES)
-    if module.spatial is not None:
-        params[0:7] = module.spatial.global_branch.unit_tensors()
-        params[7:11] = module.spatial.local_branch.unit_tensors()
-    if module.channel is not None:
-        params[11:15] = module.channel.unit_tensors()
-    x = torch.randn(2, 37, 7, 3, device=device).contiguous(memory_format=torch.channels_last)
-    return (x.requires_grad_(), arrangement, *params, True, 1e-5)
+def _pass_args(device):
+    """Sample arguments of every pass op, on a channels_last map with odd sizes (C = 37, T = 7, F = 3)."""
+    b, c, t, f = 2, 37, 7, 3
+    x = torch.randn(b, c, t, f, device=device).contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(b, c, t, f, device=device)
+    s, z = torch.randn(b, 1, t, f, device=device), torch.randn(b, c, device=device)
+    rows, columns = torch.ops.fastsca.attention_rows(grad, x, s, z, False)[1], \
+        torch.ops.fastsca.attention_columns(grad, x, s, z, False)[1]
+    return {
+        "attention_pool": [(x, None), (x, torch.rand(b, c, device=device))],
+        "attention_squeeze": [(x, None), (x, s)],
+        "attention_gate": [(x, s, z, False), (x, s, None, False), (x, s, z, True)],
+        "attention_rows": [(grad, x, s, z, False), (grad, x, None, z, False), (grad, x, s, z, True)],
+        "attention_columns": [(grad, x, s, z, False), (grad, x, s, None, False)],
+        "attention_squeeze_logit_grad": [(x, s, z, rows)],
+        "attention_pool_logit_grad": [(x, z, s, columns)],
+        "attention_input_grad": [(grad, x, s, z, False, z, True, None, False), (grad, x, s, z, True, None, False, s, True)],
+    }
 
 
-@pytest.mark.parametrize("arrangement", ARRANGEMENTS)
-def test_attention_opcheck(arrangement):
-    torch.library.opcheck(torch.ops.fastsca.attention.default, _op_args(arrangement, "cpu"))
-
-
-@pytest.mark.parametrize("arrangement", ["sca", "csa"])
-def test_attention_opcheck_through_the_kernels(kernel_device, arrangement):
-    before = LAUNCHES["gate_input_grad"]
-    torch.library.opcheck(torch.ops.fastsca.attention.default, _op_args(arrangement, kernel_device))
-    assert LAUNCHES["gate_input_grad"] > before
+@pytest.mark.parametrize("name", PASSES)
+def test_every_pass_op_passes_opcheck(kernel_device, name, monkeypatch):
+    # The CPU passes first, then the Triton kernels: the fake kernels must match both.
+    for triton in ("0", "1"):
+        monkeypatch.setenv("TRITON_INTERPRET", triton)
+        before = sum(LAUNCHES.values())
+        for args in _pass_args(kernel_device)[name]:
+            torch.library.opcheck(getattr(torch.ops.fastsca, name).default, args)
+        assert (sum(LAUNCHES.values()) > before) == (triton == "1" or kernel_device == "cuda")
 
 
 @pytest.mark.parametrize("arrangement", ["sca", "csa", "cps"])
@@ -146,17 +155,23 @@ def test_attention_compiles_without_graph_break(kernel_device, arrangement):
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("args, message", [
-    (lambda a: (a[0][0], *a[1:]), r"\(B, C, T, F\)"),
-    (lambda a: (a[0], "sac", *a[2:]), "unknown arrangement 'sac'"),
-    (lambda a: (a[0], a[1], *[None] * 15, *a[17:]), "needs the global or the local spatial branch"),
+def _params(arrangement):
+    return build_attention(arrangement, 37, 7, 3, True, True, 8, 4, 5, REFERENCE_OPS).unit_params()
+
+
+@pytest.mark.parametrize("arrangement, params, message", [
+    ("sac", _params("sca"), "unknown arrangement 'sac'"),
+    ("sca", AttentionParams(None, None, _params("sca").channel), "needs the global or the local spatial branch"),
+    ("sca", _params("spatial"), "needs the channel MLP"),
+    ("channel", _params("sca"), "takes no spatial branch"),
+    ("sca", list(_params("sca")), "must be an AttentionParams"),
+    ("sca", _params("sca")._replace(local=_params("sca").local._replace(b2=torch.zeros(4, 7))), "built for"),
 ])
-def test_attention_rejects_bad_arguments(args, message):
-    op_args = _op_args("sca", "cpu")
+def test_attention_rejects_bad_arguments(arrangement, params, message):
     with pytest.raises(ValueError, match=message):
-        torch.ops.fastsca.attention(*args(op_args))
+        attention(torch.randn(2, 37, 7, 3), arrangement, params, True)
 
 
-def test_attention_rejects_a_wrong_parameter_count():
-    with pytest.raises(ValueError, match="params must hold 15"):
-        attention(torch.randn(2, 37, 7, 3), "sca", [None] * 3, True, 1e-5)
+def test_attention_rejects_a_map_that_is_not_4d():
+    with pytest.raises(ValueError, match=r"\(B, C, T, F\)"):
+        attention(torch.randn(37, 7, 3), "sca", _params("sca"), True)

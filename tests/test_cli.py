@@ -17,7 +17,7 @@ import train.sweep
 from fastsca.config import POOLING_PLANS, PRESETS
 from train import checkpoint
 from train.cli import model_config, profile_defaults
-from train.config import PROFILES
+from train.config import COMPILE_MODES, PROFILES
 
 from test_checkpoint import tiny_config, tiny_payload
 from test_train_run import tiny_args
@@ -97,6 +97,47 @@ def test_describe_builds_the_model_train_run_builds(argv):
         assert expected.pools == POOLING_PLANS[argv[argv.index("--pooling-plan") + 1]]
     if "--channels" not in argv:
         assert expected.channels == (PROFILES[profile].channels or PRESETS["at-csa-2"].channels)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+@pytest.mark.parametrize("flag, fused", [([], None), (["--fused-attention"], True), (["--no-fused-attention"], False)])
+def test_fused_attention_flag_overrides_the_profile(profile, flag, fused):
+    args = train.run.parse_args(["--profile", profile, *flag])
+    expected = PROFILES[profile].fused_attention if fused is None else fused
+    assert model_config(args, "at-sca-3", profile).fused_attention is expected
+    describe_args = fastsca.describe.build_parser().parse_args(["at-sca-3", "--profile", profile, *flag])
+    assert fastsca.describe.model_from_args(describe_args).fused_attention is expected
+
+
+def test_compile_mode_help_says_what_each_mode_does(capsys):
+    with pytest.raises(SystemExit):
+        train.run.main(["--help"])
+    help_text = "".join(capsys.readouterr().out.split())   # argparse wraps lines, also at the hyphens of a mode
+    assert "--compile-mode{" + ",".join(COMPILE_MODES) + "}" in help_text
+    for mode, meaning in COMPILE_MODES.items():
+        assert "".join(f"{mode}: {meaning}".split()) in help_text
+    assert "(default:reduce-overheadonCUDAwiththeinductorbackend,elsedefault)" in help_text
+
+
+@pytest.mark.parametrize("requested, backend, cuda, expected", [
+    (None, "inductor", True, "reduce-overhead"),
+    (None, "inductor", False, "default"),
+    (None, "eager", True, "default"),
+    ("max-autotune", "inductor", False, "max-autotune"),
+])
+def test_compile_mode_defaults_by_device(requested, backend, cuda, expected):
+    assert train.run.resolve_compile_mode(requested, backend, cuda) == expected
+
+
+def test_compile_mode_of_another_backend_is_one_line_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.run.main(["--compile", "--compile-backend", "eager", "--compile-mode", "reduce-overhead",
+                        "--out", str(tmp_path / "out"), "--builtin-dir", str(tmp_path / "builtin")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --compile-mode reduce-overhead is a mode of the inductor backend; --compile-backend eager takes no "
+        "mode: drop --compile-mode or use the inductor backend"]
+    assert not (tmp_path / "builtin").exists()   # refused before the built-in set is generated
 
 
 def test_describe_cpu_profile_table(capsys):

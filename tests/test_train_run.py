@@ -5,6 +5,7 @@
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,3 +202,52 @@ def test_new_run_into_a_used_out_folder_is_refused(full_run, builtin_dir, capsys
     with pytest.raises(SystemExit):
         train.run.main(tiny_args(full_run, builtin_dir))
     assert "latest.pt exists; pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_fused_run_learns_like_the_reference_and_says_so(full_run, builtin_dir, tmp_path, capsys):
+    # Inductor on the CPU compiles forward and backward around the fused attention ops (their PyTorch passes here)
+    out = tmp_path / "fused"
+    train.run.main(tiny_args(out, builtin_dir, 40, "--fused-attention", "--compile"))
+    printed = capsys.readouterr().out
+    assert "fused attention True" in printed
+    assert "compile inductor (mode default), contiguous memory format" in printed   # no CUDA: the CPU's defaults
+    evals = records(out, "val")
+    assert [e["step"] for e in evals] == [20, 40] and evals[-1]["mAP"] > 0.5
+    assert (out / "latest.pt").is_file() and (out / "best.pt").is_file()
+    latest = torch.load(out / "latest.pt", weights_only=True)
+    assert latest["config"]["model"]["fused_attention"] is True and latest["config"]["run"]["compile_mode"] == "default"
+    # the same model, data and seed as the uncompiled reference run: the first losses agree
+    losses, reference = ([r["loss"] for r in records(run, "train")][:5] for run in (out, full_run))
+    np.testing.assert_allclose(losses, reference, rtol=1e-3)
+    # a fused checkpoint evaluates like any other
+    evaluate.main(["--checkpoint", str(out / "best.pt"), "--out", str(tmp_path / "eval")])
+    [test] = records(out, "test")
+    assert f"mAP               {test['mAP']:.4f}" in capsys.readouterr().out
+
+
+def test_resume_with_fused_attention_is_the_same_model(full_run, builtin_dir, tmp_path, capsys):
+    # fused attention is how the model runs, not what it is: the cpu profile's unfused checkpoint resumes with it
+    out = tmp_path / "resumed"
+    out.mkdir()
+    for name in ("latest.pt", "best.pt", "metrics.jsonl"):
+        shutil.copyfile(full_run / name, out / name)
+    train.run.main(tiny_args(out, builtin_dir, 40, "--resume", "--fused-attention"))
+    printed = capsys.readouterr().out
+    assert f"resumed from {out / 'latest.pt'} at step 40" in printed and "fused attention True" in printed
+    unfused, fused = records(out, "test")   # the copied run's test record, then the resumed run's, of one best.pt
+    assert fused["mAP"] == pytest.approx(unfused["mAP"], abs=1e-4)
+
+
+def test_compile_mode_reaches_torch_compile(tmp_path, builtin_dir, monkeypatch, capsys):
+    modes = []
+
+    def record_mode(model, backend, mode):
+        modes.append((backend, mode))
+        return model
+
+    monkeypatch.setattr(torch, "compile", record_mode)
+    train.run.main(tiny_args(tmp_path / "out", builtin_dir, 2, "--eval-every", "2", "--compile", "--compile-mode",
+                             "max-autotune-no-cudagraphs"))
+    assert modes == [("inductor", "max-autotune-no-cudagraphs")]
+    assert "compile inductor (mode max-autotune-no-cudagraphs)" in capsys.readouterr().out

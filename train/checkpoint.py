@@ -8,7 +8,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,8 @@ def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 # Loader fields that change how fast batches come, not which: free to differ on resume.
 EXECUTION_FIELDS = ("num_workers", "dali_threads", "prefetch_batches")
+# ModelConfig fields that choose how the model runs, not its weights: free to differ on resume too.
+MODEL_EXECUTION_FIELDS = ("fused_attention",)
 
 
 def _without_execution(part: dict) -> dict:
@@ -183,9 +185,13 @@ def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
     are this run's."""
     check_contents(path, payload)
     saved = payload["config"]
-    saved_model = ModelConfig(**saved["model"])
-    if saved_model != config.model:   # ModelConfig's equality leaves out the preset name
-        differences = ", ".join(d for d in _differences(saved["model"], asdict(config.model)) if not d.startswith("name "))
+    # ModelConfig's equality leaves out the preset name; the execution fields are taken from this run
+    saved_model = replace(ModelConfig(**saved["model"]),
+                          **{name: getattr(config.model, name) for name in MODEL_EXECUTION_FIELDS})
+    if saved_model != config.model:
+        ignored = ("name", *MODEL_EXECUTION_FIELDS)
+        differences = ", ".join(d for d in _differences(saved["model"], asdict(config.model))
+                                if d.split(" ", 1)[0] not in ignored)
         raise CheckpointError(
             f"{path} holds model {saved_model.name!r} but this run builds {config.model.name!r} ({differences}, "
             f"checkpoint vs this run); resume with the checkpoint's --preset/--profile options, or start a new run "

@@ -1,9 +1,9 @@
 """Command-line pieces shared by `python -m train.run` and `python -m fastsca.describe`.
 
-`add_model_options` gives both the same model flags (--profile, --channels, --pooling-plan), so
-`describe` can show the very model a training run builds; `profile_defaults` writes each profile's
-value of a field into a help text ("cpu: 600; gpu: 3000"), read from the `Profile` dataclasses so the
-help never drifts from train/config.py.
+`add_model_options` gives both the same model flags (--profile, --channels, --pooling-plan,
+--fused-attention), so `describe` can show the very model a training run builds; `profile_defaults`
+writes each profile's value of a field into a help text ("cpu: 600; gpu: 3000"), read from the
+`Profile` dataclasses so the help never drifts from train/config.py.
 """
 import argparse
 
@@ -44,7 +44,7 @@ def _plan_name(pools: tuple[tuple[int, int], ...]) -> str:
 
 
 def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "auto") -> None:
-    """--profile, --channels and --pooling-plan, with the same meaning wherever they appear."""
+    """--profile, --channels, --pooling-plan and --fused-attention, with the same meaning wherever they appear."""
     parser.add_argument("--profile", choices=PROFILE_NAMES, default=profile_default,
                         help=f"hardware defaults from train/config.py PROFILES: cpu (narrow blocks, short built-in "
                              f"clips), gpu (the preset as it is, 10 s clips), auto (gpu where CUDA is available, "
@@ -57,6 +57,11 @@ def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "a
                              + "; ".join(f"{name} {' '.join(f'{t}x{f}' for t, f in plan)}"
                                          for name, plan in POOLING_PLANS.items())
                              + f" (default: the preset's, {_plan_name(ModelConfig().pools)})")
+    parser.add_argument("--fused-attention", action=argparse.BooleanOptionalAction,
+                        help="run each attention module as the fused ops of kernels/ (Triton on CUDA, the same passes "
+                             "in PyTorch on CPU) instead of step by step; the weights are the same either way, so a "
+                             f"checkpoint resumes and loads with or without it (default: the profile's: "
+                             f"{profile_defaults('fused_attention')})")
 
 
 def resolve_profile(requested: str, cuda: bool) -> tuple[str, str]:
@@ -70,7 +75,8 @@ def model_config(args: argparse.Namespace, preset: str, profile: str, **fields) 
     """The preset with the model options of `args` and the defaults of resolved `profile` (cpu or gpu);
     `fields` (num_classes, input_frames, ...) override the rest."""
     overrides = {"channels": args.channels or PROFILES[profile].channels or ModelConfig.from_name(preset).channels,
-                 "fused_attention": PROFILES[profile].fused_attention, **fields}
+                 "fused_attention": (PROFILES[profile].fused_attention if args.fused_attention is None
+                                     else args.fused_attention), **fields}
     if args.pooling_plan is not None:
         overrides["pools"] = POOLING_PLANS[args.pooling_plan]
     return ModelConfig.from_name(preset, **overrides)

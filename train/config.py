@@ -14,6 +14,14 @@ from train.synth import SynthConfig
 
 PROFILE_NAMES = ("auto", "cpu", "gpu")
 
+COMPILE_MODES: dict[str, str] = {
+    "default": "Inductor's fusions, no CUDA graphs",
+    "reduce-overhead": "plus CUDA graphs, which replay a step's kernels in one launch (CUDA only; more memory)",
+    "max-autotune": "plus CUDA graphs and kernel variants picked by benchmarking (a much longer compile)",
+    "max-autotune-no-cudagraphs": "max-autotune without the CUDA graphs",
+}
+"""torch.compile's `mode` values, each with what it changes (Inductor only; other backends take no mode)."""
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -99,6 +107,10 @@ class RunConfig:
     """torch.compile the model for training."""
     compile_backend: str = "inductor"
     """torch.compile backend."""
+    compile_mode: str = "default"
+    """torch.compile mode, one of COMPILE_MODES; anything but "default" needs the inductor backend."""
+    channels_last: bool = False
+    """Train with the model's weights (and so its activations) in the NHWC channels_last memory format."""
     threads: int | None = None
     """Intra-op CPU threads of each process (torch.set_num_threads); None keeps torch's default."""
     resume: bool = False
@@ -120,6 +132,11 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.checkpoint_minutes > 0:
             raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.compile_mode != "default" and self.compile_backend != "inductor":
+            raise ValueError(f"--compile-mode {self.compile_mode} is a mode of the inductor backend; --compile-backend "
+                             f"{self.compile_backend} takes no mode: drop --compile-mode or use the inductor backend")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from fastsca.inference import CheckpointError
 from fastsca.model import build_model
 from train import checkpoint, distributed, holdout, localisation
 from train.cli import add_model_options, model_config, preset_help, profile_defaults, resolve_profile
-from train.config import PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
+from train.config import COMPILE_MODES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.evaluate import autocast, evaluate
 from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
@@ -100,6 +100,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--compile", action="store_true", help="torch.compile the model for training (the first step "
         "compiles: a minute or more; later runs reuse Inductor's cache)")
     arg("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
+    arg("--compile-mode", choices=list(COMPILE_MODES),
+        help="torch.compile mode of the inductor backend: " + "; ".join(f"{mode}: {meaning}"
+                                                                         for mode, meaning in COMPILE_MODES.items())
+             + " (default: reduce-overhead on CUDA with the inductor backend, else default)")
     arg("--threads", type=int, help=f"intra-op CPU threads per process (default: the profile's: "
         f"{profile_defaults('threads', none='torch decides')})")
     return parser.parse_args(argv)
@@ -109,13 +113,32 @@ def _pick(value, default):
     return default if value is None else value
 
 
-def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tuple[str, str]]:
-    """The run's config from the flags and profile `name`, and the (train, eval) split paths; generates the
-    built-in set if it is used."""
+def resolve_compile_mode(requested: str | None, backend: str, cuda: bool) -> str:
+    """--compile-mode, or when not given: reduce-overhead for Inductor on CUDA, where CUDA graphs replay the
+    hundreds of small kernels of a step at batch 64-256 in one launch (the launch overhead they save is an
+    estimate on paper, not yet measured here); default elsewhere: CUDA graphs need CUDA, other backends no mode."""
+    if requested is not None:
+        return requested
+    return "reduce-overhead" if cuda and backend == "inductor" else "default"
+
+
+def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[TrainConfig, tuple[str, str]]:
+    """The run's config from the flags, profile `name` and whether it trains on CUDA, and the (train, eval)
+    split paths; generates the built-in set if it is used."""
     profile = PROFILES[name]
     clip_seconds = _pick(args.clip_seconds, profile.clip_seconds)
     if not clip_seconds > 0:
         raise ValueError(f"--clip-seconds must be > 0, got {clip_seconds:g}")
+    steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
+    # made before the data, so that a bad run flag fails before the built-in set is generated
+    run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
+                    eval_every=_pick(args.eval_every, profile.eval_every),
+                    log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
+                    compile=args.compile, compile_backend=args.compile_backend,
+                    compile_mode=resolve_compile_mode(args.compile_mode, args.compile_backend, cuda),
+                    channels_last=cuda,   # bf16 convolutions run faster in NHWC; CPU runs keep NCHW, as tested
+                    threads=_pick(args.threads, profile.threads), resume=args.resume,
+                    checkpoint_minutes=args.checkpoint_minutes)
     # events last 10-40 % of a clip, as in SynthConfig's 1-4 s events on 10 s clips
     builtin = SynthConfig(clip_seconds=clip_seconds, event_seconds=(0.1 * clip_seconds, 0.4 * clip_seconds),
                           n_train=_pick(args.builtin_train, profile.builtin_train),
@@ -133,14 +156,6 @@ def build_config(args: argparse.Namespace, name: str) -> tuple[TrainConfig, tupl
     model = model_config(args, args.preset, name, num_classes=len(label_names), input_frames=log_mel.frames)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
                         weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip)
-    steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
-    run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
-                    eval_every=_pick(args.eval_every, profile.eval_every),
-                    log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
-                    compile=args.compile,
-                    compile_backend=args.compile_backend,
-                    threads=_pick(args.threads, profile.threads), resume=args.resume,
-                    checkpoint_minutes=args.checkpoint_minutes)
     return TrainConfig(model=model, log_mel=log_mel, data=data, optim=optim, run=run), paths
 
 
@@ -174,7 +189,9 @@ def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: 
         f"test {d.eval_path or 'built-in eval split'} (evaluated once, at the end, with best.pt)",
         f"run: {total_steps} steps x {d.loader.batch_size} clips x {world_size} process(es), {d.loader.sampler} "
         f"sampler, AdamW lr {o.lr:g} (warm-up {o.warmup_steps}, cosine), eval every {r.eval_every}, "
-        f"compile {r.compile_backend if r.compile else 'off'}, {torch.get_num_threads()} CPU thread(s), out {r.out}",
+        f"compile {f'{r.compile_backend} (mode {r.compile_mode})' if r.compile else 'off'}, "
+        f"{'channels_last' if r.channels_last else 'contiguous'} memory format, {torch.get_num_threads()} CPU "
+        f"thread(s), out {r.out}",
     ])
 
 
@@ -207,6 +224,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
           LogMelLoader(eval_path, eval_loader_config, config.log_mel, device, ctx.rank, ctx.world_size) as eval_loader):
         total_steps = run.steps if run.steps is not None else run.epochs * len(train_loader)
         model = build_model(config.model).to(device)
+        if run.channels_last:   # before the optimiser, whose moments then take the weights' layout
+            model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, total_steps)
         state = checkpoint.TrainState()
@@ -228,7 +247,9 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
             if run.resume:
                 print(f"resumed from {latest} at step {state.step}", flush=True)
 
-        train_model = torch.compile(model, backend=run.compile_backend) if run.compile else model
+        # a backend other than inductor only ever gets mode "default" (RunConfig), which torch.compile keeps to itself
+        train_model = (torch.compile(model, backend=run.compile_backend, mode=run.compile_mode) if run.compile
+                       else model)
         if ctx.world_size > 1:
             distributed.match_grad_strides(model)
             train_model = DistributedDataParallel(train_model,
@@ -359,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
             profile, why = resolve_profile(args.profile, ctx.device.type == "cuda")
             if ctx.is_main:
                 print(f"profile {profile} ({why}): defaults from train/config.py PROFILES[{profile!r}]", flush=True)
-            config, (train_path, eval_path) = build_config(args, profile)
+            config, (train_path, eval_path) = build_config(args, profile, ctx.device.type == "cuda")
             with RunLock(Path(config.run.out), enabled=ctx.is_main):
                 summary = train(config, train_path, eval_path, ctx, stop)
     except ValueError as error:   # config errors, and CheckpointError, ShardError and OutFolderError (ValueErrors)
