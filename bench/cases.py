@@ -8,7 +8,10 @@ Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
   on CUDA, fp32 on CPU; providers `eager` (the PyTorch reference), `compile` (torch.compile of the
   reference), `fused` (the torch.library ops of kernels/, Triton on CUDA), and for the module also
   `fused_compile` (fused ops inside a compiled module, as training runs it); modes `forward`,
-  `backward` (of a forward done outside the timed region) and `full` (forward + backward);
+  `backward` (of a forward done outside the timed region) and `full` (forward + backward). On a CPU
+  the module's fused providers time kernels.attention as it runs there (its F-sized passes one PyTorch
+  expression each), on one map at batch 32; the standalone ops' fused cases skip (they are their
+  reference there);
 - the training step (forward, fp32 BCE, backward, AdamW step) of `baseline` and `at-sca-3`:
   eager, fused, compiled, compiled + fused;
 - the loader: the DALI loader (train/loader.py) against a torch DataLoader computing the same
@@ -61,8 +64,9 @@ REAL_PRESETS = ("at-sca-1", "at-sca-2", "at-sca-3")
 BATCHES = (32, 256)
 TARGET_PRESET, TARGET_PLAN, TARGET_BATCH = "at-sca-3", "time-freq", 256
 """The targets are checked on at-sca-3's maps under the time-freq plan (blocks 5-7 at 100x4) at batch 256."""
-CPU_MODULE_BATCH = 32
-"""On CPU the module runs eager vs compile at batch 32 only, which keeps the CPU bench inside 10 minutes."""
+CPU_MODULE_MAP = (32, 256, 100, 4)
+"""(B, C, T, F) of the one module map a CPU run times (block 5 of at-sca-3 in both plans, batch 32): with
+four providers, two of them compiled, each further map adds about a minute on the 2-core box."""
 
 # Training step sizes. GPU: the preset's widths, 10 s clips and train/config.py's gpu-profile batch.
 # CPU: the cpu profile's quarter widths and 2 s clips (80 frames), batch 8: a step took 60-70 ms on
@@ -267,18 +271,20 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         return "baseline has no attention: its fused model is the reference model, timed under 'eager'/'compile'"
     if env.cuda or env.smoke:
         return None
-    if case.provider in FUSED_PROVIDERS:
-        return ("needs CUDA: on CPU the fused ops run their PyTorch reference, so this would time "
-                + ("the compiled reference model again" if "compile" in case.provider else "the reference again"))
+    if case.suite in OPS and case.provider == "fused":
+        return (f"needs CUDA: on CPU the standalone fastsca::{case.suite} runs {case.suite}_reference, so this would "
+                f"time the eager case again (the fused attention's CPU passes are timed by the sca and train_step "
+                f"suites)")
     if env.cpu_all:
         return None
     if case.suite in OPS:
         return (f"needs CUDA: {case.suite} is a GPU kernel, and its reference alone on 2 shared CPU cores says "
-                f"nothing about it; left out to keep the CPU bench well inside its 10-minute budget "
+                f"nothing about it; left out to keep the CPU bench to a few minutes "
                 f"(FASTSCA_BENCH_CPU_ALL=1 runs eager and compile anyway)")
-    if case.suite == "sca" and case.batch != CPU_MODULE_BATCH:
-        return (f"needs CUDA: the module at batch {case.batch} is left out on CPU to keep the CPU bench inside its "
-                f"10-minute budget; batch {CPU_MODULE_BATCH} runs instead (FASTSCA_BENCH_CPU_ALL=1 runs it anyway)")
+    if case.suite == "sca" and case.shape.dims != CPU_MODULE_MAP:
+        return (f"left out on CPU to keep the CPU bench to a few minutes: the module runs at "
+                f"B{CPU_MODULE_MAP[0]}-C{CPU_MODULE_MAP[1]}x{CPU_MODULE_MAP[2]}x{CPU_MODULE_MAP[3]} there "
+                f"(FASTSCA_BENCH_CPU_ALL=1 runs every map)")
     return None
 
 

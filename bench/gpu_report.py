@@ -118,22 +118,22 @@ def run_case(case: Case, env: BenchEnv) -> dict:
     return record
 
 
-def _key(record: dict) -> tuple:
+def comparison_key(record: dict) -> tuple:
     """What makes providers comparable: suite, map or model and batch, mode."""
-    return (record["suite"], tuple(record.get("shape", ())), record.get("dtype"), record.get("model"), record["batch"],
-            record["mode"])
+    return (record["suite"], tuple(record.get("shape", ())), record.get("dtype"), record.get("model"),
+            record.get("batch"), record["mode"])
 
 
 def derive(records: list[dict], copy_gbps: float | None) -> None:
     """Add % of copy bandwidth and speed-ups over the eager and compiled references, in place."""
-    times = {(_key(r), r["provider"]): r["time_ms"] for r in records if r["status"] == "ok"}
+    times = {(comparison_key(r), r["provider"]): r["time_ms"] for r in records if r["status"] == "ok"}
     for r in records:
         if r["status"] != "ok":
             continue
         if copy_gbps and r.get("gbps") is not None:
             r["pct_of_copy"] = 100 * r["gbps"] / copy_gbps
         for reference in ("eager", "compile"):
-            base = times.get((_key(r), reference))
+            base = times.get((comparison_key(r), reference))
             if base and r["time_ms"]:
                 r[f"vs_{reference}"] = base / r["time_ms"]
 

@@ -136,13 +136,12 @@ def _kernel_modules() -> list:
 
 
 @contextlib.contextmanager
-def record(f_numel: int):
-    """Within: kernel launches are recorded, not run, the ops take their Triton path on CPU tensors,
-    and F-sized aten traffic is counted. Set `recording.phase` to 'backward' before the backward."""
+def capture_launches(recording: Recording):
+    """Within: kernel launches are appended to `recording` (phase: its current one), not run, and the ops
+    take their Triton path on CPU tensors. No dispatch mode: torch.compile may compile meanwhile."""
     modules = _kernel_modules()
     if not modules:
         raise RuntimeError("bench.launches: no kernels module defines use_triton; import kernels first")
-    recording = Recording(f_numel)
 
     def capture(self, *args, grid, warmup, **kwargs):
         grid = grid(dict(zip([p.name for p in self.params], args)) | kwargs) if callable(grid) else grid
@@ -154,9 +153,17 @@ def record(f_numel: int):
     for m in modules:
         m.use_triton = lambda *args, **kwargs: True
     try:
-        with _FSizedAtenTraffic(recording):
-            yield recording
+        yield recording
     finally:
         JITFunction.run = saved_run
         for m, use in saved_use.items():
             m.use_triton = use
+
+
+@contextlib.contextmanager
+def record(f_numel: int):
+    """Within: kernel launches are recorded, not run, the ops take their Triton path on CPU tensors,
+    and F-sized aten traffic is counted. Set `recording.phase` to 'backward' before the backward."""
+    recording = Recording(f_numel)
+    with capture_launches(recording), _FSizedAtenTraffic(recording):
+        yield recording

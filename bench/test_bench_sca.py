@@ -1,6 +1,7 @@
 """The whole SCA module (eq. 10, at-sca-3's config): eager reference vs torch.compile of it vs fused ops vs
 fused ops in a compiled module, forward / backward / full, at at-sca-1/2/3's maps with batch 32 and 256.
-On CPU only eager vs compile at batch 32 runs (the fused ops are the reference there)."""
+On CPU the four providers run at one map, B32-C256x100x4 (bench/cases.py CPU_MODULE_MAP); the fused ones
+time kernels.attention's CPU passes (one PyTorch expression per F-sized pass), not Triton."""
 import pytest
 
 from bench.cases import BenchEnv, sca_cases

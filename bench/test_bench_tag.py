@@ -72,6 +72,9 @@ def test_tag_long_file(benchmark, tmp_path, seconds):
     tags, events = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.group = "tag"
     elapsed = benchmark.stats.stats.max
+    # suite, provider and mode give it a row of the run's summary table (bench/conftest.py); the model
+    # runs its reference attention (fused_attention=False), hence 'eager'.
+    benchmark.extra_info.update(suite="tag", provider="eager", mode=f"{seconds} s file")
     benchmark.extra_info.update(audio_seconds=seconds, seconds_per_hour=round(elapsed * 3600 / seconds, 2),
                                 peak_rss_mb=round(peak_rss_mb(), 1), rss_before_mb=round(before, 1),
                                 frames=len(tags.frame), events=len(events), threads=torch.get_num_threads())

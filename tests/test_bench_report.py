@@ -139,3 +139,107 @@ def test_grid_follows_both_pooling_plans_in_bf16_and_fp32():
     x = torch.empty(2, 3, 5, 7, dtype=torch.bfloat16)
     assert [cases.sca_minimal_bytes(m, x) for m in ("forward", "backward", "full")] == [4 * 420, 5 * 420, 9 * 420]
     assert cases.BenchEnv(torch.device("cpu")).dtypes == ("fp32",)
+
+
+def _fake_session() -> list:
+    """pytest-benchmark's session as `pytest bench/` on a CPU leaves it: one Metadata per benchmark that
+    ran (the grid's extra_info from Case.describe and harness.figures), plus one that never ran."""
+    stats = pytest.importorskip("pytest_benchmark.stats")
+    import torch
+
+    from bench import cases, harness
+
+    env = cases.BenchEnv(torch.device("cpu"))
+    shape = next(s for s in cases.map_shapes(env) if s.dims == cases.CPU_MODULE_MAP)
+    x = torch.empty(shape.dims)
+    grid = [(cases.Case("sca", p, "full", shape.batch, shape, dtype="fp32"), cases.sca_minimal_bytes("full", x), None)
+            for p in cases.SCA_PROVIDERS]
+    grid += [(cases.Case("train_step", p, "step", 8, model=m), None, 8)
+             for m in cases.TRAIN_MODELS for p in cases.TRAIN_PROVIDERS if not (m == "baseline" and "fused" in p)]
+    grid += [(cases.Case("loader", p, "epoch", 32), None, 256) for p in cases.LOADER_PROVIDERS]
+    session = []
+    for index, (case, minimal_bytes, items) in enumerate(grid):
+        seconds = 0.01 * (index + 1)
+        prepared = harness.Prepared(fn=lambda: None, device=env.device, minimal_bytes=minimal_bytes, items=items)
+        info = {**case.describe(), **harness.figures(prepared, seconds)}
+        session.append(_metadata(stats, case.id, info, [seconds] * 3))
+    session.append(_metadata(stats, "test_tag_long_file[6min]",
+                             {"suite": "tag", "provider": "eager", "mode": "360 s file", "audio_seconds": 360}, [1.5]))
+    session.append(_metadata(stats, "never-ran", {"suite": "sca"}, []))
+    return session
+
+
+def _metadata(stats, name: str, extra_info: dict, durations: list[float]):
+    from types import SimpleNamespace
+
+    fixture = SimpleNamespace(name=name, fullname=f"bench/x.py::{name}", group=None, param=name, params=None,
+                              extra_info=extra_info, cprofile_stats=None)
+    metadata = stats.Metadata(fixture, iterations=1, options={})
+    for seconds in durations:
+        metadata.update(seconds)
+    return metadata
+
+
+def test_summary_table_has_its_columns_and_a_row_per_provider(tmp_path):
+    """The table `pytest bench/` ends with: the six columns, one row per provider of each case that ran,
+    speed-ups against the eager and compiled references of the same case (none where there are none);
+    `python -m bench.summarize RUN.json` ends with the same table."""
+    import torch
+
+    from bench import cases, harness, summarize
+
+    environment = {"device": "AMD EPYC", "date": "2026-12-02", "torch": "2.13.0+cpu", "triton": "3.9.0",
+                   "cpu_count": 2, "torch_threads": 1, "load_average": "2.0 2.0 2.0"}
+    run = summarize.session_run(_fake_session())
+    markdown = summarize.render_summary(run, environment, 12.0)
+    assert "e+" not in markdown, "no exponents in the figures"
+    lines = markdown.splitlines()
+    assert lines[0] == "# fastsca benchmark summary: AMD EPYC, 2026-12-02"
+    table = [line for line in lines if line.startswith("|")]
+    assert table == lines[-len(table):], "the table is the last thing in the summary"
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == ["provider", "case", "median", "x eager", "x compile", "throughput"]
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in table[2:]]
+    by_case: dict[str, list[dict]] = {}
+    for row in rows:
+        by_case.setdefault(row["case"], []).append(row)
+    assert list(by_case) == ["sca B32-C256x100x4 fp32 full", "train_step baseline B8 step",
+                             "train_step at-sca-3 B8 step", "loader B32 epoch", "tag 360 s file"]
+    assert [r["provider"] for r in by_case["sca B32-C256x100x4 fp32 full"]] == list(cases.SCA_PROVIDERS)
+    assert [r["provider"] for r in by_case["train_step at-sca-3 B8 step"]] == ["eager", "compile", "fused",
+                                                                               "compile_fused"]
+    assert [r["provider"] for r in by_case["train_step baseline B8 step"]] == ["eager", "compile"]
+    assert [r["provider"] for r in by_case["loader B32 epoch"]] == list(cases.LOADER_PROVIDERS)
+    for case in ("sca B32-C256x100x4 fp32 full", "train_step at-sca-3 B8 step", "train_step baseline B8 step"):
+        for row in by_case[case]:
+            assert row["x eager"].endswith("x") and row["x compile"].endswith("x"), row
+            assert row["median"].endswith(" ms"), row
+        eager = next(r for r in by_case[case] if r["provider"] == "eager")
+        assert eager["x eager"] == "1.00x"
+    assert all(r["throughput"].endswith(" GB/s") for r in by_case["sca B32-C256x100x4 fp32 full"])
+    assert all(r["throughput"].endswith(" clips/s") for r in by_case["train_step at-sca-3 B8 step"])
+    assert all(r["x eager"] == r["x compile"] == "–" for r in by_case["loader B32 epoch"])
+    (tag,) = by_case["tag 360 s file"]
+    assert tag["median"] == "1.5 s" and tag["throughput"].endswith("x real time")
+
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps({**run, "machine_info": {"fastsca": harness.environment(torch.device("cpu"))}}))
+    summarize.main([str(run_json), "--out", str(tmp_path / "run.md")])
+    assert (tmp_path / "run.md").read_text().splitlines()[-len(table):] == table
+
+
+@pytest.mark.slow
+def test_pytest_bench_ends_with_the_summary_table(tmp_path):
+    """`pytest bench/` runs a fused module case on this machine (on a CPU: kernels.attention's CPU passes),
+    then prints the summary table last, after pytest's short summary, and writes it to --bench-summary."""
+    summary = tmp_path / "summary.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "bench/test_bench_sca.py", "--benchmark-only", "-k", "fp32-fused-forward",
+         "-p", "no:cacheprovider", f"--benchmark-storage={tmp_path}", f"--bench-summary={summary}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    markdown = summary.read_text()
+    assert "| provider | case | median | x eager | x compile | throughput |" in markdown
+    assert "| fused | sca B32-C256x100x4 fp32 forward |" in markdown
+    tail = done.stdout[done.stdout.rindex("short test summary info"):]
+    assert markdown in tail, "the summary comes after pytest's own short summary"
