@@ -54,10 +54,13 @@ MODES = ("forward", "backward", "full")
 OP_PROVIDERS = ("eager", "compile", "fused")
 SCA_PROVIDERS = ("eager", "compile", "fused", "fused_compile")
 TRAIN_MODELS = ("baseline", "at-sca-3")
-TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused")
+TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs")
+"""The training step: eager and torch.compile (mode default) of the reference and of fastsca's model, and both
+compiled with CUDA graphs (mode reduce-overhead, train.run's default on CUDA)."""
 LOADER_PROVIDERS = ("dali", "librosa")
-FUSED_PROVIDERS = ("fused", "fused_compile", "compile_fused")
-COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused")
+FUSED_PROVIDERS = ("fused", "fused_compile", "compile_fused", "compile_fused_cudagraphs")
+COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs")
+CUDAGRAPH_PROVIDERS = ("compile_cudagraphs", "compile_fused_cudagraphs")
 
 REAL_PRESETS = ("at-sca-1", "at-sca-2", "at-sca-3")
 """The presets whose attention maps give the real shapes (at-sca-3's three include the others')."""
@@ -68,11 +71,12 @@ CPU_MODULE_MAP = (32, 256, 100, 4)
 """(B, C, T, F) of the one module map a CPU run times (block 5 of at-sca-3 in both plans, batch 32): with
 four providers, two of them compiled, each further map adds about a minute on the 2-core box."""
 
-# Training step sizes. GPU: the preset's widths, 10 s clips and train/config.py's gpu-profile batch.
+# Training step sizes. GPU: the preset's widths, 10 s clips, batch 256 (bench/whole_step.py's estimate is
+# for the same step), channels_last as train.run on CUDA.
 # CPU: the cpu profile's quarter widths and 2 s clips (80 frames), batch 8: a step took 60-70 ms on
 # one thread of the 2-core box, and compiling it about a minute. Smoke: just enough to run every path.
 TRAIN_SIZES = {
-    "gpu": dict(channels=None, input_frames=400, batch=64, num_classes=527),
+    "gpu": dict(channels=None, input_frames=400, batch=256, num_classes=527),
     "cpu": dict(channels=(8, 16, 32, 64, 64, 128, 128), input_frames=80, batch=8, num_classes=527),
     "smoke": dict(channels=(4, 4, 8, 8, 8, 16, 16), input_frames=16, batch=2, num_classes=10),
 }
@@ -269,6 +273,8 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         return None
     if case.suite == "train_step" and case.model == "baseline" and case.provider in FUSED_PROVIDERS:
         return "baseline has no attention: its fused model is the reference model, timed under 'eager'/'compile'"
+    if case.provider in CUDAGRAPH_PROVIDERS and not env.cuda:
+        return "needs CUDA: CUDA graphs (torch.compile mode reduce-overhead) capture CUDA work only"
     if env.cuda or env.smoke:
         return None
     if case.suite in OPS and case.provider == "fused":
@@ -460,15 +466,18 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
                      num_classes=sizes["num_classes"])
     if sizes["channels"] is not None:
         overrides["channels"] = sizes["channels"]
-    model = build_model(case.model, **overrides).to(env.device)
+    layout = torch.channels_last if env.cuda else torch.contiguous_format   # as train.run
+    model = build_model(case.model, **overrides).to(env.device, memory_format=layout)
     optimizer = _optimizer(model)
     config = model.config
     # Log-mel-like input (dB values around -50) and sparse multi-hot targets, as AudioSet's.
-    log_mel = torch.randn(case.batch, 1, config.input_frames, config.n_mels, device=env.device) * 20 - 50
+    log_mel = (torch.randn(case.batch, 1, config.input_frames, config.n_mels, device=env.device) * 20 - 50
+               ).contiguous(memory_format=layout)
     target = (torch.rand(case.batch, config.num_classes, device=env.device) < 0.05).float()
     run = model
     if case.provider in COMPILED_PROVIDERS:
-        run = torch.compile(model, backend=env.compile_backend)
+        mode = "reduce-overhead" if case.provider in CUDAGRAPH_PROVIDERS else "default"
+        run = torch.compile(model, backend=env.compile_backend, mode=mode)
 
     def step() -> None:
         with autocast(env.device, torch.bfloat16 if env.cuda else torch.float32):
@@ -479,10 +488,12 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         optimizer.step()
 
     # Three warm-up steps: compile forward, compile backward, then the optimizer's first step
-    # allocates its state; the timed steps after that are steady.
-    yield Prepared(fn=step, device=env.device, items=case.batch, warmup_calls=3,
+    # allocates its state; the timed steps after that are steady. CUDA graphs record on a later call.
+    warmup = 5 if case.provider in CUDAGRAPH_PROVIDERS else 3
+    yield Prepared(fn=step, device=env.device, items=case.batch, warmup_calls=warmup,
                    info={"channels": list(config.channels), "input_frames": config.input_frames,
                          "num_classes": config.num_classes, "autocast_bf16": env.cuda,
+                         "channels_last": layout == torch.channels_last,
                          "params": sum(p.numel() for p in model.parameters())})
 
 

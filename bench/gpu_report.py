@@ -3,7 +3,9 @@
 On a GPU machine (one call of at most 9 minutes on an H100) it measures the copy-bandwidth ceiling,
 then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
 timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
-first (the issue's targets), then the training steps (clips/s and peak memory, fused vs reference),
+first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
+training-mode BatchNorm, AdamW) for plain torch.compile of the reference against fastsca's, each with
+and without CUDA graphs (mode reduce-overhead), then the other training steps (clips/s and peak memory),
 the loader, the rest of the module grid and the four ops. Cases that would start after the time
 budget are recorded as skipped. It writes `<out-dir>/<date>-<device>.json` and `.md` after every case
 (a cut-off run still leaves its numbers) and prints the markdown at the end.
@@ -65,8 +67,8 @@ def priority(case: Case, env: BenchEnv) -> int:
     """Run order: what the targets need first, then what a tight budget can best spare last."""
     if cases.is_target(case, env):
         return 0
-    if case.suite == "train_step":
-        return 1 if case.model == cases.TARGET_PRESET else 2
+    if case.suite == "train_step":   # the whole step, plain torch.compile vs fastsca, with and without CUDA graphs
+        return 1 if case.model == cases.TARGET_PRESET and case.provider in cases.COMPILED_PROVIDERS else 2
     if case.suite == "loader":
         return 3
     if case.suite == "sca":
@@ -175,7 +177,8 @@ def train_memory(records: list[dict]) -> list[dict]:
     rows = []
     steps = {(r["model"], r["provider"]): r for r in records if r["suite"] == "train_step" and r["status"] == "ok"}
     for model in cases.TRAIN_MODELS:
-        for reference, fused in (("eager", "fused"), ("compile", "compile_fused")):
+        for reference, fused in (("eager", "fused"), ("compile", "compile_fused"),
+                                 ("compile_cudagraphs", "compile_fused_cudagraphs")):
             ref, fus = steps.get((model, reference)), steps.get((model, fused))
             if ref is None:
                 continue

@@ -1,0 +1,86 @@
+"""Make Inductor write its GPU-style Triton kernels for CPU tensors, on a machine with no GPU.
+
+With `torch._inductor.config.cpu_backend = "triton"`, Inductor runs the scheduler and fusion passes it
+runs for CUDA and emits Triton kernels for CPU tensors; under TRITON_INTERPRET=1 Triton's interpreter can
+run them. Three things ask for an active GPU driver or CUDA's libdevice and are patched for the duration:
+`torch.utils._triton.triton_backend` (None) and `triton_hash_with_backend` (a constant), and the
+`libdevice` that generated kernels import from Inductor's runtime helpers, pointed at `tl.math` plus
+`@triton.jit` stand-ins for the few functions `tl.math` lacks. Checked with torch 2.13 + Triton 3.9.
+"""
+import contextlib
+import os
+from unittest import mock
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _log1p(x):
+    return tl.log(1 + x)
+
+
+@triton.jit
+def _expm1(x):
+    return tl.exp(x) - 1
+
+
+@triton.jit
+def _tanh(x):
+    return 2 * tl.sigmoid(2 * x) - 1
+
+
+@triton.jit
+def _pow(x, y):
+    return tl.exp(y * tl.log(x))
+
+
+@triton.jit
+def _isinf(x):
+    return (x == float("inf")) | (x == float("-inf"))
+
+
+@triton.jit
+def _isnan(x):
+    return x != x
+
+
+@triton.jit
+def _signbit(x):
+    return x < 0
+
+
+class _CpuLibdevice:
+    """libdevice for the interpreter: tl.math's function of the same name, else a jit stand-in above."""
+
+    _STAND_INS = {"log1p": _log1p, "expm1": _expm1, "tanh": _tanh, "pow": _pow, "isinf": _isinf,
+                  "isnan": _isnan, "signbit": _signbit}
+
+    def __getattr__(self, name):
+        if name in self._STAND_INS:
+            return self._STAND_INS[name]
+        if hasattr(tl.math, name):
+            return getattr(tl.math, name)
+        raise AttributeError(f"bench.inductor_cpu: no CPU stand-in for libdevice.{name}")
+
+
+@contextlib.contextmanager
+def inductor_triton_on_cpu():
+    """Inductor emits (and, under TRITON_INTERPRET=1, runs) Triton kernels for CPU tensors meanwhile."""
+    import torch._inductor.config as inductor_config
+    from torch._inductor.runtime import triton_compat, triton_helpers
+
+    libdevice = _CpuLibdevice()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, {"TRITON_INTERPRET": "1"}))
+        stack.enter_context(mock.patch("torch.utils._triton.triton_backend", lambda: None))
+        stack.enter_context(mock.patch("torch.utils._triton.triton_hash_with_backend", lambda: "CPU-TRITON-INTERPRET"))
+        stack.enter_context(mock.patch.object(triton_helpers, "libdevice", libdevice))
+        stack.enter_context(mock.patch.object(triton_compat, "libdevice", libdevice))
+        stack.enter_context(inductor_config.patch(cpu_backend="triton"))
+        torch._dynamo.reset()
+        try:
+            yield
+        finally:
+            torch._dynamo.reset()
