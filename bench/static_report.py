@@ -11,7 +11,7 @@ moved, in units of |F| (the bytes of the block's feature map), counted from the 
 tensor a kernel loads or stores, once per pass a program makes over it) and from any aten op that reads
 or writes an F-sized tensor, against the floor (FLOORS) and as roofline time at 3.35 TB/s.
 
-Writes `<out-dir>/<date>-sm<arch>-static.{json,md}` and prints the markdown.
+Writes `<out-dir>/<date>-sm<arch>-static-b<batch>.{json,md}` and prints the markdown.
 """
 import argparse
 import json
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
         report = build_report(args.arch, args.batch, cases, progress=lambda case: bar.update())
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['environment']['date']}-sm{args.arch}-static"
+    stem = f"{report['environment']['date']}-sm{args.arch}-static-b{args.batch}"
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(report, indent=1))
     markdown = render_markdown(report)

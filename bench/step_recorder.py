@@ -39,20 +39,10 @@ class InductorLaunch:
     """One launch of a kernel Inductor generated."""
 
     autotuner: CachingAutotuner
+    """Inductor's launcher of the kernel: its function, configs and metadata."""
     args: tuple
     grid: tuple[int, ...]
     phase: str
-
-    @property
-    def name(self) -> str:
-        return self.autotuner.inductor_meta.get("kernel_name", "?")
-
-    @property
-    def programs(self) -> int:
-        out = 1
-        for size in self.grid:
-            out *= int(size)
-        return out
 
 
 @dataclass

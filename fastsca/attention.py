@@ -4,9 +4,10 @@ Blocks: `GlobalSpatialBranch` (eq. 5), `LocalSpatialBranch` (eq. 6), `SpatialAtt
 `ChannelAttention` (eqs. 8-9), and the arrangements that compose them: spatial only (AT-S), channel
 only (AT-C), SCA (eq. 10), CSA and the parallel C//S. The heavy steps over the feature map F run
 through four ops (`AttentionOps`): their PyTorch references, or, fused, the whole arrangement as
-one op (`kernels.attention`) whose forward reads F three times and writes it once (F', the spatially
-weighted map, is never materialised) and whose backward is one unit writing dF once
-(docs/kernels.md gives the bytes of each arrangement). Differences from the paper: none in the
+one autograd unit (`kernels.attention`) whose forward reads F three times and writes it once (F', the
+spatially weighted map, is never materialised) and whose backward writes dF once; only its F-sized
+passes are opaque ops, the sub-networks between them are traced by torch.compile (docs/kernels.md
+gives the bytes of each arrangement). Differences from the paper: none in the
 maths; the module returns F'' = M_c * M_s * F in one gate instead of two successive products (equal
 in exact arithmetic).
 """
@@ -30,7 +31,7 @@ class AttentionOps:
     spatial_squeeze: Callable
     gate: Callable
     unit: Callable | None = None
-    """The whole arrangement as one op (kernels.attention), or None to run the four ops step by step."""
+    """The whole arrangement as one autograd unit (kernels.attention), or None to run the four ops step by step."""
 
 
 REFERENCE_OPS = AttentionOps(
@@ -74,7 +75,7 @@ class GlobalSpatialBranch(nn.Module):
 
     def update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: int) -> None:
         """What nn.BatchNorm2d's training forward does to its buffers, given the batch mean and biased
-        variance over count values per channel (the fused op computes them but cannot mutate buffers)."""
+        variance over count values per channel (the fused unit computes them but does not mutate buffers)."""
         bn = self.bn
         with torch.no_grad():
             bn.num_batches_tracked.add_(1)
@@ -177,8 +178,8 @@ class ChannelAttention(nn.Module):
 class Arrangement(nn.Module):
     """An attention arrangement: its spatial and channel parts (either may be None) and the ops it runs.
 
-    `reference` spells the arrangement out step by step; with a fused unit op, forward runs the same
-    maths as one op (one autograd node, so F gets one gradient, written once).
+    `reference` spells the arrangement out step by step; with a fused unit, forward runs the same
+    maths as one autograd node (so F gets one gradient, written once).
     """
 
     name: str
@@ -192,7 +193,7 @@ class Arrangement(nn.Module):
     ) -> None:
         super().__init__()
         if channel is not None and not isinstance(channel.act, nn.ReLU) and ops.unit is not None:
-            raise ValueError("the fused attention op implements the channel MLP with ReLU; use the reference ops")
+            raise ValueError("the fused attention unit implements the channel MLP with ReLU; use the reference ops")
         self.spatial, self.channel, self.ops = spatial, channel, ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)

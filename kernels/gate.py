@@ -28,6 +28,10 @@ BLOCK_C = 32
 BLOCK_N = 64
 # 8 warps: 8 values of a 32 x 64 tile per thread.
 NUM_WARPS = 8
+# Programs that keep every SM of an H100 or H200 busy (132 SMs each): the column pass halves its column
+# block (and doubles its channel block) where cdiv(N, 64) * B falls short (N = 100 at the gpu profile's
+# batch 64: 128 programs -> 256).
+FILL_PROGRAMS = 132
 
 
 @triton.jit
@@ -247,7 +251,10 @@ def _columns_tiling(x: torch.Tensor, channels_last: bool) -> tuple[int, int, int
     if group > 1:   # one program per batch row: its tile spans grouped rows of G * N values
         block_n = triton.next_power_of_2(group * n)
         return group, group * max(1, BLOCK_C * BLOCK_N // block_n), block_n, 1
-    return group, BLOCK_C, BLOCK_N, triton.cdiv(n, BLOCK_N)
+    if triton.cdiv(n, BLOCK_N) * x.shape[0] >= FILL_PROGRAMS:
+        return group, BLOCK_C, BLOCK_N, triton.cdiv(n, BLOCK_N)
+    # Half the columns, twice the channels: the same 2048-value tile, so still 16-byte accesses.
+    return group, 2 * BLOCK_C, BLOCK_N // 2, triton.cdiv(n, BLOCK_N // 2)
 
 
 def logit_grad_partials(grad: torch.Tensor, x: torch.Tensor, by_rows: bool) -> int:

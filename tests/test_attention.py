@@ -14,10 +14,12 @@ from kernels.attention import ARRANGEMENTS, PASSES
 
 # (B, C, T, F) and layout: awkward sizes leaving partial tiles on every axis (C = 37, T = 7, F = 3) in
 # both layouts, T = 20 for a local MLP with 2 hidden units (r = 8), a 100 x 2 map with 64 channels, and
-# C = 12 at N = 21, where fp32 rows of 84 B are read as grouped rows of 4 channels (kernels.common.row_group).
+# C = 12 at N = 21, where fp32 rows of 84 B are read as grouped rows of 4 channels (kernels.common.row_group),
+# and batch 133, where the column pass has programs enough for 132 SMs with 64-column blocks (fewer
+# batch rows halve them: kernels.gate.FILL_PROGRAMS).
 MAPS = [((3, 37, 7, 3), torch.contiguous_format), ((3, 37, 7, 3), torch.channels_last),
         ((2, 5, 20, 1), torch.channels_last), ((2, 64, 100, 2), torch.contiguous_format),
-        ((2, 12, 7, 3), torch.contiguous_format)]
+        ((2, 12, 7, 3), torch.contiguous_format), ((133, 5, 7, 3), torch.channels_last)]
 BRANCHES = [(True, True), (True, False), (False, True)]
 """(global branch, local branch) of the spatial attention."""
 # Launches per fused forward and backward, by arrangement: only the F-sized passes are kernels of ours
