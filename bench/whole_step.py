@@ -257,10 +257,16 @@ def build_report(batch: int, arch: int, sass: bool, channels=None, frames: int =
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.whole_step", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--arch", type=int, default=90)
-    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    parser.add_argument("--batch", type=int, default=256, help="clips per step (default %(default)s)")
+    parser.add_argument("--arch", type=int, default=90,
+                        help="compute capability the kernels are compiled for (default %(default)s: H100, H200)")
+    parser.add_argument("--out-dir", type=Path, default=Path("bench/results"),
+                        help="where <date>-sm<arch>-whole-step-b<batch>.{json,md} go (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.batch < 1:
+        parser.error(f"--batch must be at least 1, got {args.batch}")
+    if args.arch < 70:
+        parser.error(f"--arch must be a CUDA compute capability such as 80 or 90, got {args.arch}")
     report = build_report(args.batch, args.arch, sass=True, progress=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"{report['date']}-sm{args.arch}-whole-step-b{args.batch}"

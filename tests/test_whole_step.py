@@ -76,3 +76,15 @@ def test_one_module_alone_launches_fewer_kernels_fused(report):
     assert (reference["step"], fused["step"]) == ("reference", "fastsca")
     assert fused["launches_by_kind"]["fastsca"] == 6   # pool, squeeze, gate; rows, squeeze grad, dF
     assert fused["launches"] < reference["launches"]
+
+
+@pytest.mark.parametrize("argv, message", [(["--batch", "0"], "--batch must be at least 1"),
+                                           (["--arch", "9"], "--arch must be a CUDA compute capability")])
+def test_bad_arguments_get_a_one_line_error(argv, message, capsys):
+    from bench import whole_step
+
+    with pytest.raises(SystemExit) as exit_info:
+        whole_step.main(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error and "Traceback" not in error
