@@ -93,8 +93,8 @@ def test_local_fc_on_gpu(assert_matches_reference, freq, weight_dtype, dtype, at
 @pytest.mark.parametrize("shape", REAL_SHAPES)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 def test_attention_on_gpu(monkeypatch, shape, layout, dtype, atol, rtol):
-    # The fused op on a half-precision map against the reference module in fp32 on the same values
-    # (the op accumulates in fp32 and runs the sub-networks in fp32): one rounding of F'' and dF apart.
+    # The fused unit on a half-precision map against the reference module in fp32 on the same values
+    # (it accumulates in fp32 and runs the sub-networks in fp32): one rounding of F'' and dF apart.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     _, channels, time, freq = shape
@@ -150,9 +150,12 @@ def test_compiled_fused_model_runs_the_kernels_in_bf16():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = compiled(log_mel)
     out.clip.float().sum().backward()
-    for op in ("channel_pool", "local_fc", "spatial_squeeze", "gate"):
-        assert LAUNCHES[f"{op}_forward"] >= before[f"{op}_forward"] + 3, op
-    for kernel in ("gate_logit_grad_rows", "spatial_squeeze_logit_grad", "local_fc_backward", "gate_input_grad"):
-        assert LAUNCHES[kernel] >= before[kernel] + 3, kernel
+    # One launch of each F-sized pass per attention block (three blocks); the local FC is plain PyTorch
+    # inside the unit, which Inductor compiles with the rest.
+    for op in ("channel_pool", "spatial_squeeze", "gate"):
+        assert LAUNCHES[f"{op}_forward"] == before[f"{op}_forward"] + 3, op
+    for kernel in ("gate_logit_grad_rows", "spatial_squeeze_logit_grad", "gate_input_grad"):
+        assert LAUNCHES[kernel] == before[kernel] + 3, kernel
+    assert LAUNCHES["local_fc_forward"] == before["local_fc_forward"]
     assert torch.isfinite(out.clip).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
