@@ -7,7 +7,7 @@ minimal bytes, achieved GB/s, clips/s and peak memory in `extra_info`, and the l
 device in `machine_info`. After pytest-benchmark's tables (one per group) and pytest's own summary,
 the run prints one markdown table (bench.summarize.render_summary: provider, case, median, speed-up
 over eager and over torch.compile of the reference, GB/s or clips/s) and writes it to
-`--bench-summary` (default `.benchmarks/summary.md`).
+`--bench-summary` (default: summary.md in pytest-benchmark's .benchmarks folder).
 """
 import time
 from pathlib import Path

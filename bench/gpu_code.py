@@ -276,6 +276,23 @@ _CODE: dict[tuple, KernelCode] = {}
 """Compiled and inspected specialisations of this process, by specialisation_key."""
 
 
+def pointer_traffic(launch: Launch, code: KernelCode) -> list[tuple[str, object, PointerAccess, int]]:
+    """(name, tensor, access, bytes moved) of each tensor argument the compiled kernel dereferences: its
+    size once per pass a program makes over it. An argument it never dereferences (a stand-in for an absent
+    logit) is left out; one it loads or stores with no traced pass is an error, not zero bytes."""
+    out = []
+    for name, tensor in launch.tensors().items():
+        access = code.pointers.get(name)
+        if access is None:
+            continue
+        passes = access.load_passes + access.store_passes
+        if passes == 0 and (access.load_bits or access.store_bits or access.atomic):
+            raise ValueError(f"{launch.name}: {name} is loaded or stored but no pass over it was traced: "
+                             f"its bytes cannot be counted (bench/gpu_code.py's _ttir_passes)")
+        out.append((name, tensor, access, tensor.numel() * tensor.element_size() * passes))
+    return out
+
+
 def kernel_code(launch: Launch, arch: int = 90, sass: bool = True) -> KernelCode:
     """The launch's specialisation compiled for sm_<arch> and inspected; one compilation per
     specialisation and process (launches that share a specialisation share the result)."""

@@ -135,21 +135,6 @@ def _inductor_launch(launch) -> Launch:
     return Launch(jit, launch.args, kwargs, launch.grid, launch.phase)
 
 
-def kernel_bytes(launch: Launch, code: gpu_code.KernelCode) -> int:
-    """Bytes one launch moves: each tensor it loads or stores, once per pass a program makes over it.
-    A pointer the compiled code touches but the trace cannot follow is an error, not zero bytes."""
-    total = 0
-    for name, tensor in launch.tensors().items():
-        access = code.pointers.get(name)
-        if access is None:
-            continue   # an argument the kernel never dereferences
-        passes = access.load_passes + access.store_passes
-        if passes == 0 and (access.load_bits or access.store_bits or access.atomic):
-            raise ValueError(f"{launch.name}: {name} is accessed but no pass over it was traced")
-        total += tensor.numel() * tensor.element_size() * passes
-    return total
-
-
 def launch_rows(recording: StepRecording, arch: int, sass: bool, progress: bool = False) -> list[dict]:
     """One row per launch of the step: kind, name, phase, programs, bytes, FLOPs, registers, spills."""
     rows = []
@@ -159,7 +144,8 @@ def launch_rows(recording: StepRecording, arch: int, sass: bool, progress: bool 
         row = {"kind": kind, "name": launch.name, "phase": launch.phase, "programs": launch.programs, "flops": 0}
         try:
             code = gpu_code.kernel_code(launch, arch, sass)
-            row.update(bytes=kernel_bytes(launch, code), registers=code.registers, spills=code.local_bytes,
+            row.update(bytes=sum(moved for *_, moved in gpu_code.pointer_traffic(launch, code)),
+                       registers=code.registers, spills=code.local_bytes,
                        widest_load=code.widest_load_bytes)
         except Exception as error:   # reported, never silently dropped: the row keeps its tensor bytes
             row.update(bytes=sum(t.numel() * t.element_size() for t in launch.tensors().values()),

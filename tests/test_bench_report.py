@@ -144,7 +144,7 @@ def test_grid_follows_both_pooling_plans_in_bf16_and_fp32():
 def _fake_session() -> list:
     """pytest-benchmark's session as `pytest bench/` on a CPU leaves it: one Metadata per benchmark that
     ran (the grid's extra_info from Case.describe and harness.figures), plus one that never ran."""
-    stats = pytest.importorskip("pytest_benchmark.stats")
+    from pytest_benchmark import stats   # a dev dependency (pyproject.toml): never skipped
     import torch
 
     from bench import cases, harness
