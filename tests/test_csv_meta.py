@@ -65,7 +65,7 @@ def test_malformed_labels_file(tmp_path):
     (tmp_path / "empty.csv").write_text("# nothing\n")
     with pytest.raises(MetadataError, match="no labels found"):
         read_labels(tmp_path / "empty.csv")
-    with pytest.raises(MetadataError, match=r"missing\.csv: cannot open"):
+    with pytest.raises(MetadataError, match=r"missing\.csv: no such file; check the path"):
         read_labels(tmp_path / "missing.csv")
 
 

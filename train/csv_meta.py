@@ -9,6 +9,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastsca.text_files import TextFileError, open_text
+
 
 class MetadataError(ValueError):
     """A metadata file that does not parse; the message names the file, the line and the problem."""
@@ -56,9 +58,9 @@ class Segment:
 def _rows(path: Path, delimiter: str = ","):
     """(line number, fields) of the non-comment, non-blank rows of a CSV/TSV file."""
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as error:
-        raise MetadataError(f"{path}: cannot open ({error.strerror}); check the path") from error
+        handle = open_text(path)
+    except TextFileError as error:
+        raise MetadataError(str(error)) from None
     with handle:
         reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True)
         try:
