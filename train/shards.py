@@ -8,6 +8,9 @@ One shard file holds up to a few tens of thousands of clips:
   `strong_onset` / `strong_offset` (M,) float32 seconds, `strong_label` (M,) int32 target column
   (present, possibly empty, in every shard; attribute `has_strong` says whether they were given);
 - `skipped_name` / `skipped_reason` (S,) strings: clips the packer could not read for this shard;
+- `fold` (N,) int16, the clip's cross-validation fold (-1: none given), and `group` (N,) strings, the
+  recording the clip was cut from ("": unknown), so folds and validation splits can hold out whole
+  recordings (absent from shards written before they existed: read as -1 and "");
 - attributes `format`, `sample_rate`, `clip_samples`, `label_mids`, `label_names`, `has_strong`.
 
 A split is one `.h5` file or a folder of shards with an `index.json` (`write_index`) listing the
@@ -59,6 +62,8 @@ class ShardWriter:
         self.count = 0
         self._strong: list[np.ndarray] = []
         self._skipped: list[tuple[str, str]] = []
+        self._folds: list[np.ndarray] = []
+        self._groups: list[str] = []
         self._file = h5py.File(self.tmp_path, "w")
         attrs = self._file.attrs
         attrs["format"] = FORMAT
@@ -78,10 +83,17 @@ class ShardWriter:
             waveforms: np.ndarray,
             targets: np.ndarray,
             names: list[str],
-            events: list[tuple[int, float, float, int]] = ()) -> None:
+            events: list[tuple[int, float, float, int]] = (),
+            folds: list[int] | None = None,
+            groups: list[str] | None = None) -> None:
         """Append clips: waveforms (n, clip_samples) int16, targets (n, K) multi-hot, names (n,),
-        events as (row within these n, onset s, offset s, target column)."""
+        events as (row within these n, onset s, offset s, target column), each clip's fold (-1: none)
+        and group (the recording it comes from, "": unknown)."""
         n = len(names)
+        folds = [-1] * n if folds is None else list(folds)
+        groups = [""] * n if groups is None else list(groups)
+        if len(folds) != n or len(groups) != n:
+            raise ValueError(f"folds and groups must have {n} entries, got {len(folds)} and {len(groups)}")
         if waveforms.shape != (n, self.clip_samples) or waveforms.dtype != np.int16:
             raise ValueError(f"waveforms must be int16 ({n}, {self.clip_samples}), got "
                              f"{waveforms.dtype} {waveforms.shape}")
@@ -93,6 +105,8 @@ class ShardWriter:
         self._waveform[start:] = waveforms
         self._target[start:] = targets.astype(np.uint8)
         self._name[start:] = _string_array(names)
+        self._folds.append(np.asarray(folds, dtype=np.int16))
+        self._groups.extend(groups)
         if len(events):
             rows = np.array(events, dtype=np.float64).reshape(-1, 4)
             rows[:, 0] += start
@@ -112,6 +126,9 @@ class ShardWriter:
         self._file.create_dataset("strong_label", data=strong[:, 3].astype(np.int32))
         self._file.create_dataset("skipped_name", data=_string_array(n for n, _ in self._skipped))
         self._file.create_dataset("skipped_reason", data=_string_array(r for _, r in self._skipped))
+        folds = np.concatenate(self._folds) if self._folds else np.zeros(0, np.int16)
+        self._file.create_dataset("fold", data=folds)
+        self._file.create_dataset("group", data=_string_array(self._groups))
         self._file.close()
         os.replace(self.tmp_path, self.path)
         return self.path
@@ -234,11 +251,16 @@ class ShardIndex:
     def num_classes(self) -> int:
         return len(self.label_mids)
 
-    def _datasets(self, shard: int) -> tuple[h5py.Dataset, h5py.Dataset]:
-        """(waveform, target) datasets of a shard, opened on first use in this process."""
+    def _open_handle(self, shard: int) -> h5py.File:
+        """A shard's open file, opened on first use in this process."""
         if shard not in self._handles:
             handle = _open_h5(self.paths[shard])
             self._handles[shard] = (handle, handle["waveform"], handle["target"])
+        return self._handles[shard][0]
+
+    def _datasets(self, shard: int) -> tuple[h5py.Dataset, h5py.Dataset]:
+        """(waveform, target) datasets of a shard, opened on first use in this process."""
+        self._open_handle(shard)
         return self._handles[shard][1:]
 
     def check_unchanged(self, shard: int | None = None) -> None:
@@ -274,6 +296,23 @@ class ShardIndex:
                 for k in np.flatnonzero(np.diff(bounds)):
                     members[k].append(rows[order[bounds[k]:bounds[k + 1]]] + first + start)
         return [np.concatenate(m).astype(np.int64) if m else np.zeros(0, np.int64) for m in members]
+
+    def folds(self) -> np.ndarray:
+        """(num_clips,) int: each clip's cross-validation fold, -1 where none was given."""
+        parts = []
+        for shard, count in enumerate(self.counts):
+            handle = self._open_handle(shard)
+            parts.append(handle["fold"][:].astype(np.int64) if "fold" in handle else np.full(count, -1, np.int64))
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def groups(self) -> list[str]:
+        """Each clip's group (the recording it was cut from), "" where unknown."""
+        groups: list[str] = []
+        for shard, count in enumerate(self.counts):
+            handle = self._open_handle(shard)
+            stored = handle["group"].asstr()[:] if "group" in handle else [""] * count
+            groups.extend(str(g) for g in stored)
+        return groups
 
     def close(self) -> None:
         for handle, _, _ in self._handles.values():
