@@ -3,9 +3,11 @@
 Each line is flushed as written, so a crashed or killed run keeps everything up to its last step. A
 `--resume` from a checkpoint at step S first drops the records after S (the killed run's steps that
 the resumed run repeats; a half-written last line too), then appends a `resume` record and goes on:
-every step appears once in the file.
+every step appears once in the file. JSON has no NaN or infinity: such a value (a diverged loss, a metric
+with no class to score) is written as null, so every line parses with any JSON reader.
 """
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -13,6 +15,17 @@ from pathlib import Path
 from train.out_folder import OutFolderError, describe_os_error
 
 FILE_NAME = "metrics.jsonl"
+
+
+def _finite_or_null(value):
+    """`value` with every non-finite float in it (nested in dicts and lists too) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def drop_after(path: Path, step: int) -> int:
@@ -65,12 +78,13 @@ class MetricsLog:
         if not self.enabled:
             return
         try:
-            self._file.write(json.dumps({"kind": kind, "step": step, "time": round(time.time(), 3), **values}) + "\n")
+            record = _finite_or_null({"kind": kind, "step": step, "time": round(time.time(), 3), **values})
+            self._file.write(json.dumps(record, allow_nan=False) + "\n")
         except OSError as error:
             raise OutFolderError(describe_os_error(error, f"append to {self.path}")) from None
         if self._tensorboard is not None:
             for name, value in values.items():
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tensorboard.add_scalar(f"{kind}/{name}", value, step)
 
     def close(self) -> None:
