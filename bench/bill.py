@@ -137,7 +137,7 @@ def markdown(result: dict, step_path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bill", description=__doc__.split("\n\n")[1])
     parser.add_argument("--step", default="bench/results/2026-12-02-sm90-whole-step-b256.json",
                         help="a whole-step report written by `python -m bench.whole_step`")
     parser.add_argument("--out", default=None, help="markdown file to write (default: bench/results/DATE-bill.md)")

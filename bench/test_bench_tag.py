@@ -3,8 +3,10 @@
 The model is the train `cpu` profile's at-sca-3 (its widths, 2 s windows, 10 classes; untrained: the
 cost does not depend on the weights). The files are 16 kHz 16-bit wavs of pink-ish noise with tones,
 written block by block. Peak memory is the process's resident peak (VmHWM) over the run, reset before
-it, so a long file's figure against a short one's shows whether memory stays bounded. Target: one
-hour in <= 15 s on the 2-core CPU box.
+it, so a long file's figure against a short one's shows whether memory stays bounded. The `plot` rows
+run as `fastsca.tag FILE --plot fig.png` does: they keep only what the figure needs (the log-mel,
+attention maps and frame probabilities of its default 60 s range) and draw it. Target: one hour in
+<= 15 s on the 2-core CPU box.
 """
 import resource
 from pathlib import Path
@@ -19,7 +21,7 @@ from fastsca.events import detect_events
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
-from fastsca.tag import tag_file
+from fastsca.tag import EVENT_REACH_SECONDS, tag_file
 from train.config import PROFILES
 
 # Written a minute at a time, so making the file does not itself hold an hour of samples.
@@ -56,8 +58,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@pytest.mark.parametrize("plot", [False, True], ids=["tags", "plot"])
 @pytest.mark.parametrize("seconds", [360, 3600], ids=["6min", "1hour"])
-def test_tag_long_file(benchmark, tmp_path, seconds):
+def test_tag_long_file(benchmark, tmp_path, seconds, plot):
     torch.set_num_threads(1)   # fastsca.tag's default: 1 thread ran 3x faster than 2 on the shared 2-core box
     trained = cpu_profile_model()
     path = write_long_wav(tmp_path / f"long-{seconds}.wav", seconds)
@@ -66,16 +69,22 @@ def test_tag_long_file(benchmark, tmp_path, seconds):
     before = peak_rss_mb()
 
     def run():
-        tags = tag_file(trained, str(path))
-        return tags, detect_events(tags.frame, tags.frame_seconds, trained.label_names, str(path))
+        # as `fastsca.tag FILE --plot fig.png` runs it: frame probabilities kept only as far as the figure needs
+        tags = tag_file(trained, str(path), view=(0.0, 60.0), frames_until=60.0 + EVENT_REACH_SECONDS) if plot \
+            else tag_file(trained, str(path))
+        events = detect_events(tags.frame, tags.frame_seconds, trained.label_names, str(path))
+        if plot:
+            from fastsca.plot import plot_tags
+            plot_tags(tags, trained, 5, tmp_path / "figure.png", events)
+        return tags, events
 
     tags, events = benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.group = "tag"
     elapsed = benchmark.stats.stats.max
     # suite, provider and mode give it a row of the run's summary table (bench/conftest.py); the model
     # runs its reference attention (fused_attention=False), hence 'eager'.
-    benchmark.extra_info.update(suite="tag", provider="eager", mode=f"{seconds} s file")
+    benchmark.extra_info.update(suite="tag", provider="eager", mode=f"{seconds} s file{', --plot' if plot else ''}")
     benchmark.extra_info.update(audio_seconds=seconds, seconds_per_hour=round(elapsed * 3600 / seconds, 2),
                                 peak_rss_mb=round(peak_rss_mb(), 1), rss_before_mb=round(before, 1),
                                 frames=len(tags.frame), events=len(events), threads=torch.get_num_threads())
-    assert len(tags.frame) == seconds * 10 and np.isfinite(tags.frame).all()
+    assert len(tags.frame) == (610 if plot else seconds * 10) and np.isfinite(tags.frame).all()

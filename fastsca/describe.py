@@ -1,6 +1,6 @@
 """`python -m fastsca.describe PRESET [--profile cpu] [--channels ...] [--pooling-plan ...]`: a model's anatomy.
 
-Takes the same model options as `python -m train.run` (train/cli.py), so it shows the model a run
+Takes the same model options as `python -m train.run` (fastsca/model_options.py), so it shows the model a run
 builds: `--profile cpu` the narrow one the default CPU run trains, `--profile gpu` (the default here)
 the preset as it is, on 10 s clips. Prints, per block, its output shape, where attention sits
 (arrangement and the T x F map it sees), parameter counts (total and attention's share) and forward
@@ -15,9 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastsca.config import PRESETS, ModelConfig
 from fastsca.model import build_model
-from train.cli import add_model_options, input_frames, model_config, preset_help, profile_defaults, resolve_profile
-from train.config import PROFILES
-from train.synth import SynthConfig
+from fastsca.model_options import add_model_options, input_frames, model_config, preset_help
+from fastsca.profiles import MODEL_PROFILES, profile_values, resolve_profile
 
 
 @dataclass(frozen=True)
@@ -96,16 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("preset", choices=list(PRESETS), metavar="PRESET", help=preset_help())
     add_model_options(parser, profile_default="gpu")
     parser.add_argument("--clip-seconds", type=float, help=f"clip length, which sets the input frames (default: "
-                        f"the profile's: {profile_defaults('clip_seconds', ' s')}; a run on packed data: 10 s)")
-    parser.add_argument("--num-classes", type=int, default=527, help=f"classes K; train.run takes them from its data, "
-                        f"{SynthConfig().n_classes} for the built-in set (default: %(default)s, AudioSet's)")
+                        f"the profile's: {profile_values(MODEL_PROFILES, 'clip_seconds', ' s')}; a run on packed data: 10 s)")
+    parser.add_argument("--num-classes", type=int, default=527, help="classes K, which train.run takes from its data's labels "
+                        "(default: %(default)s, AudioSet's)")
     return parser
 
 
 def model_from_args(args: argparse.Namespace) -> ModelConfig:
-    """The model the parsed options describe, built as train.run builds it (train/cli.py)."""
+    """The model the parsed options describe, built as train.run builds it (fastsca/model_options.py)."""
     profile, _ = resolve_profile(args.profile, torch.cuda.is_available())
-    clip_seconds = args.clip_seconds if args.clip_seconds is not None else PROFILES[profile].clip_seconds
+    clip_seconds = args.clip_seconds if args.clip_seconds is not None else MODEL_PROFILES[profile].clip_seconds
     return model_config(args, args.preset, profile, num_classes=args.num_classes,
                         input_frames=input_frames(clip_seconds))
 

@@ -7,10 +7,15 @@ does not end it); runs closer than `min_gap_seconds` are joined, and events shor
 `min_event_seconds` are dropped. An event's score is the largest raw frame probability inside it.
 
 Layouts: AudioSet's strong labels (segment_id, start_time_seconds, end_time_seconds, label = the class
-mid), DCASE's (filename, onset, offset, event_label), and JSON.
+mid), DCASE's (filename, onset, offset, event_label), and JSON. Reference events are read from any of
+the tabular layouts as careless tools write them (`read_event_rows`: commas or semicolons for tabs,
+header variants, decimal commas, a BOM, UTF-16, gzip) and cleaned (`clean_events`): cut to the clip,
+empty ones dropped, and a clip's overlapping or touching events of one class merged into one, which
+the scoring libraries require and which is what two annotations of one sound mean.
 """
 import csv
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import median_filter
+
+from fastsca.text_files import open_text
 
 
 class Event(NamedTuple):
@@ -101,8 +108,8 @@ def detect_events(frame_probs: np.ndarray, frame_seconds: float, label_names: tu
                 joined[-1][1] = b
             else:
                 joined.append([a, b])
-        events += [Event(file, start_seconds + a * frame_seconds, start_seconds + b * frame_seconds, name,
-                         float(frame_probs[a:b, k].max()))
+        events += [Event(file, round(float(start_seconds + a * frame_seconds), 6),
+                         round(float(start_seconds + b * frame_seconds), 6), name, float(frame_probs[a:b, k].max()))
                    for a, b in joined if b - a >= max(min_length, 1)]
     return sorted(events, key=lambda e: (e.onset, e.label))
 
@@ -112,22 +119,36 @@ def _rounded(event: Event) -> tuple[str, float, float, str, float]:
     return event.file, round(event.onset, 3), round(event.offset, 3), event.label, round(event.score, 4)
 
 
+def file_keys(files) -> dict[str, str]:
+    """Each file's name in the TSVs: its bare name (DCASE's and AudioSet's tools match on it), or, where two
+    different files share that name (`one/a.wav`, `two/a.wav` from a folder), the file as given."""
+    files = sorted(set(files))
+    owners: dict[str, set[str]] = {}
+    for file in files:
+        owners.setdefault(Path(file).name, set()).add(file)
+    return {file: Path(file).name if len(owners[Path(file).name]) == 1 else Path(file).as_posix() for file in files}
+
+
 def write_strong_tsv(path: Path, events: list[Event], label_mids: dict[str, str]) -> None:
-    """AudioSet's strong-label layout: segment_id (the file's stem), start, end, label mid."""
+    """AudioSet's strong-label layout: segment_id (the file's key without its extension), start, end, label mid."""
+    keys = file_keys(e.file for e in events)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["segment_id", "start_time_seconds", "end_time_seconds", "label"])
         for file, onset, offset, label, _ in map(_rounded, events):
-            writer.writerow([Path(file).stem, f"{onset:.3f}", f"{offset:.3f}", label_mids[label]])
+            key = keys[file]
+            writer.writerow([key[:-len(Path(key).suffix)] if Path(key).suffix else key, f"{onset:.3f}",
+                             f"{offset:.3f}", label_mids[label]])
 
 
 def write_dcase_tsv(path: Path, events: list[Event]) -> None:
-    """DCASE's layout: filename (the file's name), onset, offset, event_label."""
+    """DCASE's layout: filename (the file's key: its name unless two files share it), onset, offset, event_label."""
+    keys = file_keys(e.file for e in events)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["filename", "onset", "offset", "event_label"])
         for file, onset, offset, label, _ in map(_rounded, events):
-            writer.writerow([Path(file).name, f"{onset:.3f}", f"{offset:.3f}", label])
+            writer.writerow([keys[file], f"{onset:.3f}", f"{offset:.3f}", label])
 
 
 def events_as_dicts(events: list[Event]) -> list[dict]:
@@ -140,42 +161,200 @@ def write_json(path: Path, events: list[Event]) -> None:
     path.write_text(json.dumps(events_as_dicts(events), indent=1, allow_nan=False) + "\n")
 
 
-def read_reference(path: Path, label_names: tuple[str, ...], label_mids: dict[str, str] | None = None
-                   ) -> dict[str, list[tuple[float, float, str]]]:
+@dataclass
+class ReferenceReport:
+    """What reading reference events changed or left out, counted for a one-line summary."""
+
+    merged: int = 0
+    """Events merged into an overlapping, touching or repeated event of the same class and clip."""
+    clipped: int = 0
+    """Events cut to the clip, [0, clip length]."""
+    empty: int = 0
+    """Events dropped as empty: onset = offset, or nothing left inside the clip."""
+    unknown: int = 0
+    """Events dropped because their label is not a class."""
+    unknown_example: str = ""
+    """One such label."""
+    unmatched: int = 0
+    """Clip ids that match no clip of the data."""
+    unmatched_example: str = ""
+    """One such id."""
+
+    def describe(self) -> str:
+        """'2 overlapping or touching same-class events merged; ...', or '' when nothing changed."""
+        parts = [f"{self.unknown} event(s) with a label that is not a class dropped (e.g. {self.unknown_example!r})"
+                 if self.unknown else "",
+                 f"{self.merged} overlapping, touching or repeated same-class event(s) merged" if self.merged else "",
+                 f"{self.clipped} event(s) cut to the clip (negative onset or offset past its end)" if self.clipped
+                 else "",
+                 f"{self.empty} empty event(s) dropped (onset = offset, or outside the clip)" if self.empty else "",
+                 f"{self.unmatched} clip id(s) match no clip (e.g. {self.unmatched_example!r})" if self.unmatched
+                 else ""]
+        return "; ".join(part for part in parts if part)
+
+
+def clean_events(events: list[tuple[float, float, str]], clip_seconds: float | None = None,
+                 report: ReferenceReport | None = None) -> list[tuple[float, float, str]]:
+    """One clip's (onset, offset, label) events cut to [0, clip_seconds] (to [0, inf) without it), empty ones
+    dropped, and overlapping or touching events of one label merged into one (sed_scores_eval refuses them,
+    and one sound annotated twice is one event); sorted by onset, then label. `report` counts the changes."""
+    report = report if report is not None else ReferenceReport()
+    kept = []
+    for onset, offset, label in events:
+        low, high = max(onset, 0.0), offset if clip_seconds is None else min(offset, clip_seconds)
+        if high <= low:
+            report.empty += 1
+            continue
+        report.clipped += (low, high) != (onset, offset)
+        kept.append((low, high, label))
+    merged: list[tuple[float, float, str]] = []
+    for onset, offset, label in sorted(kept, key=lambda e: (e[2], e[0], e[1])):
+        if merged and merged[-1][2] == label and onset <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], offset), label)
+            report.merged += 1
+        else:
+            merged.append((onset, offset, label))
+    return sorted(merged, key=lambda e: (e[0], e[2]))
+
+
+# Column names a header row may give (any case), by the column they name.
+HEADER_NAMES = {
+    "id": ("segment_id", "filename", "file_name", "file", "fname", "id", "clip", "clip_id", "ytid"),
+    "onset": ("start_time_seconds", "onset", "start", "start_time", "begin"),
+    "offset": ("end_time_seconds", "offset", "end", "end_time", "stop"),
+    "label": ("label", "event_label", "class", "mid", "display_name", "name"),
+}
+# Field separators, in the order they are looked for on a file's first row (";" is what spreadsheets
+# with a decimal comma write; spaces last, as labels may hold them).
+DELIMITERS = {"\t": "tab", ";": "semicolon", ",": "comma", " ": "space"}
+
+
+# How a time field can start; a header's onset field ("onset", "start_time_seconds") never does.
+NUMBER_STARTS = frozenset("0123456789+-.")
+
+
+class EventRow(NamedTuple):
+    """One row of a reference-event file."""
+
+    clip: str
+    onset: float
+    offset: float
+    label: str
+
+
+def _header(fields: list[str]) -> tuple[int, int, int, int] | None:
+    """Positions of (id, onset, offset, label) named by a header row; None when it is not one."""
+    names = [f.strip().lstrip("#").strip().lower().replace(" ", "_") for f in fields]
+    found = [next((i for i, name in enumerate(names) if name in HEADER_NAMES[column]), None)
+             for column in HEADER_NAMES]
+    return None if None in found else tuple(found)
+
+
+def _time(text: str, delimiter: str, where: str, line: int) -> float:
+    """A time in seconds from line `line` of file `where`; a decimal comma ('1,5') reads as a point where commas
+    do not separate fields."""
+    if "," in text and delimiter != "," and re.fullmatch(r"[-+]?\d+,\d*", text):
+        text = text.replace(",", ".")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{where}:{line}: time {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{where}:{line}: time {text!r} is not a finite number; give the event's onset and offset "
+                         f"in seconds")
+    return value
+
+
+def read_event_rows(path: str | Path) -> list[EventRow]:
+    """The events of a reference-event file: four columns (id, onset, offset, label), tab-, semicolon-, comma-
+    or space-separated (whichever the first row holds, in that order), with or without a header row (which may
+    name them in another order, among other columns), '#' comments, any line ends; plain or compressed,
+    UTF-8/16/32 (fastsca/text_files.py). A row with an id and nothing else (DCASE's way of listing a clip
+    without events) is skipped. A row that does not parse, or a file without events, raises ValueError naming
+    the file and line. Times are in seconds; a decimal comma is read where commas do not separate fields."""
+    where = str(path)
+    with open_text(path) as handle:
+        lines = [(n, line) for n, line in enumerate(handle.read().splitlines(), 1)
+                 if line.strip() and not line.lstrip().startswith("#") or _is_commented_header(line)]
+    if not lines:
+        raise ValueError(f"{where}: no events found (the file is empty); give a strong-label TSV: "
+                         f"id, onset, offset, label")
+    delimiter = next((d for d in DELIMITERS if d in lines[0][1]), "\t")
+    named, rows = False, []   # named: a header row gave the columns' positions
+    at = (0, 1, 2, 3)         # positions of id, onset, offset, label
+    reader = csv.reader([line for _, line in lines], delimiter=delimiter, skipinitialspace=True)
+    for number, fields in zip((n for n, _ in lines), reader):
+        fields = [f.strip() for f in fields]
+        # an event row has a number where the onset is (tested first: the cheap test of most rows)
+        if len(fields) <= at[1] or fields[at[1]][:1] not in NUMBER_STARTS:
+            header = _header(fields)
+            if header is not None:
+                named, at = True, header
+                continue
+        if not named and len(fields) != 4:
+            hint = ("; times with a decimal comma need tabs or semicolons between the fields"
+                    if delimiter == "," and len(fields) > 4 else "")
+            raise ValueError(f"{where}:{number}: expected 4 {DELIMITERS[delimiter]}-separated fields (id, onset, "
+                             f"offset, label), got {len(fields)}; a file with more columns needs a header row naming "
+                             f"them{hint}")
+        if len(fields) <= max(at):
+            raise ValueError(f"{where}:{number}: expected {max(at) + 1} fields as the header names, got {len(fields)}")
+        clip, onset, offset, label = fields[at[0]], fields[at[1]], fields[at[2]], fields[at[3]]
+        if clip and not (onset or offset or label):   # a clip listed without events
+            continue
+        if not rows and number == lines[0][0] and not _is_number(onset, delimiter):
+            raise ValueError(f"{where}:{number}: neither an event (id, onset, offset, label) nor a header naming "
+                             f"those columns (e.g. segment_id, start_time_seconds, end_time_seconds, label)")
+        onset_s, offset_s = _time(onset, delimiter, where, number), _time(offset, delimiter, where, number)
+        if offset_s < onset_s:
+            raise ValueError(f"{where}:{number}: offset {offset_s} is before onset {onset_s}")
+        if not clip or not label:
+            raise ValueError(f"{where}:{number}: empty id or label")
+        rows.append(EventRow(clip, onset_s, offset_s, label))
+    if not rows:
+        raise ValueError(f"{where}: no events found, only a header or clips without events; give a strong-label "
+                         f"TSV: id, onset, offset, label")
+    return rows
+
+
+def _is_commented_header(line: str) -> bool:
+    """A '# segment_id ...' line: a header some tools write as a comment."""
+    stripped = line.lstrip()
+    return stripped.startswith("#") and _header(re.split(r"[\t;,]", stripped)) is not None
+
+
+def _is_number(text: str, delimiter: str) -> bool:
+    """Whether `text` is a time, or NaN or infinity (refused later, with their own message)."""
+    try:
+        _time(text, delimiter, "", 0)
+    except ValueError:
+        return text.strip().lower() in ("nan", "inf", "-inf", "+inf", "infinity")
+    return True
+
+
+def read_reference(path: Path, label_names: tuple[str, ...], label_mids: dict[str, str] | None = None,
+                   report: ReferenceReport | None = None) -> dict[str, list[tuple[float, float, str]]]:
     """Reference events from a TSV, by clip id: AudioSet's strong layout (segment_id, start, end, label mid,
     mapped to names through `label_mids` name -> mid), DCASE's (filename, onset, offset, event_label), or
-    the name layout (id, onset, offset, display name). Labels that are not classes of the model are
-    left out; a row that does not parse raises ValueError naming the file and line."""
+    the name layout (id, onset, offset, display name); any layout `read_event_rows` reads. Labels that are
+    not classes of the model are left out, and a clip's overlapping or touching events of one class are
+    merged (`clean_events`); `report` counts both. A row that does not parse raises ValueError naming the
+    file and line."""
+    report = report if report is not None else ReferenceReport()
     names = set(label_names)
     by_mid = {mid: name for name, mid in (label_mids or {}).items()}
     events: dict[str, list[tuple[float, float, str]]] = {}
-    known = 0
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the strong labels ({error}); check the path") from None
-    for number, line in enumerate(lines, 1):
-        fields = line.rstrip("\n").split("\t")
-        if not line.strip() or line.startswith("#") or fields[0] in ("segment_id", "filename"):
+    for row in read_event_rows(path):
+        label = row.label if row.label in names else by_mid.get(row.label)
+        if label is None:
+            report.unknown += 1
+            report.unknown_example = report.unknown_example or row.label
             continue
-        if len(fields) != 4:
-            raise ValueError(f"{path}:{number}: expected 4 tab-separated fields (id, onset, offset, label), "
-                             f"got {len(fields)}")
-        try:
-            onset, offset = float(fields[1]), float(fields[2])
-        except ValueError:
-            raise ValueError(f"{path}:{number}: onset/offset {fields[1]!r}, {fields[2]!r} are not numbers") from None
-        if not 0 <= onset <= offset:
-            raise ValueError(f"{path}:{number}: onset {onset} and offset {offset} are not 0 <= onset <= offset")
-        label = fields[3] if fields[3] in names else by_mid.get(fields[3])
-        events.setdefault(fields[0], [])
-        if label is not None:
-            events[fields[0]].append((onset, offset, label))
-            known += 1
-    if events and not known:
+        events.setdefault(row.clip, []).append((row.onset, row.offset, label))
+    if not events:
         raise ValueError(f"{path}: none of its labels is a class of the model ({', '.join(label_names[:3])}, ...); "
                          f"give the labels file that maps its mids to names")
-    return events
+    return {clip: clean_events(clip_events, report=report) for clip, clip_events in events.items()}
 
 
 def reference_for(file: str, reference: dict[str, list]) -> list | None:

@@ -23,15 +23,38 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
+# First bytes of files often given where a checkpoint belongs, and what to call them in the error.
+FILE_KINDS = {b"RIFF": "a WAV audio file", b"fLaC": "a FLAC audio file", b"OggS": "an Ogg audio file",
+              b"ID3": "an MP3 audio file", b"\xff\xfb": "an MP3 audio file", b"FORM": "an AIFF audio file",
+              b"\x89HDF": "an HDF5 file (a packed shard?)"}
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of a file (empty when it cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)
+    except OSError:
+        return b""
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict at `path` (tensors on the CPU), checked to be a fastsca training checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; `python -m train.run --out DIR` writes DIR/best.pt "
                               f"and DIR/latest.pt")
+    head = _head(path)
+    if not head.startswith(b"PK\x03\x04"):   # torch.save writes a zip archive; anything else would reach torch's
+        # legacy reader, whose errors on other files are stray tracebacks (IndexError on a WAV, KeyError on text)
+        kind = next((name for magic, name in FILE_KINDS.items() if head.startswith(magic)), "")
+        raise CheckpointError(f"{path}: not a checkpoint{f' but {kind}' if kind else ''} (a checkpoint is the zip "
+                              f"archive torch.save writes); give best.pt or latest.pt as written by "
+                              f"`python -m train.run`")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError,
+            IndexError) as error:
         # torch's own message runs to several sentences of advice; its first says what failed
         reason = str(error).strip().split(". ")[0].splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason}); it may be truncated: use "

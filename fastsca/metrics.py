@@ -4,7 +4,9 @@ Vectorised over classes: one sort of the (N, K) score matrix, then cumulative tr
 counts read at the end of every group of tied scores, which is exactly how scikit-learn's
 `average_precision_score` (step-wise, ties as one threshold) and `roc_auc_score` (trapezoids, ties
 as a diagonal) treat ties. Classes with no positives or no negatives have no AP/AUC: they are NaN
-per class, left out of the means, and counted.
+per class, left out of the means, and counted (`excluded_classes`); when no class can be scored the
+means are NaN, which `summary()` gives as None (JSON has no NaN). A single-label set (every clip has
+exactly one positive class, as in UrbanSound8K or ESC-50) is also scored by top-1 accuracy.
 """
 import math
 from dataclasses import dataclass
@@ -23,12 +25,16 @@ class TaggingMetrics:
     mean_average_precision: float
     mean_roc_auc: float
     d_prime: float
-    excluded_classes: int
+    excluded_classes: int           # classes with no positive or no negative clip: not scored
+    accuracy: float = math.nan      # top-1 accuracy where every clip has exactly one positive class (of 2+)
 
-    def summary(self) -> dict[str, float]:
-        """The headline numbers, as in the paper's tables."""
-        return {"mAP": self.mean_average_precision, "mAUC": self.mean_roc_auc,
-                "d_prime": self.d_prime, "excluded_classes": self.excluded_classes}
+    def summary(self) -> dict[str, float | int | None]:
+        """The headline numbers, as in the paper's tables, JSON-ready: a mean over no scorable class (or d'
+        of a perfect mAUC) is None, never NaN; `accuracy` is there for single-label sets only."""
+        figures = {"mAP": self.mean_average_precision, "mAUC": self.mean_roc_auc, "d_prime": self.d_prime}
+        return {**{name: value if math.isfinite(value) else None for name, value in figures.items()},
+                "excluded_classes": self.excluded_classes,
+                **({"accuracy": self.accuracy} if not math.isnan(self.accuracy) else {})}
 
 
 def d_prime(auc: float) -> float:
@@ -63,6 +69,9 @@ def tagging_metrics(targets: np.ndarray, scores: np.ndarray) -> TaggingMetrics:
         raise ValueError(f"targets {targets.shape} and scores {scores.shape} must both be (clips, classes)")
     if not np.isfinite(scores).all():
         raise ValueError("scores contain NaN or infinity; check the model's outputs before computing metrics")
+    single_label = targets.shape[1] > 1 and targets.shape[0] > 0 and bool(((targets > 0).sum(axis=1) == 1).all())
+    accuracy = (float((np.take_along_axis(targets > 0, scores.argmax(axis=1)[:, None], axis=1)).mean())
+                if single_label else math.nan)
     targets = np.ascontiguousarray((targets > 0).T)      # (K, N)
     scores = np.ascontiguousarray(scores.T)
     positives = targets.sum(axis=1, dtype=np.float64)
@@ -86,4 +95,5 @@ def tagging_metrics(targets: np.ndarray, scores: np.ndarray) -> TaggingMetrics:
         mean_roc_auc=mean_auc,
         d_prime=d_prime(mean_auc),
         excluded_classes=int((~valid).sum()),
+        accuracy=accuracy,
     )

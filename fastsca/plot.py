@@ -37,11 +37,26 @@ def _event_rows(tags: FileTags, trained: TrainedModel, k: int, events: list[Even
 
 
 def plot_tags(tags: FileTags, trained: TrainedModel, k: int, path: Path, events: list[Event] = (),
-              reference: list[tuple[float, float, str]] | None = None) -> None:
-    """Write the figure for `tags` (which must carry a view) to `path`; the format follows its extension."""
+              reference: list[tuple[float, float, str]] | None = None, file_format: str | None = None) -> None:
+    """Write the figure for `tags` (which must carry a view) to `path`; the format is `file_format` ("png",
+    "pdf", "svg"), or follows the extension."""
+    view = tags.view
+    # only what the range shows: a long file's events elsewhere would each be a drawn (clipped) bar
+    events = [e for e in events if e.offset > view.start and e.onset < view.end]
+    reference = None if reference is None else [r for r in reference if r[1] > view.start and r[0] < view.end]
+    fig = _figure(tags, trained, k, events, reference)
+    try:
+        fig.savefig(path, dpi=110, format=file_format)
+    finally:
+        plt.close(fig)   # also on a failed write: a batch would otherwise keep every figure open
+
+
+def _figure(tags: FileTags, trained: TrainedModel, k: int, events: list[Event],
+            reference: list[tuple[float, float, str]] | None) -> plt.Figure:
+    """The figure's panels (see the module docstring)."""
     config, view = trained.model.config, tags.view
     maps = view.spatial_maps
-    rows = _event_rows(tags, trained, k, list(events), reference)
+    rows = _event_rows(tags, trained, k, events, reference)
     heights = [3.0] + [1.4] * max(1, len(maps)) + [2.4, 0.45 * len(rows) + 0.9]
     fig, axes = plt.subplots(len(heights), 1, figsize=(12, sum(heights) + 1.2), sharex=True,
                              gridspec_kw={"height_ratios": heights}, constrained_layout=True)
@@ -109,5 +124,4 @@ def plot_tags(tags: FileTags, trained: TrainedModel, k: int, path: Path, events:
         if reference is not None else "detected events"
     ax.set_title(f"({next(letters)}) {what}", loc="left", fontsize=10)
     ax.set_xlim(view.start, view.end)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

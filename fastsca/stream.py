@@ -1,16 +1,17 @@
 """Long audio in bounded memory: blocks of samples -> a continuous log-mel -> overlapping model windows.
 
-`read_blocks` decodes a file block by block with soundfile, mixes to mono and resamples with soxr's
-streaming resampler. `LogMelStream` turns those blocks into the file's log-mel frames as one
-continuous sequence: frame j is centred on sample j x hop and sees its neighbours' samples; only the
-file's two ends are padded (the front end's `pad_mode`), exactly as `frontend.log_mel` pads a clip.
+`read_blocks` decodes a file (a path, or an open binary file such as an archive member) block by block
+with soundfile, mixes to mono and resamples with soxr's streaming resampler. `LogMelStream` turns those
+blocks into the file's log-mel frames as one continuous sequence: frame j is centred on sample j x hop
+and sees its neighbours' samples; only the file's two ends are padded (the front end's `pad_mode`),
+exactly as `frontend.log_mel` pads a clip.
 `WindowCutter` cuts the frames into model windows that overlap by about `overlap` of a window; the
 last window is aligned to the file's end, so no window holds padding. `WindowPlan.join` says where one
 window hands over to the next: each keeps the output frames nearest its middle, where it sees context on both sides.
 """
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile
@@ -25,47 +26,66 @@ from fastsca.frontend import LogMelConfig, log_mel
 FRAMES_PER_CHUNK = 4000
 
 
-def audio_info(path: str | Path):
-    """soundfile.info of an audio file (frames, sample rate, libsndfile's header log); one-line AudioError otherwise."""
-    if not Path(path).is_file():
-        raise AudioError(f"{path}: no such file; check the path")
+def source_name(source: "str | Path | BinaryIO") -> str:
+    """What messages call an audio source: a path as given, or an open file's `name` (an archive member's
+    "ARCHIVE/MEMBER")."""
+    return str(source) if isinstance(source, (str, Path)) else str(getattr(source, "name", "audio"))
+
+
+def audio_info(path: "str | Path | BinaryIO"):
+    """soundfile.info of an audio file, or of an open binary file (read from its start): frames, sample rate,
+    libsndfile's header log; one-line AudioError otherwise."""
+    name = source_name(path)
+    if isinstance(path, (str, Path)):
+        if not Path(path).is_file():
+            raise AudioError(f"{name}: no such file; check the path")
+        try:   # libsndfile says only "System error" for a file it may not open
+            with open(path, "rb"):
+                pass
+        except OSError as error:
+            raise AudioError(f"{name}: cannot open it ({error.strerror or error}); check its permissions") from None
+    else:
+        path.seek(0)
     try:
-        return soundfile.info(str(path))
+        return soundfile.info(str(path) if isinstance(path, (str, Path)) else path)
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-        raise AudioError(f"{path}: cannot decode audio ({error}); re-download or re-encode the file "
+        raise AudioError(f"{name}: cannot decode audio ({error}); re-download or re-encode the file "
                          f"(wav, flac, ogg or mp3)") from None
 
 
-def audio_frames(path: str | Path) -> tuple[int, int]:
+def audio_frames(path: "str | Path | BinaryIO") -> tuple[int, int]:
     """(samples per channel, sample rate) of an audio file, from its header; one-line AudioError otherwise."""
     info = audio_info(path)
     return info.frames, info.samplerate
 
 
-def read_blocks(path: str | Path, sample_rate: int, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
-    """The file as float32 mono blocks at `sample_rate`; a NaN or infinite sample, or a file that holds less
-    audio than its header declares, raises AudioError."""
+def read_blocks(path: "str | Path | BinaryIO", sample_rate: int, block_seconds: float = 30.0) -> Iterator[np.ndarray]:
+    """The file (a path, or an open binary file read from its start) as float32 mono blocks at `sample_rate`; a
+    NaN or infinite sample, or a file that holds less audio than its header declares, raises AudioError."""
     info = audio_info(path)
+    name = source_name(path)
     file_rate = info.samplerate
     resampler = (soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ")
                  if file_rate != sample_rate else None)
     position = 0
+    if not isinstance(path, (str, Path)):
+        path.seek(0)
     try:
-        blocks = soundfile.blocks(str(path), blocksize=max(1, int(block_seconds * file_rate)), dtype="float32",
-                                  always_2d=True)
+        blocks = soundfile.blocks(str(path) if isinstance(path, (str, Path)) else path,
+                                  blocksize=max(1, int(block_seconds * file_rate)), dtype="float32", always_2d=True)
         for block in blocks:
             if not np.isfinite(block).all():
                 bad = position + int(np.flatnonzero(~np.isfinite(block).all(axis=1))[0])
-                raise AudioError(f"{path}: sample {bad} ({bad / file_rate:.3f} s) is NaN or infinite; "
+                raise AudioError(f"{name}: sample {bad} ({bad / file_rate:.3f} s) is NaN or infinite; "
                                  f"repair or re-encode the file")
             position += len(block)
             mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
             yield resampler.resample_chunk(mono) if resampler is not None else mono
-        check_whole(path, info, position)
+        check_whole(name, info, position)
         if resampler is not None:
             yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-    except (soundfile.SoundFileError, RuntimeError) as error:
-        raise AudioError(f"{path}: cannot decode audio after {position / file_rate:.1f} s ({error}); "
+    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
+        raise AudioError(f"{name}: cannot decode audio after {position / file_rate:.1f} s ({error}); "
                          f"re-download or re-encode the file") from None
 
 

@@ -70,3 +70,29 @@ def test_corrupt_file_is_a_clear_error(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(AudioError, match=r"bad\.mp3: .*re-download or re-encode"):
         load_audio(path)
+
+
+@pytest.mark.parametrize("rate", [16000, 44100])
+def test_a_part_of_a_long_file_is_read_alone(tmp_path, rate):
+    """Only the frames asked for are decoded (a 3-hour file cost 1 GB before): memory stays flat with the
+    file's length, and the part matches the same seconds cut from the whole file."""
+    import tracemalloc
+    seconds, start = 120, round(np.random.uniform(30, 100), 2)     # on both rates' sample grids
+    wave = tone(300 + 100 * np.random.rand(), rate, seconds)
+    path = tmp_path / "long.flac"
+    soundfile.write(path, wave, rate)
+    tracemalloc.start()
+    part = load_audio(path, 16000, clip_samples=16000, start=start)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert part.shape == (16000,) and peak < 2_000_000          # the whole file decoded is 120 s x rate x 4 bytes
+    whole = load_audio(path, 16000)
+    first = round(start * 16000)
+    np.testing.assert_allclose(part, whole[first:first + 16000], atol=1e-4 if rate == 16000 else 2e-3)
+
+
+def test_antiphase_channels_keep_the_loudest_not_silence(tmp_path):
+    wave = tone(440 + 100 * np.random.rand(), 16000, 1.0)
+    soundfile.write(tmp_path / "anti.wav", np.stack([wave, -wave, 0.5 * wave, -0.5 * wave], axis=1), 16000,
+                    subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(tmp_path / "anti.wav"), wave, atol=1e-7)

@@ -14,6 +14,7 @@ from train import checkpoint
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.loader import LoaderConfig
 from train.optim import build_optimizer, build_scheduler
+from train.shards import ShardWriter
 
 LABELS = ("a", "b", "c", "d", "e")
 
@@ -104,7 +105,7 @@ def test_other_front_end_is_refused(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such checkpoint"),
-    (b"not a zip or pickle", "not a readable checkpoint"),
+    (b"not a zip or pickle", "not a checkpoint (a checkpoint is the zip archive"),
     ({"model": {}}, "not a fastsca training checkpoint"),
 ])
 def test_bad_files_are_one_line_errors(tmp_path, content, message):
@@ -125,3 +126,36 @@ def test_truncated_checkpoint_is_a_one_line_error(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="not a readable checkpoint"):
         read_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_folds_and_fine_tuning_still_resumes(tmp_path):
+    path = tmp_path / "latest.pt"
+    payload = tiny_payload(tiny_config())
+    del payload["config"]["data"]["fold"], payload["config"]["optim"]["backbone_lr_scale"]
+    del payload["config"]["run"]["freeze_blocks"], payload["config"]["run"]["init"], payload["data_fingerprints"]
+    checkpoint.save(path, payload)
+    assert checkpoint.load_for_resume(path, tiny_config())["step"] == 1
+
+
+def write_shard(path, targets: np.ndarray) -> str:
+    with ShardWriter(path, tuple(LABELS), LABELS, 16000, 160) as writer:
+        writer.add(np.zeros((len(targets), 160), np.int16), targets, [f"clip{i}" for i in range(len(targets))])
+        writer.commit()
+    return str(path)
+
+
+def test_data_fingerprint_follows_the_content_not_the_path(tmp_path):
+    rng = np.random.default_rng()
+    targets = (rng.random((int(rng.integers(5, 40)), len(LABELS))) < 0.4).astype(np.uint8)
+    first = checkpoint.data_fingerprint(write_shard(tmp_path / "a.h5", targets))
+    (tmp_path / "sub").mkdir()
+    assert checkpoint.data_fingerprint(write_shard(tmp_path / "sub" / "b.h5", targets)) == first
+    targets[rng.integers(len(targets)), rng.integers(len(LABELS))] ^= 1   # one label of one clip flipped
+    other = checkpoint.data_fingerprint(write_shard(tmp_path / "c.h5", targets))
+    assert other["clips"] == first["clips"] and other["sha1"] != first["sha1"]
+    path = tmp_path / "latest.pt"
+    checkpoint.save(path, tiny_payload(tiny_config()) | {"data_fingerprints": {"train": first, "test": first}})
+    with pytest.raises(CheckpointError, match=r"was trained on other data: the train split of the built-in set "
+                                              r"holds the same number of clips but other labels or clip names"):
+        checkpoint.load_for_resume(path, tiny_config(), {"train": other, "test": first})
+    assert checkpoint.load_for_resume(path, tiny_config(), {"train": first, "test": first})["step"] == 1

@@ -4,13 +4,18 @@ import argparse
 
 import pytest
 
+import bench.bill
 import bench.gpu_report
 import bench.static_report
 import bench.summarize
 import fastsca.describe
+import fastsca.export
 import fastsca.figure3
+import fastsca.hub
 import fastsca.tag
+import train.convert
 import train.evaluate
+import train.folds
 import train.pack
 import train.run
 import train.sweep
@@ -27,7 +32,8 @@ ENTRY_POINTS = {
     "fastsca.tag": fastsca.tag.main, "fastsca.describe": fastsca.describe.main,
     "bench.gpu_report": bench.gpu_report.main, "bench.summarize": bench.summarize.main,
     "bench.static_report": bench.static_report.main, "fastsca.figure3": fastsca.figure3.main,
-    "train.sweep": train.sweep.main,
+    "train.sweep": train.sweep.main, "train.folds": train.folds.main, "train.convert": train.convert.main,
+    "fastsca.hub": fastsca.hub.main, "fastsca.export": fastsca.export.main, "bench.bill": bench.bill.main,
 }
 
 
@@ -160,7 +166,8 @@ def test_zero_clip_seconds_names_the_flag(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.run.main(["--clip-seconds", "0", "--out", str(tmp_path / "out"), "--builtin-dir", str(tmp_path)])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: --clip-seconds must be > 0, got 0"]
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --clip-seconds must be >= 0.1 and <= 600 (the built-in set's clips: shorter ones give "
+                                                               "fewer frames than the model pools), got 0"]
 
 
 def test_a_missing_eval_split_from_the_checkpoint_says_so(tmp_path, monkeypatch, capsys):

@@ -1,4 +1,5 @@
-"""Evaluation: the metrics of a model over a loader, the table and per-class CSV, and the CLI's errors."""
+"""Evaluation: the metrics of a model over a loader, the table, the one-line form and per-class CSV, and the
+CLI's errors."""
 import numpy as np
 import pytest
 import torch
@@ -36,6 +37,25 @@ def test_table_and_per_class_csv(tmp_path):
     evaluate.write_per_class_csv(tmp_path / "m.csv", metrics, ("x", "y", "z"))
     assert (tmp_path / "m.csv").read_text().splitlines() == [
         "name,AP,AUC,positives", "x,1.000000,1.000000,2", "y,0.833333,0.750000,2", "z,,,0"]
+
+
+def test_table_and_line_show_undefined_figures_and_single_label_accuracy():
+    rng = np.random.default_rng()
+    truth = rng.integers(0, 3, 20)
+    truth[:3] = [0, 1, 2]
+    scores = rng.random((20, 3))
+    metrics = tagging_metrics(np.eye(3)[truth], scores)
+    accuracy = float((scores.argmax(axis=1) == truth).mean())
+    assert evaluate.format_table(metrics).splitlines()[-1] == (f"accuracy          {accuracy:.4f} (top-1: every clip "
+                                                               f"has one label)")
+    summary = metrics.summary()
+    assert evaluate.summary_text(summary) == (f"mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
+                                              f"d' {summary['d_prime']:.3f}  accuracy {accuracy:.4f}")
+    unscorable = tagging_metrics(np.ones((7, 2)), rng.random((7, 2)))
+    assert evaluate.format_table(unscorable).splitlines()[:3] == ["mAP               -", "mAUC              -",
+                                                                  "d-prime           -"]
+    assert evaluate.summary_text(unscorable.summary()) == ("mAP -  mAUC -  d' -  (2 classes not scored: no positive "
+                                                           "or no negative clip)")
 
 
 @pytest.fixture(scope="module")

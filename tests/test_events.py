@@ -80,3 +80,21 @@ def test_layouts_and_reference_round_trip(tmp_path):
 def test_json_refuses_nan(tmp_path):
     with pytest.raises(ValueError):
         write_json(tmp_path / "e.json", [Event("f", 0.0, 1.0, "a", float("nan"))])
+
+
+def test_same_named_files_in_different_folders_stay_apart_in_the_tsvs(tmp_path):
+    onset = round(float(np.random.default_rng().uniform(0, 5)), 3)
+    events = [Event("one/same.wav", onset, onset + 1, "a", 0.9), Event("two/same.wav", onset, onset + 2, "b", 0.8),
+              Event("two/other.flac", 0.5, 1.0, "a", 0.7)]
+    write_strong_tsv(tmp_path / "s.tsv", events, {"a": "/m/a", "b": "/m/b"})
+    write_dcase_tsv(tmp_path / "d.tsv", events)
+    assert [line.split("\t")[0] for line in (tmp_path / "s.tsv").read_text().splitlines()[1:]] == [
+        "one/same", "two/same", "other"]
+    assert [line.split("\t")[0] for line in (tmp_path / "d.tsv").read_text().splitlines()[1:]] == [
+        "one/same.wav", "two/same.wav", "other.flac"]
+
+
+def test_event_times_are_plain_floats_without_float_noise():
+    events = detect_events(hand_made(), FRAME, NAMES, "f")
+    assert events and all(type(e.onset) is float and type(e.offset) is float for e in events)
+    assert all(e.onset == round(e.onset, 6) and e.offset == round(e.offset, 6) for e in events)

@@ -181,23 +181,25 @@ def pack_tree(root: Path, clips: dict[str, float | None]) -> list[str]:
             "--out", str(root / "out"), "--shard-size", "1", "--workers", "1"]
 
 
-def test_pack_without_the_audio_folder_is_an_error(tmp_path):
+def test_pack_without_the_audio_folder_is_an_error(tmp_path, capsys):
     args = pack_tree(tmp_path, {"a1": 1.0})
     args[args.index("--audio-dir") + 1] = str(tmp_path / "no-such-folder")
     with pytest.raises(SystemExit) as stopped:
         pack.main(args)
-    assert stopped.value.code == f"error: --audio-dir {tmp_path / 'no-such-folder'}: no such folder; give the " \
-                                 f"folder holding the Y<YTID>.<ext> clips"
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --audio-dir {tmp_path / 'no-such-folder'}: no such folder; give the " \
+                                                f"folder holding the Y<YTID>.<ext> clips"
     assert not (tmp_path / "out").exists()
 
 
-def test_packing_no_clip_is_an_error_after_the_report(tmp_path):
+def test_packing_no_clip_is_an_error_after_the_report(tmp_path, capsys):
     args = pack_tree(tmp_path, {"gone1": None, "gone2": None})
     with pytest.raises(SystemExit) as stopped:
         pack.main(args)
-    assert str(stopped.value.code).startswith("error: no clip of the 2 CSV rows could be packed")
+    assert stopped.value.code == 2
+    assert one_line(capsys.readouterr().err).startswith("error: no clip of the 2 CSV rows could be packed")
     rows = list(csv.reader((tmp_path / "out" / "pack_report.csv").open()))
-    assert [r[0] for r in rows[1:]] == ["gone1", "gone2"] and all(r[2].startswith("missing") for r in rows[1:])
+    assert [r[0] for r in rows[1:]] == ["Ygone1", "Ygone2"] and all(r[2].startswith("missing") for r in rows[1:])
 
 
 def test_truncated_clip_is_reported_not_packed(tmp_path):
@@ -205,24 +207,26 @@ def test_truncated_clip_is_reported_not_packed(tmp_path):
     truncate(tmp_path / "audio" / "Ycut.wav", 30000)
     pack.main(args)
     rows = list(csv.reader((tmp_path / "out" / "pack_report.csv").open()))
-    assert len(rows) == 2 and rows[1][:2] == ["cut", "shard_00001.h5"]
-    assert rows[1][2].startswith("truncated: ") and "declares 10.00 s but the file holds 0.94 s" in rows[1][2]
+    assert [r[:2] for r in rows] == [["clip", "shard"], ["Ywhole", "shard_00000.h5"], ["Ycut", "shard_00001.h5"],
+                                     ["Ywhole2", "shard_00002.h5"]]    # every row listed, with what was stored
+    assert rows[2][2].startswith("truncated: ") and "declares 10.00 s but the file holds 0.94 s" in rows[2][2]
     index = ShardIndex.open(tmp_path / "out")
     assert index.num_clips == 2
 
 
 @pytest.mark.parametrize("kind", ["file", "read-only"])
-def test_pack_into_an_unusable_out_is_one_line(tmp_path, kind):
+def test_pack_into_an_unusable_out_is_one_line(tmp_path, kind, capsys):
     args = pack_tree(tmp_path, {"a1": 1.0})
     out, words = bad_out(kind, tmp_path)
     args[args.index("--out") + 1] = str(out)
     with pytest.raises(SystemExit) as stopped:
         pack.main(args)
-    assert str(stopped.value.code).startswith(f"error: --out {out}") and words in stopped.value.code
-    assert "\n" not in stopped.value.code
+    assert stopped.value.code == 2
+    message = one_line(capsys.readouterr().err)
+    assert message.startswith(f"error: --out {out}") and words in message
 
 
-def test_pack_on_a_full_disk_is_one_line_and_keeps_finished_shards(tmp_path, monkeypatch):
+def test_pack_on_a_full_disk_is_one_line_and_keeps_finished_shards(tmp_path, monkeypatch, capsys):
     args = pack_tree(tmp_path, {"a1": 1.0, "a2": 2.0, "a3": 3.0})
     add = ShardWriter.add
     calls = 0
@@ -237,8 +241,9 @@ def test_pack_on_a_full_disk_is_one_line_and_keeps_finished_shards(tmp_path, mon
     monkeypatch.setattr(ShardWriter, "add", add_until_full)
     with pytest.raises(SystemExit) as stopped:
         pack.main(args)
-    assert stopped.value.code == f"error: cannot write into {tmp_path / 'out'}: No space left on device; the disk " \
-                                 f"is full: free space there or choose another --out"
+    assert stopped.value.code == 2
+    assert one_line(capsys.readouterr().err) == (f"error: cannot write into {tmp_path / 'out'}: No space left on "
+                                                 f"device; the disk is full: free space there or choose another --out")
     assert not list((tmp_path / "out").glob("*.tmp"))
     with h5py.File(tmp_path / "out" / "shard_00000.h5") as shard:   # the shard finished before stays whole
         assert shard["waveform"].shape == (1, 160000)
@@ -351,20 +356,8 @@ def test_tag_with_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, tmp_pa
     assert line.startswith(f"error: {edited}: ") and words in line
 
 
-# --- training runs (in this process, on the tiny built-in set of test_train_run) --------------------------------
-
-@pytest.fixture(scope="module")
-def builtin_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("builtin")
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, builtin_dir) -> Path:
-    """An uninterrupted 40-step run, the reference for resumed ones."""
-    out = tmp_path_factory.mktemp("runs") / "full"
-    train.run.main(tiny_args(out, builtin_dir))
-    return out
-
+# --- training runs (in this process, on the tiny built-in set of test_train_run; builtin_dir and full_run are
+# conftest.py's session fixtures) --------------------------------------------------------------------------------
 
 def losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records(out, "train")}
@@ -533,7 +526,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     def save_until_full(obj, path):
         nonlocal calls
         calls += 1
-        if calls == 2:
+        if calls == 3:   # the checkpoints before step 1 and at step 5 are written; the one at step 10 fills the disk
             Path(path).write_bytes(b"partial")   # the disk fills up half way through the file
             raise DISK_FULL
         save(obj, path)
@@ -614,16 +607,18 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_run(tmp_path, builtin_d
 
 
 @pytest.mark.slow
-def test_kill_9_of_a_run_ends_its_workers_and_frees_its_out(tmp_path, builtin_dir):
+def test_kill_9_of_a_run_ends_its_workers_and_frees_its_out(tmp_path, builtin_dir, capsys):
     out = tmp_path / "run"
     process = start_run(tiny_args(out, builtin_dir, 100000))
     try:
         wait_for_step(process, out, 2)
-        second = subprocess.run([sys.executable, "-m", "train.run", *tiny_args(out, builtin_dir, 100000)],
-                                capture_output=True, text=True, timeout=180)
-        assert second.returncode == 2
-        assert one_line(second.stderr) == (f"error: {out} is in use by another training run (PID {process.pid}); "
-                                           f"wait for it to end, stop it, or choose another --out")
+        # the second run in this process: a subprocess would spend seconds importing torch to print one line
+        with pytest.raises(SystemExit) as second:
+            train.run.main(tiny_args(out, builtin_dir, 100000))
+        assert second.value.code == 2
+        assert one_line(capsys.readouterr().err) == (f"error: {out} is in use by another training run (PID "
+                                                     f"{process.pid}); wait for it to end, stop it, or choose "
+                                                     f"another --out")
         workers = descendants(process.pid)
         assert workers   # DALI's reader workers
     finally:

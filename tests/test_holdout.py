@@ -49,3 +49,27 @@ def test_subset_reads_the_chosen_clips(tmp_path):
         assert np.array_equal(waveform, waveforms[clip]) and np.array_equal(target, targets[clip])
     for k, m in enumerate(subset.class_members()):
         assert np.array_equal(m, np.flatnonzero(targets[clips, k]))   # positions within the subset
+
+
+@pytest.mark.parametrize("clips, classes, group_size", [(60, 5, 3), (301, 9, 7)])
+def test_groups_are_held_out_whole(clips, classes, group_size):
+    rng = np.random.default_rng()
+    targets = rng.random((clips, classes)) < 0.3
+    targets[np.arange(clips), rng.integers(0, classes, clips)] = True   # every clip carries a class
+    groups = rng.permutation(np.arange(clips) // group_size)            # recordings of group_size clips, shuffled
+    train, validation = holdout_split(_members(targets), clips, 0.2, 10_000, seed=1, groups=groups)
+    assert np.array_equal(np.sort(np.concatenate([train, validation])), np.arange(clips))
+    assert not set(groups[train]) & set(groups[validation])             # no recording on both sides
+    assert len(validation) >= round(0.2 * clips) and len(validation) % group_size == 0
+    for k in range(classes):
+        assert targets[train, k].any(), k                               # training keeps every class
+
+
+def test_without_groups_the_split_is_the_clip_level_one():
+    rng = np.random.default_rng()
+    targets = rng.random((80, 6)) < 0.25
+    targets[np.arange(80), rng.integers(0, 6, 80)] = True
+    members = _members(targets)
+    plain = holdout_split(members, 80, 0.1, 10_000, seed=2)
+    singletons = holdout_split(members, 80, 0.1, 10_000, seed=2, groups=np.arange(80))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, singletons))

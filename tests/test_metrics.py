@@ -1,9 +1,10 @@
-"""AudioSet metrics against scikit-learn, with ties and excluded classes."""
+"""AudioSet metrics against scikit-learn, with ties, excluded classes and single-label accuracy."""
+import json
 import math
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_score
 
 from fastsca.metrics import d_prime, tagging_metrics
 
@@ -68,3 +69,28 @@ def test_summary_and_d_prime_agree():
 def test_bad_input_raises(targets, scores, message):
     with pytest.raises(ValueError, match=message):
         tagging_metrics(targets, scores)
+
+
+@pytest.mark.parametrize("clips, classes", [(97, 10), (400, 3)])
+def test_single_label_sets_add_top1_accuracy_equal_to_sklearn(clips, classes):
+    rng = np.random.default_rng()
+    truth = rng.integers(0, classes, clips)
+    targets = np.eye(classes)[truth]
+    scores = rng.random((clips, classes)) + 0.5 * targets
+    metrics = tagging_metrics(targets, scores)
+    assert metrics.summary()["accuracy"] == pytest.approx(accuracy_score(truth, scores.argmax(axis=1)), abs=1e-12)
+    targets[rng.integers(clips), :] = 1                  # one clip with several labels: no accuracy
+    assert "accuracy" not in tagging_metrics(targets, scores).summary()
+
+
+def test_no_scorable_class_gives_none_never_nan():
+    rng = np.random.default_rng()
+    targets = np.ones((int(rng.integers(5, 50)), 1))   # one class, every clip positive: nothing to rank
+    summary = tagging_metrics(targets, rng.random(targets.shape)).summary()
+    assert summary == {"mAP": None, "mAUC": None, "d_prime": None, "excluded_classes": 1}
+    json.dumps(summary, allow_nan=False)
+    targets, scores = _random_set(rng, 60, 4, 2)
+    targets[:, 0] = True                                 # one class without negatives: skipped and counted
+    summary = tagging_metrics(targets, scores).summary()
+    assert summary["excluded_classes"] == 1 and summary["mAP"] == pytest.approx(
+        np.mean([average_precision_score(targets[:, k], scores[:, k]) for k in range(1, 4)]), abs=1e-9)

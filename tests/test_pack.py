@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from test_manifest import in_process_pool  # noqa: F401  (a fixture)
 from train.pack import PackConfig, main, pack
 from train.shards import ShardError, ShardIndex
 
@@ -84,11 +85,14 @@ def test_pack_writes_shards_index_and_report(packed):
     assert summary == {"packed": 6, "shards": 3, "resumed_shards": 0, "skipped": 3, "skipped_duplicate": 1,
                        "skipped_missing": 1, "skipped_undecodable": 1}
     with open(out / "pack_report.csv") as handle:
-        report = {row["ytid"]: row for row in csv.DictReader(handle)}
-    assert set(report) == {"corrupt", "missing", "wav-16k_A"}
-    assert report["corrupt"]["reason"].startswith("undecodable:") and "Ycorrupt.flac" in report["corrupt"]["reason"]
-    assert report["missing"]["reason"].startswith("missing:") and report["missing"]["shard"] == "shard_00002.h5"
-    assert report["wav-16k_A"]["reason"].startswith("duplicate")
+        report = list(csv.DictReader(handle))
+    assert [(r["clip"], r["shard"], r["reason"].split(":")[0], r["cut"]) for r in report] == [
+        ("Ywav-16k_A", "", "duplicate", ""),
+        ("Ywav-16k_A", "shard_00000.h5", "", "whole file"), ("Y-flac22k", "shard_00000.h5", "", "whole file"),
+        ("Yogg32k", "shard_00000.h5", "", "whole file"), ("Ymp3-44k", "shard_00001.h5", "", "whole file"),
+        ("Ystereo44k", "shard_00001.h5", "", "segment"), ("Yshort3s", "shard_00001.h5", "", "whole file, padded"),
+        ("Ycorrupt", "shard_00002.h5", "undecodable", ""), ("Ymissing", "shard_00002.h5", "missing", "")]
+    assert "Ycorrupt.flac" in report[7]["reason"]
 
     index = json.loads((out / "index.json").read_text())
     assert [s["clips"] for s in index["shards"]] == [3, 3, 0] and index["num_clips"] == 6
@@ -143,7 +147,7 @@ def test_rerun_resumes_and_redoes_an_interrupted_shard(packed):
     assert (out / "shard_00000.h5").stat().st_mtime_ns == before["shard_00000.h5"][0]
     with h5py.File(out / "shard_00001.h5") as handle:
         assert [n.decode() for n in handle["audio_name"][:]] == ["Ymp3-44k", "Ystereo44k", "Yshort3s"]
-    assert len((out / "pack_report.csv").read_text().splitlines()) == 4
+    assert len((out / "pack_report.csv").read_text().splitlines()) == 10
 
 
 def test_rerun_with_other_inputs_is_refused(packed):
@@ -169,5 +173,33 @@ def test_command_line(tmp_path, capsys):
     main(args)
     assert "packed 5 clips into 1 shards" in capsys.readouterr().out
     (tmp_path / "bad.csv").write_text("x, 0, 10, /m/a, /m/b\n")
-    with pytest.raises(SystemExit, match=r"error: .*bad\.csv:1: expected 4 fields"):
+    with pytest.raises(SystemExit) as stopped:
         main(args[:1] + [str(tmp_path / "bad.csv")] + args[2:])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'bad.csv'}:1: expected 4 fields")
+
+
+def test_segment_times_are_honoured_when_the_file_is_the_whole_recording(tmp_path, in_process_pool):
+    """A 60 s recording with the row 30-40 s stores seconds 30-40 (it stored 0-10), a 10 s download of that segment
+    is stored whole, and a segment past the end of a longer file is skipped, each said in pack_report.csv."""
+    rng = np.random.default_rng()
+    hz = rng.choice(np.arange(10, 70) * 50, 6, replace=False)
+    t = np.arange(10 * 16000) / 16000
+    blocks = [0.3 * np.sin(2 * np.pi * f * t) for f in hz]
+    (tmp_path / "audio").mkdir()
+    soundfile.write(tmp_path / "audio" / "Ywhole.flac", np.concatenate(blocks), 16000)        # 60 s recording
+    soundfile.write(tmp_path / "audio" / "Ycut.wav", blocks[3], 16000)                          # 10 s download
+    soundfile.write(tmp_path / "audio" / "Yshort.wav", np.concatenate(blocks[:2]), 16000)       # 20 s, row 30-40
+    (tmp_path / "labels.csv").write_text(LABELS)
+    (tmp_path / "a.csv").write_text('whole, 30.000, 40.000, "/m/a"\ncut, 30.000, 40.000, "/m/b"\n'
+                                    'short, 30.000, 40.000, "/m/a"\n')
+    summary = pack(PackConfig((tmp_path / "a.csv",), tmp_path / "labels.csv", tmp_path / "audio", tmp_path / "out",
+                              workers=1))
+    assert summary["packed"] == 2 and summary["skipped_outside"] == 1
+    split = ShardIndex.open(tmp_path / "out")
+    np.testing.assert_allclose(split.read(0)[0] / 32767, blocks[3], atol=2 / 32767)   # two 16-bit roundings
+    np.testing.assert_allclose(split.read(1)[0] / 32767, blocks[3], atol=2 / 32767)   # two 16-bit roundings
+    with open(tmp_path / "out" / "pack_report.csv") as handle:
+        rows = [(r["clip"], r["reason"][:60], r["cut"]) for r in csv.DictReader(handle)]
+    assert rows == [("Ywhole", "", "segment"), ("Ycut", "", "whole file"),
+                    ("Yshort", f"outside: {tmp_path / 'audio' / 'Yshort.wav'}: segment 30-40 s lies"[:60], "")]

@@ -1,7 +1,8 @@
 """End to end on a tiny built-in set: train, checkpoint, stop on SIGTERM, resume exactly, evaluate, tag.
 
 1 s clips, narrow blocks and a few dozen steps keep each run to seconds. Runs go through
-`train.run.main` in this process (a subprocess where the test needs one: an external SIGTERM).
+`train.run.main` in this process (a subprocess where the test needs one: an external SIGTERM). The
+uninterrupted reference run and the built-in set are conftest.py's session fixtures `full_run` and `builtin_dir`.
 """
 import json
 import os
@@ -39,19 +40,6 @@ def records(out: Path, kind: str) -> list[dict]:
     """The metrics.jsonl records of one kind."""
     lines = (out / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
-
-
-@pytest.fixture(scope="module")
-def builtin_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("builtin")
-
-
-@pytest.fixture(scope="module")
-def full_run(tmp_path_factory, builtin_dir) -> Path:
-    """An uninterrupted 40-step run."""
-    out = tmp_path_factory.mktemp("runs") / "full"
-    train.run.main(tiny_args(out, builtin_dir))
-    return out
 
 
 def test_run_learns_and_writes_checkpoints(full_run):
@@ -251,3 +239,16 @@ def test_compile_mode_reaches_torch_compile(tmp_path, builtin_dir, monkeypatch, 
                              "max-autotune-no-cudagraphs"))
     assert modes == [("inductor", "max-autotune-no-cudagraphs")]
     assert "compile inductor (mode max-autotune-no-cudagraphs)" in capsys.readouterr().out
+
+
+def test_run_writes_its_model_folder_which_tags_as_best_pt(full_run):
+    from fastsca import Tagger
+    folder = full_run / "pretrained"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "labels.csv", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["label_mids"] == [f"/synth/{name}" for name in BUILTIN.class_names]
+    waveform = np.random.default_rng().standard_normal(23_456).astype(np.float32) * 0.1
+    from_folder = Tagger.from_pretrained(folder)(waveform, 16000)
+    from_checkpoint = Tagger.from_pretrained(full_run / "best.pt")(waveform, 16000)
+    assert from_folder.label_names == from_checkpoint.label_names == BUILTIN.class_names
+    np.testing.assert_array_equal(from_folder.clip, from_checkpoint.clip)

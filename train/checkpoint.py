@@ -2,30 +2,36 @@
 
 A checkpoint holds the model, optimiser and scheduler states, the loader's position inside its epoch,
 every rank's RNG states (python, numpy, torch, cuda), the step, epoch and best eval mAP, the configs of
-the run (each dataclass as a dict) and the label names. `fastsca.inference` reads the same files.
+the run (each dataclass as a dict), the label names and a fingerprint of the data (`data_fingerprint`), by
+which a resume recognises its data whatever path names it. `fastsca.inference` reads the same files.
 """
+import hashlib
 import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
 from fastsca.config import ModelConfig
 from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
-from train.config import OptimConfig, TrainConfig
+from train.config import DataConfig, OptimConfig, TrainConfig
 from train.optim import lr_factor
 from train.out_folder import OutFolderError, describe_os_error
+from train.shards import TARGET_READ_ROWS, ShardIndex
 
 # What a resume reads from a checkpoint, besides the TrainState fields.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "loader", "rng", "config", "label_names")
 CONFIG_PARTS = ("model", "log_mel", "data", "optim", "run")
 # Fields that shape the learning-rate schedule: changing one on resume would make the lr jump.
 SCHEDULE_FIELDS = (("optim", "lr"), ("optim", "warmup_steps"), ("optim", "min_lr_ratio"), ("run", "steps"),
-                   ("run", "epochs"))
+                   ("run", "epochs"), ("optim", "backbone_lr_scale"), ("run", "freeze_blocks"))
+# DataConfig fields that name where the data is, not what it is: a resume compares the data's fingerprints instead.
+DATA_PATH_FIELDS = ("train_path", "eval_path", "builtin_dir")
 
 
 @dataclass
@@ -73,6 +79,31 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def data_fingerprint(path: str) -> dict:
+    """What a split holds, cheaply: clip count, clip length, sample rate, label names and a SHA-1 of every
+    shard's targets and clip names (no waveform is read: 1 byte per class and a name per clip)."""
+    index = ShardIndex.open(path)
+    digest = hashlib.sha1()
+    for shard in index.paths:
+        with h5py.File(shard, "r") as handle:
+            for start in range(0, handle["target"].shape[0], TARGET_READ_ROWS):
+                digest.update(np.ascontiguousarray(handle["target"][start:start + TARGET_READ_ROWS]).tobytes())
+                digest.update(b"\0".join(handle["audio_name"][start:start + TARGET_READ_ROWS]))
+    return {"clips": index.num_clips, "clip_samples": index.clip_samples, "sample_rate": index.sample_rate,
+            "label_names": list(index.label_names), "sha1": digest.hexdigest()}
+
+
+def _fingerprint_difference(saved: dict, current: dict) -> str:
+    """How the data differs, in words."""
+    for key, words in (("clips", "clips"), ("clip_samples", "samples per clip"), ("sample_rate", "Hz")):
+        if saved.get(key) != current.get(key):
+            return f"{current.get(key)} {words} where the checkpoint's had {saved.get(key)}"
+    if saved.get("label_names") != current.get("label_names"):
+        return "other label names"
+    return f"the same number of clips but other labels or clip names (checksum {current.get('sha1', '')[:8]} vs " \
+           f"{saved.get('sha1', '')[:8]})"
+
+
 def config_dict(config: TrainConfig) -> dict:
     """Each part of the run's config as a plain dict (tuples stay tuples)."""
     return {f.name: asdict(getattr(config, f.name)) for f in fields(config)}
@@ -106,9 +137,11 @@ def copy(source: Path, target: Path) -> None:
 
 def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, loader_states: list[dict], rng_states: list[dict],
-                 state: TrainState, epoch: int, config: TrainConfig, label_names: tuple[str, ...]) -> dict:
+                 state: TrainState, epoch: int, config: TrainConfig, label_names: tuple[str, ...],
+                 fingerprints: dict | None = None) -> dict:
     """The checkpoint dict; `model` is the plain module (not its compiled or DDP wrapper); loader and RNG
-    states are one per rank; `epoch` (the loader's) is for reading only, the loader states hold it."""
+    states are one per rank; `epoch` (the loader's) is for reading only, the loader states hold it;
+    `fingerprints` {"train": ..., "test": ...} are `data_fingerprint`s of the run's splits."""
     return {"format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -118,7 +151,8 @@ def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             **asdict(state),
             "epoch": epoch,
             "config": config_dict(config),
-            "label_names": list(label_names)}
+            "label_names": list(label_names),
+            "data_fingerprints": fingerprints}
 
 
 # Loader fields that change how fast batches come, not which: free to differ on resume.
@@ -164,8 +198,10 @@ def _check_schedule(path: Path, saved: dict, config: TrainConfig, step: int) -> 
     that asked for this saw 3e-05 become 4.8e-04 with a larger --steps), and silently keeping the old one
     would ignore the flag the user just gave."""
     current = config_dict(config)
-    changed = [f"{part}.{name} {saved[part].get(name)!r} vs {current[part][name]!r}" for part, name in SCHEDULE_FIELDS
-               if saved[part].get(name) != current[part][name]]
+    # a field the checkpoint lacks (written before the field existed) had its default value
+    defaults = {part: asdict(type(getattr(config, part))()) for part in ("optim", "run")}
+    changed = [f"{part}.{name} {saved[part].get(name, defaults[part][name])!r} vs {current[part][name]!r}"
+               for part, name in SCHEDULE_FIELDS if saved[part].get(name, defaults[part][name]) != current[part][name]]
     if not changed:
         return
     jump = ""
@@ -180,9 +216,33 @@ def _check_schedule(path: Path, saved: dict, config: TrainConfig, step: int) -> 
                           f"or start a new run with another --out")
 
 
-def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
-    """Raise CheckpointError (one line) unless the checkpoint's model, front end, data settings and lr schedule
-    are this run's."""
+def _check_data(path: Path, payload: dict, config: TrainConfig, fingerprints: dict | None) -> None:
+    """Raise CheckpointError unless the checkpoint's data is this run's: the same content by the fingerprints
+    (any path spelling, a moved or copied folder), and the same data settings."""
+    # a field the checkpoint lacks (written before the field existed, e.g. fold) had its default value
+    defaults = {f.name: f.default for f in fields(DataConfig) if f.default is not MISSING}
+    saved, current = {**defaults, **payload["config"]["data"]}, config_dict(config)["data"]
+    saved_prints = payload.get("data_fingerprints")
+    ignored = DATA_PATH_FIELDS if saved_prints and fingerprints else ()   # older checkpoints: by path, as before
+    for split in ("train", "test") if ignored else ():
+        if saved_prints.get(split) != fingerprints[split]:
+            fold_or_train = split == "train" or config.data.fold is not None
+            where = config.data.train_path if fold_or_train else config.data.eval_path
+            raise CheckpointError(
+                f"{path} was trained on other data: the {split} split {where or 'of the built-in set'} holds "
+                f"{_fingerprint_difference(saved_prints.get(split) or {}, fingerprints[split])}; resume with the data "
+                f"the run started on (under any path), or start a new run with another --out")
+    saved, current = ({k: v for k, v in part.items() if k not in ignored} for part in (saved, current))
+    if _without_execution(saved) != _without_execution(current):
+        differences = ", ".join(_differences(saved, current))
+        raise CheckpointError(
+            f"{path} was written with other data settings ({differences}, checkpoint vs this run); resume "
+            f"with the same data options, or start a new run with another --out")
+
+
+def check_compatible(path: Path, payload: dict, config: TrainConfig, fingerprints: dict | None = None) -> None:
+    """Raise CheckpointError (one line) unless the checkpoint's model, front end, data and lr schedule are this
+    run's; `fingerprints` are this run's data's (see `make_payload`)."""
     check_contents(path, payload)
     saved = payload["config"]
     # ModelConfig's equality leaves out the preset name; the execution fields are taken from this run
@@ -197,19 +257,19 @@ def check_compatible(path: Path, payload: dict, config: TrainConfig) -> None:
             f"checkpoint vs this run); resume with the checkpoint's --preset/--profile options, or start a new run "
             f"with another --out")
     current = config_dict(config)
-    for part in ("log_mel", "data"):
-        if _without_execution(saved[part]) != _without_execution(current[part]):
-            differences = ", ".join(_differences(saved[part], current[part]))
-            raise CheckpointError(
-                f"{path} was written with other {part} settings ({differences}, checkpoint vs this run); resume "
-                f"with the same data options, or start a new run with another --out")
+    if saved["log_mel"] != current["log_mel"]:
+        differences = ", ".join(_differences(saved["log_mel"], current["log_mel"]))
+        raise CheckpointError(
+            f"{path} was written with other log_mel settings ({differences}, checkpoint vs this run); resume "
+            f"with the same data options, or start a new run with another --out")
+    _check_data(path, payload, config, fingerprints)
     _check_schedule(path, saved, config, payload["step"])
 
 
-def load_for_resume(path: Path, config: TrainConfig) -> dict:
-    """The checkpoint at `path`, checked against this run's config."""
+def load_for_resume(path: Path, config: TrainConfig, fingerprints: dict | None = None) -> dict:
+    """The checkpoint at `path`, checked against this run's config and data."""
     payload = read_checkpoint(path)
-    check_compatible(path, payload, config)
+    check_compatible(path, payload, config, fingerprints)
     return payload
 
 

@@ -5,14 +5,13 @@ bundles all five, and a checkpoint stores each as a dict. A `Profile` holds the 
 the hardware: the `cpu` profile shrinks the model (and, for the built-in set, the clips) so that the default run on a
 2-core CPU finishes in minutes; the `gpu` profile keeps the preset's widths and the paper's 10 s clips.
 """
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
+from fastsca.profiles import MODEL_PROFILES, ModelProfile
 from train.loader import LoaderConfig
 from train.synth import SynthConfig
-
-PROFILE_NAMES = ("auto", "cpu", "gpu")
 
 COMPILE_MODES: dict[str, str] = {
     "default": "Inductor's fusions, no CUDA graphs",
@@ -44,9 +43,16 @@ class DataConfig:
     """Training batches: batch size per process, sampler, seed, workers, augmentation."""
     eval_batch_size: int = 64
     """Clips per evaluation batch on each process."""
+    fold: int | None = None
+    """Cross-validation fold of train_path held out as the test split (train and validation come from the
+    other folds); None: the test split is eval_path."""
 
     def __post_init__(self) -> None:
-        if (self.train_path is None) != (self.eval_path is None):
+        if self.fold is not None:
+            if self.train_path is None or self.eval_path is not None:
+                raise ValueError("--fold holds a fold of --data out as the test split: give --data without "
+                                 "--eval-data")
+        elif (self.train_path is None) != (self.eval_path is None):
             raise ValueError("give both --data and --eval-data, or neither (to use the built-in set)")
         if not 0 < self.validation_fraction < 1 or self.validation_max_clips < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) and validation_max_clips >= 1, got "
@@ -71,14 +77,19 @@ class OptimConfig:
     """AdamW's moment decay rates."""
     grad_clip: float = 1.0
     """Global gradient-norm clip; 0 turns it off."""
+    backbone_lr_scale: float = 1.0
+    """The backbone's (everything but the pooling head's) learning rate is lr x this; below 1 when fine-tuning."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.backbone_lr_scale < 0:
+            raise ValueError("warmup_steps, weight_decay, grad_clip and backbone_lr_scale must be >= 0")
+        if self.lr * self.weight_decay >= 1:
+            raise ValueError(f"--lr {self.lr:g} x --weight-decay {self.weight_decay:g} must be < 1 (AdamW multiplies "
+                             f"every weight by 1 - lr x weight decay each step): lower --lr or --weight-decay")
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
 
@@ -117,6 +128,10 @@ class RunConfig:
     """Continue from out/latest.pt: same next batch, same subsequent losses."""
     checkpoint_minutes: float = 5.0
     """Also write latest.pt when this many minutes passed since the last one, so a kill -9 loses at most that."""
+    init: str | None = None
+    """Fine-tuning: the checkpoint whose weights the run starts from (its head too where the label sets agree)."""
+    freeze_blocks: int = 0
+    """Fine-tuning: the first this many residual blocks (and the input norm) are not trained."""
 
     def __post_init__(self) -> None:
         if self.profile not in ("cpu", "gpu"):
@@ -130,6 +145,8 @@ class RunConfig:
         for name, value in counts.items():
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if not 0 <= self.freeze_blocks <= 7:
+            raise ValueError(f"freeze_blocks must be in 0..7 (the backbone has 7 blocks), got {self.freeze_blocks}")
         if not self.checkpoint_minutes > 0:
             raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
         if self.compile_mode not in COMPILE_MODES:
@@ -140,15 +157,10 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class Profile:
-    """Hardware-dependent defaults; every command-line flag left unset takes its value from here."""
+class Profile(ModelProfile):
+    """Hardware-dependent defaults; every command-line flag left unset takes its value from here (the model's
+    from fastsca/profiles.py)."""
 
-    channels: tuple[int, ...] | None
-    """Widths of the seven blocks; None keeps the preset's (docs/design.md, "Backbone and pooling plan")."""
-    fused_attention: bool
-    """Use the fused Triton attention ops (they only pay off on CUDA)."""
-    clip_seconds: float
-    """Clip length of the built-in set, and so the model's input_frames (40 frames per second)."""
     builtin_train: int
     """Clips in the built-in training split."""
     builtin_eval: int
@@ -178,21 +190,20 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    # A quarter of the preset's widths (docs/design.md) and 2 s clips: at-sca-3 takes 0.143 forward GFLOPs per clip instead
-    # of 11.45 (80x fewer; 0.71 M parameters instead of 11.75 M), which fits a run to mAP >= 0.9 into minutes
-    # on 2 cores. With packed data the clips are the data's (10 s): 0.71 GFLOPs per clip, 5x the cost a step.
+    # The model's defaults are fastsca/profiles.py's (a quarter of the preset's widths, 2 s clips). With packed
+    # data the clips are the data's (10 s): 0.71 GFLOPs per clip, 5x the cost a step.
     # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
     # waits at a barrier for whichever thread was descheduled), 1 thread at 119-139 clips/s; the other
-    # core feeds the loader. Fused attention ops only pay off on CUDA: on CPU they are the reference.
+    # core feeds the loader.
     # No mixup, no SpecAugment, weight decay 0.01: chosen on the validation split of the built-in set, where
     # at step 200 of 400 validation mAP was 0.983 without them, 0.967 with mixup 0.5 and 0.842 with SpecAugment
     # (results/tables/regularisation.md). An evaluation every 100 steps lets best.pt land near the peak.
-    "cpu": Profile(channels=(8, 16, 32, 64, 64, 128, 128), fused_attention=False, clip_seconds=2.0,
+    "cpu": Profile(**asdict(MODEL_PROFILES["cpu"]),
                    builtin_train=2048, builtin_eval=512, batch_size=32, num_workers=1, steps=600,
                    eval_every=100, log_every=5, lr=3e-3, warmup_steps=30, mixup_alpha=0.0, spec_augment=False,
                    weight_decay=0.01, threads=1),
     # The preset as it is, on the paper's 10 s clips.
-    "gpu": Profile(channels=None, fused_attention=True, clip_seconds=10.0, builtin_train=8192,
+    "gpu": Profile(**asdict(MODEL_PROFILES["gpu"]), builtin_train=8192,
                    builtin_eval=1024, batch_size=64, num_workers=6, steps=3000, eval_every=500, log_every=20,
                    lr=1e-3, warmup_steps=200, mixup_alpha=0.0, spec_augment=False, weight_decay=0.01, threads=None),
 }

@@ -1,15 +1,21 @@
 """AudioSet metadata readers: the label list, segment CSVs and strong-label TSVs.
 
 Segment CSVs come in Google's layout (`#` comment lines, `, ` separators, the label list quoted:
-`--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`) or with plain commas; both parse the same.
+`--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"`), with plain commas or with tabs; all parse the same,
+as do a label list with extra columns (found by its header row) and any file `fastsca.text_files` reads
+(BOM, UTF-16, gzip, Windows line ends). Strong labels are read by `fastsca.events.read_event_rows`, which
+takes the layouts careless tools write (commas, semicolons, header variants, decimal commas), and cleaned:
+a clip's overlapping or touching events of one class become one event.
 A malformed row raises `MetadataError` naming the file and line, so a bad download is found at once
 rather than as a wrong target half-way through packing.
 """
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastsca.text_files import TextFileError, open_text
+from fastsca.events import ReferenceReport, clean_events, read_event_rows
+from fastsca.text_files import TextFileError, read_text
 
 
 class MetadataError(ValueError):
@@ -55,35 +61,46 @@ class Segment:
         return f"{self.ytid}_{round(self.start * 1000)}"
 
 
-def _rows(path: Path, delimiter: str = ","):
-    """(line number, fields) of the non-comment, non-blank rows of a CSV/TSV file."""
+def _rows(path: Path):
+    """(line number, fields) of the non-comment, non-blank rows of a CSV file, comma- or tab-separated
+    (whichever its first row holds)."""
     try:
-        handle = open_text(path)
+        text = read_text(path)
     except TextFileError as error:
         raise MetadataError(str(error)) from None
-    with handle:
-        reader = csv.reader(handle, delimiter=delimiter, skipinitialspace=True)
-        try:
-            for fields in reader:
-                if fields and not fields[0].lstrip().startswith("#") and any(f.strip() for f in fields):
-                    yield reader.line_num, [f.strip() for f in fields]
-        except csv.Error as error:
-            raise MetadataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from error
+    first = next((line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")), "")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if "\t" in first else ",",
+                        skipinitialspace=True)
+    try:
+        for fields in reader:
+            if fields and not fields[0].lstrip().startswith("#") and any(f.strip() for f in fields):
+                yield reader.line_num, [f.strip() for f in fields]
+    except csv.Error as error:
+        raise MetadataError(f"{path}:{reader.line_num}: not valid CSV ({error})") from error
 
 
 def read_labels(path: str | Path) -> LabelSet:
     """Read `class_labels_indices.csv` (header `index,mid,display_name`, index = 0, 1, 2, ...)."""
     path = Path(path)
     mids, names = [], []
+    columns = None   # (index, mid, display_name) positions once a header row names them
     for line, fields in _rows(path):
-        if fields == ["index", "mid", "display_name"]:
+        header = [f.lower().replace(" ", "_") for f in fields]
+        if {"index", "mid", "display_name"} <= set(header):   # in any order, among other columns
+            columns = tuple(header.index(name) for name in ("index", "mid", "display_name"))
             continue
-        if len(fields) != 3:
-            raise MetadataError(f"{path}:{line}: expected index,mid,display_name, got {len(fields)} fields")
-        if fields[0] != str(len(mids)):
-            raise MetadataError(f"{path}:{line}: expected index {len(mids)}, got {fields[0]!r}")
-        mids.append(fields[1])
-        names.append(fields[2])
+        if columns is None and len(fields) != 3:
+            raise MetadataError(f"{path}:{line}: expected index,mid,display_name, got {len(fields)} fields; a file "
+                                f"with more columns needs the header row index,mid,display_name")
+        if columns is not None and len(fields) <= max(columns):
+            raise MetadataError(f"{path}:{line}: expected {max(columns) + 1} fields as the header names, "
+                                f"got {len(fields)}")
+        index, mid, name = (fields[i] for i in columns or (0, 1, 2))
+        if index != str(len(mids)):
+            repeated = f" (line {line} repeats class {mid!r})" if mid in mids else ""
+            raise MetadataError(f"{path}:{line}: expected index {len(mids)}, got {index!r}{repeated}")
+        mids.append(mid)
+        names.append(name)
     if not mids:
         raise MetadataError(f"{path}: no labels found; is this class_labels_indices.csv?")
     try:
@@ -99,7 +116,7 @@ def read_segments(path: str | Path, labels: LabelSet | None = None) -> list[Segm
     known = labels.column() if labels is not None else None
     segments = []
     for line, fields in _rows(path):
-        if fields[0] == "YTID":                                  # a plain CSV's header row
+        if fields[0].lower() == "ytid":                          # a plain CSV's header row
             continue
         if len(fields) != 4:
             raise MetadataError(f"{path}:{line}: expected 4 fields (YTID, start, end, \"labels\"), "
@@ -122,22 +139,18 @@ def read_segments(path: str | Path, labels: LabelSet | None = None) -> list[Segm
     return segments
 
 
-def read_strong(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
-    """Read an AudioSet strong-label TSV (segment_id, start_time_seconds, end_time_seconds, label)
-    into segment_id -> [(onset, offset, mid), ...]."""
-    path = Path(path)
+def read_strong(path: str | Path, clip_seconds: float | None = None,
+                report: ReferenceReport | None = None) -> dict[str, list[tuple[float, float, str]]]:
+    """Read an AudioSet strong-label TSV (segment_id, start_time_seconds, end_time_seconds, label; any layout
+    `fastsca.events.read_event_rows` reads) into segment_id -> [(onset, offset, mid), ...], each clip's events
+    cut to [0, clip_seconds], empty ones dropped and overlapping or touching events of one label merged
+    (`fastsca.events.clean_events`; `report` counts the changes)."""
+    try:
+        rows = read_event_rows(path)
+    except ValueError as error:   # TextFileError too
+        raise MetadataError(str(error)) from None
     events: dict[str, list[tuple[float, float, str]]] = {}
-    for line, fields in _rows(path, delimiter="\t"):
-        if fields[0] == "segment_id":
-            continue
-        if len(fields) != 4:
-            raise MetadataError(f"{path}:{line}: expected 4 tab-separated fields "
-                                f"(segment_id, start, end, label), got {len(fields)}")
-        try:
-            onset, offset = float(fields[1]), float(fields[2])
-        except ValueError:
-            raise MetadataError(f"{path}:{line}: times {fields[1]!r}, {fields[2]!r} are not numbers") from None
-        if offset < onset:
-            raise MetadataError(f"{path}:{line}: offset {offset} is before onset {onset}")
-        events.setdefault(fields[0], []).append((onset, offset, fields[3]))
-    return events
+    for row in rows:
+        events.setdefault(row.clip, []).append((row.onset, row.offset, row.label))
+    cleaned = {clip: clean_events(clip_events, clip_seconds, report) for clip, clip_events in events.items()}
+    return {clip: clip_events for clip, clip_events in cleaned.items() if clip_events}

@@ -4,7 +4,9 @@
 excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a checkpoint
 written by `python -m train.run`; without --data it evaluates on the held-out split the run used. With
 strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
-segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv.
+segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv, on the
+clips that have strong labels; a fault there is one line after the clip metrics (exit 2). On a single-label
+split (every clip one positive class) the table adds top-1 accuracy.
 """
 import argparse
 import csv
@@ -16,11 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastsca.events import ReferenceReport
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.metrics import TaggingMetrics, tagging_metrics
-from train import distributed, localisation
+from train import distributed, holdout, localisation
+from train.cli import Limit, check_numbers
+from train.holdout import SubsetIndex
 from train.loader import LoaderConfig, LogMelLoader
 from train.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.shards import ShardIndex
 from train.synth import SynthConfig, ensure_builtin
 
 
@@ -53,12 +59,31 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
     return tagging_metrics(targets, scores), len(scores)
 
 
+def _shown(value: float | None, digits: int) -> str:
+    """A figure, or '-' where it is undefined (None)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def format_table(metrics: TaggingMetrics) -> str:
-    """The headline metrics, one per line."""
+    """The headline metrics, one per line; '-' for a figure no class could be scored for, and top-1 accuracy
+    on a single-label set."""
     summary = metrics.summary()
-    return "\n".join([f"{'mAP':<18}{summary['mAP']:.4f}", f"{'mAUC':<18}{summary['mAUC']:.4f}",
-                      f"{'d-prime':<18}{summary['d_prime']:.4f}",
-                      f"{'excluded classes':<18}{summary['excluded_classes']} (no positive or no negative clip)"])
+    lines = [f"{'mAP':<18}{_shown(summary['mAP'], 4)}", f"{'mAUC':<18}{_shown(summary['mAUC'], 4)}",
+             f"{'d-prime':<18}{_shown(summary['d_prime'], 4)}",
+             f"{'excluded classes':<18}{summary['excluded_classes']} (no positive or no negative clip)"]
+    if "accuracy" in summary:
+        lines.append(f"{'accuracy':<18}{summary['accuracy']:.4f} (top-1: every clip has one label)")
+    return "\n".join(lines)
+
+
+def summary_text(summary: dict) -> str:
+    """A `TaggingMetrics.summary()` on one line, as train.run prints each evaluation: 'mAP 0.9529  mAUC 0.9735
+    d' 2.736', with accuracy on a single-label set and the count of classes that could not be scored."""
+    text = (f"mAP {_shown(summary['mAP'], 4)}  mAUC {_shown(summary['mAUC'], 4)}  d' {_shown(summary['d_prime'], 3)}"
+            + (f"  accuracy {summary['accuracy']:.4f}" if "accuracy" in summary else ""))
+    excluded = summary["excluded_classes"]
+    return text + (f"  ({excluded} class{'es' if excluded != 1 else ''} not scored: no positive or no negative clip)"
+                   if excluded else "")
 
 
 def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[str, ...]) -> None:
@@ -79,18 +104,27 @@ def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[
         raise OutFolderError(describe_os_error(error, f"write {path}")) from None
 
 
-def run_eval_split(trained: TrainedModel, checkpoint_path: str) -> str:
-    """The held-out split the checkpoint's run evaluated on; a built-in one is regenerated if it was removed."""
+def run_eval_split(trained: TrainedModel, checkpoint_path: str) -> tuple[str, str | SubsetIndex]:
+    """(what to call it, what to read) of the held-out split the checkpoint's run evaluated on: its --eval-data,
+    fold K of its --data for a `--fold K` run, or the built-in eval split (regenerated if it was removed)."""
     data = trained.configs["data"]
+    if data.get("fold") is not None:
+        path = data["train_path"]
+        if not Path(path).exists():
+            raise CheckpointError(f"the split {path} whose fold {data['fold']} {checkpoint_path} was tested on is "
+                                  f"not there (read from this folder, {Path.cwd()}); run from the folder train.run "
+                                  f"ran in, or pass --data")
+        index = ShardIndex.open(path)
+        return f"fold {data['fold']} of {path}", SubsetIndex(index, holdout.fold_clips(index, path, data["fold"])[1])
     if data["eval_path"] is not None:
         if not Path(data["eval_path"]).exists():
             where = "" if Path(data["eval_path"]).is_absolute() else f" (read from this folder, {Path.cwd()})"
             raise CheckpointError(f"the eval split {data['eval_path']} that {checkpoint_path} names as its run's "
                                   f"--eval-data is not there{where}; run from the folder train.run ran in, or "
                                   f"pass --data")
-        return data["eval_path"]
+        return data["eval_path"], data["eval_path"]
     _, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
-    return str(eval_path)
+    return str(eval_path), str(eval_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,36 +136,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
     parser.add_argument("--strong", metavar="STRONG.tsv",
                         help="strong labels (AudioSet layout: segment_id, start, end, label mid; or id, onset, "
-                             "offset, display name) to score localisation; a split packed with strong labels "
-                             "is scored without it")
+                             "offset, display name; the layouts of docs/labels.md) to score localisation on the "
+                             "clips they cover, a clip's overlapping same-class events merged; a split packed with "
+                             "strong labels is scored without it")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        check_numbers(args, {"batch_size": Limit(1, 4096), "num_workers": Limit(0, 64, why="each is a process")})
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         trained = load_trained_model(args.checkpoint, device)
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
-        data = args.data or run_eval_split(trained, args.checkpoint)
+        data, source = (args.data, args.data) if args.data else run_eval_split(trained, args.checkpoint)
         config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
                               drop_last=False)
-        with LogMelLoader(data, config, log_mel=trained.log_mel, device=device) as loader:
+        with LogMelLoader(source, config, log_mel=trained.log_mel, device=device) as loader:
             if tuple(loader.label_names) != trained.label_names:
                 raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
                                       f"was trained on {_short(trained.label_names)}; evaluate on data with the "
                                       f"checkpoint's label set")
-            strong = localisation.reference_for_split(data, args.strong)
+            # a localisation fault is reported after the clip metrics, which it never stops
+            report, localisation_error = ReferenceReport(), None
+            try:
+                if isinstance(source, str):
+                    strong = localisation.reference_for_split(source, args.strong, report)
+                elif args.strong:
+                    raise ValueError(f"give the split as --data to score --strong labels on {data}")
+                else:
+                    strong = None
+            except ValueError as error:   # ShardError, TextFileError too
+                strong, localisation_error = None, f"localisation not scored: {error}"
             frames = [] if strong is not None else None
             metrics, clips = evaluate(trained.model, loader, device, frames)
         located = None
         if strong is not None:
             frame_seconds = trained.log_mel.clip_samples / trained.log_mel.sample_rate / frames[0].shape[1]
-            located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
-                                                        frame_seconds)
+            try:
+                located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
+                                                            frame_seconds)
+            except Exception as error:   # a scoring library's assertion must not hide the clip metrics
+                localisation_error = localisation.fault_text(error)
         # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen
         print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
               f"{len(trained.label_names)} classes")
         print(format_table(metrics), flush=True)
+        if strong is not None and report.describe():   # (when reading failed, the error line says why)
+            print(f"note: strong labels {args.strong}: {report.describe()}", file=sys.stderr)
         if located is not None:
             print(localisation.format_table(located), flush=True)
         csv_path = out / "per_class_metrics.csv"
@@ -147,6 +201,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"per-class metrics: {csv_path}")
     if located is not None:
         print(f"per-class localisation: {out / 'per_class_localisation.csv'}")
+    if localisation_error is not None:
+        print(f"error: {localisation_error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _short(names) -> str:

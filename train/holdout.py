@@ -3,18 +3,21 @@ only ever evaluated once, for the report.
 
 `holdout_split` picks the clips from the seed alone (the same on every DDP rank and on resume): first one
 clip for each class, rarest class first, so every class with at least two clips is in both parts
-(multi-label stratification, greedy), then random clips up to the wanted size. `SubsetIndex` shows a part
-as a split of its own, with the interface `train.loader.LogMelLoader` reads (a `ShardIndex`'s).
+(multi-label stratification, greedy), then random clips up to the wanted size. Where the split says which
+recording each clip was cut from (its groups), whole recordings are held out, so no recording has clips on
+both sides. `SubsetIndex` shows a part as a split of its own, with the interface `train.loader.LogMelLoader`
+reads (a `ShardIndex`'s). With a fold (`split_run`), that fold is the test split and the rest is split so.
 """
 import numpy as np
 
-from train.shards import ShardIndex
+from train.shards import ShardError, ShardIndex
 
 
 def holdout_split(class_members: list[np.ndarray], num_clips: int, fraction: float, max_clips: int,
-                  seed: int) -> tuple[np.ndarray, np.ndarray]:
+                  seed: int, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) sorted clip indices: about `fraction` of the clips (at most `max_clips`) held out,
-    every class with two or more clips in both parts."""
+    every class with two or more clips in both parts where whole groups allow it; `groups` (num_clips,) int
+    holds each clip's group (clips of one group are held out together; None: every clip its own group)."""
     rng = np.random.default_rng([seed, 0x5EED])
     wanted = min(max_clips, max(1, round(fraction * num_clips)))
     # each clip's classes, CSR-style: classes[starts[c]:starts[c + 1]]
@@ -24,13 +27,20 @@ def holdout_split(class_members: list[np.ndarray], num_clips: int, fraction: flo
     left_in_train = np.array([len(m) for m in class_members])
     covered = np.zeros(len(class_members), bool)
     held = np.zeros(num_clips, bool)
+    if groups is not None:   # each group's clips, CSR-style: by_group[group_starts[g]:group_starts[g + 1]]
+        by_group = np.argsort(groups, kind="stable")
+        group_starts = np.searchsorted(groups[by_group], np.arange(groups.max() + 2))
 
     def hold_if_train_keeps_every_class(clip: int) -> bool:
-        carried = classes[starts[clip]:starts[clip + 1]]
-        if held[clip] or (left_in_train[carried] < 2).any():
+        if held[clip]:
             return False
-        held[clip], covered[carried] = True, True
-        left_in_train[carried] -= 1
+        clips = [clip] if groups is None else by_group[group_starts[groups[clip]]:group_starts[groups[clip] + 1]]
+        carried, counts = np.unique(np.concatenate([classes[starts[c]:starts[c + 1]] for c in clips]),
+                                    return_counts=True)
+        if (left_in_train[carried] - counts < 1).any():
+            return False
+        held[clips], covered[carried] = True, True
+        left_in_train[carried] -= counts
         return True
 
     for k in np.argsort(left_in_train, kind="stable"):           # rarest class first
@@ -76,8 +86,43 @@ class SubsetIndex:
         self.base.close()
 
 
-def split_train(path: str, fraction: float, max_clips: int, seed: int) -> tuple[SubsetIndex, SubsetIndex]:
-    """The training split at `path` as (train, validation) parts; see `holdout_split`."""
+def group_ids(names: list[str]) -> np.ndarray | None:
+    """Each clip's group as an int (a clip of unknown group, "", is a group of its own); None when no clip's
+    group is known."""
+    if not any(names):
+        return None
+    _, ids = np.unique([name or f"\0clip{i}" for i, name in enumerate(names)], return_inverse=True)
+    return ids.astype(np.int64)
+
+
+def fold_clips(index: ShardIndex, path: str, fold: int) -> tuple[np.ndarray, np.ndarray]:
+    """(other folds, fold `fold`) clip indices of a split packed with folds (clips without a fold are in
+    neither); ShardError (one line) if it has no folds or not that one."""
+    folds = index.folds()
+    known = np.unique(folds[folds >= 0])
+    if not len(known):
+        raise ShardError(f"{path} has no folds (it was packed without a fold per clip); drop --fold, or pack "
+                         f"it with folds")
+    if fold not in known:
+        raise ShardError(f"{path} has no fold {fold}; its folds are {', '.join(map(str, known))}")
+    return np.flatnonzero((folds >= 0) & (folds != fold)), np.flatnonzero(folds == fold)
+
+
+def split_run(path: str, eval_path: str, fraction: float, max_clips: int, seed: int,
+              fold: int | None = None) -> tuple[SubsetIndex, SubsetIndex, ShardIndex | SubsetIndex]:
+    """A run's (train, validation, test) parts: validation held out of the training split at `path` (see
+    `holdout_split`; whole recordings where it knows them) and test the split at `eval_path`, or with `fold`,
+    test that fold of `path` and train and validation from its other folds."""
     index = ShardIndex.open(path)
-    train, validation = holdout_split(index.class_members(), index.num_clips, fraction, max_clips, seed)
-    return SubsetIndex(index, train), SubsetIndex(ShardIndex.open(path), validation)
+    pool = np.arange(index.num_clips)
+    test: ShardIndex | SubsetIndex
+    if fold is None:
+        test = ShardIndex.open(eval_path)
+    else:
+        pool, test_clips = fold_clips(index, path, fold)
+        test = SubsetIndex(ShardIndex.open(path), test_clips)
+    members = SubsetIndex(index, pool).class_members()
+    groups = group_ids(index.groups())
+    train, validation = holdout_split(members, len(pool), fraction, max_clips, seed,
+                                      None if groups is None else np.unique(groups[pool], return_inverse=True)[1])
+    return SubsetIndex(index, pool[train]), SubsetIndex(ShardIndex.open(path), pool[validation]), test

@@ -9,8 +9,11 @@ From the (N, T', K) frame probabilities of N clips and their reference events:
   both with alpha_st 1 and eFPR up to 100 per hour, on the raw frame probabilities;
 - frame-level AP at 10 Hz (sed_scores_eval's segment-based AP over 100 ms segments).
 F1 and AP are macro averages over the classes that have at least one reference event; PSDS covers
-the same classes. `split_reference` reads the strong labels packed into a split's shards; a strong-label
-TSV is read by `fastsca.events.read_reference` and matched to the clips by `match_reference`.
+the same classes. Only clips with strong labels (at least one reference event of a class) are scored: a
+clip nobody annotated is not an event-free clip. Reference events are cut to the clip and a clip's
+overlapping or touching events of one class are merged first (`fastsca.events.clean_events`).
+`split_reference` reads the strong labels packed into a split's shards; a strong-label TSV is read by
+`fastsca.events.read_reference` and matched to the clips by `match_reference`.
 """
 import csv
 import re
@@ -22,7 +25,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from fastsca.events import EventConfig, detect_events, read_reference
+from fastsca.events import EventConfig, ReferenceReport, clean_events, detect_events, read_reference
 from train.shards import ShardIndex
 
 with warnings.catch_warnings():   # dcase_util (under sed_eval) imports pkg_resources, which warns on import
@@ -65,7 +68,9 @@ class LocalisationMetrics:
     frame_ap: float
     """Frame-level (10 Hz) average precision (macro)."""
     clips: int
-    """Clips scored."""
+    """Clips scored: those with strong labels."""
+    split_clips: int
+    """Clips given (those without strong labels are not scored)."""
     per_class: dict[str, dict[str, float]]
     """Per class: event_f1, segment_f1, psds1, psds2, frame_ap, reference_events."""
 
@@ -103,10 +108,14 @@ def score_events(detected: dict[str, list], reference: Reference, durations: dic
 def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference,
                          label_names: tuple[str, ...], frame_seconds: float,
                          events: EventConfig = EventConfig(), quick: bool = False) -> LocalisationMetrics:
-    """Score (N, T', K) frame probabilities of clips `clip_ids`; clips with no entry in `reference` are left out.
-    `quick` (for evaluations during training) computes only the event F1 and PSDS1, the two cheapest that
-    cover both views: PSDS2's cross-trigger search, the segment F1 and the frame AP take ~80 % of the time."""
-    rows = [i for i, clip in enumerate(clip_ids) if clip in reference]
+    """Score (N, T', K) frame probabilities of clips `clip_ids`; clips without reference events (of a class in
+    `label_names`, inside the clip) are left out. `quick` (for evaluations during training) computes only the
+    event F1 and PSDS1, the two cheapest that cover both views: PSDS2's cross-trigger search, the segment F1
+    and the frame AP take ~80 % of the time."""
+    duration = frame_probs.shape[1] * frame_seconds
+    reference = {clip: clean_events([e for e in reference.get(clip, ()) if e[2] in label_names], duration)
+                 for clip in clip_ids}
+    rows = [i for i, clip in enumerate(clip_ids) if reference[clip]]
     if not rows:
         raise ValueError("no clip of the split has strong labels; check that the strong-label ids match the "
                          "clip names")
@@ -118,7 +127,7 @@ def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference
     columns = [label_names.index(name) for name in classes]
     ids = [clip_ids[i] for i in rows]
     truth = {clip: [e for e in reference[clip] if e[2] in classes] for clip in ids}
-    durations = {clip: frame_probs.shape[1] * frame_seconds for clip in ids}
+    durations = {clip: duration for clip in ids}
     detected = {clip_ids[i]: [(e.onset, e.offset, e.label)
                               for e in detect_events(frame_probs[i], frame_seconds, label_names, clip_ids[i], events)]
                 for i in rows}
@@ -138,7 +147,8 @@ def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference
                  for c in classes}
     return LocalisationMetrics(event_f1=_macro(event_f1), segment_f1=_macro(segment_f1),
                                psds1=float(psds["psds1"][0]), psds2=float(psds["psds2"][0]),
-                               frame_ap=float(frame_ap["mean"]), clips=len(rows), per_class=per_class)
+                               frame_ap=float(frame_ap["mean"]), clips=len(rows), split_clips=len(clip_ids),
+                               per_class=per_class)
 
 
 def _macro(per_class: dict[str, float]) -> float:
@@ -149,34 +159,43 @@ def _macro(per_class: dict[str, float]) -> float:
 
 def split_reference(path: str | Path) -> tuple[list[str], Reference | None]:
     """The clip names of a split in order, and the reference events by clip name from the strong labels
-    packed into its shards (None when none were). Every clip of a shard packed with strong labels is in
-    the reference; a clip with no event has an empty list."""
+    packed into its shards (None when none were). A clip is in the reference when it has events (a clip of a
+    shard packed with strong labels may have none: the TSV did not cover it); a clip's overlapping or touching
+    events of one class are merged (shards packed before that was done may hold them)."""
     index = ShardIndex.open(path)
     names: list[str] = []
     reference: Reference = {}
+    packed = False
     for shard in index.paths:
         with h5py.File(shard, "r") as handle:
             shard_names = [n.decode() if isinstance(n, bytes) else str(n) for n in handle["audio_name"][:]]
             names += shard_names
             if not handle.attrs.get("has_strong", False):
                 continue
-            reference.update({name: [] for name in shard_names})
+            packed = True
             for row, onset, offset, label in zip(handle["strong_clip"][:], handle["strong_onset"][:],
                                                  handle["strong_offset"][:], handle["strong_label"][:]):
-                reference[shard_names[row]].append((float(onset), float(offset), index.label_names[label]))
-    return names, (reference or None)
+                reference.setdefault(shard_names[row], []).append((float(onset), float(offset),
+                                                                   index.label_names[label]))
+    return names, ({clip: clean_events(events) for clip, events in reference.items()} if packed else None)
 
 
-def match_reference(reference: Reference, clip_names: list[str]) -> Reference:
-    """`reference` keyed by the split's clip names: an id matches a clip name as it is, or AudioSet's
-    <YTID>_<start ms> matches the packed clip Y<YTID>."""
+def match_reference(reference: Reference, clip_names: list[str], report: ReferenceReport | None = None) -> Reference:
+    """`reference` keyed by the split's clip names: an id matches a clip name as it is, as a file name (its stem),
+    or AudioSet's <YTID>_<start ms> (with or without the Y) matches the packed clip Y<YTID>; `report` counts
+    the ids that match no clip."""
     by_name = set(clip_names)
     matched = {}
     for key, events in reference.items():
-        name = key if key in by_name else "Y" + re.sub(r"_\d+$", "", key)
-        if name in by_name:
+        stem = Path(key).stem
+        ytid = re.sub(r"_\d+$", "", stem)
+        name = next((c for c in (key, stem, "Y" + ytid, ytid) if c in by_name), None)
+        if name is not None:
             matched.setdefault(name, []).extend(events)
-    return matched
+        elif report is not None:
+            report.unmatched += 1
+            report.unmatched_example = report.unmatched_example or key
+    return {name: clean_events(events) for name, events in matched.items()}
 
 
 def gathered_order(num_clips: int, world_size: int) -> np.ndarray:
@@ -197,50 +216,75 @@ def write_per_class_csv(path: Path, metrics: LocalisationMetrics) -> None:
 
 
 def format_table(metrics: LocalisationMetrics) -> str:
-    """The headline localisation figures, one per line (as train.evaluate prints the tagging ones)."""
-    return "\n".join([f"{'event F1':<18}{metrics.event_f1:.4f} (collars 200 ms / max(200 ms, 20 %))",
-                      f"{'segment F1':<18}{metrics.segment_f1:.4f} (1 s segments)",
-                      f"{'PSDS1':<18}{metrics.psds1:.4f}", f"{'PSDS2':<18}{metrics.psds2:.4f}",
-                      f"{'frame AP':<18}{metrics.frame_ap:.4f} (10 Hz)",
-                      f"{'strong clips':<18}{metrics.clips}"])
+    """The headline localisation figures, one per line (as train.evaluate prints the tagging ones); '-' where a
+    figure is undefined (no event of any class detected)."""
+    def shown(value: float) -> str:
+        return "-" if np.isnan(value) else f"{value:.4f}"
+    return "\n".join([f"{'event F1':<18}{shown(metrics.event_f1)} (collars 200 ms / max(200 ms, 20 %))",
+                      f"{'segment F1':<18}{shown(metrics.segment_f1)} (1 s segments)",
+                      f"{'PSDS1':<18}{shown(metrics.psds1)}", f"{'PSDS2':<18}{shown(metrics.psds2)}",
+                      f"{'frame AP':<18}{shown(metrics.frame_ap)} (10 Hz)",
+                      f"{'strong clips':<18}{metrics.clips} of {metrics.split_clips} (only clips with strong "
+                      f"labels are scored)"])
 
 
-def reference_for_split(data: str | Path, strong: str | Path | None) -> tuple[list[str], Reference] | None:
+def reference_for_split(data: str | Path, strong: str | Path | None, report: ReferenceReport | None = None
+                        ) -> tuple[list[str], Reference] | None:
     """(clip names in split order, reference events by clip name) for evaluating `data`: from the TSV
     `strong` when given (AudioSet strong layout with mids, or ids with display names), else from the strong
-    labels packed into the split; None when there are neither."""
+    labels packed into the split; None when there are neither. `report` counts what reading the TSV changed
+    or left out (unknown labels, merged events, ids matching no clip)."""
     names, packed = split_reference(data)
     if strong is None:
         return (names, packed) if packed is not None else None
     index = ShardIndex.open(data)
+    report = report if report is not None else ReferenceReport()
     reference = match_reference(read_reference(Path(strong), index.label_names,
-                                               dict(zip(index.label_names, index.label_mids))), names)
+                                               dict(zip(index.label_names, index.label_mids)), report), names, report)
     if not reference:
-        raise ValueError(f"{strong}: none of its ids matches a clip of {data} (clips are named like {names[0]!r}; "
-                         f"AudioSet ids <YTID>_<start ms> match clips packed as Y<YTID>)")
+        raise ValueError(f"--strong {strong}: none of its ids matches a clip of {data} (e.g. "
+                         f"{report.unmatched_example!r}; clips are named like {names[0]!r}; AudioSet ids "
+                         f"<YTID>_<start ms> match clips packed as Y<YTID>)")
     return names, reference
 
 
 def score_during_training(frames: list | None, strong: tuple[list[str], Reference] | None,
                           label_names: tuple[str, ...], clip_seconds: float, world_size: int) -> dict[str, float]:
     """The quick localisation figures (event F1, PSDS1) of an evaluation's gathered frame probabilities
-    (`evaluate(..., frames)`), with the seconds they took; {} when the eval split has no strong labels."""
+    (`evaluate(..., frames)`), the clips they cover and the seconds they took; {} when the eval split has no
+    strong labels. Scoring never stops training: whatever goes wrong in it comes back as one line under
+    "localisation_error" (the run reports it and goes on)."""
     if strong is None:
         return {}
     start = time.perf_counter()
     names, reference = strong
     frame_probs = frames[0]
     clip_ids = [names[i] for i in gathered_order(len(names), world_size)]
-    metrics = localisation_metrics(frame_probs, clip_ids, reference, label_names,
-                                   clip_seconds / frame_probs.shape[1], quick=True)
-    return {**{k: round(v, 4) for k, v in metrics.summary().items()},
+    try:
+        metrics = localisation_metrics(frame_probs, clip_ids, reference, label_names,
+                                       clip_seconds / frame_probs.shape[1], quick=True)
+    except Exception as error:   # a scoring library's assertion must not end hours of training
+        return {"localisation_error": fault_text(error)}
+    return {**{k: round(v, 4) for k, v in metrics.summary().items()}, "localisation_clips": metrics.clips,
             "localisation_seconds": round(time.perf_counter() - start, 2)}
 
 
-def progress_text(located: dict[str, float]) -> str:
-    """The localisation figures for the progress line ('' when there are none)."""
+def fault_text(error: Exception) -> str:
+    """What went wrong while scoring, on one line of a readable length (a scoring library's message may list
+    whole event lists)."""
+    text = " ".join(str(error).split())
+    return f"localisation not scored ({type(error).__name__}: {text[:300]}{'...' if len(text) > 300 else ''})"
+
+
+def progress_text(located: dict[str, float], clips: int | None = None) -> str:
+    """The localisation figures for the progress line ('' when there are none), with the share of the `clips`
+    evaluated that they cover when that is not all of them."""
     if not located:
         return ""
+    if "localisation_error" in located:
+        return "  localisation not scored"
     def shown(name: str) -> str:   # a figure is left out where it is undefined (no event detected at all)
         return f"{located[name]:.3f}" if name in located else "-"
-    return f"  event F1 {shown('event_f1')}  PSDS1 {shown('psds1')}"
+    scored = located.get("localisation_clips", clips)
+    share = f" (on the {scored} of {clips} clips with strong labels)" if clips is not None and scored < clips else ""
+    return f"  event F1 {shown('event_f1')}  PSDS1 {shown('psds1')}{share}"

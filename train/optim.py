@@ -7,14 +7,24 @@ from torch import nn
 from train.config import OptimConfig
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over `model`; tensors of 2+ dims decay (conv kernels, linear weights, and the local FC's per-row
-    weights and biases), vectors (norm scales and shifts, biases) do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
+def _decay_groups(params: list[nn.Parameter], config: OptimConfig, lr: float) -> list[dict]:
+    """Tensors of 2+ dims decay (conv kernels, linear weights, and the local FC's per-row weights and biases),
+    vectors (norm scales and shifts, biases) do not."""
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": lr},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "pooling.") -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `model`, weight decay as `_decay_groups`; with a
+    config.backbone_lr_scale other than 1, the parameters outside the head (names not starting with
+    `head_prefix`) learn at lr x that scale, in groups after the head's (so the first group's lr is the peak)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if config.backbone_lr_scale == 1.0:   # two groups, as checkpoints written before the scale existed hold
+        groups = _decay_groups([p for _, p in named], config, config.lr)
+    else:
+        groups = (_decay_groups([p for name, p in named if name.startswith(head_prefix)], config, config.lr)
+                  + _decay_groups([p for name, p in named if not name.startswith(head_prefix)], config,
+                                  config.lr * config.backbone_lr_scale))
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 

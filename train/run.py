@@ -9,12 +9,17 @@ as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s buil
 few minutes; packed data keeps its 10 s clips) otherwise; see train/config.py. Under
 `torchrun --nproc_per_node=N -m train.run ...` it runs DDP, the loader sharded by rank. Ctrl-C or SIGTERM
 stops after the current step, writes latest.pt and exits with 128 + the signal number; latest.pt is also
-written every --checkpoint-minutes; `--resume` continues from it exactly (same next batch, same losses).
-One run at a time owns --out (OUT/.lock).
+written every --checkpoint-minutes and before the first step; `--resume` continues from it exactly (same next
+batch, same losses), recognising its data by content (train/checkpoint.py's fingerprints), not by path. A loss or
+weight that turns NaN or infinite stops the run with a one-line message; latest.pt then holds the last finite state.
+One run at a time owns --out (OUT/.lock). `--fold K` tests on fold K of --data and trains on its other folds
+(train/holdout.py; `python -m train.folds` runs every fold). `--init CKPT` fine-tunes from a checkpoint: its
+model and front end, a new head where the labels differ (train/finetune.py).
 """
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,23 +27,32 @@ from torch._inductor.runtime.cache_dir_utils import cache_dir as inductor_cache_
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from fastsca.config import PRESETS
+from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
 from fastsca.frontend import LogMelConfig
+from fastsca.hub import save_pretrained_from_checkpoint
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
-from train import checkpoint, distributed, holdout, localisation
-from train.cli import add_model_options, model_config, preset_help, profile_defaults, resolve_profile
+from train import checkpoint, distributed, finetune, holdout, localisation
+from train.cli import (Limit, add_model_options, check_numbers, model_config, preset_help, profile_defaults,
+                       resolve_profile)
 from train.config import COMPILE_MODES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
-from train.evaluate import autocast, evaluate
+from train.evaluate import autocast, evaluate, summary_text
 from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
 from train.metrics_log import MetricsLog
-from train.optim import build_optimizer, build_scheduler
+from train.optim import build_optimizer, build_scheduler, lr_factor
 from train.out_folder import RunLock, describe_os_error
 from train.sampler import SAMPLERS
 from train.shards import ShardIndex
 from train.signals import StopRequest
+
+PRETRAINED_FOLDER = "pretrained"
+"""OUT/pretrained: the trained model as a folder in the Hugging Face layout, written beside best.pt at the end."""
 from train.synth import SynthConfig, ensure_builtin
+
+
+class Diverged(ValueError):
+    """The loss or the weights became NaN or infinite; the message names the step and the likely cause."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -47,10 +61,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = parser.add_argument
     add_model_options(parser)
-    arg("--preset", default="at-sca-3", choices=list(PRESETS), metavar="PRESET",
-        help=preset_help() + " (default: %(default)s)")
+    arg("--preset", choices=list(PRESETS), metavar="PRESET",
+        help=preset_help() + f" (default: {DEFAULT_PRESET}; with --init, the checkpoint's)")
     arg("--data", help="training split: a shard .h5 or a folder with index.json (default: the built-in set)")
     arg("--eval-data", help="test split (with --data), evaluated once at the end with best.pt")
+    arg("--fold", type=int, help="hold fold K of --data out as the test split (instead of --eval-data); train and "
+                                 "validation come from the other folds (see python -m train.folds)")
+    arg("--init", metavar="CKPT", help="fine-tune: start from this checkpoint's weights, its model and front end "
+                                       "(a new head where the data's labels differ from its)")
+    arg("--freeze-blocks", type=int, default=0, help="with --init: do not train the input norm and the first N of "
+                                                     "the 7 blocks (default: %(default)s)")
+    arg("--backbone-lr-scale", type=float, default=1.0, help="the backbone learns at --lr x this, the head at --lr "
+                                                             "(e.g. 0.1 when fine-tuning) (default: %(default)s)")
     arg("--validation-fraction", type=float, default=0.1,
         help="share of the training split held out for model selection (best.pt, early stopping) "
              "(default: %(default)s)")
@@ -109,6 +131,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+DEFAULT_PRESET = "at-sca-3"
+# What each numeric option accepts (NaN and infinity never); checked before any work.
+NUMBER_LIMITS: dict[str, Limit] = {
+    "validation_fraction": Limit(0, 1, low_open=True, high_open=True),
+    "validation_max_clips": Limit(1),
+    "patience": Limit(0),
+    "clip_seconds": Limit(0.1, 600, why="the built-in set's clips: shorter ones give fewer frames than the model "
+                                        "pools"),
+    "builtin_train": Limit(1, 1_000_000, why="the built-in set is generated on this machine"),
+    "builtin_eval": Limit(1, 1_000_000, why="the built-in set is generated on this machine"),
+    "checkpoint_minutes": Limit(0, low_open=True),
+    "steps": Limit(1), "epochs": Limit(1), "batch_size": Limit(1),
+    "eval_batch_size": Limit(1, 4096, why="a batch is allocated whole, ahead of the data"),
+    "num_workers": Limit(0, 64, why="each is a process"),
+    "mixup_alpha": Limit(0), "lr": Limit(0, low_open=True), "warmup_steps": Limit(0), "weight_decay": Limit(0),
+    "grad_clip": Limit(0), "eval_every": Limit(1), "log_every": Limit(1),
+    "seed": Limit(0, 2**32 - 1, why="numpy's seeds"),
+    "threads": Limit(1, 1024), "fold": Limit(0), "freeze_blocks": Limit(0, 7, why="the backbone has 7 blocks"),
+    "backbone_lr_scale": Limit(0),
+}
+
+
 def _pick(value, default):
     return default if value is None else value
 
@@ -125,20 +169,29 @@ def resolve_compile_mode(requested: str | None, backend: str, cuda: bool) -> str
 def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[TrainConfig, tuple[str, str]]:
     """The run's config from the flags, profile `name` and whether it trains on CUDA, and the (train, eval)
     split paths; generates the built-in set if it is used."""
+    check_numbers(args, NUMBER_LIMITS)
     profile = PROFILES[name]
+    # read before the data: its front end sets the built-in set's clip length
+    init = finetune.read_init(args.init) if args.init is not None else None
+    if init is None and args.freeze_blocks:
+        raise ValueError("--freeze-blocks freezes blocks of the model --init starts from: give --init CKPT too")
+    preset = args.preset or (init[1].name if init is not None else DEFAULT_PRESET)
     clip_seconds = _pick(args.clip_seconds, profile.clip_seconds)
-    if not clip_seconds > 0:
-        raise ValueError(f"--clip-seconds must be > 0, got {clip_seconds:g}")
+    if init is not None:
+        clip_seconds = init[2].clip_samples / init[2].sample_rate
+        if args.clip_seconds is not None and args.clip_seconds != clip_seconds:
+            raise ValueError(f"--clip-seconds {args.clip_seconds:g}: --init {args.init} was trained on "
+                             f"{clip_seconds:g} s clips, which a fine-tuning run keeps: drop --clip-seconds")
     steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
     # made before the data, so that a bad run flag fails before the built-in set is generated
-    run = RunConfig(out=args.out or f"runs/{args.preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
+    run = RunConfig(out=args.out or f"runs/{preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
                     eval_every=_pick(args.eval_every, profile.eval_every),
                     log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
                     compile=args.compile, compile_backend=args.compile_backend,
                     compile_mode=resolve_compile_mode(args.compile_mode, args.compile_backend, cuda),
                     channels_last=cuda,   # bf16 convolutions run faster in NHWC; CPU runs keep NCHW, as tested
                     threads=_pick(args.threads, profile.threads), resume=args.resume,
-                    checkpoint_minutes=args.checkpoint_minutes)
+                    checkpoint_minutes=args.checkpoint_minutes, init=args.init, freeze_blocks=args.freeze_blocks)
     # events last 10-40 % of a clip, as in SynthConfig's 1-4 s events on 10 s clips
     builtin = SynthConfig(clip_seconds=clip_seconds, event_seconds=(0.1 * clip_seconds, 0.4 * clip_seconds),
                           n_train=_pick(args.builtin_train, profile.builtin_train),
@@ -149,27 +202,52 @@ def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[Train
                           spec_augment=_pick(args.spec_augment, profile.spec_augment))
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
-                      validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips)
+                      validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips,
+                      fold=args.fold)
+    optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
+                        weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip,
+                        backbone_lr_scale=args.backbone_lr_scale)
     paths = _data_paths(data)
     sample_rate, clip_samples, label_names = _data_header(*paths)
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
-    model = model_config(args, args.preset, name, num_classes=len(label_names), input_frames=log_mel.frames)
-    optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
-                        weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip)
+    if init is None:
+        model = model_config(args, preset, name, num_classes=len(label_names), input_frames=log_mel.frames)
+    else:
+        model, log_mel = _finetune_model(args, name, init, log_mel, paths[0], len(label_names))
     return TrainConfig(model=model, log_mel=log_mel, data=data, optim=optim, run=run), paths
 
 
-def _data_paths(data: DataConfig) -> tuple[str, str]:
-    """The training and eval splits, generating the built-in set on first use (once, under a file lock)."""
+def _finetune_model(args: argparse.Namespace, profile: str, init: tuple, log_mel: LogMelConfig, train_path: str,
+                    num_classes: int) -> tuple[ModelConfig, LogMelConfig]:
+    """The model and front end of a run with --init: the checkpoint's, with the data's label count; a model
+    flag asking for another model, or data of another clip length, is a one-line ValueError."""
+    _, saved, saved_log_mel = init
+    if (log_mel.sample_rate, log_mel.clip_samples) != (saved_log_mel.sample_rate, saved_log_mel.clip_samples):
+        raise ValueError(f"{train_path} holds {log_mel.clip_samples / log_mel.sample_rate:g} s clips at "
+                         f"{log_mel.sample_rate} Hz but --init {args.init} was trained on "
+                         f"{saved_log_mel.clip_samples / saved_log_mel.sample_rate:g} s clips at "
+                         f"{saved_log_mel.sample_rate} Hz; fine-tune on data of the checkpoint's clip length")
+    finetune.check_model_flags(args.init, saved, {
+        "--preset": ModelConfig.from_name(args.preset) if args.preset else None,
+        "--channels": replace(saved, channels=args.channels) if args.channels else None,
+        "--pooling-plan": replace(saved, pools=POOLING_PLANS[args.pooling_plan]) if args.pooling_plan else None})
+    fused = PROFILES[profile].fused_attention if args.fused_attention is None else args.fused_attention
+    return finetune.finetune_model_config(saved, num_classes, fused), saved_log_mel
+
+
+def _data_paths(data: DataConfig) -> tuple[str, str | None]:
+    """The training and eval splits (None: a fold of the training split), generating the built-in set on first
+    use (once, under a file lock)."""
     if data.train_path is not None:
         return data.train_path, data.eval_path
     train_path, eval_path = ensure_builtin(Path(data.builtin_dir).expanduser(), data.builtin)
     return str(train_path), str(eval_path)
 
 
-def _data_header(train_path: str, eval_path: str) -> tuple[int, int, tuple[str, ...]]:
+def _data_header(train_path: str, eval_path: str | None) -> tuple[int, int, tuple[str, ...]]:
     """Sample rate, clip length and label names of the training split (its eval split must agree)."""
-    train, held_out = ShardIndex.open(train_path), ShardIndex.open(eval_path)
+    train = ShardIndex.open(train_path)
+    held_out = train if eval_path is None else ShardIndex.open(eval_path)
     if train.label_names != held_out.label_names or train.clip_samples != held_out.clip_samples:
         raise ValueError(f"{train_path} and {eval_path} have different labels or clip lengths; "
                          f"evaluate on a split packed with the training split's label set")
@@ -186,9 +264,11 @@ def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: 
         f"{m.num_classes} classes, input {m.input_frames}x{m.n_mels}, {m.pooling_plan} pooling plan "
         f"({config.log_mel.clip_samples / config.log_mel.sample_rate:g} s clips), fused attention {m.fused_attention}",
         f"data: {source} ({clips} training clips, {validation_clips} of them held out for validation), "
-        f"test {d.eval_path or 'built-in eval split'} (evaluated once, at the end, with best.pt)",
+        f"test {f'fold {d.fold} of {d.train_path}' if d.fold is not None else d.eval_path or 'built-in eval split'} "
+        f"(evaluated once, at the end, with best.pt)",
         f"run: {total_steps} steps x {d.loader.batch_size} clips x {world_size} process(es), {d.loader.sampler} "
-        f"sampler, AdamW lr {o.lr:g} (warm-up {o.warmup_steps}, cosine), eval every {r.eval_every}, "
+        f"sampler, AdamW lr {o.lr:g}{f' (backbone x{o.backbone_lr_scale:g})' if o.backbone_lr_scale != 1 else ''} "
+        f"(warm-up {o.warmup_steps}, cosine), eval every {r.eval_every}, "
         f"compile {f'{r.compile_backend} (mode {r.compile_mode})' if r.compile else 'off'}, "
         f"{'channels_last' if r.channels_last else 'contiguous'} memory format, {torch.get_num_threads()} CPU "
         f"thread(s), out {r.out}",
@@ -216,21 +296,29 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
 
     eval_loader_config = LoaderConfig(batch_size=data.eval_batch_size, sampler="sequential",
                                       num_workers=data.loader.num_workers, drop_last=False)
-    train_part, validation_part = holdout.split_train(train_path, data.validation_fraction, data.validation_max_clips,
-                                                      data.loader.seed)
+    train_part, validation_part, test_part = holdout.split_run(train_path, eval_path, data.validation_fraction,
+                                                               data.validation_max_clips, data.loader.seed, data.fold)
+    # what the data is, whatever path names it: a resume compares these, not the paths
+    fingerprints = {"train": checkpoint.data_fingerprint(train_path),
+                    "test": checkpoint.data_fingerprint(eval_path or train_path)}
     with (LogMelLoader(train_part, data.loader, config.log_mel, device, ctx.rank, ctx.world_size) as train_loader,
           LogMelLoader(validation_part, eval_loader_config, config.log_mel, device, ctx.rank,
                        ctx.world_size) as validation_loader,
-          LogMelLoader(eval_path, eval_loader_config, config.log_mel, device, ctx.rank, ctx.world_size) as eval_loader):
+          LogMelLoader(test_part, eval_loader_config, config.log_mel, device, ctx.rank, ctx.world_size) as eval_loader):
         total_steps = run.steps if run.steps is not None else run.epochs * len(train_loader)
         model = build_model(config.model).to(device)
+        started_from = None
+        if run.init is not None and not run.resume:
+            started_from = finetune.load_init(model, finetune.read_init(run.init)[0], run.init,
+                                              tuple(train_loader.label_names))
+        finetune.freeze(model, run.freeze_blocks)
         if run.channels_last:   # before the optimiser, whose moments then take the weights' layout
             model = model.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, total_steps)
         state = checkpoint.TrainState()
         if run.resume:
-            payload = checkpoint.load_for_resume(latest, config)
+            payload = checkpoint.load_for_resume(latest, config, fingerprints)
             if len(payload["loader"]) != ctx.world_size:
                 raise CheckpointError(f"{latest} was written by {len(payload['loader'])} process(es) but this run "
                                       f"has {ctx.world_size}; resume with torchrun --nproc_per_node="
@@ -246,6 +334,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                                validation_loader.num_clips), flush=True)
             if run.resume:
                 print(f"resumed from {latest} at step {state.step}", flush=True)
+            if started_from is not None:
+                print(f"fine-tuning from the {started_from}; {finetune.describe_freeze(model)}", flush=True)
 
         # a backend other than inductor only ever gets mode "default" (RunConfig), which torch.compile keeps to itself
         train_model = (torch.compile(model, backend=run.compile_backend, mode=run.compile_mode) if run.compile
@@ -261,35 +351,71 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         if strong is not None:   # the validation clips' names, in the validation loader's order
             strong = ([strong[0][i] for i in validation_part.clips], strong[1])
 
+        # the first step whose loss was NaN or infinite (0: none yet), kept on the device: no sync per step
+        first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+        saved_step = state.step if run.resume else None
+
+        def check_diverged(weights: bool) -> None:
+            """Stop the run (one line) if a loss so far was not finite or, with `weights`, a weight is not: before
+            a log line, an evaluation or a checkpoint, so latest.pt only ever holds finite weights."""
+            bad_loss = int(first_bad_step.item())
+            bad_weights = weights and not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+            if not distributed.any_rank(bool(bad_loss) or bad_weights, device):
+                return
+            lr = config.optim.lr * lr_factor(bad_loss or state.step, config.optim, total_steps)
+            what = f"the loss at step {bad_loss} was not finite" if bad_loss else \
+                f"the weights after step {state.step} are not finite"
+            kept = (f"{latest} holds the last good state (step {saved_step})" if saved_step is not None
+                    else "no checkpoint was written")
+            raise Diverged(f"training diverged: {what}; the likely cause is a learning rate too high (lr {lr:.3g} "
+                           f"there, --lr {config.optim.lr:g}{'' if config.optim.grad_clip else ', no --grad-clip'}): "
+                           f"{kept}; start a new run with a lower --lr (e.g. {config.optim.lr / 10:g}) and another "
+                           f"--out, or --init {latest}")
+
         def save_latest() -> None:
-            """Every rank's loader position and RNG states go into rank 0's latest.pt."""
+            """Every rank's loader position and RNG states go into rank 0's latest.pt (never non-finite weights)."""
+            nonlocal saved_step
+            check_diverged(weights=True)
             loader_states = distributed.gather_objects(train_loader.state_dict())
             rng_states = distributed.gather_objects(checkpoint.rng_state())
             if ctx.is_main:
                 # every epoch has len(train_loader) steps, so this is the epoch the loader is in
                 epoch = state.step // len(train_loader)
                 checkpoint.save(latest, checkpoint.make_payload(model, optimizer, scheduler, loader_states, rng_states,
-                                                                state, epoch, config, label_names))
+                                                                state, epoch, config, label_names, fingerprints))
+            saved_step = state.step
 
         def say(text: str) -> None:
             if ctx.is_main:
                 tqdm.write(text)
 
+        if not run.resume:   # a checkpoint before the first step: a run that diverges or dies early keeps a good one
+            save_latest()
         if run.compile and state.step < total_steps:
             say(f"compiling the model in the first step (a minute or more); a later run of the same model and "
                 f"shapes reuses Inductor's cache in {inductor_cache_dir()}")
         bar = None   # made after the first step, so its rate and ETA leave out compilation and warm-up
         summary: dict[str, float] = {}
         best_summary: dict[str, float] = {}
+        reported: set[str] = set()   # notes already printed (no scorable class, a localisation fault)
         clips_per_step = data.loader.batch_size * ctx.world_size
         start_step, mark_step, mark_time = state.step, state.step, time.perf_counter()
-        stopping, interrupted = state.step >= total_steps, False
+        interrupted = distributed.any_rank(stop.requested, device)   # a signal during start-up: stop at once
+        stopping = interrupted or state.step >= total_steps
         model.train()
         while not stopping:
             for log_mel, target in train_loader:
                 with autocast(device):
                     output = train_model(log_mel)
-                loss = clip_bce(output.clip, target)
+                try:
+                    loss = clip_bce(output.clip, target)
+                except RuntimeError:   # the BCE refuses probabilities outside [0, 1]: NaN ones after a divergence
+                    if bool(torch.isfinite(output.clip).all()):
+                        raise
+                    first_bad_step.masked_fill_(first_bad_step == 0, state.step + 1)
+                    check_diverged(weights=False)
+                    raise
+                first_bad_step.masked_fill_((first_bad_step == 0) & ~torch.isfinite(loss.detach()), state.step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.optim.grad_clip > 0:
@@ -308,6 +434,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 else:
                     bar.update(1)
                 if state.step > start_step + 1 and (state.step % run.log_every == 0 or state.step == total_steps):
+                    check_diverged(weights=False)
                     now = time.perf_counter()
                     clips_per_s = (state.step - mark_step) * clips_per_step / (now - mark_time)
                     lr = scheduler.get_last_lr()[0]
@@ -317,26 +444,39 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                     mark_step, mark_time = state.step, now
 
                 if state.step % run.eval_every == 0 or state.step == total_steps:
+                    check_diverged(weights=True)   # a diverged model is neither evaluated nor saved
                     eval_start = time.perf_counter()
                     distributed.broadcast_buffers(model)
                     frames = [] if strong is not None else None
                     metrics, clips = evaluate(model, validation_loader, device, frames)
-                    summary = {k: float(v) for k, v in metrics.summary().items()}
+                    summary = metrics.summary()   # JSON-ready: None where no class could be scored
                     located = localisation.score_during_training(frames, strong if ctx.is_main else None, label_names,
                                                                  config.log_mel.clip_samples
                                                                  / config.log_mel.sample_rate, ctx.world_size)
-                    improved = summary["mAP"] > state.best_map
+                    # with no class scorable (the split is fixed, so at every evaluation) best.pt follows the latest
+                    scorable = summary["mAP"] is not None
+                    improved = summary["mAP"] > state.best_map if scorable else True
                     if improved:
-                        state.best_map, state.best_step, best_summary = summary["mAP"], state.step, summary
+                        state.best_step, best_summary = state.step, summary
+                        state.best_map = summary["mAP"] if scorable else state.best_map
+                    notes = [] if scorable else [f"note: no validation class has both a positive and a negative "
+                                                 f"clip ({summary['excluded_classes']} class(es)), so mAP is "
+                                                 f"undefined; best.pt is the latest evaluation's model"]
+                    if "localisation_error" in located:
+                        notes.append(f"warning: {located['localisation_error']}; training goes on")
+                    for note in notes:
+                        if note not in reported and ctx.is_main:   # once each, not at every evaluation
+                            reported.add(note)
+                            tqdm.write(note, file=sys.stderr)
                     save_latest()
                     cadence.reset()
                     if improved and ctx.is_main:
                         checkpoint.copy(latest, out / "best.pt")
                     eval_s = time.perf_counter() - eval_start
                     log.write("val", state.step, **summary, **located, clips=clips, seconds=round(eval_s, 2))
-                    say(f"step {state.step}: validation mAP {summary['mAP']:.4f}  mAUC {summary['mAUC']:.4f}  "
-                        f"d' {summary['d_prime']:.3f}{localisation.progress_text(located)}  ({eval_s:.1f} s)"
-                        f"{'  best' if improved else ''}")
+                    say(f"step {state.step}: validation {summary_text(summary)}"
+                        f"{localisation.progress_text(located, clips)}  ({eval_s:.1f} s)"
+                        f"{'  best' if improved and scorable else ''}")
                     mark_time += time.perf_counter() - eval_start   # clips/s counts training time only
                     bar.unpause()                                   # and so does the bar's ETA
 
@@ -365,10 +505,24 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         model.load_state_dict(checkpoint.read_checkpoint(out / "best.pt")["model"])
         distributed.broadcast_buffers(model)
         metrics, clips = evaluate(model, eval_loader, device)
-        test = {k: float(v) for k, v in metrics.summary().items()}
-        log.write("test", state.step, **test, clips=clips, best_step=state.best_step, validation_mAP=state.best_map)
+        test = metrics.summary()
+        log.write("test", state.step, **test, clips=clips, best_step=state.best_step,
+                  validation_mAP=state.best_map if state.best_map >= 0 else None)
         log.close()
+        if ctx.is_main:
+            write_model_folder(out, ShardIndex.open(train_path).label_mids)
         return {"validation": best_summary or {"mAP": state.best_map}, "test": test}
+
+
+def write_model_folder(out: Path, label_mids: tuple[str, ...]) -> None:
+    """OUT/pretrained: best.pt in the Hugging Face layout (fastsca/hub.py), what `fastsca.Tagger.from_pretrained`
+    and the Hub take. best.pt is already whole, so a failure here (a full disk) is one warning line, not an error."""
+    try:
+        save_pretrained_from_checkpoint(out / "best.pt", out / PRETRAINED_FOLDER, label_mids=label_mids)
+    except (OSError, ValueError) as error:
+        reason = describe_os_error(error, f"write {out / PRETRAINED_FOLDER}") if isinstance(error, OSError) else error
+        tqdm.write(f"warning: {reason}; best.pt is whole: write the folder later with `python -m fastsca.hub "
+                   f"{out / 'best.pt'} --out {out / PRETRAINED_FOLDER}`", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -389,15 +543,21 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as error:   # a file-system fault outside --out (e.g. an unwritable --builtin-dir)
         tqdm.write(f"error: {describe_os_error(error, f'write {error.filename}', 'folder')}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:   # a second Ctrl-C (train/signals.py), e.g. while latest.pt was being written
+        tqdm.write("stopped at once by a second Ctrl-C; the last latest.pt written is whole (checkpoints are "
+                   "renamed into place): resume with --resume", file=sys.stderr)
+        sys.exit(128 + 2)
     finally:
         distributed.teardown()
     if summary is None and stop.requested:
         sys.exit(stop.exit_code)
     if ctx.is_main and summary:
         test = summary["test"]
-        print(f"done in {time.perf_counter() - start:.0f} s: best.pt (validation mAP {summary['validation']['mAP']:.4f}) "
-              f"on the test split: mAP {test['mAP']:.4f}, mAUC {test['mAUC']:.4f}, d' {test['d_prime']:.3f}; "
-              f"checkpoints in {config.run.out}")
+        validation_map = summary["validation"].get("mAP")
+        chosen = (f"validation mAP {validation_map:.4f}" if validation_map is not None and validation_map >= 0
+                  else "the latest evaluation: no validation class could be scored")
+        print(f"done in {time.perf_counter() - start:.0f} s: best.pt ({chosen}) on the test split: "
+              f"{summary_text(test)}; checkpoints in {config.run.out}; model folder {Path(config.run.out) / PRETRAINED_FOLDER}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ class ShardWriter:
         folds = np.concatenate(self._folds) if self._folds else np.zeros(0, np.int16)
         self._file.create_dataset("fold", data=folds)
         self._file.create_dataset("group", data=_string_array(self._groups))
+        self._file.flush()   # a full disk fails here, with every object still open (see __exit__)
         self._file.close()
         os.replace(self.tmp_path, self.path)
         return self.path
@@ -137,10 +138,23 @@ class ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if self._file.id.valid:
+                self._file.close()
+            return
+        # After a failed write (a full disk) HDF5 still holds data to flush, and each object's close tries
+        # again and fails; the last try, at interpreter exit, crashed (exit 139) and left the .tmp filling
+        # the disk. The shard is discarded, so its writes are pointed at /dev/null: every close succeeds.
         if self._file.id.valid:
-            self._file.close()
-        if exc_type is not None:
-            self.tmp_path.unlink(missing_ok=True)
+            sink = os.open(os.devnull, os.O_RDWR)
+            os.dup2(sink, self._file.id.get_vfd_handle())
+            os.close(sink)
+            self._waveform = self._target = self._name = None
+            try:
+                self._file.close()
+            except (OSError, RuntimeError):
+                pass   # HDF5's bookkeeping after the failed flush; the error that brought us here is reported
+        self.tmp_path.unlink(missing_ok=True)
 
 
 def _open_h5(path: Path) -> h5py.File:

@@ -158,11 +158,14 @@ def model_cost(config: ModelConfig) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
 
 
-def _mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None], digits: int = 3) -> str:
+    """'mean ± sample std' of `values`, leaving out None (a metric no class could be scored for); "-" for
+    none; std 0 for one."""
+    values = [v for v in values if v is not None]
     if not values:
         return "-"
     std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{np.mean(values):.3f} ± {std:.3f}"
+    return f"{np.mean(values):.{digits}f} ± {std:.{digits}f}"
 
 
 def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
@@ -176,7 +179,7 @@ def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
             params, gflops = model_cost(ModelConfig(**read_checkpoint(best)["config"]["model"]))
             cost = f"{params / 1e6:.3f} M", f"{gflops:.5g}"
         rows.append({"model": row.model, "attention": row.detail, "preset": row.preset, "seeds": len(tests),
-                     **{m: _mean_std([t[m] for t in tests]) for m in METRICS},
+                     **{m: mean_std([t[m] for t in tests]) for m in METRICS},
                      "params": cost[0], "GFLOPs/clip": cost[1],
                      **{f"paper {m}": f"{v:.3f}" for m, v in zip(METRICS, row.paper)}})
     return rows

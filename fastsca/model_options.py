@@ -1,0 +1,66 @@
+"""The model flags shared by `python -m train.run` and `python -m fastsca.describe`.
+
+`add_model_options` gives both the same flags (--profile, --channels, --pooling-plan, --fused-attention)
+and `model_config` turns them into the `ModelConfig` a run builds, so `describe` shows the very model a
+training run trains. The help texts read each profile's value from fastsca/profiles.py, so they never
+drift from it.
+"""
+import argparse
+
+from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
+from fastsca.frontend import LogMelConfig
+from fastsca.profiles import MODEL_PROFILES, PROFILE_NAMES, profile_values
+
+
+def preset_help() -> str:
+    """The presets, shortly: the rows of the paper's tables and what a depth suffix means."""
+    rows = [name for name in PRESETS if not name[-1].isdigit()]
+    return (f"model preset, a row of the paper's Tables 1-2: {', '.join(rows)}; an attention row with -1, -2 or -3 "
+            f"carries attention in that many of the last blocks")
+
+
+def channel_list(text: str) -> tuple[int, ...]:
+    """argparse type of --channels: '8,16,32' -> (8, 16, 32)."""
+    try:
+        return tuple(int(c) for c in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "auto") -> None:
+    """--profile, --channels, --pooling-plan and --fused-attention, with the same meaning wherever they appear."""
+    parser.add_argument("--profile", choices=PROFILE_NAMES, default=profile_default,
+                        help=f"hardware defaults (fastsca/profiles.py, train/config.py): cpu (narrow blocks, short "
+                             f"built-in clips), gpu (the preset as it is, 10 s clips), auto (gpu where CUDA is "
+                             f"available, else cpu) (default: {profile_default})")
+    parser.add_argument("--channels", type=channel_list, metavar="C1,...,C7",
+                        help=f"comma-separated widths of the 7 blocks (default: the profile's: "
+                             f"{profile_values(MODEL_PROFILES, 'channels')} "
+                             f"({','.join(map(str, ModelConfig().channels))}))")
+    parser.add_argument("--pooling-plan", choices=list(POOLING_PLANS),
+                        help="max-pools after the blocks, fastsca/config.py POOLING_PLANS: "
+                             + "; ".join(f"{name} {' '.join(f'{t}x{f}' for t, f in plan)}"
+                                         for name, plan in POOLING_PLANS.items())
+                             + f" (default: the preset's, {ModelConfig().pooling_plan})")
+    parser.add_argument("--fused-attention", action=argparse.BooleanOptionalAction,
+                        help="run each attention module as the fused ops of kernels/ (Triton on CUDA, the same passes "
+                             "in PyTorch on CPU) instead of step by step; the weights are the same either way, so a "
+                             f"checkpoint resumes and loads with or without it (default: the profile's: "
+                             f"{profile_values(MODEL_PROFILES, 'fused_attention')})")
+
+
+def model_config(args: argparse.Namespace, preset: str, profile: str, **fields) -> ModelConfig:
+    """The preset with the model options of `args` and the defaults of resolved `profile` (cpu or gpu);
+    `fields` (num_classes, input_frames, ...) override the rest."""
+    defaults = MODEL_PROFILES[profile]
+    overrides = {"channels": args.channels or defaults.channels or ModelConfig.from_name(preset).channels,
+                 "fused_attention": defaults.fused_attention if args.fused_attention is None else args.fused_attention,
+                 **fields}
+    if args.pooling_plan is not None:
+        overrides["pools"] = POOLING_PLANS[args.pooling_plan]
+    return ModelConfig.from_name(preset, **overrides)
+
+
+def input_frames(clip_seconds: float) -> int:
+    """Log-mel frames the default front end makes of a clip of `clip_seconds` (400 for 10 s)."""
+    return LogMelConfig(clip_samples=round(clip_seconds * LogMelConfig().sample_rate)).frames

@@ -1,0 +1,97 @@
+"""Where `fastsca.tag` writes: the figures' names, checked folders, atomic writes, and a standard output that a
+closed pipe silences instead of ending the run."""
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+# Figure formats matplotlib writes without extra packages.
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def _figure_stem(name: str) -> str:
+    """A file's figure name without extension: its path when it is relative and stays inside (a folder walk's
+    "sub/a.wav" -> "sub/a", so same-named files in different folders do not collide), else its stem."""
+    path = Path(name)
+    return path.with_suffix("").as_posix() if not path.is_absolute() and ".." not in path.parts else path.stem
+
+
+def is_folder(plot: str | Path) -> bool:
+    """--plot names a folder: an existing one, or a path ending in a slash (kept: --plot is read as text, since
+    pathlib drops a trailing slash)."""
+    return Path(plot).is_dir() or str(plot).endswith(os.sep)
+
+
+def plot_destinations(plot: str | Path, files: list[str]) -> list[Path]:
+    """Where each file's figure goes: a folder -> FOLDER/<name>.png, mirroring the subfolders of relative
+    names; a name without an extension gets .png; with several files, NAME-<name>.EXT (subfolders joined
+    by "-"). Names that would still collide get -2, -3, ... so no figure of this run overwrites another. An
+    extension matplotlib cannot write is a ValueError."""
+    folder_given, plot = is_folder(plot), Path(plot)
+    if folder_given:
+        folder, stem, suffix, prefix = plot, "", ".png", False
+    else:
+        suffix = plot.suffix.lower() or ".png"
+        if suffix not in PLOT_FORMATS:
+            raise ValueError(f"--plot {plot}: cannot write {plot.suffix!r} figures; use {', '.join(PLOT_FORMATS)} "
+                             f"or a folder")
+        folder, stem, prefix = plot.parent, plot.stem if plot.suffix else plot.name, len(files) > 1
+        suffix = plot.suffix or ".png"
+    paths, taken = [], set()
+    for file in files:
+        base = (f"{stem}-{_figure_stem(file).replace('/', '-')}" if prefix else stem) if stem else _figure_stem(file)
+        name, count = f"{base}{suffix}", 1
+        while name in taken:
+            count += 1
+            name = f"{base}-{count}{suffix}"
+        taken.add(name)
+        paths.append(folder / name)
+    return paths
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Create `folder` if needed and check a file can be written in it; ValueError (one line) otherwise."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option} {folder}: is a file, not a folder; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option} {folder}: cannot write there ({error.strerror or error}); give a writable "
+                         f"folder") from None
+
+
+def write_atomically(path: Path, write) -> None:
+    """`write(tmp_path)`, then rename: a file under its final name is always whole, and a failed write (a full
+    disk) leaves no file behind."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Console:
+    """Standard output that a closed pipe (`... | head -n 1`) silences instead of ending the run with a traceback:
+    printing stops quietly, as Unix tools do, and the files asked for (--table, --events, --plot) are
+    still written; with none asked for, `closed` tells the run to stop."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def print(self, text: str) -> None:
+        if self.closed:
+            return
+        try:
+            tqdm.write(text, file=sys.stdout)   # clears the progress bars on stderr first, then redraws them
+            sys.stdout.flush()
+        except BrokenPipeError:
+            self.closed = True
+            try:   # so that the interpreter's flush at exit does not meet the closed pipe again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                sys.stdout = open(os.devnull, "w")

@@ -1,0 +1,99 @@
+"""Folds: `train.run --fold K` tests on fold K and trains on the others; `python -m train.folds` runs every fold
+once (a finished fold is not trained again) and writes the mean ± std table; data without folds is one line."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import train.run
+from train import evaluate, folds
+from train.shards import ShardWriter
+from train.synth import make_clip
+
+from test_train_run import BUILTIN, records
+
+TINY = ["--profile", "cpu", "--channels", "4,8,8,16,16,16,16", "--batch-size", "8", "--steps", "2",
+        "--eval-every", "2", "--warmup-steps", "0", "--num-workers", "0", "--validation-fraction", "0.2"]
+
+
+def fold_split(path: Path, fold_sizes: list[int], with_folds: bool = True) -> Path:
+    """A shard of built-in clips (BUILTIN's generator, 1 s) with fold k holding fold_sizes[k] clips, each two
+    consecutive clips cut from one recording (a group)."""
+    count = sum(fold_sizes)
+    clips = [make_clip(BUILTIN, 0, i) for i in range(count)]
+    fold_of = np.repeat(np.arange(len(fold_sizes)), fold_sizes)
+    with ShardWriter(path, tuple(f"/synth/{c}" for c in BUILTIN.class_names), BUILTIN.class_names, 16000,
+                     BUILTIN.clip_samples) as writer:
+        writer.add(np.stack([c[0] for c in clips]), np.stack([c[1] for c in clips]), [f"clip{i}" for i in range(count)],
+                   folds=fold_of.tolist() if with_folds else None,
+                   groups=[f"rec{i // 2}" for i in range(count)] if with_folds else None)
+        writer.commit()
+    return path
+
+
+def test_a_fold_is_the_test_split(tmp_path, capsys):
+    sizes = [int(n) for n in np.random.default_rng().integers(8, 13, 3) * 2]   # whole groups of 2 per fold
+    data = fold_split(tmp_path / "folds.h5", sizes)
+    train.run.main(["--data", str(data), "--fold", "1", "--out", str(tmp_path / "run"), *TINY])
+    [test] = records(tmp_path / "run", "test")
+    assert test["clips"] == sizes[1]
+    [val] = records(tmp_path / "run", "val")
+    # validation: a fifth of the other folds' clips, in whole recordings of 2 clips
+    assert val["clips"] % 2 == 0 and val["clips"] >= round(0.2 * (sizes[0] + sizes[2]))
+    assert f"test fold 1 of {data}" in capsys.readouterr().out
+    # train.evaluate with no --data evaluates the run's own test split: fold 1, the same clips and figures
+    evaluate.main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--num-workers", "0"])
+    printed = capsys.readouterr().out
+    assert f"on fold 1 of {data}: {sizes[1]} clips" in printed
+    assert f"{test['mAP']:.4f}" in printed
+
+
+@pytest.mark.parametrize("with_folds, words", [(False, "has no folds (it was packed without a fold per clip)"),
+                                               (True, "has no fold 7; its folds are 0, 1")])
+def test_a_missing_fold_is_one_line(tmp_path, with_folds, words, capsys):
+    data = fold_split(tmp_path / "d.h5", [4, 4], with_folds)
+    with pytest.raises(SystemExit) as stopped:
+        train.run.main(["--data", str(data), "--fold", "7", "--out", str(tmp_path / "run"), *TINY])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {data} {words}" + (
+        "; drop --fold, or pack it with folds" if not with_folds else "")
+
+
+def test_fold_with_eval_data_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train.run.main(["--data", "x.h5", "--eval-data", "y.h5", "--fold", "0", "--out", str(tmp_path)])
+    assert capsys.readouterr().err.strip() == ("error: --fold holds a fold of --data out as the test split: give "
+                                                "--data without --eval-data")
+
+
+@pytest.mark.slow
+def test_folds_command_trains_each_fold_once_and_writes_mean_and_std(tmp_path):
+    data = fold_split(tmp_path / "folds.h5", [20, 20])
+    out = tmp_path / "cv"
+    command = [sys.executable, "-m", "train.folds", "--data", str(data), "--out", str(out), *TINY]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    tests = [records(out / f"fold-{k}", "test")[0] for k in (0, 1)]
+    maps = [t["mAP"] for t in tests]
+    with (out / "folds.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["fold"] for r in rows] == ["0", "1", "mean ± std (2 folds)"]
+    assert [float(r["mAP"]) for r in rows[:2]] == pytest.approx(maps, abs=5e-5)
+    assert rows[2]["mAP"] == f"{np.mean(maps):.4f} ± {np.std(maps, ddof=1):.4f}"
+    assert f"| mean ± std (2 folds) |  | {rows[2]['mAP']} |" in (out / "folds.md").read_text()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    logs = [(out / f"fold-{k}" / "log.txt").read_text() for k in (0, 1)]
+    assert [log.count("$ ") for log in logs] == [1, 1]   # finished folds are not trained again
+
+
+def test_folds_command_on_data_without_folds_is_one_line(tmp_path, capsys):
+    data = fold_split(tmp_path / "d.h5", [4, 4], with_folds=False)
+    with pytest.raises(SystemExit) as stopped:
+        folds.main(["--data", str(data), "--out", str(tmp_path / "cv")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {data} has no folds")
+    assert not (tmp_path / "cv").exists()

@@ -1,0 +1,160 @@
+"""`fastsca.Tagger`: the README's Python API run as printed, waveforms (numpy or torch, mono or multichannel, any
+rate) tagged as the same samples in a file, files in bulk with bad ones skipped, and one-line errors."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+import fastsca
+from fastsca.events import detect_events
+from fastsca.hub import save_pretrained_from_checkpoint
+from fastsca.inference import load_trained_model
+from fastsca.tag import StreamConfig, tag_file
+from train import checkpoint
+
+from test_checkpoint import LABELS, tiny_config, tiny_payload
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def best(tmp_path_factory) -> Path:
+    """A one-step at-sca-3 checkpoint (1 s clips, 5 classes)."""
+    path = tmp_path_factory.mktemp("run") / "best.pt"
+    checkpoint.save(path, tiny_payload(tiny_config("at-sca-3")))
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as `fastsca.tag` runs by default (on the shared 2-core box 2 threads ran 3x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tagger(best) -> fastsca.Tagger:
+    return fastsca.Tagger.from_pretrained(best)
+
+
+def noise(channels: int, samples: int) -> np.ndarray:
+    """(channels, samples) float32 noise with a tone in it."""
+    rng = np.random.default_rng()
+    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * np.arange(samples) / 16000)
+    return (0.1 * rng.standard_normal((channels, samples)) + tone).astype(np.float32)
+
+
+def python_api_example() -> str:
+    """The ```python block of the README's "## Python API" section."""
+    section = README.read_text().split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+def test_readme_example_runs_as_printed(best, tmp_path, monkeypatch, capsys):
+    (tmp_path / "runs" / "at-sca-3-cpu").mkdir(parents=True)
+    (tmp_path / "runs" / "at-sca-3-cpu" / "best.pt").write_bytes(best.read_bytes())
+    waveform = noise(2, 66150)                          # 1.5 s of stereo at 44.1 kHz
+    soundfile.write(tmp_path / "clip.wav", waveform.T, 44100, subtype="FLOAT")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(python_api_example(), namespace)
+    result = namespace["result"]
+    tags = tag_file(load_trained_model(best), "clip.wav")   # what `python -m fastsca.tag clip.wav` computes
+    np.testing.assert_array_equal(result.clip, tags.clip)
+    np.testing.assert_array_equal(result.frame, tags.frame)
+    assert result.frame.shape == (15, len(LABELS)) and result.label_names == LABELS
+    top = sorted(zip(LABELS, tags.clip.tolist()), key=lambda pair: -pair[1])
+    assert result.top_k(5) == top and result.top_k(2) == top[:2]
+    assert result.events == detect_events(tags.frame, 0.1, LABELS, "waveform")
+    lines = "".join(f"{e.onset:.1f}-{e.offset:.1f} s  {e.label}  {e.score:.2f}\n" for e in result.events)
+    assert capsys.readouterr().out == f"{top}\n{lines}"
+
+
+@pytest.mark.parametrize("channels, rate", [(1, 16000), (2, 22050), (3, 8000)])
+def test_a_waveform_is_tagged_as_the_same_samples_in_a_file(tagger, tmp_path, channels, rate):
+    waveform = noise(channels, int(1.7 * rate))   # 27200 samples at 16 kHz: 68 log-mel frames, 17 output frames
+    path = tmp_path / "same.wav"
+    soundfile.write(path, waveform.T, rate, subtype="FLOAT")
+    from_file = tagger(str(path))
+    inputs = [waveform, torch.from_numpy(waveform)] + ([waveform[0], torch.from_numpy(waveform[0])] if channels == 1
+                                                       else [])
+    for audio in inputs:
+        result = tagger(audio, rate)
+        np.testing.assert_array_equal(result.clip, from_file.clip)
+        np.testing.assert_array_equal(result.frame, from_file.frame)
+        assert result.name == "waveform" and result.seconds == from_file.seconds
+    assert from_file.name == str(path) and from_file.frame.shape == (17, len(LABELS))
+
+
+def test_int16_samples_are_scaled_to_full_scale(tagger):
+    pcm = (noise(1, 20000)[0].clip(-1, 1) * 32767).astype(np.int16)
+    np.testing.assert_array_equal(tagger(pcm, 16000).clip, tagger(pcm / 32768.0, 16000.0).clip)   # a whole float rate
+
+
+def test_result_helpers(tagger):
+    result = tagger(noise(1, 16000), 16000)
+    best_label, best_probability = result.top_k(1)[0]
+    assert best_probability == result.clip.max() == result.probability(best_label)
+    with pytest.raises(KeyError, match="'dog' is not a class of the model"):
+        result.probability("dog")
+    silent = tagger(np.zeros(16000, np.float32), 16000)
+    assert silent.silent and silent.top_k(3) == [] and silent.events == [] and not silent.clip.any()
+
+
+def test_a_pretrained_folder_tags_as_its_checkpoint(tagger, best, tmp_path):
+    folder = save_pretrained_from_checkpoint(best, tmp_path / "pretrained")
+    waveform = noise(1, 24000)
+    np.testing.assert_array_equal(fastsca.Tagger.from_pretrained(folder)(waveform, 16000).frame,
+                                  tagger(waveform, 16000).frame)
+
+
+def test_files_in_bulk_skip_the_bad_ones(tagger, tmp_path):
+    good = [tmp_path / "a.flac", tmp_path / "b.wav"]
+    soundfile.write(good[0], noise(1, 40000)[0], 16000)
+    soundfile.write(good[1], noise(1, 9000)[0], 16000)
+    text, missing = tmp_path / "notes.wav", tmp_path / "missing.wav"
+    text.write_text("not audio\n")
+    results, errors = tagger.tag_files([good[0], text, missing, good[1]])
+    assert [r.name for r in results] == [str(good[0]), str(good[1])]
+    assert [r.frame.shape[0] for r in results] == [25, 6]
+    assert list(errors) == [str(text), str(missing)]
+    assert all(len(message.splitlines()) == 1 for message in errors.values())
+    assert errors[str(missing)] == f"{missing}: no such file; check the path"
+
+
+@pytest.mark.parametrize("audio, rate, message", [
+    (np.ones((2, 16000, 1), np.float32), 16000, "must be (samples,) or (channels, samples)"),
+    (np.zeros(0, np.float32), 16000, "must be (samples,) or (channels, samples) with samples in it"),
+    (np.ones((16000, 2), np.float32), 16000, "has more channels than samples"),
+    (np.ones(16000, np.float32), 0, "sample_rate must be a positive integer"),
+    (np.ones(16000, np.float32), 16000.5, "sample_rate must be a positive integer"),
+    (np.ones(16000, np.float32), True, "sample_rate must be a positive integer"),
+    (np.ones(16000, np.float32), None, "give the waveform's sample_rate"),
+    (np.array(["a", "b"]), 16000, "must hold float or integer samples"),
+])
+def test_bad_waveforms_are_one_line_errors(tagger, audio, rate, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        tagger(audio, rate)
+    assert len(str(error.value).splitlines()) == 1
+
+
+def test_a_nan_sample_is_named(tagger):
+    waveform = noise(2, 16000)
+    waveform[1, 8000] = np.nan
+    with pytest.raises(ValueError, match=re.escape("waveform: sample 8000 (0.500 s) is NaN or infinite")):
+        tagger(waveform, 16000)
+
+
+def test_a_long_file_is_streamed_in_blocks(best, tagger, tmp_path):
+    path = tmp_path / "long.flac"
+    soundfile.write(path, noise(1, 45 * 16000)[0], 16000)
+    in_blocks = fastsca.Tagger.from_pretrained(best, stream=StreamConfig(block_seconds=1.3))(path)
+    whole = tagger(path)   # 30 s blocks
+    assert in_blocks.frame.shape == (450, len(LABELS)) and in_blocks.seconds == 45.0
+    np.testing.assert_allclose(in_blocks.frame, whole.frame, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(in_blocks.clip, whole.clip, atol=1e-5, rtol=0)

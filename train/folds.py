@@ -1,0 +1,158 @@
+"""`python -m train.folds --data D --out DIR [train.run flags ...]`: cross-validation over the folds packed in D.
+
+Trains one `python -m train.run --data D --fold K` per fold K of D (fold K the test split, train and
+validation from the other folds, whole recordings held out together where D knows them), then writes
+DIR/folds.md and DIR/folds.csv: each fold's test mAP (and accuracy where the metrics give it) and the
+mean ± sample std over the folds.
+
+Each run is a subprocess in DIR/fold-K (its output in log.txt there), with every flag this command does not
+know passed on (--steps, --profile, --lr, ...). As in train/sweep.py, a fold whose metrics.jsonl holds its test
+record is finished and not trained again, and one with a latest.pt resumes from it, so the command can be
+stopped (Ctrl-C) and started again; a fold that fails is reported and the others go on.
+"""
+import argparse
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from train.shards import ShardError, ShardIndex
+from train.sweep import claim, mean_std, read_records
+
+# the test-record metrics reported per fold, where present (accuracy only where the metrics provide it)
+METRICS = ("mAP", "accuracy")
+# flags this command sets for each run itself
+OWN_FLAGS = ("--fold", "--out", "--resume", "--data", "--eval-data")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(prog="python -m train.folds", description=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                                     epilog="Any other flag is passed on to every `python -m train.run`.")
+    parser.add_argument("--data", required=True, help="packed data with a fold per clip (train.pack)")
+    parser.add_argument("--out", required=True, help="folder of the fold runs and the summary")
+    args, passed_on = parser.parse_known_args(argv)
+    clashing = [f for f in passed_on if f.split("=")[0] in OWN_FLAGS]
+    if clashing:
+        parser.error(f"{', '.join(clashing)}: train.folds sets these for each run itself")
+    return args, passed_on
+
+
+def data_folds(path: str) -> list[int]:
+    """The folds of the data at `path`; ShardError (one line) if it has none."""
+    index = ShardIndex.open(path)
+    try:
+        folds = index.folds()
+    finally:
+        index.close()
+    known = sorted(int(f) for f in np.unique(folds[folds >= 0]))
+    if not known:
+        raise ShardError(f"{path} has no folds (it was packed without a fold per clip); pack it with folds, or "
+                         f"train once with python -m train.run --data D --eval-data E")
+    return known
+
+
+def run_command(fold: int, run_dir: Path, data: str, passed_on: list[str]) -> list[str]:
+    """The `python -m train.run` command line of one fold; --resume when it has a checkpoint to go on from."""
+    command = [sys.executable, "-m", "train.run", "--data", data, "--fold", str(fold), "--out", str(run_dir)]
+    if (run_dir / "latest.pt").is_file():
+        command.append("--resume")
+    return command + passed_on
+
+
+def train_fold(command: list[str], run_dir: Path) -> int | None:
+    """Run one fold's train.run, its output appended to log.txt; its exit code, None on Ctrl-C."""
+    with (run_dir / "log.txt").open("a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:   # the run got the Ctrl-C too: let it write latest.pt
+            process.wait()
+            return None
+
+
+def summarise(folds: list[int], out: Path) -> tuple[list[dict], dict]:
+    """One row per fold (its test metrics, "-" for a fold not finished) and the mean ± std row."""
+    rows, values = [], {m: [] for m in METRICS}
+    for fold in folds:
+        tests = read_records(out / f"fold-{fold}", "test")[-1:]
+        row = {"fold": fold, "clips": tests[0]["clips"] if tests else "-"}
+        for metric in METRICS:
+            value = tests[0].get(metric) if tests else None
+            row[metric] = "-" if value is None else f"{value:.4f}"
+            if value is not None:
+                values[metric].append(value)
+        rows.append(row)
+    total = {"fold": f"mean ± std ({len(values['mAP'])} folds)", "clips": "",
+             **{m: mean_std(v, 4) for m, v in values.items()}}
+    return rows, total
+
+
+def write_summary(rows: list[dict], total: dict, out: Path, command: str) -> tuple[Path, Path]:
+    """OUT/folds.md (with the command that made it) and OUT/folds.csv, each written whole (atomically)."""
+    columns = [c for c in rows[0] if c in ("fold", "clips") or total[c] != "-"]
+    lines = ["# Cross-validation", "", f"Made by `{command}`.", "",
+             "Test-fold metrics of each fold's best.pt (chosen on a validation split held out of the other folds); "
+             "mean ± sample std over the finished folds.", "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in (*rows, total)]
+    md, csv_path = out / "folds.md", out / "folds.csv"
+    md.with_name("folds.md.tmp").write_text("\n".join(lines) + "\n")
+    md.with_name("folds.md.tmp").replace(md)
+    with csv_path.with_name("folds.csv.tmp").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows([*rows, total])
+    csv_path.with_name("folds.csv.tmp").replace(csv_path)
+    return md, csv_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, passed_on = parse_args(argv)
+    try:
+        folds = data_folds(args.data)
+    except ShardError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for fold in tqdm(folds, unit="fold", dynamic_ncols=True):
+        run_dir = out / f"fold-{fold}"
+        run_dir.mkdir(exist_ok=True)
+        if read_records(run_dir, "test"):   # finished earlier
+            continue
+        if not claim(run_dir):
+            tqdm.write(f"{run_dir}: another train.folds is training it; left to it")
+            continue
+        try:
+            code = train_fold(run_command(fold, run_dir, args.data, passed_on), run_dir)
+        finally:
+            (run_dir / "sweep.lock").unlink(missing_ok=True)
+        if code is None or (code == 0 and not read_records(run_dir, "test")):
+            print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
+                  file=sys.stderr)
+            sys.exit(130)
+        if code != 0:
+            last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
+            tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
+            failed.append(run_dir)
+    rows, total = summarise(folds, out)
+    command = shlex.join(["python", "-m", "train.folds", *(sys.argv[1:] if argv is None else argv)])
+    md, csv_path = write_summary(rows, total, out, command)
+    print(md.read_text(), end="")
+    print(f"wrote {md} and {csv_path}")
+    if failed:
+        print(f"error: {len(failed)} fold(s) failed: {', '.join(map(str, failed))}; see log.txt in each",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
