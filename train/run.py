@@ -226,7 +226,9 @@ def _finetune_model(args: argparse.Namespace, profile: str, init: tuple, log_mel
         raise ValueError(f"{train_path} holds {log_mel.clip_samples / log_mel.sample_rate:g} s clips at "
                          f"{log_mel.sample_rate} Hz but --init {args.init} was trained on "
                          f"{saved_log_mel.clip_samples / saved_log_mel.sample_rate:g} s clips at "
-                         f"{saved_log_mel.sample_rate} Hz; fine-tune on data of the checkpoint's clip length")
+                         f"{saved_log_mel.sample_rate} Hz; pack the data again at the checkpoint's clip length "
+                         f"(`python -m train.pack ... --clip-seconds "
+                         f"{saved_log_mel.clip_samples / saved_log_mel.sample_rate:g}`: shorter clips are padded)")
     finetune.check_model_flags(args.init, saved, {
         "--preset": ModelConfig.from_name(args.preset) if args.preset else None,
         "--channels": replace(saved, channels=args.channels) if args.channels else None,
