@@ -60,7 +60,9 @@ def test_groups_are_held_out_whole(clips, classes, group_size):
     train, validation = holdout_split(_members(targets), clips, 0.2, 10_000, seed=1, groups=groups)
     assert np.array_equal(np.sort(np.concatenate([train, validation])), np.arange(clips))
     assert not set(groups[train]) & set(groups[validation])             # no recording on both sides
-    assert len(validation) >= round(0.2 * clips) and len(validation) % group_size == 0
+    # whole recordings, as many as fit in the size asked for
+    assert round(0.2 * clips) - group_size < len(validation) <= round(0.2 * clips)
+    assert len(validation) % group_size == 0
     for k in range(classes):
         assert targets[train, k].any(), k                               # training keeps every class
 
@@ -73,3 +75,20 @@ def test_without_groups_the_split_is_the_clip_level_one():
     plain = holdout_split(members, 80, 0.1, 10_000, seed=2)
     singletons = holdout_split(members, 80, 0.1, 10_000, seed=2, groups=np.arange(80))
     assert all(np.array_equal(a, b) for a, b in zip(plain, singletons))
+
+
+def test_a_large_recording_is_not_held_out_past_the_size_asked_for():
+    """A class's smallest recording is held out for it, and a recording that would overshoot is passed over:
+    one recording of 40 slices beside 60 single-clip recordings, 10 % asked for."""
+    rng = np.random.default_rng()
+    clips = 100
+    groups = np.concatenate([np.zeros(40, np.int64), np.arange(1, 61)])
+    targets = np.zeros((clips, 3), bool)
+    targets[:, 0] = True                                    # every clip carries class 0 ...
+    targets[rng.choice(np.arange(40), 5, replace=False), 1] = True
+    targets[40 + rng.choice(60, 5, replace=False), 1] = True     # ... class 1 is in both kinds of recording
+    targets[40 + rng.choice(60, 30, replace=False), 2] = True
+    train, validation = holdout_split(_members(targets), clips, 0.1, 10_000, seed=int(rng.integers(1000)),
+                                      groups=groups)
+    assert len(validation) == 10 and not (validation < 40).any()
+    assert all(targets[validation, k].any() and targets[train, k].any() for k in range(3))
