@@ -5,6 +5,10 @@ whose (median-filtered) probability stays at or above the class's offset thresho
 onset threshold somewhere (hysteresis: a start needs a confident frame, a dip to the lower threshold
 does not end it); runs closer than `min_gap_seconds` are joined, and events shorter than
 `min_event_seconds` are dropped. An event's score is the largest raw frame probability inside it.
+Given the clip probabilities, events of a class whose clip probability is below its gate are dropped
+(`clip_gate`): a frame that peaks in a clip the model does not tag with that class is a false alarm.
+The onset thresholds may be chosen per class on a validation split (train.run stores them in the
+checkpoint's config, `stored_event_config` reads them back).
 
 Layouts: AudioSet's strong labels (segment_id, start_time_seconds, end_time_seconds, label = the class
 mid), DCASE's (filename, onset, offset, event_label), and JSON. Reference events are read from any of
@@ -47,6 +51,10 @@ class EventConfig:
     """An event goes on while the probability stays at or above threshold x this (1: no hysteresis)."""
     class_thresholds: tuple[tuple[str, float], ...] = ()
     """Per-class onset thresholds as (label, threshold) pairs, overriding `threshold` for those classes."""
+    clip_gate: float | None = 0.3
+    """Events of a class are kept only where its clip probability reaches this (None: the class's onset
+    threshold; 0: no gate); 0.3 drops the events of classes the clip is not tagged with, and keeps those of a
+    class whose onset threshold was tuned low (docs/labels.md has the measurement)."""
     median_seconds: float = 0.3
     """Length of the median filter over time before thresholding (0: off); 0.3 s = 3 frames at 10 Hz."""
     min_event_seconds: float = 0.2
@@ -59,6 +67,8 @@ class EventConfig:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not 0 < self.hysteresis <= 1:
             raise ValueError(f"hysteresis must be in (0, 1], got {self.hysteresis}")
+        if self.clip_gate is not None and not 0 <= self.clip_gate < 1:
+            raise ValueError(f"clip_gate must be in [0, 1) or None, got {self.clip_gate}")
         bad = [(name, t) for name, t in self.class_thresholds if not 0 < t < 1]
         if bad:
             raise ValueError(f"class threshold {bad[0][1]} for {bad[0][0]!r} is not in (0, 1)")
@@ -73,6 +83,22 @@ class EventConfig:
             raise ValueError(f"class threshold for {unknown[0]!r}, which is not a class of the model "
                              f"({', '.join(label_names[:5])}{', ...' if len(label_names) > 5 else ''})")
         return np.array([overrides.get(name, self.threshold) for name in label_names])
+
+    def gates(self, label_names: tuple[str, ...]) -> np.ndarray:
+        """(K,) least clip probability of each class for its events to be kept."""
+        if self.clip_gate is None:
+            return self.onset_thresholds(label_names)
+        return np.full(len(label_names), self.clip_gate)
+
+
+def stored_event_config(configs: dict) -> EventConfig:
+    """The event settings a training checkpoint's config dict stores under "events" (per-class thresholds chosen
+    on its validation split); the defaults for a checkpoint without them (written before they were stored)."""
+    values = configs.get("events") or {}
+    known = {name: value for name, value in values.items() if name in EventConfig.__dataclass_fields__}
+    if "class_thresholds" in known:
+        known["class_thresholds"] = tuple((str(name), float(t)) for name, t in known["class_thresholds"])
+    return EventConfig(**known)
 
 
 def smooth(frame_probs: np.ndarray, frame_seconds: float, config: EventConfig) -> np.ndarray:
@@ -90,16 +116,22 @@ def _runs(active: np.ndarray) -> np.ndarray:
 
 
 def detect_events(frame_probs: np.ndarray, frame_seconds: float, label_names: tuple[str, ...], file: str,
-                  config: EventConfig = EventConfig(), start_seconds: float = 0.0) -> list[Event]:
+                  config: EventConfig = EventConfig(), start_seconds: float = 0.0,
+                  clip_probs: np.ndarray | None = None) -> list[Event]:
     """Events in (T, K) frame probabilities, frame t covering [t, t + 1) x frame_seconds after
-    `start_seconds`, sorted by onset then label."""
+    `start_seconds`, sorted by onset then label; with the (K,) `clip_probs` of the clip or file, only the
+    classes whose clip probability reaches their gate (`EventConfig.gates`) have events."""
     frame_probs = np.asarray(frame_probs, dtype=np.float32)
     high = config.onset_thresholds(label_names)
+    open_gate = (np.ones(len(label_names), dtype=bool) if clip_probs is None
+                 else np.asarray(clip_probs) >= config.gates(label_names))
     smoothed = smooth(frame_probs, frame_seconds, config)
     min_gap = int(round(config.min_gap_seconds / frame_seconds))
     min_length = int(round(config.min_event_seconds / frame_seconds))
     events = []
     for k, name in enumerate(label_names):
+        if not open_gate[k]:
+            continue
         runs = _runs(smoothed[:, k] >= high[k] * config.hysteresis)
         runs = [(a, b) for a, b in runs if smoothed[a:b, k].max() >= high[k]]
         joined: list[list[int]] = []

@@ -25,7 +25,7 @@ import safetensors.torch
 import torch
 
 from fastsca.config import ModelConfig
-from fastsca.events import EventConfig
+from fastsca.events import EventConfig, stored_event_config
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.model import build_model
@@ -110,10 +110,12 @@ def read_label_mids(path: str | Path, label_names: tuple[str, ...]) -> tuple[str
 
 def save_pretrained_from_checkpoint(checkpoint_path: str | Path, folder: str | Path,
                                     label_mids: tuple[str, ...] | None = None,
-                                    events: EventConfig = EventConfig()) -> Path:
+                                    events: EventConfig | None = None) -> Path:
     """Write a training checkpoint (best.pt) into `folder` in the Hugging Face layout, for `load_pretrained`
-    and `fastsca.Tagger.from_pretrained`; a checkpoint that cannot be used is a one-line CheckpointError."""
+    and `fastsca.Tagger.from_pretrained`, with `events` or else the event settings the checkpoint stores (its
+    per-class thresholds chosen on validation); a checkpoint that cannot be used is a one-line CheckpointError."""
     trained = load_trained_model(checkpoint_path)
+    events = events if events is not None else stored_event_config(trained.configs)
     mids = label_mids if label_mids is not None else ("",) * len(trained.label_names)
     if len(mids) != len(trained.label_names):
         raise ValueError(f"{len(mids)} label mids for the {len(trained.label_names)} classes of {checkpoint_path}")
@@ -221,7 +223,8 @@ def load_pretrained(source: str | Path, device: torch.device = torch.device("cpu
     path = Path(source).expanduser()
     if path.is_file():
         trained = load_trained_model(path, device)
-        return Pretrained(trained=trained, label_mids=("",) * len(trained.label_names), events=EventConfig())
+        return Pretrained(trained=trained, label_mids=("",) * len(trained.label_names),
+                          events=stored_event_config(trained.configs))
     if path.is_dir():
         return load_folder(path, device)
     if str(source).endswith(".pt") or str(source).startswith((".", "/", "~")):
@@ -242,8 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--labels", type=Path,
                         help="class_labels_indices.csv: stores each class's AudioSet mid beside its name "
                              "(default: names only)")
-    parser.add_argument("--threshold", type=float, default=EventConfig.threshold,
-                        help="event onset threshold stored for the tagger's events (default: %(default)s)")
+    parser.add_argument("--threshold", type=float,
+                        help="event onset threshold stored for the tagger's events, for every class (default: the "
+                             "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
     return parser.parse_args(argv)
 
 
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         try:
-            events = EventConfig(threshold=args.threshold)
+            events = EventConfig(threshold=args.threshold) if args.threshold is not None else None
         except ValueError as error:
             raise ValueError(f"--threshold: {error}") from None
         if args.out.exists() and not args.out.is_dir():

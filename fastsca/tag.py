@@ -38,8 +38,7 @@ from tqdm import tqdm
 from fastsca.attention import SpatialAttention
 from fastsca.audio import AudioError
 from fastsca.events import (EventConfig, detect_events, events_as_dicts, read_reference, reference_for,
-                            write_dcase_tsv,
-                            write_json, write_strong_tsv)
+                            stored_event_config, write_dcase_tsv, write_json, write_strong_tsv)
 from fastsca.inference import CheckpointError, FileTags, PlotView, TrainedModel, load_trained_model, top_k
 from fastsca.stream import LogMelStream, WindowCutter, WindowPlan, audio_frames, read_blocks, source_name
 from fastsca.tag_inputs import Input, InputReader, expand_inputs
@@ -251,7 +250,8 @@ def _check_numbers(args: argparse.Namespace, parser: _OneLineParser) -> None:
     limits = os.cpu_count() or 1
     checks = [
         ("--top-k", args.top_k, args.top_k >= 1, "give a count >= 1"),
-        ("--threshold", args.threshold, math.isfinite(args.threshold) and 0 < args.threshold < 1,
+        ("--threshold", args.threshold, args.threshold is None or (math.isfinite(args.threshold)
+                                                                    and 0 < args.threshold < 1),
          "give a probability between 0 and 1, exclusive"),
         ("--overlap", args.overlap, math.isfinite(args.overlap) and 0 <= args.overlap < 1,
          "give a fraction in [0, 1)"),
@@ -282,7 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--events", action="store_true",
         help="detect sound events and write OUT/events.tsv (AudioSet strong layout), OUT/events_dcase.tsv and "
              "OUT/events.json")
-    arg("--threshold", type=float, default=EventConfig.threshold, help="event onset threshold (default 0.5)")
+    arg("--threshold", type=float, help="event onset threshold for every class (default: the checkpoint's "
+                                         "per-class thresholds chosen on validation, 0.5 for the others)")
     arg("--out", type=Path, default=Path("."), help="folder for the --events files (default: the current one)")
     arg("--labels", type=Path,
         help="class_labels_indices.csv: writes label mids in events.tsv and reads mids in --strong "
@@ -347,7 +348,8 @@ def _tag_one(run: _Run, item: Input, plot: Path | None) -> None:
     best = [] if tags.silent else top_k(tags, trained.label_names, args.top_k)
     result = {"file": item.name, "seconds": round(tags.seconds, 3), "silent": tags.silent,
               "labels": [{"label": name, "probability": round(p, 4)} for name, p in best]}
-    events = (detect_events(tags.frame, tags.frame_seconds, trained.label_names, item.name, run.events_config)
+    events = (detect_events(tags.frame, tags.frame_seconds, trained.label_names, item.name, run.events_config,
+                            clip_probs=tags.clip)
               if args.events or plot is not None else [])
     if args.events:
         run.events += events
@@ -413,11 +415,13 @@ def _prepare(args: argparse.Namespace) -> _Run:
     for folder in ({Path(args.plot) if is_folder(args.plot) else Path(args.plot).parent}
                    if args.plot is not None else set()) | ({args.out} if args.events else set()):
         check_writable_folder(folder, "--out" if args.events and folder == args.out else "--plot")
-    events_config = EventConfig(threshold=args.threshold)
     stream = StreamConfig(overlap=args.overlap)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     trained = load_trained_model(args.checkpoint, device)
+    # --threshold for every class, else the checkpoint's per-class thresholds (0.5 where it has none)
+    events_config = (EventConfig(threshold=args.threshold) if args.threshold is not None
+                     else stored_event_config(trained.configs))
     label_mids = _read_label_mids(args.labels, trained.label_names) if args.labels else None
     reference = read_reference(args.strong, trained.label_names, label_mids) if args.strong else {}
     events_config.onset_thresholds(trained.label_names)

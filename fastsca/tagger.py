@@ -140,6 +140,7 @@ class Tagger:
         return results, errors
 
     def _result(self, name: str, tags: FileTags) -> TagResult:
-        events = detect_events(tags.frame, tags.frame_seconds, self.label_names, name, self.events)
+        events = detect_events(tags.frame, tags.frame_seconds, self.label_names, name, self.events,
+                               clip_probs=tags.clip)
         return TagResult(name=name, seconds=tags.seconds, label_names=self.label_names, clip=tags.clip,
                          frame=tags.frame, frame_seconds=tags.frame_seconds, events=events, silent=tags.silent)

@@ -26,7 +26,8 @@ EXTREMES = {"zero": "0", "negative": "-3", "nan": "nan", "inf": "inf", "huge": "
 ACCEPTED = {("patience", "zero"), ("warmup_steps", "zero"), ("mixup_alpha", "zero"), ("weight_decay", "zero"),
             ("grad_clip", "zero"), ("num_workers", "zero"), ("seed", "zero"), ("fold", "zero"),
             ("freeze_blocks", "zero"), ("backbone_lr_scale", "zero"), ("mixup_alpha", "huge"),
-            ("grad_clip", "huge"), ("backbone_lr_scale", "huge"), ("checkpoint_minutes", "huge")}
+            ("grad_clip", "huge"), ("backbone_lr_scale", "huge"), ("checkpoint_minutes", "huge"),
+            ("warmup_clips", "zero")}
 INTEGER_OPTIONS = {dest for dest in NUMBER_LIMITS
                    if isinstance(getattr(parse_args([f"--{dest.replace('_', '-')}", "1"]), dest), int)}
 

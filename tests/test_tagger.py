@@ -70,7 +70,7 @@ def test_readme_example_runs_as_printed(best, tmp_path, monkeypatch, capsys):
     assert result.frame.shape == (15, len(LABELS)) and result.label_names == LABELS
     top = sorted(zip(LABELS, tags.clip.tolist()), key=lambda pair: -pair[1])
     assert result.top_k(5) == top and result.top_k(2) == top[:2]
-    assert result.events == detect_events(tags.frame, 0.1, LABELS, "waveform")
+    assert result.events == detect_events(tags.frame, 0.1, LABELS, "waveform", clip_probs=tags.clip)
     lines = "".join(f"{e.onset:.1f}-{e.offset:.1f} s  {e.label}  {e.score:.2f}\n" for e in result.events)
     assert capsys.readouterr().out == f"{top}\n{lines}"
 

@@ -138,10 +138,11 @@ def copy(source: Path, target: Path) -> None:
 def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, loader_states: list[dict], rng_states: list[dict],
                  state: TrainState, epoch: int, config: TrainConfig, label_names: tuple[str, ...],
-                 fingerprints: dict | None = None) -> dict:
+                 fingerprints: dict | None = None, events: dict | None = None) -> dict:
     """The checkpoint dict; `model` is the plain module (not its compiled or DDP wrapper); loader and RNG
     states are one per rank; `epoch` (the loader's) is for reading only, the loader states hold it;
-    `fingerprints` {"train": ..., "test": ...} are `data_fingerprint`s of the run's splits."""
+    `fingerprints` {"train": ..., "test": ...} are `data_fingerprint`s of the run's splits; `events` (an
+    EventConfig as a dict: the per-class thresholds chosen on validation) goes in as config["events"]."""
     return {"format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -150,7 +151,7 @@ def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             "rng": rng_states,
             **asdict(state),
             "epoch": epoch,
-            "config": config_dict(config),
+            "config": {**config_dict(config), **({"events": events} if events else {})},
             "label_names": list(label_names),
             "data_fingerprints": fingerprints}
 

@@ -1,9 +1,11 @@
-"""Process-group set-up for `torchrun` (NCCL on GPU, gloo on CPU) and the few collectives training needs.
+"""Process-group set-up for `torchrun` (NCCL on GPU, gloo on CPU), the few collectives training needs, and
+the resume decision after torchrun restarts the workers of a job (`--max-restarts`).
 
 Run as a single process, every function here is the identity, so the training loop has no branches on it.
 """
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -37,6 +39,36 @@ def setup() -> Context:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     return Context(dist.get_rank(), dist.get_world_size(), device)
+
+
+JOB_FILE = ".torchrun-job"
+"""OUT/.torchrun-job: the rendezvous run id of the torchrun job that started the run in OUT."""
+
+
+def resumes_after_restart(out: Path, resume: bool, is_main: bool) -> bool:
+    """Whether the run in `out` continues from out/latest.pt: `resume` (the --resume flag), or this torchrun job
+    (TORCHELASTIC_RUN_ID, the rendezvous id) started that run and torchrun has restarted the workers since (a
+    worker died; every worker restarts with the same command). TORCHELASTIC_RESTART_COUNT cannot tell: it
+    counts one agent's restarts, and an agent whose workers were restarted because another node's died keeps
+    0. So the attempt that starts a fresh run records the job's id in out/JOB_FILE (rank 0, before latest.pt
+    exists), and only a latest.pt beside this job's id is continued: a first attempt that refused to start
+    (latest.pt of an older run there and no --resume) refuses again when restarted."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    latest, recorded = out / "latest.pt", out / JOB_FILE
+    if job is None or resume:
+        return resume
+    if not latest.exists():
+        if is_main:
+            _record_job(out, job)
+        return False
+    return recorded.exists() and recorded.read_text().strip() == job
+
+
+def _record_job(out: Path, job: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f"{JOB_FILE}.tmp"
+    tmp.write_text(f"{job}\n")
+    os.replace(tmp, out / JOB_FILE)
 
 
 def teardown() -> None:

@@ -5,7 +5,9 @@ excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives
 written by `python -m train.run`; without --data it evaluates on the held-out split the run used. With
 strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
 segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv, on the
-clips that have strong labels; a fault there is one line after the clip metrics (exit 2). On a single-label
+clips that have strong labels, with the event thresholds the checkpoint stores (chosen per class on its
+run's validation split; 0.5 for a class without, or an older checkpoint); a fault there is one line after
+the clip metrics (exit 2). On a single-label
 split (every clip one positive class) the table adds top-1 accuracy.
 """
 import argparse
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsca.events import ReferenceReport
+from fastsca.events import EventConfig, ReferenceReport, stored_event_config
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.metrics import TaggingMetrics, tagging_metrics
 from train import distributed, holdout, localisation
@@ -40,7 +42,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
              frames: list | None = None) -> tuple[TaggingMetrics, int]:
     """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
     number of clips they cover. Given a list `frames`, it receives the gathered (N, T', K) frame
-    probabilities, for localisation scores (train/localisation.py)."""
+    probabilities and (N, K) clip probabilities, for localisation scores (train/localisation.py)."""
     was_training = model.training
     model.eval()
     scores, targets = [], []
@@ -52,9 +54,9 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device,
             frames.append(output.frame.float())
         targets.append(target)
     model.train(was_training)
-    if frames is not None:
-        frames[:] = [distributed.gather_rows(torch.cat(frames)).cpu().numpy()]
     scores = distributed.gather_rows(torch.cat(scores)).cpu().numpy()
+    if frames is not None:
+        frames[:] = [distributed.gather_rows(torch.cat(frames)).cpu().numpy(), scores]
     targets = distributed.gather_rows(torch.cat(targets)).cpu().numpy()
     return tagging_metrics(targets, scores), len(scores)
 
@@ -78,12 +80,21 @@ def format_table(metrics: TaggingMetrics) -> str:
 
 def summary_text(summary: dict) -> str:
     """A `TaggingMetrics.summary()` on one line, as train.run prints each evaluation: 'mAP 0.9529  mAUC 0.9735
-    d' 2.736', with accuracy on a single-label set and the count of classes that could not be scored."""
+    d' 2.736', with accuracy on a single-label set, the count of classes that could not be scored and the
+    localisation figures the summary carries."""
     text = (f"mAP {_shown(summary['mAP'], 4)}  mAUC {_shown(summary['mAUC'], 4)}  d' {_shown(summary['d_prime'], 3)}"
             + (f"  accuracy {summary['accuracy']:.4f}" if "accuracy" in summary else ""))
     excluded = summary["excluded_classes"]
-    return text + (f"  ({excluded} class{'es' if excluded != 1 else ''} not scored: no positive or no negative clip)"
-                   if excluded else "")
+    text += (f"  ({excluded} class{'es' if excluded != 1 else ''} not scored: no positive or no negative clip)"
+             if excluded else "")
+    # localisation figures, where the summary carries them (train.run's test split with strong labels)
+    located = [f"{label} {summary[name]:.4f}" for name, label in LOCALISATION_FIGURES if name in summary]
+    return text + (f"  {'  '.join(located)}" if located else "")
+
+
+LOCALISATION_FIGURES = (("event_f1", "event F1"), ("segment_f1", "segment F1"), ("psds1", "PSDS1"),
+                        ("psds2", "PSDS2"), ("frame_ap", "frame AP"))
+"""Localisation figures `summary_text` shows, by summary key."""
 
 
 def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[str, ...]) -> None:
@@ -139,16 +150,24 @@ def main(argv: list[str] | None = None) -> None:
                              "offset, display name; the layouts of docs/labels.md) to score localisation on the "
                              "clips they cover, a clip's overlapping same-class events merged; a split packed with "
                              "strong labels is scored without it")
+    parser.add_argument("--threshold", type=float,
+                        help="event onset threshold for every class when scoring localisation (default: the "
+                             "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
         check_numbers(args, {"batch_size": Limit(1, 4096), "num_workers": Limit(0, 64, why="each is a process")})
+        if args.threshold is not None and not 0 < args.threshold < 1:   # NaN too
+            raise ValueError(f"--threshold {args.threshold}: give a probability between 0 and 1, exclusive")
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         trained = load_trained_model(args.checkpoint, device)
+        # the per-class thresholds chosen on validation, if stored; --threshold for every class wins
+        events = (EventConfig(threshold=args.threshold) if args.threshold is not None
+                  else stored_event_config(trained.configs))
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
         data, source = (args.data, args.data) if args.data else run_eval_split(trained, args.checkpoint)
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
             frame_seconds = trained.log_mel.clip_samples / trained.log_mel.sample_rate / frames[0].shape[1]
             try:
                 located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
-                                                            frame_seconds)
+                                                            frame_seconds, events, clip_probs=frames[1])
             except Exception as error:   # a scoring library's assertion must not hide the clip metrics
                 localisation_error = localisation.fault_text(error)
         # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen

@@ -2,7 +2,8 @@
 
 From the (N, T', K) frame probabilities of N clips and their reference events:
 - event-based F1 (sed_eval): onset collar 200 ms, offset collar max(200 ms, 20 % of the event), on the
-  events `fastsca.events.detect_events` makes with its default settings;
+  events `fastsca.events.detect_events` makes with the given settings (train.run: best.pt's), gated by
+  the clip probabilities;
 - segment-based F1 (sed_eval) over 1 s segments of the same events;
 - the threshold-independent PSDS (sed_scores_eval, Ebbers et al. 2022) in DCASE 2021+ scenario 1
   (DTC = GTC = 0.7, no cross-trigger cost) and scenario 2 (DTC = GTC = 0.1, CTTC 0.3, alpha_ct 0.5),
@@ -12,14 +13,16 @@ F1 and AP are macro averages over the classes that have at least one reference e
 the same classes. Only clips with strong labels (at least one reference event of a class) are scored: a
 clip nobody annotated is not an event-free clip. Reference events are cut to the clip and a clip's
 overlapping or touching events of one class are merged first (`fastsca.events.clean_events`).
-`split_reference` reads the strong labels packed into a split's shards; a strong-label TSV is read by
+`choose_thresholds` picks each class's onset threshold on a validation split (best event F1 over
+0.1 ... 0.9), which train.run stores with best.pt. `split_reference` reads the strong labels packed into a
+split's shards; a strong-label TSV is read by
 `fastsca.events.read_reference` and matched to the clips by `match_reference`.
 """
 import csv
 import re
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -85,7 +88,8 @@ def score_events(detected: dict[str, list], reference: Reference, durations: dic
                  classes: list[str], segments: bool = True) -> tuple[dict[str, float], dict[str, float]]:
     """Per-class event-based and segment-based F1 (sed_eval) of detected events against the reference
     (NaN segment F1 without `segments`). Both take lists of (onset, offset, label) by clip id; a class
-    with no reference and no detection is NaN."""
+    with no reference and no detection is NaN, one with reference events but no detection 0 (sed_eval
+    leaves its precision undefined; a macro average that skipped it would rise as a class goes silent)."""
     event_metrics = sed_eval.sound_event.EventBasedMetrics(
         event_label_list=classes, t_collar=EVENT_COLLAR_SECONDS, percentage_of_length=OFFSET_COLLAR_RATE,
         evaluate_onset=True, evaluate_offset=True)
@@ -101,17 +105,32 @@ def score_events(detected: dict[str, list], reference: Reference, durations: dic
                                      evaluated_length_seconds=durations[clip])
     event = event_metrics.results_class_wise_metrics()
     segment = segment_metrics.results_class_wise_metrics()
-    return ({c: event[c]["f_measure"]["f_measure"] for c in classes},
-            {c: segment[c]["f_measure"]["f_measure"] if segments else float("nan") for c in classes})
+
+    def f1(metrics: dict, name: str) -> float:
+        value = metrics[name]["f_measure"]["f_measure"]
+        return 0.0 if np.isnan(value) and metrics[name]["count"]["Nref"] > 0 else value
+    return ({c: f1(event, c) for c in classes}, {c: f1(segment, c) if segments else float("nan") for c in classes})
 
 
-def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference,
-                         label_names: tuple[str, ...], frame_seconds: float,
-                         events: EventConfig = EventConfig(), quick: bool = False) -> LocalisationMetrics:
-    """Score (N, T', K) frame probabilities of clips `clip_ids`; clips without reference events (of a class in
-    `label_names`, inside the clip) are left out. `quick` (for evaluations during training) computes only the
-    event F1 and PSDS1, the two cheapest that cover both views: PSDS2's cross-trigger search, the segment F1
-    and the frame AP take ~80 % of the time."""
+@dataclass(frozen=True)
+class _Scored:
+    """The clips with strong labels and their reference events, ready for scoring."""
+
+    rows: list[int]
+    """Rows of the frame probabilities scored."""
+    classes: list[str]
+    """Classes with at least one reference event there."""
+    counts: dict[str, int]
+    """Reference events by class."""
+    truth: Reference
+    """Reference events of the scored classes, by clip id."""
+    durations: dict[str, float]
+    """Seconds of each scored clip."""
+
+
+def _scored(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference, label_names: tuple[str, ...],
+            frame_seconds: float) -> _Scored:
+    """What to score: clips without reference events (of a class in `label_names`, inside the clip) left out."""
     duration = frame_probs.shape[1] * frame_seconds
     reference = {clip: clean_events([e for e in reference.get(clip, ()) if e[2] in label_names], duration)
                  for clip in clip_ids}
@@ -124,13 +143,62 @@ def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference
         for _, _, label in reference[clip_ids[i]]:
             counts[label] += 1
     classes = [name for name in label_names if counts[name]]
+    truth = {clip_ids[i]: [e for e in reference[clip_ids[i]] if e[2] in classes] for i in rows}
+    return _Scored(rows, classes, counts, truth, {clip_ids[i]: duration for i in rows})
+
+
+def _detected(frame_probs: np.ndarray, clip_probs: np.ndarray | None, clip_ids: list[str], rows: list[int],
+              label_names: tuple[str, ...], frame_seconds: float, events: EventConfig) -> Reference:
+    """The (onset, offset, label) events `detect_events` finds in each scored clip, gated by its clip probabilities
+    when they are given."""
+    return {clip_ids[i]: [(e.onset, e.offset, e.label)
+                          for e in detect_events(frame_probs[i], frame_seconds, label_names, clip_ids[i], events,
+                                                 clip_probs=None if clip_probs is None else clip_probs[i])]
+            for i in rows}
+
+
+THRESHOLD_GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
+"""Onset thresholds tried for each class on the validation split: 0.1, 0.2, ..., 0.9."""
+
+
+def choose_thresholds(frame_probs: np.ndarray, clip_probs: np.ndarray | None, clip_ids: list[str],
+                      reference: Reference, label_names: tuple[str, ...], frame_seconds: float,
+                      events: EventConfig = EventConfig(), grid: tuple[float, ...] = THRESHOLD_GRID
+                      ) -> tuple[tuple[str, float], ...]:
+    """Each class's onset threshold from `grid` that maximises its event-based F1 on these clips (a class's
+    events depend on its own threshold only, so one detection per grid value scores every class); ties go to
+    the value nearest `events.threshold`, then the lower. Classes without reference events, or whose F1 is 0
+    at every value, get none (they keep `events.threshold`). As (label, threshold) pairs for
+    `EventConfig.class_thresholds`, in class order."""
+    scored = _scored(frame_probs, clip_ids, reference, label_names, frame_seconds)
+    f1 = {}
+    for value in grid:
+        config = replace(events, threshold=value, class_thresholds=())
+        detected = _detected(frame_probs, clip_probs, clip_ids, scored.rows, label_names, frame_seconds, config)
+        f1[value] = score_events(detected, scored.truth, scored.durations, scored.classes, segments=False)[0]
+    chosen = []
+    for name in scored.classes:
+        candidates = [(f1[v][name], -abs(v - events.threshold), -v) for v in grid if not np.isnan(f1[v][name])]
+        best = max(candidates, default=(0.0, 0.0, 0.0))
+        if best[0] > 0:
+            chosen.append((name, -best[2]))
+    return tuple(chosen)
+
+
+def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference,
+                         label_names: tuple[str, ...], frame_seconds: float,
+                         events: EventConfig = EventConfig(), quick: bool = False,
+                         clip_probs: np.ndarray | None = None) -> LocalisationMetrics:
+    """Score (N, T', K) frame probabilities of clips `clip_ids`; clips without reference events (of a class in
+    `label_names`, inside the clip) are left out. With the (N, K) `clip_probs`, events are gated by them
+    (`EventConfig.clip_gate`). `quick` (for evaluations during training) computes only the event F1 and PSDS1,
+    the two cheapest that cover both views: PSDS2's cross-trigger search, the segment F1 and the frame AP take
+    ~80 % of the time."""
+    scored = _scored(frame_probs, clip_ids, reference, label_names, frame_seconds)
+    rows, classes, counts, truth, durations = (scored.rows, scored.classes, scored.counts, scored.truth,
+                                               scored.durations)
     columns = [label_names.index(name) for name in classes]
-    ids = [clip_ids[i] for i in rows]
-    truth = {clip: [e for e in reference[clip] if e[2] in classes] for clip in ids}
-    durations = {clip: duration for clip in ids}
-    detected = {clip_ids[i]: [(e.onset, e.offset, e.label)
-                              for e in detect_events(frame_probs[i], frame_seconds, label_names, clip_ids[i], events)]
-                for i in rows}
+    detected = _detected(frame_probs, clip_probs, clip_ids, rows, label_names, frame_seconds, events)
     event_f1, segment_f1 = score_events(detected, truth, durations, classes, segments=not quick)
     timestamps = np.arange(frame_probs.shape[1] + 1) * frame_seconds
     scores = {clip_ids[i]: create_score_dataframe(frame_probs[i][:, columns], timestamps, classes) for i in rows}
@@ -248,25 +316,51 @@ def reference_for_split(data: str | Path, strong: str | Path | None, report: Ref
     return names, reference
 
 
+def test_reference(part, path: str | Path) -> tuple[list[str], Reference] | None:
+    """(clip names in the test loader's order, reference events) of a run's test split `part` (the split at
+    `path`, or a `holdout.SubsetIndex` of it: a fold) from the strong labels packed into it; None without them."""
+    strong = reference_for_split(path, None)
+    if strong is None:
+        return None
+    names, reference = strong
+    clips = getattr(part, "clips", None)
+    return ([names[i] for i in clips] if clips is not None else names), reference
+
+
 def score_during_training(frames: list | None, strong: tuple[list[str], Reference] | None,
-                          label_names: tuple[str, ...], clip_seconds: float, world_size: int) -> dict[str, float]:
-    """The quick localisation figures (event F1, PSDS1) of an evaluation's gathered frame probabilities
-    (`evaluate(..., frames)`), the clips they cover and the seconds they took; {} when the eval split has no
-    strong labels. Scoring never stops training: whatever goes wrong in it comes back as one line under
-    "localisation_error" (the run reports it and goes on)."""
+                          label_names: tuple[str, ...], clip_seconds: float, world_size: int,
+                          events: EventConfig = EventConfig(), quick: bool = True) -> dict[str, float]:
+    """The localisation figures (`quick`: event F1 and PSDS1 only) of an evaluation's gathered frame and clip
+    probabilities (`evaluate(..., frames)`) with the event settings `events`, the clips they cover and the
+    seconds they took; {} when the split has no strong labels. Scoring never stops training: whatever goes
+    wrong in it comes back as one line under "localisation_error" (the run reports it and goes on)."""
     if strong is None:
         return {}
     start = time.perf_counter()
     names, reference = strong
-    frame_probs = frames[0]
+    frame_probs, clip_probs = frames
     clip_ids = [names[i] for i in gathered_order(len(names), world_size)]
     try:
         metrics = localisation_metrics(frame_probs, clip_ids, reference, label_names,
-                                       clip_seconds / frame_probs.shape[1], quick=True)
+                                       clip_seconds / frame_probs.shape[1], events, quick=quick, clip_probs=clip_probs)
     except Exception as error:   # a scoring library's assertion must not end hours of training
         return {"localisation_error": fault_text(error)}
     return {**{k: round(v, 4) for k, v in metrics.summary().items()}, "localisation_clips": metrics.clips,
             "localisation_seconds": round(time.perf_counter() - start, 2)}
+
+
+def thresholds_during_training(frames: list, strong: tuple[list[str], Reference], label_names: tuple[str, ...],
+                               clip_seconds: float, world_size: int) -> EventConfig:
+    """The event settings to store with a model: per-class onset thresholds chosen on the validation split's
+    gathered outputs (`choose_thresholds`); the defaults when choosing fails (training goes on)."""
+    names, reference = strong
+    frame_probs, clip_probs = frames
+    clip_ids = [names[i] for i in gathered_order(len(names), world_size)]
+    try:
+        return EventConfig(class_thresholds=choose_thresholds(frame_probs, clip_probs, clip_ids, reference,
+                                                              label_names, clip_seconds / frame_probs.shape[1]))
+    except Exception:   # as in score_during_training: the fault is reported there, on the same outputs
+        return EventConfig()
 
 
 def fault_text(error: Exception) -> str:

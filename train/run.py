@@ -14,12 +14,14 @@ batch, same losses), recognising its data by content (train/checkpoint.py's fing
 weight that turns NaN or infinite stops the run with a one-line message; latest.pt then holds the last finite state.
 One run at a time owns --out (OUT/.lock). `--fold K` tests on fold K of --data and trains on its other folds
 (train/holdout.py; `python -m train.folds` runs every fold). `--init CKPT` fine-tunes from a checkpoint: its
-model and front end, a new head where the labels differ (train/finetune.py).
+model and front end, a new head where the labels differ (train/finetune.py). `--recipe NAME` fills the options left
+unset with a named recipe's (AudioSet balanced or full, fine-tuning: train/recipes.py, sources in docs/recipes.md);
+`--clips`, `--eval-every-clips` and `--warmup-clips` give the schedule in clips seen.
 """
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
+from fastsca.events import EventConfig, stored_event_config
 from fastsca.frontend import LogMelConfig
 from fastsca.hub import save_pretrained_from_checkpoint
 from fastsca.inference import CheckpointError
@@ -42,6 +45,7 @@ from train.loss import clip_bce
 from train.metrics_log import MetricsLog
 from train.optim import build_optimizer, build_scheduler, lr_factor
 from train.out_folder import RunLock, describe_os_error
+from train.recipes import apply as apply_recipe, help_text as recipe_help, schedule_text, steps_for_clips
 from train.sampler import SAMPLERS
 from train.shards import ShardIndex
 from train.signals import StopRequest
@@ -61,6 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = parser.add_argument
     add_model_options(parser)
+    arg("--recipe", metavar="NAME", help=recipe_help())
     arg("--preset", choices=list(PRESETS), metavar="PRESET",
         help=preset_help() + f" (default: {DEFAULT_PRESET}; with --init, the checkpoint's)")
     arg("--data", help="training split: a shard .h5 or a folder with index.json (default: the built-in set)")
@@ -71,8 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                        "(a new head where the data's labels differ from its)")
     arg("--freeze-blocks", type=int, default=0, help="with --init: do not train the input norm and the first N of "
                                                      "the 7 blocks (default: %(default)s)")
-    arg("--backbone-lr-scale", type=float, default=1.0, help="the backbone learns at --lr x this, the head at --lr "
-                                                             "(e.g. 0.1 when fine-tuning) (default: %(default)s)")
+    arg("--backbone-lr-scale", type=float, help="the backbone learns at --lr x this, the head at --lr "
+                                                "(e.g. 0.1 when fine-tuning) (default: 1)")
     arg("--validation-fraction", type=float, default=0.1,
         help="share of the training split held out for model selection (best.pt, early stopping) "
              "(default: %(default)s)")
@@ -95,12 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     length.add_argument("--steps", type=int, help=f"optimiser steps (default: the profile's: "
                         f"{profile_defaults('steps')})")
     length.add_argument("--epochs", type=int, help="passes over the training split, instead of --steps")
+    length.add_argument("--clips", type=int, help="clips seen in the whole run, instead of --steps: "
+                        "ceil(clips / (batch size x processes)) steps")
     arg("--batch-size", type=int, help=f"clips per step on each process (default: the profile's: "
         f"{profile_defaults('batch_size')})")
     arg("--eval-batch-size", type=int, default=64, help="clips per evaluation batch on each process "
         "(default: %(default)s)")
-    arg("--sampler", choices=SAMPLERS, default="balanced", help="order of training clips: balanced (every class "
-        "equally often, PANNs-style), shuffle, or sequential (default: %(default)s)")
+    arg("--sampler", choices=SAMPLERS, help="order of training clips: balanced (every class "
+        "equally often, PANNs-style), shuffle, or sequential (default: balanced)")
     arg("--num-workers", type=int, help=f"loader worker processes per training process (default: the profile's: "
         f"{profile_defaults('num_workers')})")
     arg("--mixup-alpha", type=float, help="mix pairs of clips and their targets with a Beta(alpha, alpha) "
@@ -108,19 +115,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--spec-augment", action=argparse.BooleanOptionalAction, help="mask random time and mel-bin bands of "
         f"each training log-mel (SpecAugment) (default: the profile's: {profile_defaults('spec_augment')})")
     arg("--lr", type=float, help=f"peak learning rate (default: the profile's: {profile_defaults('lr')})")
-    arg("--warmup-steps", type=int, help=f"steps of linear learning-rate warm-up (default: the profile's: "
-        f"{profile_defaults('warmup_steps')})")
+    warmup = parser.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup-steps", type=int, help=f"steps of linear learning-rate warm-up (default: the "
+                        f"profile's: {profile_defaults('warmup_steps')})")
+    warmup.add_argument("--warmup-clips", type=int, help="clips seen during the warm-up, instead of --warmup-steps: "
+                        "ceil(clips / (batch size x processes)) steps")
     arg("--weight-decay", type=float, help="AdamW weight decay of weight matrices and conv kernels "
         f"(default: the profile's: {profile_defaults('weight_decay')})")
     arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0: off (default: %(default)s)")
-    arg("--eval-every", type=int, help=f"steps between evaluations and checkpoints (default: the profile's: "
-        f"{profile_defaults('eval_every')})")
+    cadence = parser.add_mutually_exclusive_group()
+    cadence.add_argument("--eval-every", type=int, help=f"steps between evaluations and checkpoints (default: the "
+                         f"profile's: {profile_defaults('eval_every')})")
+    cadence.add_argument("--eval-every-clips", type=int, help="clips seen between evaluations and checkpoints "
+                         "(latest.pt), instead of --eval-every: ceil(clips / (batch size x processes)) steps")
     arg("--log-every", type=int, help=f"steps between metrics.jsonl lines and progress-bar updates "
         f"(default: the profile's: {profile_defaults('log_every')})")
     arg("--seed", type=int, default=0, help="seed of the initialisation, sampling and augmentation "
         "(default: %(default)s)")
-    arg("--compile", action="store_true", help="torch.compile the model for training (the first step "
-        "compiles: a minute or more; later runs reuse Inductor's cache)")
+    arg("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model for training (the "
+        "first step compiles: a minute or more; later runs reuse Inductor's cache) (default: off)")
     arg("--compile-backend", default="inductor", help="torch.compile backend (default: %(default)s)")
     arg("--compile-mode", choices=list(COMPILE_MODES),
         help="torch.compile mode of the inductor backend: " + "; ".join(f"{mode}: {meaning}"
@@ -149,7 +162,7 @@ NUMBER_LIMITS: dict[str, Limit] = {
     "grad_clip": Limit(0), "eval_every": Limit(1), "log_every": Limit(1),
     "seed": Limit(0, 2**32 - 1, why="numpy's seeds"),
     "threads": Limit(1, 1024), "fold": Limit(0), "freeze_blocks": Limit(0, 7, why="the backbone has 7 blocks"),
-    "backbone_lr_scale": Limit(0),
+    "backbone_lr_scale": Limit(0), "clips": Limit(1), "eval_every_clips": Limit(1), "warmup_clips": Limit(0),
 }
 
 
@@ -166,9 +179,11 @@ def resolve_compile_mode(requested: str | None, backend: str, cuda: bool) -> str
     return "reduce-overhead" if cuda and backend == "inductor" else "default"
 
 
-def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[TrainConfig, tuple[str, str]]:
-    """The run's config from the flags, profile `name` and whether it trains on CUDA, and the (train, eval)
-    split paths; generates the built-in set if it is used."""
+def build_config(args: argparse.Namespace, name: str, cuda: bool,
+                 world_size: int = 1) -> tuple[TrainConfig, tuple[str, str]]:
+    """The run's config from the flags (with a recipe's already filled in: train/recipes.py's `apply`), profile
+    `name`, whether it trains on CUDA and the number of processes (which turns the clips-seen options into steps),
+    and the (train, eval) split paths; generates the built-in set if it is used."""
     check_numbers(args, NUMBER_LIMITS)
     profile = PROFILES[name]
     # read before the data: its front end sets the built-in set's clip length
@@ -182,12 +197,12 @@ def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[Train
         if args.clip_seconds is not None and args.clip_seconds != clip_seconds:
             raise ValueError(f"--clip-seconds {args.clip_seconds:g}: --init {args.init} was trained on "
                              f"{clip_seconds:g} s clips, which a fine-tuning run keeps: drop --clip-seconds")
-    steps = None if args.epochs is not None else _pick(args.steps, profile.steps)
+    steps, eval_every, warmup_steps = clip_schedule(args, name, world_size)
     # made before the data, so that a bad run flag fails before the built-in set is generated
     run = RunConfig(out=args.out or f"runs/{preset}-{name}", profile=name, steps=steps, epochs=args.epochs,
-                    eval_every=_pick(args.eval_every, profile.eval_every),
+                    eval_every=eval_every,
                     log_every=_pick(args.log_every, profile.log_every), patience=args.patience, seed=args.seed,
-                    compile=args.compile, compile_backend=args.compile_backend,
+                    compile=_pick(args.compile, False), compile_backend=args.compile_backend,
                     compile_mode=resolve_compile_mode(args.compile_mode, args.compile_backend, cuda),
                     channels_last=cuda,   # bf16 convolutions run faster in NHWC; CPU runs keep NCHW, as tested
                     threads=_pick(args.threads, profile.threads), resume=args.resume,
@@ -196,17 +211,18 @@ def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[Train
     builtin = SynthConfig(clip_seconds=clip_seconds, event_seconds=(0.1 * clip_seconds, 0.4 * clip_seconds),
                           n_train=_pick(args.builtin_train, profile.builtin_train),
                           n_eval=_pick(args.builtin_eval, profile.builtin_eval))
-    loader = LoaderConfig(batch_size=_pick(args.batch_size, profile.batch_size), sampler=args.sampler,
-                          seed=args.seed, num_workers=_pick(args.num_workers, profile.num_workers),
+    loader = LoaderConfig(batch_size=_pick(args.batch_size, profile.batch_size),
+                          sampler=_pick(args.sampler, "balanced"), seed=args.seed,
+                          num_workers=_pick(args.num_workers, profile.num_workers),
                           mixup_alpha=_pick(args.mixup_alpha, profile.mixup_alpha),
                           spec_augment=_pick(args.spec_augment, profile.spec_augment))
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
                       validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips,
                       fold=args.fold)
-    optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=_pick(args.warmup_steps, profile.warmup_steps),
+    optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=warmup_steps,
                         weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip,
-                        backbone_lr_scale=args.backbone_lr_scale)
+                        backbone_lr_scale=_pick(args.backbone_lr_scale, 1.0))
     paths = _data_paths(data)
     sample_rate, clip_samples, label_names = _data_header(*paths)
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
@@ -215,6 +231,20 @@ def build_config(args: argparse.Namespace, name: str, cuda: bool) -> tuple[Train
     else:
         model, log_mel = _finetune_model(args, name, init, log_mel, paths[0], len(label_names))
     return TrainConfig(model=model, log_mel=log_mel, data=data, optim=optim, run=run), paths
+
+
+def clip_schedule(args: argparse.Namespace, profile: str, world_size: int) -> tuple[int | None, int, int]:
+    """The run's length in steps (None: --epochs), steps between evaluations and warm-up steps, from the step
+    flags or the clips-seen ones (ceil(clips / (batch size x processes))), else the profile's."""
+    defaults = PROFILES[profile]
+    clips_per_step = _pick(args.batch_size, defaults.batch_size) * world_size
+
+    def in_steps(clips: int | None, steps: int | None, default: int) -> int:
+        return steps_for_clips(clips, clips_per_step) if clips is not None else _pick(steps, default)
+
+    steps = None if args.epochs is not None else in_steps(args.clips, args.steps, defaults.steps)
+    return (steps, in_steps(args.eval_every_clips, args.eval_every, defaults.eval_every),
+            in_steps(args.warmup_clips, args.warmup_steps, defaults.warmup_steps))
 
 
 def _finetune_model(args: argparse.Namespace, profile: str, init: tuple, log_mel: LogMelConfig, train_path: str,
@@ -319,6 +349,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         optimizer = build_optimizer(model, config.optim)
         scheduler = build_scheduler(optimizer, config.optim, total_steps)
         state = checkpoint.TrainState()
+        event_config = EventConfig()   # per-class thresholds chosen on validation at the best evaluation so far
         if run.resume:
             payload = checkpoint.load_for_resume(latest, config, fingerprints)
             if len(payload["loader"]) != ctx.world_size:
@@ -331,6 +362,7 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
             train_loader.load_state_dict(payload["loader"][ctx.rank])
             checkpoint.set_rng_state(payload["rng"][ctx.rank])
             state = checkpoint.restore_train_state(payload)
+            event_config = stored_event_config(payload["config"])
         if ctx.is_main:
             print(describe_run(config, total_steps, ctx.world_size, train_loader.num_clips + validation_loader.num_clips,
                                validation_loader.num_clips), flush=True)
@@ -384,7 +416,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 # every epoch has len(train_loader) steps, so this is the epoch the loader is in
                 epoch = state.step // len(train_loader)
                 checkpoint.save(latest, checkpoint.make_payload(model, optimizer, scheduler, loader_states, rng_states,
-                                                                state, epoch, config, label_names, fingerprints))
+                                                                state, epoch, config, label_names, fingerprints,
+                                                                asdict(event_config)))
             saved_step = state.step
 
         def say(text: str) -> None:
@@ -452,15 +485,18 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                     frames = [] if strong is not None else None
                     metrics, clips = evaluate(model, validation_loader, device, frames)
                     summary = metrics.summary()   # JSON-ready: None where no class could be scored
+                    clip_seconds = config.log_mel.clip_samples / config.log_mel.sample_rate
                     located = localisation.score_during_training(frames, strong if ctx.is_main else None, label_names,
-                                                                 config.log_mel.clip_samples
-                                                                 / config.log_mel.sample_rate, ctx.world_size)
+                                                                 clip_seconds, ctx.world_size)
                     # with no class scorable (the split is fixed, so at every evaluation) best.pt follows the latest
                     scorable = summary["mAP"] is not None
                     improved = summary["mAP"] > state.best_map if scorable else True
                     if improved:
                         state.best_step, best_summary = state.step, summary
                         state.best_map = summary["mAP"] if scorable else state.best_map
+                        if strong is not None and ctx.is_main:   # stored with best.pt
+                            event_config = localisation.thresholds_during_training(
+                                frames, strong, label_names, clip_seconds, ctx.world_size)
                     notes = [] if scorable else [f"note: no validation class has both a positive and a negative "
                                                  f"clip ({summary['excluded_classes']} class(es)), so mAP is "
                                                  f"undefined; best.pt is the latest evaluation's model"]
@@ -504,10 +540,21 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                       f"wrote {latest} (resume with --resume)", flush=True)
             return None
         distributed.gather_objects(None)   # a barrier: rank 0 has written best.pt
-        model.load_state_dict(checkpoint.read_checkpoint(out / "best.pt")["model"])
+        best = checkpoint.read_checkpoint(out / "best.pt")
+        model.load_state_dict(best["model"])
         distributed.broadcast_buffers(model)
-        metrics, clips = evaluate(model, eval_loader, device)
-        test = metrics.summary()
+        test_path = train_path if data.fold is not None else eval_path or train_path   # a fold is part of --data
+        test_strong = localisation.test_reference(test_part, test_path) if ctx.is_main else None
+        test_strong = distributed.gather_objects(test_strong)[0]   # every rank gathers frames, or none does
+        frames = [] if test_strong is not None else None
+        metrics, clips = evaluate(model, eval_loader, device, frames)
+        # with best.pt's thresholds, chosen on validation; all five figures (a test is scored once)
+        located = localisation.score_during_training(frames, test_strong if ctx.is_main else None, label_names,
+                                                     config.log_mel.clip_samples / config.log_mel.sample_rate,
+                                                     ctx.world_size, stored_event_config(best["config"]), quick=False)
+        if "localisation_error" in located and ctx.is_main:
+            tqdm.write(f"warning: test split: {located['localisation_error']}", file=sys.stderr)
+        test = {**metrics.summary(), **{k: v for k, v in located.items() if k != "localisation_error"}}
         log.write("test", state.step, **test, clips=clips, best_step=state.best_step,
                   validation_mAP=state.best_map if state.best_map >= 0 else None)
         log.close()
@@ -536,8 +583,22 @@ def main(argv: list[str] | None = None) -> None:
             profile, why = resolve_profile(args.profile, ctx.device.type == "cuda")
             if ctx.is_main:
                 print(f"profile {profile} ({why}): defaults from train/config.py PROFILES[{profile!r}]", flush=True)
-            config, (train_path, eval_path) = build_config(args, profile, ctx.device.type == "cuda")
+            args, recipe_line = apply_recipe(args)
+            config, (train_path, eval_path) = build_config(args, profile, ctx.device.type == "cuda", ctx.world_size)
+            schedule_line = schedule_text(args, config.run.steps, config.run.eval_every, config.optim.warmup_steps,
+                                          config.data.loader.batch_size * ctx.world_size)
+            if ctx.is_main:
+                for line in (recipe_line, schedule_line):
+                    if line is not None:
+                        print(line, flush=True)
             with RunLock(Path(config.run.out), enabled=ctx.is_main):
+                # a worker of this torchrun job died and torchrun restarted them all: continue from latest.pt
+                if distributed.resumes_after_restart(Path(config.run.out), config.run.resume, ctx.is_main) \
+                        and not config.run.resume:
+                    config = replace(config, run=replace(config.run, resume=True))
+                    if ctx.is_main:
+                        print(f"torchrun restarted this job's workers: continuing its run from "
+                              f"{Path(config.run.out) / 'latest.pt'}", flush=True)
                 summary = train(config, train_path, eval_path, ctx, stop)
     except ValueError as error:   # config errors, and CheckpointError, ShardError and OutFolderError (ValueErrors)
         tqdm.write(f"error: {error}", file=sys.stderr)   # on a line of its own, not after a progress bar

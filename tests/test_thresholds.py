@@ -1,0 +1,126 @@
+"""Per-class event thresholds chosen on validation and the clip-probability gate: the choice on hand-made frame
+probabilities, the gate in `detect_events`, the thresholds' way from a checkpoint through OUT/pretrained to the
+Tagger, the localisation figures of a run's test record, and checkpoints written before thresholds were stored."""
+import json
+import re
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from fastsca import Tagger
+from fastsca.events import EventConfig, detect_events, stored_event_config
+from fastsca.hub import load_pretrained, main as hub_main, save_pretrained_from_checkpoint
+from train import checkpoint, evaluate, localisation
+from train.evaluate import summary_text
+
+from test_checkpoint import LABELS, tiny_config, tiny_payload
+from test_train_run import records
+
+FRAME = 0.1
+CLIP_FRAMES = 100
+
+
+def hand_made(rng: np.random.Generator, clips: int) -> tuple[np.ndarray, dict, list[str]]:
+    """Frame probabilities of `clips` 10 s clips with one reference event of a, b and c each: a's events peak at
+    0.35 and a false alarm elsewhere at 0.25 (best threshold 0.3); b's at 0.85 with false alarms at 0.65 (0.7 and
+    0.8 both perfect: the tie goes to the value nearer 0.5); c is never detected (no threshold of its own)."""
+    probs = np.full((clips, CLIP_FRAMES, 3), 0.01, dtype=np.float32)
+    reference, ids = {}, [f"clip{i}" for i in range(clips)]
+    for i, clip in enumerate(ids):
+        reference[clip] = []
+        for k, (true, false) in enumerate([(0.35, 0.25), (0.85, 0.65), (0.01, 0.01)]):
+            start, length = int(rng.integers(0, 30)), int(rng.integers(5, 20))
+            alarm = int(rng.integers(60, 85))
+            probs[i, start:start + length, k] = true
+            probs[i, alarm:alarm + 10, k] = false
+            reference[clip].append((round(start * FRAME, 6), round((start + length) * FRAME, 6), "abc"[k]))
+    return probs, reference, ids
+
+
+def test_each_class_gets_its_best_threshold_on_hand_made_frames():
+    rng = np.random.default_rng()
+    probs, reference, ids = hand_made(rng, int(rng.integers(3, 7)))
+    chosen = localisation.choose_thresholds(probs, None, ids, reference, ("a", "b", "c"), FRAME)
+    assert chosen == (("a", 0.3), ("b", 0.7))
+    # with them, every reference event of a and b is found and nothing else; at 0.5, a has no event and b's
+    # false alarms halve its precision
+    scored = localisation.localisation_metrics(probs, ids, reference, ("a", "b", "c"), FRAME,
+                                               EventConfig(class_thresholds=chosen), quick=True)
+    fixed = localisation.localisation_metrics(probs, ids, reference, ("a", "b", "c"), FRAME, quick=True)
+    assert [scored.per_class[c]["event_f1"] for c in "abc"] == [1.0, 1.0, 0.0]
+    # a class with reference events and no detection counts 0 in the macro F1 (it used to be left out)
+    assert [fixed.per_class[c]["event_f1"] for c in "abc"] == [0.0, pytest.approx(2 / 3, abs=1e-12), 0.0]
+    assert fixed.event_f1 == pytest.approx(2 / 9, abs=1e-12) and scored.event_f1 == pytest.approx(2 / 3, abs=1e-12)
+
+
+def test_the_clip_gate_drops_events_of_classes_the_clip_is_not_tagged_with():
+    rng = np.random.default_rng()
+    probs = np.zeros((50, 2), dtype=np.float32)
+    probs[10:20] = 0.92   # both classes peak high in the frames
+    low, high = float(rng.uniform(0.05, 0.29)), float(rng.uniform(0.5, 0.95))
+    clip = np.array([low, high])
+    ungated = detect_events(probs, FRAME, ("drilling", "siren"), "f")
+    assert [e.label for e in ungated] == ["drilling", "siren"]
+    # the default gate, 0.3: drilling, tagged at `low`, loses its event; siren, at `high`, keeps its own
+    assert [e.label for e in detect_events(probs, FRAME, ("drilling", "siren"), "f", clip_probs=clip)] == ["siren"]
+    # clip_gate None gates by the class's onset threshold: one below the clip probability opens the gate;
+    # clip_gate 0 turns gating off
+    opened = EventConfig(class_thresholds=(("drilling", round(low - 0.01, 3)),), clip_gate=None)
+    assert len(detect_events(probs, FRAME, ("drilling", "siren"), "f", EventConfig(clip_gate=None),
+                             clip_probs=np.array([0.49, 0.5]))) == 1
+    assert len(detect_events(probs, FRAME, ("drilling", "siren"), "f", opened, clip_probs=clip)) == 2
+    assert len(detect_events(probs, FRAME, ("drilling", "siren"), "f", EventConfig(clip_gate=0.0),
+                             clip_probs=clip)) == 2
+    assert detect_events(probs, FRAME, ("drilling", "siren"), "f", EventConfig(clip_gate=0.99),
+                         clip_probs=clip) == []
+    with pytest.raises(ValueError, match="clip_gate"):
+        EventConfig(clip_gate=1.5)
+
+
+def test_thresholds_go_from_checkpoint_through_the_model_folder_to_the_tagger(tmp_path):
+    rng = np.random.default_rng()
+    events = EventConfig(class_thresholds=tuple((name, round(float(rng.uniform(0.1, 0.9)), 2))
+                                                for name in rng.permutation(LABELS)[:3]))
+    payload = tiny_payload(tiny_config())
+    payload["config"]["events"] = json.loads(json.dumps(asdict(events)))   # as JSON would give it back
+    path = tmp_path / "best.pt"
+    checkpoint.save(path, payload)
+    assert load_pretrained(path).events == events
+    folder = save_pretrained_from_checkpoint(path, tmp_path / "pretrained")
+    tagger = Tagger.from_pretrained(folder)
+    assert tagger.events == events
+    result = tagger(np.asarray(rng.normal(0, 0.1, 16000), dtype=np.float32), 16000)
+    assert result.events == detect_events(result.frame, result.frame_seconds, LABELS, result.name, events,
+                                          clip_probs=result.clip)
+    # the converter's --threshold wins over the stored thresholds
+    hub_main([str(path), "--out", str(tmp_path / "fixed"), "--threshold", "0.3"])
+    assert Tagger.from_pretrained(tmp_path / "fixed").events == EventConfig(threshold=0.3)
+
+
+def test_a_checkpoint_without_thresholds_loads_with_the_defaults(tmp_path):
+    path = tmp_path / "old.pt"
+    checkpoint.save(path, tiny_payload(tiny_config()))   # no config["events"], as before thresholds were stored
+    assert "events" not in torch.load(path, weights_only=True)["config"]
+    assert load_pretrained(path).events == EventConfig()
+    assert Tagger.from_pretrained(save_pretrained_from_checkpoint(path, tmp_path / "p")).events == EventConfig()
+    assert stored_event_config({}) == EventConfig()
+
+
+def test_the_test_record_carries_localisation_with_best_pts_thresholds(full_run, tmp_path, capsys):
+    test = records(full_run, "test")[-1]
+    assert f"event F1 {test['event_f1']:.4f}  segment F1 {test['segment_f1']:.4f}" in summary_text(test)
+    assert {"event_f1", "segment_f1", "psds1", "psds2", "frame_ap", "localisation_clips"} <= set(test)
+    assert test["localisation_clips"] == test["clips"] == 101
+    stored = stored_event_config(torch.load(full_run / "best.pt", weights_only=True)["config"])
+    assert stored.class_thresholds   # chosen on the validation split's strong labels
+    saved = json.loads((full_run / "pretrained" / "config.json").read_text())["events"]
+    assert stored_event_config({"events": saved}) == stored
+    # train.evaluate on the same split with the same (stored) thresholds and gate gives the record's figures
+    evaluate.main(["--checkpoint", str(full_run / "best.pt"), "--out", str(tmp_path), "--num-workers", "0"])
+    shown = dict(re.findall(r"^(event F1|segment F1|PSDS1|PSDS2|frame AP)\s+(\S+)", capsys.readouterr().out, re.M))
+    assert {name: float(shown[label]) for name, label in [("event_f1", "event F1"), ("segment_f1", "segment F1"),
+                                                          ("psds1", "PSDS1"), ("psds2", "PSDS2"),
+                                                          ("frame_ap", "frame AP")]} == \
+        {name: test[name] for name in ("event_f1", "segment_f1", "psds1", "psds2", "frame_ap")}
