@@ -98,3 +98,15 @@ def test_folds_command_on_data_without_folds_is_one_line(tmp_path, capsys):
     assert stopped.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {data} has no folds")
     assert not (tmp_path / "cv").exists()
+
+
+def test_packed_data_gets_the_mixup_chosen_on_real_recordings(tmp_path):
+    """The cpu profile: mixup 0.5 on --data (results/real-audio), none on the built-in set (results/tables)."""
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+    packed = train.run.parse_args(["--data", str(data), "--fold", "0", "--out", str(tmp_path / "a")])
+    assert train.run.build_config(packed, "cpu", False)[0].data.loader.mixup_alpha == 0.5
+    builtin = train.run.parse_args(["--builtin-dir", str(tmp_path / "b"), "--builtin-train", "8", "--builtin-eval",
+                                    "4", "--out", str(tmp_path / "c")])
+    assert train.run.build_config(builtin, "cpu", False)[0].data.loader.mixup_alpha == 0.0
+    given = train.run.parse_args(["--data", str(data), "--fold", "0", "--mixup-alpha", "0.2", "--out", str(tmp_path / "d")])
+    assert train.run.build_config(given, "cpu", False)[0].data.loader.mixup_alpha == 0.2

@@ -208,8 +208,8 @@ class _ReportingShardWriter(ShardWriter):
     """A ShardWriter that also stores what pack_report.csv says of each row (so the report survives resumes)."""
 
     def __init__(self, *args, **kwargs) -> None:
+        self.report: list[str] = []   # first: once the .tmp exists, only ShardWriter's own clean-up may run
         super().__init__(*args, **kwargs)
-        self.report: list[str] = []
 
     def commit(self) -> Path:
         self._file.create_dataset(REPORT_DATASET, data=np.array(self.report, dtype=h5py.string_dtype()))

@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--num-workers", type=int, help=f"loader worker processes per training process (default: the profile's: "
         f"{profile_defaults('num_workers')})")
     arg("--mixup-alpha", type=float, help="mix pairs of clips and their targets with a Beta(alpha, alpha) "
-        f"weight; 0 turns mixup off (default: the profile's: {profile_defaults('mixup_alpha')})")
+        f"weight; 0 turns mixup off (default: the profile's, on the built-in set {profile_defaults('mixup_alpha')}; "
+        f"on --data {profile_defaults('packed_mixup_alpha')}, chosen on real recordings: results/real-audio)")
     arg("--spec-augment", action=argparse.BooleanOptionalAction, help="mask random time and mel-bin bands of "
         f"each training log-mel (SpecAugment) (default: the profile's: {profile_defaults('spec_augment')})")
     arg("--lr", type=float, help=f"peak learning rate (default: the profile's: {profile_defaults('lr')})")
@@ -214,7 +215,8 @@ def build_config(args: argparse.Namespace, name: str, cuda: bool,
     loader = LoaderConfig(batch_size=_pick(args.batch_size, profile.batch_size),
                           sampler=_pick(args.sampler, "balanced"), seed=args.seed,
                           num_workers=_pick(args.num_workers, profile.num_workers),
-                          mixup_alpha=_pick(args.mixup_alpha, profile.mixup_alpha),
+                          mixup_alpha=_pick(args.mixup_alpha, profile.mixup_alpha if args.data is None
+                                            else profile.packed_mixup_alpha),
                           spec_augment=_pick(args.spec_augment, profile.spec_augment))
     data = DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,

@@ -64,20 +64,27 @@ class ShardWriter:
         self._skipped: list[tuple[str, str]] = []
         self._folds: list[np.ndarray] = []
         self._groups: list[str] = []
-        self._file = h5py.File(self.tmp_path, "w")
-        attrs = self._file.attrs
-        attrs["format"] = FORMAT
-        attrs["sample_rate"] = sample_rate
-        attrs["clip_samples"] = clip_samples
-        attrs["label_mids"] = _string_array(label_mids)
-        attrs["label_names"] = _string_array(label_names)
-        attrs["has_strong"] = has_strong
-        self._waveform = self._file.create_dataset("waveform", (0, clip_samples), np.int16,
-                                                   maxshape=(None, clip_samples), chunks=(1, clip_samples))
-        self._target = self._file.create_dataset("target", (0, self.num_classes), np.uint8,
-                                                 maxshape=(None, self.num_classes), chunks=(256, self.num_classes))
-        self._name = self._file.create_dataset("audio_name", (0,), h5py.string_dtype(), maxshape=(None,),
-                                               chunks=(1024,))
+        self._file = None
+        try:   # a Ctrl-C or a full disk while the file is set up (before `with` owns it) leaves no .tmp behind
+            self._file = h5py.File(self.tmp_path, "w")
+            attrs = self._file.attrs
+            attrs["format"] = FORMAT
+            attrs["sample_rate"] = sample_rate
+            attrs["clip_samples"] = clip_samples
+            attrs["label_mids"] = _string_array(label_mids)
+            attrs["label_names"] = _string_array(label_names)
+            attrs["has_strong"] = has_strong
+            self._waveform = self._file.create_dataset("waveform", (0, clip_samples), np.int16,
+                                                       maxshape=(None, clip_samples), chunks=(1, clip_samples))
+            self._target = self._file.create_dataset("target", (0, self.num_classes), np.uint8,
+                                                     maxshape=(None, self.num_classes), chunks=(256, self.num_classes))
+            self._name = self._file.create_dataset("audio_name", (0,), h5py.string_dtype(), maxshape=(None,),
+                                                   chunks=(1024,))
+        except BaseException:
+            if self._file is not None and self._file.id.valid:
+                self._file.close()
+            self.tmp_path.unlink(missing_ok=True)
+            raise
 
     def add(self,
             waveforms: np.ndarray,

@@ -2,12 +2,14 @@
 # The real-audio grid of results/real-audio/README.md: packs the UrbanSound8K check clips (4 s) once, then trains
 # each row one at a time (2-core box: nice, one loader worker), test fold 1, 150 steps of 32 clips, `cpu` profile.
 # A run whose metrics.jsonl already holds its test record is skipped, so the script can be rerun after a stop.
-# Usage (from the repo root, venv active): bash results/real-audio/grid.sh [ROOT]   (ROOT default /tmp/ra)
+# Usage (from the repo root, venv active): REAL_AUDIO=DIR bash results/real-audio/grid.sh [ROOT]   (ROOT default
+# /tmp/ra; DIR holds labels.csv and clips/, the check set kept outside the repository)
 set -euo pipefail
 ROOT=${1:-/tmp/ra}
+REAL_AUDIO=${REAL_AUDIO:?set REAL_AUDIO to the folder holding labels.csv and clips/}
 DATA=$ROOT/us8k
-[ -f "$DATA/index.json" ] || python -m train.pack --manifest ../shared/real-audio/labels.csv \
-    --audio-dir ../shared/real-audio/clips --out "$DATA" --clip-seconds 4
+[ -f "$DATA/index.json" ] || python -m train.pack --manifest "$REAL_AUDIO/labels.csv" \
+    --audio-dir "$REAL_AUDIO/clips" --out "$DATA" --clip-seconds 4
 run() {  # run NAME PRESET SEED [extra train.run flags...]
     local name=$1 preset=$2 seed=$3; shift 3
     local out=$ROOT/runs/$name-s$seed
