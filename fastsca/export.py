@@ -19,7 +19,6 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
 import warnings
 from dataclasses import asdict, replace
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastsca.atomic import write_atomically
 from fastsca.hub import load_pretrained
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
@@ -77,17 +77,6 @@ def _dynamic_batch() -> tuple[dict, ...]:
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename: a file under its final name is always whole (model.tmp.pt2 keeps the
-    suffix, which torch.export.save checks)."""
-    tmp = path.with_suffix(".tmp" + path.suffix)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def exported_program(trained: TrainedModel) -> torch.export.ExportedProgram:
     """The model traced by torch.export, with a dynamic batch axis (both exports start from it)."""
     return torch.export.export(ExportableModel(trained), (example_input(trained),), dynamic_shapes=_dynamic_batch())
@@ -114,7 +103,7 @@ def export_onnx(trained: TrainedModel, path: str | Path, program: torch.export.E
     proto = onnx_program.model_proto
     onnx.helper.set_model_props(proto, {"fastsca.config": json.dumps(metadata(trained))})
     path = Path(path)
-    _write_atomically(path, lambda tmp: onnx.save(proto, str(tmp)))
+    write_atomically(path, lambda tmp: onnx.save(proto, str(tmp)), keep_suffix=True)
     return path
 
 
@@ -123,7 +112,7 @@ def export_program(trained: TrainedModel, path: str | Path, program: torch.expor
     """Write the model as a torch.export program (.pt2, dynamic batch): `torch.export.load(path).module()`."""
     program = program if program is not None else exported_program(trained)
     path = Path(path)
-    _write_atomically(path, lambda tmp: torch.export.save(program, str(tmp),
+    write_atomically(path, keep_suffix=True, write=lambda tmp: torch.export.save(program, str(tmp),
                                                           extra_files={"fastsca.json": json.dumps(metadata(trained))}))
     return path
 

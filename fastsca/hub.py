@@ -15,7 +15,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -24,6 +23,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.events import EventConfig, stored_event_config
 from fastsca.frontend import LogMelConfig
@@ -54,16 +54,6 @@ class Pretrained:
     """How the model's frame probabilities become events (thresholds, hysteresis, filters)."""
 
 
-def _write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename: a file under its final name is always whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _labels_csv(label_names: tuple[str, ...], label_mids: tuple[str, ...]) -> str:
     """labels.csv's text: index, mid, display_name (AudioSet's class_labels_indices.csv layout)."""
     text = io.StringIO()
@@ -88,11 +78,11 @@ def save_pretrained(pretrained: Pretrained, folder: str | Path) -> Path:
               "events": asdict(pretrained.events),
               "step": trained.step}
     # bytes, then an ordinary write: save_file creates its file readable by its owner only, odd for a shared model
-    _write_atomically(folder / WEIGHTS_NAME,
+    write_atomically(folder / WEIGHTS_NAME,
                       lambda tmp: tmp.write_bytes(safetensors.torch.save(weights, metadata={"format": "pt"})))
-    _write_atomically(folder / LABELS_NAME,
+    write_atomically(folder / LABELS_NAME,
                       lambda tmp: tmp.write_text(_labels_csv(trained.label_names, pretrained.label_mids)))
-    _write_atomically(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomically(folder / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return folder
 
 

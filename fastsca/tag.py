@@ -42,7 +42,8 @@ from fastsca.events import (EventConfig, detect_events, events_as_dicts, read_re
 from fastsca.inference import CheckpointError, FileTags, PlotView, TrainedModel, load_trained_model, top_k
 from fastsca.stream import LogMelStream, WindowCutter, WindowPlan, audio_frames, read_blocks, source_name
 from fastsca.tag_inputs import Input, InputReader, expand_inputs
-from fastsca.tag_outputs import Console, check_writable_folder, is_folder, plot_destinations, write_atomically
+from fastsca.atomic import write_atomically
+from fastsca.tag_outputs import Console, check_writable_folder, is_folder, plot_destinations
 from fastsca.tag_table import ResultTable, table_columns
 
 # A log-mel frame whose every bin is below this is digital silence: white noise of +-1 LSB at 16 bits

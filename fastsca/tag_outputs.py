@@ -64,17 +64,6 @@ def check_writable_folder(folder: Path, option: str) -> None:
                          f"folder") from None
 
 
-def write_atomically(path: Path, write) -> None:
-    """`write(tmp_path)`, then rename: a file under its final name is always whole, and a failed write (a full
-    disk) leaves no file behind."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class Console:
     """Standard output that a closed pipe (`... | head -n 1`) silences instead of ending the run with a traceback:
     printing stops quietly, as Unix tools do, and the files asked for (--table, --events, --plot) are

@@ -9,24 +9,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from fastsca import plot, tag
+from fastsca import tag
 from fastsca.inference import load_trained_model, top_k
-from train import checkpoint
 
-from test_checkpoint import tiny_config, tiny_payload
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    checkpoint.save(path, tiny_payload(tiny_config()))
-    return str(path)
-
-
-@pytest.fixture(autouse=True)
-def small_figures(monkeypatch):
-    """A one-panel figure in place of the full one (seconds to draw): here only where figures go is tested."""
-    monkeypatch.setattr(plot, "_figure", lambda *args: plot.plt.figure(figsize=(1, 1)))
+from test_faults_tag import model, small_figures  # noqa: F401 (fixtures: an untrained checkpoint, one-panel figures)
 
 
 def music_folder(root: Path, rng) -> dict[str, int]:

@@ -6,7 +6,6 @@ the run (each dataclass as a dict), the label names and a fingerprint of the dat
 which a resume recognises its data whatever path names it. `fastsca.inference` reads the same files.
 """
 import hashlib
-import os
 import random
 import shutil
 import time
@@ -17,6 +16,7 @@ import h5py
 import numpy as np
 import torch
 
+from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from train.config import DataConfig, OptimConfig, TrainConfig
@@ -112,17 +112,11 @@ def config_dict(config: TrainConfig) -> dict:
 def _write_atomically(path: Path, write) -> None:
     """`write(tmp)` then rename onto `path`, so `path` is always a whole file; on a file-system error (disk
     full) the temporary file is removed, `path` keeps its previous content and the error is one line."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, write)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         raise OutFolderError(describe_os_error(error, f"write {path}") + f" (the previous {path.name}, if any, "
                              f"is kept)") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save(path: Path, payload: dict) -> None:

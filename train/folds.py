@@ -13,7 +13,6 @@ stopped (Ctrl-C) and started again; a fold that fails is reported and the others
 import argparse
 import csv
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from train.shards import ShardError, ShardIndex
-from train.sweep import claim, mean_std, read_records
+from train.sweep import claim, mean_std, read_records, report, resuming, train_logged
 
 # the test-record metrics reported per fold, where present (accuracy only where the metrics provide it)
 METRICS = ("mAP", "accuracy")
@@ -59,22 +58,7 @@ def data_folds(path: str) -> list[int]:
 def run_command(fold: int, run_dir: Path, data: str, passed_on: list[str]) -> list[str]:
     """The `python -m train.run` command line of one fold; --resume when it has a checkpoint to go on from."""
     command = [sys.executable, "-m", "train.run", "--data", data, "--fold", str(fold), "--out", str(run_dir)]
-    if (run_dir / "latest.pt").is_file():
-        command.append("--resume")
-    return command + passed_on
-
-
-def train_fold(command: list[str], run_dir: Path) -> int | None:
-    """Run one fold's train.run, its output appended to log.txt; its exit code, None on Ctrl-C."""
-    with (run_dir / "log.txt").open("a") as log:
-        log.write(f"$ {shlex.join(command)}\n")
-        log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            return process.wait()
-        except KeyboardInterrupt:   # the run got the Ctrl-C too: let it write latest.pt
-            process.wait()
-            return None
+    return resuming(command, run_dir) + passed_on
 
 
 def summarise(folds: list[int], out: Path) -> tuple[list[dict], dict]:
@@ -132,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             tqdm.write(f"{run_dir}: another train.folds is training it; left to it")
             continue
         try:
-            code = train_fold(run_command(fold, run_dir, args.data, passed_on), run_dir)
+            code = train_logged(run_command(fold, run_dir, args.data, passed_on), run_dir)
         finally:
             (run_dir / "sweep.lock").unlink(missing_ok=True)
         if code is None or (code == 0 and not read_records(run_dir, "test")):
@@ -145,13 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             failed.append(run_dir)
     rows, total = summarise(folds, out)
     command = shlex.join(["python", "-m", "train.folds", *(sys.argv[1:] if argv is None else argv)])
-    md, csv_path = write_summary(rows, total, out, command)
-    print(md.read_text(), end="")
-    print(f"wrote {md} and {csv_path}")
-    if failed:
-        print(f"error: {len(failed)} fold(s) failed: {', '.join(map(str, failed))}; see log.txt in each",
-              file=sys.stderr)
-        sys.exit(1)
+    report(*write_summary(rows, total, out, command), failed, "fold")
 
 
 if __name__ == "__main__":

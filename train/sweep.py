@@ -110,9 +110,12 @@ def run_command(preset: str, seed: int, run_dir: Path, args: argparse.Namespace,
     command = [sys.executable, "-m", "train.run", "--preset", preset, "--seed", str(seed), "--out", str(run_dir)]
     if args.data is not None:
         command += ["--data", str(args.data), "--eval-data", str(args.eval_data)]
-    if (run_dir / "latest.pt").is_file():
-        command.append("--resume")
-    return command + passed_on
+    return resuming(command, run_dir) + passed_on
+
+
+def resuming(command: list[str], run_dir: Path) -> list[str]:
+    """`command` with --resume when run_dir holds a checkpoint to go on from."""
+    return command + ["--resume"] if (run_dir / "latest.pt").is_file() else command
 
 
 def claim(run_dir: Path) -> bool:
@@ -136,9 +139,9 @@ def claim(run_dir: Path) -> bool:
     return False
 
 
-def train_one(preset: str, seed: int, run_dir: Path, args: argparse.Namespace, passed_on: list[str]) -> int | None:
-    """Train (or resume) one run as a train.run subprocess, its output in log.txt; its exit code, None on Ctrl-C."""
-    command = run_command(preset, seed, run_dir, args, passed_on)
+def train_logged(command: list[str], run_dir: Path) -> int | None:
+    """Run one train.run command as a subprocess, its output appended to run_dir/log.txt; its exit code, None on
+    Ctrl-C (shared by train.sweep and train.folds)."""
     with (run_dir / "log.txt").open("a") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             bar.set_postfix_str(f"{preset} seed {seed}")
             try:
-                code = train_one(preset, seed, run_dir, args, passed_on)
+                code = train_logged(run_command(preset, seed, run_dir, args, passed_on), run_dir)
             finally:
                 (run_dir / "sweep.lock").unlink(missing_ok=True)
             if code is None or (code == 0 and not read_records(run_dir, "test")):
@@ -245,11 +248,15 @@ def main(argv: list[str] | None = None) -> None:
     note = (f"Test-split metrics of each run's best.pt (chosen on a validation split held out of the training "
             f"data), mean ± sample std over seeds 0..{args.seeds - 1}; parameters and forward GFLOPs per clip of "
             f"the model as trained; `paper` columns: the paper's AudioSet numbers, for reference only.")
-    md, csv_path = write_tables(summarise(args.table, args.seeds, runs), args.table, out, command, note)
+    report(*write_tables(summarise(args.table, args.seeds, runs), args.table, out, command, note), failed, "run")
+
+
+def report(md: Path, csv_path: Path, failed: list[Path], what: str) -> None:
+    """Print the written table and where it is; exit 1 naming the runs (`what`: run, fold) that failed."""
     print(md.read_text(), end="")
     print(f"wrote {md} and {csv_path}")
     if failed:
-        print(f"error: {len(failed)} run(s) failed: {', '.join(map(str, failed))}; see log.txt in each",
+        print(f"error: {len(failed)} {what}(s) failed: {', '.join(map(str, failed))}; see log.txt in each",
               file=sys.stderr)
         sys.exit(1)
 
