@@ -27,6 +27,7 @@ import soundfile
 import torch
 
 import train.run
+import train.step
 from fastsca.audio import AudioError, TruncatedAudioError, load_audio
 from fastsca import tag
 from train import checkpoint, evaluate, pack
@@ -370,7 +371,7 @@ def assert_every_step_once(out: Path) -> None:
 
 def crash_at(monkeypatch, step: int, action=None) -> None:
     """Make the loss of step `step` run `action` (a signal, a damaged file) or, without one, raise (a crash)."""
-    clip_bce, calls = train.run.clip_bce, 0
+    clip_bce, calls = train.step.clip_bce, 0
 
     def loss(prob, target):
         nonlocal calls
@@ -381,7 +382,7 @@ def crash_at(monkeypatch, step: int, action=None) -> None:
             action()
         return clip_bce(prob, target)
 
-    monkeypatch.setattr(train.run, "clip_bce", loss)
+    monkeypatch.setattr(train.step, "clip_bce", loss)
 
 
 @pytest.mark.parametrize("kind", ["file", "read-only"])

@@ -13,6 +13,7 @@ import soundfile
 import torch
 
 import train.run
+import train.step
 from fastsca import tag
 from train import checkpoint, evaluate
 from train.cli import check_numbers
@@ -88,7 +89,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
                                                                              capsys):
     out = tmp_path / "run"
     step = int(np.random.default_rng().integers(2, 12))
-    clip_bce, calls = train.run.clip_bce, 0
+    clip_bce, calls = train.step.clip_bce, 0
 
     def loss_turning_nan(prob, target):
         nonlocal calls
@@ -96,7 +97,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
         loss = clip_bce(prob, target)
         return loss * float("nan") if calls >= step else loss
 
-    monkeypatch.setattr(train.run, "clip_bce", loss_turning_nan)
+    monkeypatch.setattr(train.step, "clip_bce", loss_turning_nan)
     with pytest.raises(SystemExit) as stopped:
         train.run.main(tiny_args(out, builtin_dir, 40, "--eval-every", "20", "--log-every", "3"))
     assert stopped.value.code == 2

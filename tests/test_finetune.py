@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import train.run
+import train.step
 from train.shards import ShardWriter
 from train.synth import make_clip
 
@@ -84,7 +85,7 @@ def test_resume_of_a_finetuning_run_repeats_its_losses(finetuned, full_run, twel
     out = tmp_path / "run"
     args = [*FLAGS, *data_flags(twelve), "--init", str(full_run / "best.pt"), "--backbone-lr-scale", "0.1",
             "--out", str(out)]
-    clip_bce, calls = train.run.clip_bce, 0
+    clip_bce, calls = train.step.clip_bce, 0
     stop_at = int(np.random.default_rng().integers(3, 12))
 
     def loss_then_signal(prob, target):
@@ -94,7 +95,7 @@ def test_resume_of_a_finetuning_run_repeats_its_losses(finetuned, full_run, twel
             os.kill(os.getpid(), signal.SIGTERM)
         return clip_bce(prob, target)
 
-    monkeypatch.setattr(train.run, "clip_bce", loss_then_signal)
+    monkeypatch.setattr(train.step, "clip_bce", loss_then_signal)
     with pytest.raises(SystemExit):
         train.run.main(args)
     monkeypatch.undo()

@@ -20,6 +20,7 @@ import soxr
 import torch
 
 import train.run
+import train.step
 from fastsca import tag
 from train import evaluate
 from train.synth import SynthConfig, make_clip
@@ -98,8 +99,8 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
             os.kill(os.getpid(), signal.SIGTERM)
         return clip_bce(prob, target)
 
-    clip_bce = train.run.clip_bce
-    monkeypatch.setattr(train.run, "clip_bce", loss_then_signal)
+    clip_bce = train.step.clip_bce
+    monkeypatch.setattr(train.step, "clip_bce", loss_then_signal)
     with pytest.raises(SystemExit) as stopped:
         train.run.main(tiny_args(out, builtin_dir))
     monkeypatch.undo()

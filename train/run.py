@@ -39,9 +39,8 @@ from train import checkpoint, distributed, finetune, holdout, localisation
 from train.cli import (Limit, add_model_options, check_numbers, model_config, preset_help, profile_defaults,
                        resolve_profile)
 from train.config import COMPILE_MODES, PROFILES, DataConfig, OptimConfig, RunConfig, TrainConfig
-from train.evaluate import autocast, evaluate, summary_text
+from train.evaluate import evaluate, summary_text
 from train.loader import LoaderConfig, LogMelLoader
-from train.loss import clip_bce
 from train.metrics_log import MetricsLog
 from train.optim import build_optimizer, build_scheduler, lr_factor
 from train.out_folder import RunLock, describe_os_error
@@ -49,6 +48,7 @@ from train.recipes import apply as apply_recipe, help_text as recipe_help, sched
 from train.sampler import SAMPLERS
 from train.shards import ShardIndex
 from train.signals import StopRequest
+from train.step import NonFiniteOutput, NonFiniteWatch, training_step
 
 PRETRAINED_FOLDER = "pretrained"
 """OUT/pretrained: the trained model as a folder in the Hugging Face layout, written beside best.pt at the end."""
@@ -387,14 +387,14 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         if strong is not None:   # the validation clips' names, in the validation loader's order
             strong = ([strong[0][i] for i in validation_part.clips], strong[1])
 
-        # the first step whose loss was NaN or infinite (0: none yet), kept on the device: no sync per step
-        first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+        watch = NonFiniteWatch.on(device)
+        parameters = list(model.parameters())
         saved_step = state.step if run.resume else None
 
         def check_diverged(weights: bool) -> None:
             """Stop the run (one line) if a loss so far was not finite or, with `weights`, a weight is not: before
             a log line, an evaluation or a checkpoint, so latest.pt only ever holds finite weights."""
-            bad_loss = int(first_bad_step.item())
+            bad_loss = watch.first_bad()
             bad_weights = weights and not all(bool(torch.isfinite(p).all()) for p in model.parameters())
             if not distributed.any_rank(bool(bad_loss) or bad_weights, device):
                 return
@@ -442,22 +442,12 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
         model.train()
         while not stopping:
             for log_mel, target in train_loader:
-                with autocast(device):
-                    output = train_model(log_mel)
                 try:
-                    loss = clip_bce(output.clip, target)
-                except RuntimeError:   # the BCE refuses probabilities outside [0, 1]: NaN ones after a divergence
-                    if bool(torch.isfinite(output.clip).all()):
-                        raise
-                    first_bad_step.masked_fill_(first_bad_step == 0, state.step + 1)
+                    loss = training_step(train_model, parameters, optimizer, log_mel, target, config.optim.grad_clip,
+                                         watch, state.step + 1)
+                except NonFiniteOutput:
                     check_diverged(weights=False)
                     raise
-                first_bad_step.masked_fill_((first_bad_step == 0) & ~torch.isfinite(loss.detach()), state.step + 1)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-                optimizer.step()
                 scheduler.step()
                 state.step += 1
 
