@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import warnings
+import zipfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from fastsca.atomic import write_atomically
-from fastsca.hub import load_pretrained
+from fastsca.hub import FOLDER_FILES, load_pretrained
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
 
@@ -127,6 +128,48 @@ def onnx_difference(trained: TrainedModel, path: str | Path, log_mel: torch.Tens
     return max(float(np.abs(got - want.numpy()).max()) for got, want in zip(outputs, expected))
 
 
+def written_by_export(path: Path, flag: str) -> bool:
+    """Whether the existing file `path` is an export this command wrote: an ONNX model carrying the
+    `fastsca.config` metadata entry (--onnx), or a torch.export archive holding `fastsca.json` (--torch-export)."""
+    try:
+        if flag == "--onnx":
+            import onnx   # the export extra: --onnx has checked it is installed
+            proto = onnx.load(str(path), load_external_data=False)
+            return any(prop.key == "fastsca.config" for prop in proto.metadata_props)
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/extra/fastsca.json") for name in archive.namelist())
+    except Exception:   # noqa: BLE001  (whatever the file is, failing to read it as ours means not ours)
+        return False
+
+
+def _inputs(checkpoint: str) -> set[Path]:
+    """The files the export reads: the checkpoint, or a model folder's files; none for a Hub repo id."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return {(path / name).resolve() for name in FOLDER_FILES}
+    return {path.resolve()} if path.exists() else set()
+
+
+def check_targets(args: argparse.Namespace) -> None:
+    """Raise ExportError (one line) for a target that is a folder, in no folder, also an input, named twice,
+    or an existing file this command did not write (unless --overwrite)."""
+    targets = [(flag, path) for flag, path in (("--onnx", args.onnx), ("--torch-export", args.torch_export))
+               if path is not None]
+    inputs = _inputs(args.checkpoint)
+    if len(targets) == 2 and targets[0][1].resolve() == targets[1][1].resolve():
+        raise ExportError(f"--onnx and --torch-export both name {targets[0][1]}; give two file names")
+    for flag, target in targets:
+        if target.is_dir() or not target.parent.is_dir():
+            raise ExportError(f"{flag} {target}: {'is a folder' if target.is_dir() else 'its folder does not exist'}; "
+                              f"give a file name in an existing folder")
+        if target.resolve() in inputs:
+            raise ExportError(f"{flag} {target}: is the model being exported ({args.checkpoint}); give another "
+                              f"file name")
+        if target.exists() and not args.overwrite and not written_by_export(target, flag):
+            raise ExportError(f"{flag} {target}: exists and was not written by fastsca.export; give another file "
+                              f"name, or --overwrite to replace it")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fastsca.export",
                                      description="\n\n".join(__doc__.split("\n\n")[1:3]),
@@ -135,6 +178,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="best.pt written by train.run, a folder written by fastsca.hub, or a Hub repo id")
     parser.add_argument("--onnx", type=Path, metavar="model.onnx", help="write an ONNX file (needs the export extra)")
     parser.add_argument("--torch-export", type=Path, metavar="model.pt2", help="write a torch.export program")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing target that fastsca.export did not write (an earlier export is "
+                             "replaced without it; the model being exported never is)")
     args = parser.parse_args(argv)
     if args.onnx is None and args.torch_export is None:
         parser.error("give --onnx model.onnx, --torch-export model.pt2, or both")
@@ -146,12 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)   # torch.export's notes on its own internals
     written = []
     try:
-        for target in (args.onnx, args.torch_export):
-            if target is not None and (target.is_dir() or not target.parent.is_dir()):
-                raise ExportError(f"{target}: {'is a folder' if target.is_dir() else 'its folder does not exist'}; "
-                                  f"give a file name in an existing folder")
         if args.onnx is not None:
             check_onnx_packages()
+        check_targets(args)
         trained = load_pretrained(args.checkpoint).trained
         program = exported_program(trained)
         if args.onnx is not None:

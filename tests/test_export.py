@@ -1,7 +1,9 @@
 """`python -m fastsca.export`: the ONNX file (onnxruntime) and the torch.export program give PyTorch's outputs
 within 1e-4 on random, synthetic and real log-mels, at any batch size; both carry the reference attention path;
-the front end's settings and the label names travel with them; missing packages are one line."""
+the front end's settings and the label names travel with them; missing packages are one line; a target that is an
+input, or a file the command did not write, is refused."""
 import json
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -71,7 +73,7 @@ def test_a_real_clip(exported):
     if not REAL_AUDIO.is_dir():
         pytest.skip(f"{REAL_AUDIO} is absent (the shared real-audio clips)")
     clips = sorted(REAL_AUDIO.glob("*.flac"))
-    path = clips[np.random.default_rng().integers(len(clips))]
+    path = clips[np.random.default_rng(5).integers(len(clips))]
     waveform = load_audio(path, 16000, 16000)                     # its first second, 16 kHz mono
     assert_all_agree(exported, log_mel(torch.from_numpy(waveform)[None], exported["trained"].log_mel))
 
@@ -129,3 +131,52 @@ def test_bad_arguments(exported, capsys, tmp_path):
             main(argv)
         err = capsys.readouterr().err
         assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def refused(argv, capsys) -> str:
+    """The one error line of a refused export."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ")
+    return err
+
+
+def test_an_output_that_is_also_the_input_is_refused(exported, capsys, tmp_path):
+    best = tmp_path / "best.pt"
+    shutil.copy(exported["folder"] / "best.pt", best)
+    before = best.read_bytes()
+    for flag in ("--torch-export", "--onnx"):
+        assert f"{flag} {best}: is the model being exported" in refused([str(best), flag, str(best)], capsys)
+    folder = tmp_path / "model"   # a model folder's files are its inputs too
+    from fastsca.hub import save_pretrained_from_checkpoint
+    save_pretrained_from_checkpoint(best, folder)
+    config = (folder / "config.json").read_bytes()
+    assert "is the model being exported" in refused([str(folder), "--onnx", str(folder / "config.json")], capsys)
+    assert best.read_bytes() == before and (folder / "config.json").read_bytes() == config
+
+
+def test_a_file_it_did_not_write_needs_overwrite(exported, capsys, tmp_path):
+    notes = tmp_path / "notes.onnx"
+    notes.write_text("my notes\n")
+    program = tmp_path / "program.pt2"
+    shutil.copy(exported["folder"] / "model.onnx", program)   # an ONNX file is not a .pt2 this command wrote
+    best = str(exported["folder"] / "best.pt")
+    assert f"--onnx {notes}: exists and was not written by fastsca.export; give another file name, or " \
+           f"--overwrite to replace it" in refused([best, "--onnx", str(notes)], capsys)
+    assert "--torch-export" in refused([best, "--torch-export", str(program)], capsys)
+    assert notes.read_text() == "my notes\n"
+    assert "both name" in refused([best, "--onnx", str(tmp_path / "m"), "--torch-export", str(tmp_path / "m")], capsys)
+    main([best, "--torch-export", str(program), "--overwrite"])
+    capsys.readouterr()
+    mel = torch.randn(2, 1, 40, 64, generator=torch.Generator().manual_seed(3)) * 20 - 40
+    with torch.no_grad():   # the same program as the fixture's, so the same outputs to the bit
+        for got, want in zip(torch.export.load(str(program)).module()(mel), exported["program"](mel)):
+            assert torch.equal(got, want)
+
+
+def test_an_earlier_export_is_replaced_without_overwrite(exported, capsys, tmp_path):
+    earlier = tmp_path / "model.onnx"
+    shutil.copy(exported["folder"] / "model.onnx", earlier)
+    main([str(exported["folder"] / "best.pt"), "--onnx", str(earlier)])
+    assert capsys.readouterr().out.startswith(f"wrote {earlier}: input log_mel")
