@@ -246,9 +246,11 @@ def test_compile_mode_reaches_torch_compile(tmp_path, builtin_dir, monkeypatch, 
 def test_run_writes_its_model_folder_which_tags_as_best_pt(full_run):
     from fastsca import Tagger
     folder = full_run / "pretrained"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "labels.csv", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "labels.csv", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
     assert config["label_mids"] == [f"/synth/{name}" for name in BUILTIN.class_names]
+    test = [json.loads(line) for line in (full_run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert test["kind"] == "test" and f"| mAP | {test['mAP']:.4f} |" in (folder / "README.md").read_text()
     waveform = np.random.default_rng().standard_normal(23_456).astype(np.float32) * 0.1
     from_folder = Tagger.from_pretrained(folder)(waveform, 16000)
     from_checkpoint = Tagger.from_pretrained(full_run / "best.pt")(waveform, 16000)
