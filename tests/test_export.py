@@ -1,7 +1,8 @@
 """`python -m fastsca.export`: the ONNX file (onnxruntime) and the torch.export program give PyTorch's outputs
 within 1e-4 on random, synthetic and real log-mels, at any batch size; both carry the reference attention path;
-the front end's settings and the label names travel with them; missing packages are one line; a target that is an
-input, or a file the command did not write, is refused."""
+the front end's settings and the label names travel with them; with --input waveform the graph holds the front end
+and agrees with fastsca.frontend.log_mel and the model; missing packages are one line; a target that is an input,
+or a file the command did not write, is refused."""
 import json
 import shutil
 import sys
@@ -14,7 +15,8 @@ import soundfile
 import torch
 
 from fastsca.audio import load_audio
-from fastsca.export import ExportableModel, main
+from fastsca.export import ExportableModel, main, reference_outputs
+from fastsca.export_frontend import LogMelModule
 from fastsca.frontend import log_mel
 from fastsca.inference import load_trained_model
 from fastsca.profiles import MODEL_PROFILES
@@ -180,3 +182,59 @@ def test_an_earlier_export_is_replaced_without_overwrite(exported, capsys, tmp_p
     shutil.copy(exported["folder"] / "model.onnx", earlier)
     main([str(exported["folder"] / "best.pt"), "--onnx", str(earlier)])
     assert capsys.readouterr().out.startswith(f"wrote {earlier}: input log_mel")
+
+
+@pytest.fixture(scope="module")
+def waveform_exported(exported) -> dict:
+    """The fixture's checkpoint exported both ways with the front end inside the graph (--input waveform)."""
+    folder = exported["folder"]
+    main([str(folder / "best.pt"), "--onnx", str(folder / "audio.onnx"), "--torch-export", str(folder / "audio.pt2"),
+          "--input", "waveform"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return {"trained": exported["trained"], "proto": onnx.load(str(folder / "audio.onnx")),
+            "onnx": onnxruntime.InferenceSession(str(folder / "audio.onnx"), options,
+                                                 providers=["CPUExecutionProvider"]),
+            "program": torch.export.load(str(folder / "audio.pt2")).module()}
+
+
+def test_the_waveform_graph_holds_the_front_end(waveform_exported):
+    proto = waveform_exported["proto"]
+    assert "STFT" in {node.op_type for node in proto.graph.node}
+    (graph_input,) = proto.graph.input
+    dims = [d.dim_param or d.dim_value for d in graph_input.type.tensor_type.shape.dim]
+    assert graph_input.name == "waveform" and dims[1] == 16000 and isinstance(dims[0], str)   # dynamic batch
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["fastsca.config"])
+    assert meta["input"].startswith("waveform: float32 (batch, 16000) mono audio in [-1, 1] at 16000 Hz")
+
+
+@pytest.mark.parametrize("batch, level", [(1, 0.5), (3, 0.01), (2, 1e-4)])
+def test_waveforms_give_the_front_end_and_models_outputs(waveform_exported, batch, level):
+    generator = torch.Generator().manual_seed(batch)
+    audio = torch.randn(batch, 16000, generator=generator) * level
+    audio[-1, 4000:9000] = 0.0   # a stretch of digital silence: the dB floor (amin) inside the graph too
+    want = reference_outputs(waveform_exported["trained"], audio, waveform=True)   # float64 log_mel, then the model
+    got_onnx = waveform_exported["onnx"].run(["clip", "frame"], {"waveform": audio.numpy()})
+    with torch.no_grad():
+        got_program = waveform_exported["program"](audio)
+    # 1e-4: the graph's front end is float32 against log_mel's float64 (measured 1e-6 on the outputs), and
+    # onnxruntime sums convolutions in another order (the log-mel export's tolerance)
+    for onnx_out, program_out, expected in zip(got_onnx, got_program, want):
+        torch.testing.assert_close(torch.from_numpy(onnx_out), expected, atol=1e-4, rtol=0)
+        torch.testing.assert_close(program_out, expected, atol=1e-4, rtol=0)
+
+
+def test_the_graphs_front_end_is_log_mel_in_float32(exported):
+    config = exported["trained"].log_mel
+    generator = torch.Generator().manual_seed(11)
+    audio = torch.randn(3, config.clip_samples, generator=generator, dtype=torch.float64) * 0.1
+    t = torch.arange(config.clip_samples, dtype=torch.float64) / config.sample_rate
+    audio[1] = 0.3 * torch.sin(2 * torch.pi * (200 + 3000 * t) * t)   # a chirp: energy moving across the bins
+    want = log_mel(audio, config)
+    got = LogMelModule(config)(audio.to(torch.float32))
+    assert got.dtype == torch.float32 and got.shape == want.shape
+    # float32 STFT sums carry an error of ~1e-7 of the frame's energy, so a bin far below the loudest is off by
+    # much in dB (0.09 dB at -95 dB); within 60 dB of the clip's maximum, as tests/test_frontend.py compares
+    # with librosa, the difference measured 5e-5 dB: 1e-3 dB leaves room, and no more
+    loud = want >= want.amax(dim=(1, 2, 3), keepdim=True) - 60.0
+    torch.testing.assert_close(got.double()[loud], want.double()[loud], atol=1e-3, rtol=0)
