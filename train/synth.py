@@ -4,7 +4,8 @@ Each clip holds 1 to `max_events` events of distinct classes at random onsets, d
 over pink or brown background noise; its clip labels are the classes present and its strong labels
 the (onset, offset, class) of each event, so the same set serves tagging (weak labels, as AudioSet)
 and localisation checks. The classes differ in ways a log-mel shows (steady vs swept vs modulated
-lines, bands of noise, vertical click lines, harmonic combs). Clip i of a split is drawn from its
+lines, bands of noise, vertical click lines, harmonic combs); they are synthetic test signals, and their names
+say what each signal is, not a real-world sound (`is_builtin_label_set` tells a model trained on them). Clip i of a split is drawn from its
 own generator `default_rng([seed, split, i])`, so the data do not depend on the worker count and
 train/eval never share a clip. `ensure_builtin` generates a config's two splits once, in parallel,
 and caches them under a folder named by a hash of the config.
@@ -88,6 +89,12 @@ class SynthConfig:
         """Short hash of the config and generator version: the cache folder's name."""
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def is_builtin_label_set(label_names: tuple[str, ...]) -> bool:
+    """Whether `label_names` are the first classes of CLASS_NAMES in order: a model trained on the built-in set,
+    whose tags name synthetic test signals (a figure or a tag listing says so)."""
+    return 0 < len(label_names) <= len(CLASS_NAMES) and tuple(label_names) == CLASS_NAMES[: len(label_names)]
 
 
 def _fade(event: np.ndarray, sample_rate: int) -> np.ndarray:
