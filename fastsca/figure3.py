@@ -11,6 +11,9 @@ whose strong labels are then drawn. Panels, all on the clip's time axis:
     averaged over channels (the mask C//S applies differs per channel).
 A "feature map" in (b) and (c) is the block's output, after the residual sum and the ReLU. Everything is
 captured with forward hooks on the unchanged models. Drawn with matplotlib's Agg backend.
+
+`--out` is written whole or not at all (fastsca/atomic.py), never over one of the command's inputs, and over an
+existing file only when this command wrote it (the figure's metadata names fastsca.figure3) or with --overwrite.
 """
 import argparse
 import csv
@@ -23,6 +26,7 @@ import matplotlib
 import numpy as np
 import torch
 
+from fastsca.atomic import write_atomically
 from fastsca.audio import AudioError, fit_length, load_audio
 from fastsca.frontend import log_mel
 from fastsca.inference import TrainedModel, load_trained_model
@@ -32,6 +36,8 @@ import matplotlib.pyplot as plt   # noqa: E402  (after choosing the backend)
 
 # Log-mel colour range: the loudest 80 dB, as librosa's specshow does.
 DB_RANGE = 80.0
+# Stored in the figure's metadata (PNG text chunk, PDF and SVG creator): a file holding it is one this command wrote.
+CREATOR = "fastsca.figure3"
 
 
 @dataclass(frozen=True)
@@ -226,8 +232,27 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(0.0, seconds)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    try:
+        write_atomically(out, lambda tmp: fig.savefig(tmp, dpi=90, format=out.suffix[1:].lower() or "png",
+                                                      metadata={"Creator": CREATOR}))
+    finally:
+        plt.close(fig)
+
+
+def check_out(out: Path, inputs: list[str], overwrite: bool) -> None:
+    """Raise ValueError (one line) for an --out that is one of the inputs, or an existing file that this command
+    did not write (unless `overwrite`)."""
+    for given in inputs:
+        if Path(given.rsplit(":", 1)[0] if ".h5:" in given else given).resolve() == out.resolve():
+            raise ValueError(f"--out {out}: is the input {given}; give another file name")
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give a file name")
+    if out.suffix.lower() not in ("", ".png", ".pdf", ".svg"):
+        raise ValueError(f"--out {out}: give a .png, .pdf or .svg file name (formats that carry the figure's "
+                         f"metadata)")
+    if out.exists() and not overwrite and CREATOR.encode() not in out.read_bytes():
+        raise ValueError(f"--out {out}: exists and was not written by fastsca.figure3; give another file name, or "
+                         f"--overwrite to replace it")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,9 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", required=True, help="checkpoint of the model without attention (b)")
     parser.add_argument("--model", required=True, help="checkpoint of the attention model, e.g. at-sca-3 (c, d)")
     parser.add_argument("--events", help="CSV of onset,offset,label (seconds) to draw in (a) for an audio file")
-    parser.add_argument("--out", default="figure3.png", help="PNG to write (default figure3.png)")
+    parser.add_argument("--out", default="figure3.png",
+                        help="the figure to write, PNG (or .pdf, .svg) (default figure3.png)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out that fastsca.figure3 did not write (never an input)")
     args = parser.parse_args(argv)
     try:
+        check_out(Path(args.out), [args.clip, args.baseline, args.model] + ([args.events] if args.events else []),
+                  args.overwrite)
         baseline, model = load_trained_model(args.baseline), load_trained_model(args.model)
         if baseline.log_mel != model.log_mel:
             raise ValueError(f"{args.baseline} and {args.model} take different log-mels (clip length, rate or "

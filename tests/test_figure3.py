@@ -1,4 +1,5 @@
-"""`python -m fastsca.figure3`: Fig. 3 from two checkpoints, with hooks that capture what each block made."""
+"""`python -m fastsca.figure3`: Fig. 3 from two checkpoints, with hooks that capture what each block made; --out is
+never one of its inputs, nor a file it did not write unless --overwrite."""
 from dataclasses import asdict
 
 import numpy as np
@@ -17,11 +18,13 @@ from train.shards import ShardWriter
 LOG_MEL = LogMelConfig(clip_samples=24000)          # 1.5 s: 60 frames, 15 x 4 maps at the attention blocks
 CHANNELS = (4, 8, 8, 16, 16, 24, 24)
 LABELS = ("tone", "chirp", "hiss")
+SEED = 3
 
 
 def _checkpoint(path, preset: str) -> torch.nn.Module:
     config = ModelConfig.from_name(preset, channels=CHANNELS, num_classes=len(LABELS), input_frames=LOG_MEL.frames,
                                    fused_attention=False)
+    torch.manual_seed(SEED)
     model = build_model(config)
     with torch.no_grad():   # unit-scale attention weights, so the masks and channel weights are far from 0.5
         for name, p in model.named_parameters():
@@ -74,7 +77,7 @@ def test_predicted_events_are_runs_above_one_half():
 def test_draws_all_panels_for_a_clip_of_a_split(tmp_path, capsys):
     _checkpoint(tmp_path / "base.pt", "baseline")
     _checkpoint(tmp_path / "sca.pt", "at-cps-3")
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(SEED)
     waveforms = (rng.standard_normal((3, LOG_MEL.clip_samples)) * 3000).astype(np.int16)
     with ShardWriter(tmp_path / "eval.h5", ("/m/t", "/m/c", "/m/h"), LABELS, 16000, LOG_MEL.clip_samples,
                      has_strong=True) as writer:
@@ -97,7 +100,7 @@ def test_audio_file_with_an_events_csv_and_bad_inputs(tmp_path, capsys):
     _checkpoint(tmp_path / "base.pt", "baseline")
     _checkpoint(tmp_path / "sca.pt", "at-sca-2")
     wav = tmp_path / "clip.wav"
-    soundfile.write(wav, np.random.default_rng().standard_normal(30000).astype(np.float32) * 0.1, 16000)
+    soundfile.write(wav, np.random.default_rng(SEED).standard_normal(30000).astype(np.float32) * 0.1, 16000)
     (tmp_path / "events.csv").write_text("onset,offset,label\n0.1,0.6,tone\n")
     figure3.main([str(wav), "--baseline", str(tmp_path / "base.pt"), "--model", str(tmp_path / "sca.pt"),
                   "--events", str(tmp_path / "events.csv"), "--out", str(tmp_path / "f.png")])
@@ -112,3 +115,33 @@ def test_audio_file_with_an_events_csv_and_bad_inputs(tmp_path, capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_out_is_never_an_input_nor_a_file_it_did_not_write(tmp_path, capsys):
+    _checkpoint(tmp_path / "base.pt", "baseline")
+    _checkpoint(tmp_path / "sca.pt", "at-sca-3")
+    wav = tmp_path / "clip.wav"
+    soundfile.write(wav, np.random.default_rng(SEED).standard_normal(24000).astype(np.float32) * 0.1, 16000)
+    before = {name: (tmp_path / name).read_bytes() for name in ("base.pt", "sca.pt", "clip.wav")}
+    args = [str(wav), "--baseline", str(tmp_path / "base.pt"), "--model", str(tmp_path / "sca.pt")]
+
+    def refused(out: str, *extra: str) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            figure3.main(args + ["--out", out, *extra])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+        return err
+
+    for name in ("sca.pt", "base.pt", "clip.wav"):   # --overwrite or not, an input is never replaced
+        assert f"is the input {tmp_path / name}" in refused(str(tmp_path / name), "--overwrite")
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    notes = tmp_path / "notes.png"
+    notes.write_bytes(b"\x89PNG\r\n\x1a\n my own picture")
+    assert refused(str(notes)) == (f"error: --out {notes}: exists and was not written by fastsca.figure3; give "
+                                   f"another file name, or --overwrite to replace it\n")
+    assert notes.read_bytes() == b"\x89PNG\r\n\x1a\n my own picture"
+    assert "give a .png, .pdf or .svg file name" in refused(str(tmp_path / "f.jpg"))
+    figure3.main(args + ["--out", str(notes), "--overwrite"])
+    figure3.main(args + ["--out", str(notes)])   # its own figure: drawn again without --overwrite
+    assert Image.open(notes).info["Creator"] == "fastsca.figure3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt", "clip.wav", "notes.png", "sca.pt"]   # no .tmp
