@@ -97,7 +97,7 @@ def check_folder(folder: Path, overwrite: bool = False, inputs: tuple[Path, ...]
     if foreign:
         raise PretrainedError(f"{folder}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1
                               else "") + ", which fastsca.hub did not write; give a new or empty folder, or "
-                              "--overwrite (overwrite=True) to write the model's files into it")
+                              "--overwrite to write the model's files into it")
 
 
 def save_pretrained(pretrained: Pretrained, folder: str | Path, facts: TrainingFacts = TrainingFacts(),
