@@ -104,7 +104,7 @@ def model_card(trained: TrainedModel, events: EventConfig, facts: TrainingFacts)
     """The README.md text of the model folder of `trained`."""
     config, front_end = trained.model.config, trained.log_mel
     builtin = is_builtin(facts)
-    use = ("Trying fastsca's tagging, plotting and export on a fresh clone (`python -m fastsca.examples` writes "
+    use = ("Trying fastsca's tagging, plotting and export on a fresh clone (`python -m train.examples` writes "
            "clips of these classes). Not for real-world audio: a real sound gets the synthetic class it most "
            "resembles, often with a high probability." if builtin else
            f"Tagging audio like its training data with the {len(trained.label_names)} classes below, and finding "

@@ -21,10 +21,10 @@ import matplotlib.pyplot as plt   # noqa: E402  (after choosing the backend)
 import numpy as np                # noqa: E402
 import torch                      # noqa: E402
 
+from fastsca.builtin_classes import is_builtin_label_set                # noqa: E402
 from fastsca.events import Event, EventConfig, stored_event_config   # noqa: E402
 from fastsca.frontend import LogMelConfig, _hz_to_mel                 # noqa: E402
 from fastsca.inference import FileTags, TrainedModel, top_k           # noqa: E402
-from train.synth import is_builtin_label_set                          # noqa: E402
 
 # Log-mel colour range: the loudest 80 dB, as librosa's specshow does; quieter bins are one colour.
 DB_RANGE = 80.0

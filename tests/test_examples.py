@@ -1,4 +1,4 @@
-"""`python -m fastsca.examples`: the clips are the default run's test clips to the sample, the figure's clip is
+"""`python -m train.examples`: the clips are the default run's test clips to the sample, the figure's clip is
 three of them joined, events.tsv holds their true events, a folder it did not write is refused, and
 `fastsca.tag` tags and draws one of its clips with the reference events beside the detected ones."""
 import csv
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from fastsca.examples import PLOT_INDICES, builtin_config, main
+from train.examples import PLOT_INDICES, builtin_config, main
 from train.synth import CLASS_NAMES, SynthConfig, make_clip
 
 COUNT = 3
@@ -59,7 +59,7 @@ def test_a_folder_it_did_not_write_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--out", str(out), "--count", "1"])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err == (f"error: --out {out}: holds notes.txt, which fastsca.examples did "
+    assert exit_info.value.code == 2 and err == (f"error: --out {out}: holds notes.txt, which train.examples did "
                                                  f"not write; give a new or empty folder, or --overwrite to write "
                                                  f"the examples beside them\n")
     assert [p.name for p in out.iterdir()] == ["notes.txt"]

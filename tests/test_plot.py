@@ -13,7 +13,7 @@ from fastsca.frontend import mel_filterbank
 from fastsca.inference import FileTags, PlotView, load_trained_model
 from fastsca.plot import _figure, plot_tags
 from train import checkpoint
-from train.synth import CLASS_NAMES
+from fastsca.builtin_classes import CLASS_NAMES
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
 

@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastsca.builtin_classes import CLASS_NAMES
 from train.parent_death import die_with_parent
 from train.shards import ShardError, ShardIndex, ShardWriter
 
-CLASS_NAMES = ("tone", "up-chirp", "down-chirp", "noise-burst", "click-train", "harmonic-stack",
-               "am-tone", "warble", "beeps", "hiss", "siren", "thumps")
 # Bump when the generated audio changes, so cached sets made by older code are not reused.
 GENERATOR_VERSION = 1
 # Clips a worker generates per task: large enough to amortise the pickling round trip (~20 MB),
@@ -89,12 +88,6 @@ class SynthConfig:
         """Short hash of the config and generator version: the cache folder's name."""
         text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
-
-
-def is_builtin_label_set(label_names: tuple[str, ...]) -> bool:
-    """Whether `label_names` are the first classes of CLASS_NAMES in order: a model trained on the built-in set,
-    whose tags name synthetic test signals (a figure or a tag listing says so)."""
-    return 0 < len(label_names) <= len(CLASS_NAMES) and tuple(label_names) == CLASS_NAMES[: len(label_names)]
 
 
 def _fade(event: np.ndarray, sample_rate: int) -> np.ndarray:

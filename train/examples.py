@@ -1,4 +1,4 @@
-"""`python -m fastsca.examples --out examples/`: audio to try the README's tag and plot commands on, from a fresh clone.
+"""`python -m train.examples --out examples/`: audio to try the README's tag and plot commands on, from a fresh clone.
 
 It writes clips of the built-in synthetic set (train/synth.py) as the default training run makes them: the
 first `--count` clips of its test split (`test-000.wav` ...; never seen in training, nor in choosing best.pt),
@@ -24,7 +24,8 @@ from fastsca.atomic import write_atomically
 from fastsca.events import Event, write_dcase_tsv
 from fastsca.profiles import MODEL_PROFILES
 from train.config import PROFILES
-from train.synth import CLASS_NAMES, SynthConfig, make_clip
+from fastsca.builtin_classes import CLASS_NAMES
+from train.synth import SynthConfig, make_clip
 
 PLOT_CLIP = "tag-plot.wav"
 EVENTS_NAME = "events.tsv"
@@ -67,7 +68,7 @@ def check_out(out: Path, overwrite: bool) -> None:
     foreign = sorted(path.name for path in out.iterdir() if not OWN_NAMES.fullmatch(path.name))
     if foreign:
         raise ValueError(f"--out {out}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1
-                         else "") + ", which fastsca.examples did not write; give a new or empty folder, or "
+                         else "") + ", which train.examples did not write; give a new or empty folder, or "
                          "--overwrite to write the examples beside them")
 
 
@@ -87,8 +88,8 @@ def write_examples(out: Path, config: SynthConfig, count: int, overwrite: bool =
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m fastsca.examples", description=__doc__.split("\n\n")[1],
-                                     epilog="example: python -m fastsca.examples --out examples/ && python -m "
+    parser = argparse.ArgumentParser(prog="python -m train.examples", description=__doc__.split("\n\n")[1],
+                                     epilog="example: python -m train.examples --out examples/ && python -m "
                                             "fastsca.tag examples/tag-plot.wav --checkpoint runs/at-sca-3-cpu/best.pt "
                                             "--events --plot tags.png --strong examples/events.tsv")
     parser.add_argument("--out", type=Path, default=Path("examples"), metavar="FOLDER",
