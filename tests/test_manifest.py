@@ -128,7 +128,7 @@ def test_class_folders_pack_with_a_label_list(tmp_path, in_process_pool, capsys)
     for name in ("rain/a.wav", "rain/x/b.ogg", "wind/c.flac", "snow/d.wav"):
         write_tone(audio / name, 0.5, 700)
     (audio / "notes.txt").write_text("not audio")
-    assert [i.name for i in read_folder(audio, AudioFiles(audio))] == [
+    assert [i.name for i in read_folder(audio)[0]] == [
         "rain/a.wav", "rain/x/b.ogg", "snow/d.wav", "wind/c.flac"]
     (tmp_path / "classes.txt").write_text("wind\nrain\n")
     main(["--audio-dir", str(audio), "--out", str(tmp_path / "out"), "--labels", str(tmp_path / "classes.txt"),

@@ -22,7 +22,6 @@ shards they had not finished and keeps the rest. Waveforms are read in blocks of
 """
 import argparse
 import csv
-import json
 import os
 import signal
 import sys
@@ -40,7 +39,7 @@ from tqdm import tqdm
 
 from train.convert_layouts import LAYOUTS, RowReader, Source, SourceError, labels_sha1, open_source, scan_names
 from train.csv_meta import LabelSet, MetadataError, read_labels
-from train.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.out_folder import OutFolderError, RunLock, check_plan, describe_os_error, ensure_writable
 from train.parent_death import die_with_parent
 from train.shards import ShardError, ShardWriter, write_index
 
@@ -70,6 +69,8 @@ class ConvertConfig:
     """Stored sample rate, Hz."""
     clip_samples: int = 160000
     """Stored samples per clip (cut or zero-padded)."""
+    overwrite: bool = False
+    """Replace the shards of an --out converted from other sources or settings (False: refuse, one line)."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -165,20 +166,6 @@ def _plan(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> dic
             "sample_rate": config.sample_rate, "clip_samples": config.clip_samples}
 
 
-def _check_plan(out: Path, plan: dict) -> None:
-    path = out / PLAN_FILE
-    if path.exists():
-        if json.loads(path.read_text()) != plan:
-            raise ValueError(f"{out} was converted from other sources, labels or settings ({path}); "
-                             f"use a new --out folder or delete this one")
-    elif any(out.glob("shard_*.h5")):
-        raise ValueError(f"{out} holds shards written by another command (no {PLAN_FILE}); use a new --out folder")
-    else:
-        tmp = path.with_name(PLAN_FILE + ".tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, path)
-
-
 def _jobs(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> list[ShardJob]:
     """The shards of every source, with rows whose name an earlier row had marked as duplicates."""
     jobs, first_seen = [], {}
@@ -265,7 +252,13 @@ def convert(config: ConvertConfig) -> dict:
     for source in sources:
         print(source.describe())
     ensure_writable(config.out)
-    _check_plan(config.out, _plan(config, sources, labels))
+    with RunLock(config.out, what="train.convert run"):
+        return _convert_into(config, sources, labels)
+
+
+def _convert_into(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> dict:
+    """Convert the sources into config.out, which this process holds (its .lock)."""
+    check_plan(config.out, PLAN_FILE, _plan(config, sources, labels), config.overwrite)
     jobs = _jobs(config, sources, labels)
     todo = [job for job in jobs if not job.path.exists()]
     total_rows = sum(s.rows for s in sources)
@@ -305,9 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=20000, help="source rows per shard (default 20000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="converting processes, one "
                         "shard each at a time (default: the CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the shards of an --out converted from "
+                        "other sources, labels or settings (without it such a folder is refused)")
     args = parser.parse_args(argv)
     try:
-        convert(ConvertConfig(tuple(args.sources), args.labels, args.out, args.layout, args.shard_size, args.workers))
+        convert(ConvertConfig(tuple(args.sources), args.labels, args.out, args.layout, args.shard_size, args.workers,
+                              overwrite=args.overwrite))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished shards are kept in {args.out}; run the same command again to resume",
               file=sys.stderr)

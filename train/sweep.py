@@ -11,13 +11,17 @@ metrics.jsonl holds its test record is finished and not trained again; one with 
 so the sweep can be stopped (Ctrl-C) and started again with the same command. Both tables can share DIR:
 Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs. Several sweeps may work on one DIR at once
 (e.g. both tables, one per core): a run being trained holds DIR/runs/RUN/sweep.lock, and the others wait
-for it instead of training it too.
+for it instead of training it too. Each run records its settings (its train.run command, and the size and
+time of each file of its data) in settings.json: a run made with other settings is never reused as this
+command's result: the command is refused before any training (one line), or with --overwrite such runs are
+trained again from scratch.
 """
 import argparse
 import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +79,9 @@ METRICS = ("mAP", "mAUC", "d_prime")
 LOCK_POLL_S = 10.0
 # flags the sweep sets for each run itself
 OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
+SETTINGS_FILE = "settings.json"
+# what a run folder holds besides results: a run made without a settings record but with these only is empty
+BOOKKEEPING = {"sweep.lock", "log.txt"}
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -86,6 +93,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", required=True, help="sweep folder: runs/ and the tables")
     parser.add_argument("--data", help="training split (default: the built-in set)")
     parser.add_argument("--eval-data", help="test split, reported (with --data)")
+    parser.add_argument("--overwrite", action="store_true", help="train again, from scratch, the runs in --out "
+                        "made with other settings or data (without it such a folder is refused)")
     args, passed_on = parser.parse_known_args(argv)   # the rest goes to every train.run
     if (args.data is None) != (args.eval_data is None):
         parser.error("give both --data and --eval-data, or neither (to use the built-in set)")
@@ -153,6 +162,77 @@ def train_logged(command: list[str], run_dir: Path) -> int | None:
             return None
 
 
+class SettingsError(ValueError):
+    """A run folder holding results made with other settings or data than this command's."""
+
+
+def data_fingerprint(path: str) -> list:
+    """[name, bytes, modification time] of each file of a split (a shard file, or a folder's index, plan and
+    shards): what changes when it is packed or converted again, even under the same path."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def run_settings(command: list[str], data: list[str]) -> dict:
+    """What makes a run's results its own: its train.run command (without the interpreter, --resume and the
+    run's own folder, so a moved folder is still itself) and the fingerprint of each of its `data` splits."""
+    kept = [arg for arg in command[1:] if arg != "--resume"]
+    kept[kept.index("--out") + 1] = "RUN"
+    return {"command": kept, "data": {path: data_fingerprint(path) for path in data}}
+
+
+def settings_problem(run_dir: Path, settings: dict) -> str:
+    """"" when run_dir is new or its results were made with `settings`; otherwise what is wrong with it."""
+    path = run_dir / SETTINGS_FILE
+    if path.is_file():
+        return "" if json.loads(path.read_text()) == settings else "holds a run made with other settings or data"
+    held = {p.name for p in run_dir.iterdir()} - BOOKKEEPING if run_dir.is_dir() else set()
+    return f"holds a run without a record of its settings ({SETTINGS_FILE})" if held else ""
+
+
+def check_runs(runs: list[tuple[Path, dict]], overwrite: bool) -> None:
+    """Before any training: refuse (SettingsError, one line) when a run folder holds a run made with other
+    settings than its (run_dir, settings) pair says; with `overwrite`, remove those folders to train again."""
+    stale = [(run_dir, why) for run_dir, settings in runs if (why := settings_problem(run_dir, settings))]
+    if stale and not overwrite:
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        raise SettingsError(f"{stale[0][0]} {stale[0][1]}{more}: its results would be reported under this command; "
+                            f"use another --out, the command that made it, or --overwrite to train it again")
+    for run_dir, _ in stale:
+        if not claim(run_dir):
+            raise SettingsError(f"{run_dir} is being trained by another command; wait for it, or use another --out")
+        shutil.rmtree(run_dir)
+
+
+def run_job(run_dir: Path, command, settings: dict) -> str:
+    """Train one run (its output in run_dir/log.txt; `command()` its train.run command line, made once the run
+    is claimed, so that it resumes what is there) unless it has its test record: "done" (now or earlier),
+    "busy" (another command is training it) or "failed" (said in one line); exits 130 when it was stopped."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not claim(run_dir):
+        return "busy"
+    try:
+        if settings_problem(run_dir, settings):   # started meanwhile by a command with other settings
+            raise SettingsError(f"{run_dir} {settings_problem(run_dir, settings)}; use another --out")
+        if read_records(run_dir, "test"):
+            return "done"
+        (run_dir / (SETTINGS_FILE + ".tmp")).write_text(json.dumps(settings, indent=1))
+        (run_dir / (SETTINGS_FILE + ".tmp")).replace(run_dir / SETTINGS_FILE)
+        code = train_logged(command(), run_dir)
+    finally:
+        (run_dir / "sweep.lock").unlink(missing_ok=True)
+    if code is None or (code == 0 and not read_records(run_dir, "test")):
+        tqdm.write(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
+                   file=sys.stderr)
+        sys.exit(130)
+    if code != 0:
+        last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
+        tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
+        return "failed"
+    return "done"
+
+
 def model_cost(config: ModelConfig) -> tuple[int, float]:
     """(parameters, forward GFLOPs for one clip) of a model config, counted with torch's flop counter."""
     model = build_model(config, fused_attention=False).eval()
@@ -209,35 +289,27 @@ def main(argv: list[str] | None = None) -> None:
     args, passed_on = parse_args(argv)
     out = Path(args.out)
     runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    jobs = [(row.preset, seed) for row in TABLES[args.table] for seed in range(args.seeds)]
+    jobs = {runs / f"{row.preset}-seed{seed}": (row.preset, seed) for row in TABLES[args.table]
+            for seed in range(args.seeds)}
+    data = [] if args.data is None else [args.data, args.eval_data]
+    settings = {run_dir: run_settings(run_command(*job, run_dir, args, passed_on), data)
+                for run_dir, job in jobs.items()}
+    try:
+        check_runs(list(settings.items()), args.overwrite)
+    except SettingsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     failed = []
     bar = tqdm(total=len(jobs), unit="run", dynamic_ncols=True)
     while jobs:
-        waiting = []
-        for preset, seed in jobs:
-            run_dir = runs / f"{preset}-seed{seed}"
-            run_dir.mkdir(exist_ok=True)
-            if read_records(run_dir, "test"):   # finished earlier
-                bar.update(1)
+        waiting = {}
+        for run_dir, job in jobs.items():
+            bar.set_postfix_str(run_dir.name)
+            outcome = run_job(run_dir, lambda: run_command(*job, run_dir, args, passed_on), settings[run_dir])
+            if outcome == "busy":
+                waiting[run_dir] = job
                 continue
-            if not claim(run_dir):
-                waiting.append((preset, seed))
-                continue
-            bar.set_postfix_str(f"{preset} seed {seed}")
-            try:
-                code = train_logged(run_command(preset, seed, run_dir, args, passed_on), run_dir)
-            finally:
-                (run_dir / "sweep.lock").unlink(missing_ok=True)
-            if code is None or (code == 0 and not read_records(run_dir, "test")):
-                bar.close()
-                print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
-                      file=sys.stderr)
-                sys.exit(130)
-            if code != 0:
-                last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
-                tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
-                failed.append(run_dir)
+            failed += [run_dir] if outcome == "failed" else []
             bar.update(1)
         if waiting:
             bar.set_postfix_str(f"waiting for {len(waiting)} run(s) another sweep is training")
