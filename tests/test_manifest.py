@@ -27,7 +27,7 @@ def in_process_pool(monkeypatch):
 def write_tone(path: Path, seconds: float, hz: float, rate: int = 16000, channels: int = 1) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(round(seconds * rate)) / rate
-    wave = 0.3 * np.sin(2 * np.pi * hz * t + np.random.uniform(0, 6))
+    wave = 0.3 * np.sin(2 * np.pi * hz * t + np.random.default_rng([round(hz), len(t)]).uniform(0, 6))
     data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
     soundfile.write(path, data, rate)
     return wave

@@ -233,8 +233,8 @@ def merge_duplicates(items: list[PackItem]) -> tuple[list[PackItem], list[tuple[
         earlier = kept[first[key]]
         here, there = item.where or item.name, earlier.where or earlier.name
         if (earlier.fold, earlier.split, earlier.group) != (item.fold, item.split, item.group):
-            raise MetadataError(f"{here}: {item.name!r} is the file of {there} ({earlier.name!r}) but in another "
-                                f"fold, split or group; list each file once")
+            raise MetadataError(f"{here}: {item.name!r} is the file of {there} again, in another fold, split or "
+                                f"group; list each file once")
         added = tuple(k for k in item.labels if k not in earlier.labels)
         if added:
             kept[first[key]] = replace(earlier, labels=earlier.labels + added)
