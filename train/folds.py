@@ -82,7 +82,7 @@ def summarise(folds: list[int], out: Path) -> tuple[list[dict], dict]:
                 values[metric].append(value)
         rows.append(row)
     total = {"fold": f"mean ± std ({finished} folds)", "clips": "",
-             **{m: mean_std(v, 4) + (f" ({len(v)} folds)" if 0 < len(v) < finished else "")
+             **{m: mean_std(v, 4) + (f" ({len(v)} of {finished} folds)" if 0 < len(v) < finished else "")
                 for m, v in values.items()}}
     return rows, total
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         folds = data_folds(args.data)
         runs = {fold: out / f"fold-{fold}" for fold in folds}
-        settings = {run_dir: run_settings(run_command(fold, run_dir, args.data, passed_on), [args.data])
+        settings = {run_dir: run_settings(run_command(fold, run_dir, args.data, passed_on))
                     for fold, run_dir in runs.items()}
         check_runs(list(settings.items()), args.overwrite)
     except (ShardError, SettingsError) as error:

@@ -11,10 +11,10 @@ metrics.jsonl holds its test record is finished and not trained again; one with 
 so the sweep can be stopped (Ctrl-C) and started again with the same command. Both tables can share DIR:
 Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs. Several sweeps may work on one DIR at once
 (e.g. both tables, one per core): a run being trained holds DIR/runs/RUN/sweep.lock, and the others wait
-for it instead of training it too. Each run records its settings (its train.run command, and the size and
-time of each file of its data) in settings.json: a run made with other settings is never reused as this
-command's result: the command is refused before any training (one line), or with --overwrite such runs are
-trained again from scratch.
+for it instead of training it too. Each run records its settings (its train.run command, and what its data
+holds: train/checkpoint.py's fingerprint) in settings.json: a run made with other settings or data is never
+reported as this command's: the command is refused before any training (one line), or with --overwrite such
+runs are trained again from scratch.
 """
 import argparse
 import csv
@@ -36,6 +36,8 @@ from tqdm import tqdm
 from fastsca.config import ModelConfig
 from fastsca.inference import read_checkpoint
 from fastsca.model import build_model
+from train import checkpoint
+from train.shards import ShardError
 
 
 @dataclass(frozen=True)
@@ -166,20 +168,17 @@ class SettingsError(ValueError):
     """A run folder holding results made with other settings or data than this command's."""
 
 
-def data_fingerprint(path: str) -> list:
-    """[name, bytes, modification time] of each file of a split (a shard file, or a folder's index, plan and
-    shards): what changes when it is packed or converted again, even under the same path."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-
-
-def run_settings(command: list[str], data: list[str]) -> dict:
-    """What makes a run's results its own: its train.run command (without the interpreter, --resume and the
-    run's own folder, so a moved folder is still itself) and the fingerprint of each of its `data` splits."""
-    kept = [arg for arg in command[1:] if arg != "--resume"]
+def run_settings(command: list[str]) -> dict:
+    """What makes a run's results its own: its train.run command without the interpreter, --resume and the
+    run's own folder (so a moved folder is still itself), its splits named by what they hold
+    (train/checkpoint.py's fingerprint: a split packed again differs, a copy elsewhere does not)."""
+    kept, data = [arg for arg in command[1:] if arg != "--resume"], {}
     kept[kept.index("--out") + 1] = "RUN"
-    return {"command": kept, "data": {path: data_fingerprint(path) for path in data}}
+    for flag in ("--data", "--eval-data"):
+        if flag in kept:
+            where = kept.index(flag) + 1
+            data[flag], kept[where] = checkpoint.data_fingerprint(kept[where]), flag[2:].upper()
+    return {"command": kept, "data": data}
 
 
 def settings_problem(run_dir: Path, settings: dict) -> str:
@@ -291,12 +290,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = out / "runs"
     jobs = {runs / f"{row.preset}-seed{seed}": (row.preset, seed) for row in TABLES[args.table]
             for seed in range(args.seeds)}
-    data = [] if args.data is None else [args.data, args.eval_data]
-    settings = {run_dir: run_settings(run_command(*job, run_dir, args, passed_on), data)
-                for run_dir, job in jobs.items()}
     try:
+        settings = {run_dir: run_settings(run_command(*job, run_dir, args, passed_on)) for run_dir, job in jobs.items()}
         check_runs(list(settings.items()), args.overwrite)
-    except SettingsError as error:
+    except (SettingsError, ShardError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     failed = []
