@@ -64,7 +64,10 @@ def test_odd_audio_is_packed_faithfully_or_skipped_with_a_reason(tmp_path, case)
     if isinstance(expected, str):
         assert stored is None and how.startswith(expected) and str(path) in how
         return
-    assert how == "whole file, padded" and stored.shape == (RATE,)
+    beyond = int(np.count_nonzero(np.abs(data) > 1))          # only the clipping case holds any: reported
+    assert bool(beyond) == (case == "clipping")
+    clipped = f", clipped: {beyond} sample(s) beyond full scale stored at full scale" if beyond else ""
+    assert how == "whole file, padded" + clipped and stored.shape == (RATE,)
     np.testing.assert_allclose(stored[:len(expected)] / 32767, expected, atol=atol)
     assert not stored[len(expected):].any()
 

@@ -131,8 +131,10 @@ def convert_shard(job: ShardJob, progress, stopped) -> int:
                     reason = duplicates.get(row) or clip.reason
                     if reason:
                         writer.skip(clip.name, reason)
-                    else:
-                        kept.append(clip)
+                        continue
+                    kept.append(clip)
+                    if clip.note:
+                        writer.note(clip.name, clip.note)
                 if kept:
                     writer.add(np.stack([c.waveform for c in kept]), np.stack([c.target for c in kept]),
                                [c.name for c in kept])
@@ -223,22 +225,26 @@ def _drain(progress, bar: tqdm) -> None:
             return
 
 
-def _write_report(out: Path, names: list[str]) -> list[tuple[str, str, str]]:
-    skipped = []
+def _write_report(out: Path, names: list[str]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """OUT/convert_report.csv: every skipped row, then every row converted with a change (clipped samples);
+    returns both lists of (name, shard, reason)."""
+    skipped, noted = [], []
     for name in names:
         with h5py.File(out / name, "r") as handle:
-            skipped += [(n.decode(), name, r.decode()) for n, r in zip(handle["skipped_name"][:],
-                                                                      handle["skipped_reason"][:])]
+            skipped += [(n, name, r) for n, r in zip(handle["skipped_name"].asstr()[:],
+                                                     handle["skipped_reason"].asstr()[:])]
+            if "noted_name" in handle:   # absent from shards converted before clipping was reported
+                noted += [(n, name, r) for n, r in zip(handle["noted_name"].asstr()[:], handle["noted_reason"].asstr()[:])]
     report = out / REPORT_FILE
     tmp = report.with_name(REPORT_FILE + ".tmp")
     try:
         with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerows([("name", "shard", "reason"), *skipped])
+            csv.writer(handle).writerows([("name", "shard", "reason"), *skipped, *noted])
         os.replace(tmp, report)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise OutFolderError(describe_os_error(error, f"write {report}")) from None
-    return skipped
+    return skipped, noted
 
 
 def convert(config: ConvertConfig) -> dict:
@@ -271,14 +277,17 @@ def _convert_into(config: ConvertConfig, sources: list[Source], labels: LabelSet
             _run_parallel(todo, min(config.workers, len(todo)), bar)
     names = [job.path.name for job in jobs]
     write_index(config.out, names)
-    skipped = _write_report(config.out, names)
+    skipped, noted = _write_report(config.out, names)
     reasons = Counter(reason.split(":")[0] for _, _, reason in skipped)
     resumed = len(jobs) - len(todo)
     summary = {"converted": total_rows - len(skipped), "shards": len(jobs), "resumed_shards": resumed,
-               "skipped": len(skipped), **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
+               "skipped": len(skipped), **({"clipped": len(noted)} if noted else {}),
+               **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
     print(f"converted {summary['converted']} clips into {len(jobs)} shards in {config.out} ({resumed} already done); "
-          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))}), listed in "
-                                       f"{config.out / REPORT_FILE}" if skipped else ""))
+          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))})" if skipped
+                                       else "")
+          + (f"; {len(noted)} clipped at full scale" if noted else "")
+          + (f", listed in {config.out / REPORT_FILE}" if skipped or noted else ""))
     if summary["converted"] == 0:
         raise NothingConvertedError(f"no row of the {total_rows} could be converted (see {config.out / REPORT_FILE})")
     return summary

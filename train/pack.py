@@ -49,7 +49,7 @@ from train.out_folder import (OutFolderError, RunLock, check_plan, describe_os_e
                               remove_outputs)
 from train.parent_death import die_with_parent
 from train.segments import FITS, OutsideFileError, check_clip_length, plan_parts
-from train.shards import ShardError, ShardWriter, write_index
+from train.shards import ShardError, ShardWriter, clipped_note, to_stored, write_index
 
 EXTENSIONS = ("wav", "flac", "ogg", "mp3")          # preference order when a clip exists in several
 CLIP_NAME = re.compile(r"^Y(.+)\.(" + "|".join(EXTENSIONS) + r")$", re.IGNORECASE)
@@ -157,11 +157,12 @@ def _decode(tasks: list[tuple], sample_rate: int, clip_samples: int, fit: str) -
             clips = []
             for k, part in enumerate(parts):
                 waveform = load_audio(path, sample_rate, start=part.offset, seconds=part.seconds)
-                stored = np.round(np.clip(fit_length(waveform, clip_samples), -1.0, 1.0) * 32767).astype(np.int16)
+                stored, clipped = to_stored(fit_length(waveform, clip_samples))
                 if not stored.any():
                     raise _Skip(f"silent: {path} holds no sample above int16's resolution (peak "
                                 f"{np.abs(waveform).max(initial=0.0):.2g}) in the part packed; check the recording")
-                cut = part.cut + (", padded" if len(waveform) < clip_samples else "")
+                cut = part.cut + (", padded" if len(waveform) < clip_samples else "") + (
+                    f", {clipped_note(clipped)}" if clipped else "")
                 clips.append((f"{name}#{k}" if len(parts) > 1 else name, stored, cut))
         except _Skip as skip:
             clips = [(name, None, str(skip))]
@@ -402,11 +403,15 @@ def _pack_split(out: Path, items: list[PackItem], labels: LabelSet, config: Pack
         raise OutFolderError(describe_os_error(error, f"write {report}")) from None
     skipped = [row for row in rows if row[2]]
     reasons = Counter(row[2].split(":")[0] for row in skipped)
+    clipped = sum("clipped:" in row[3] for row in rows)
     packed = len(rows) - len(skipped)
     print(f"packed {packed} clips into {len(names)} shards in {out} ({resumed} already done); "
-          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))}), "
-                                       f"listed in {report}" if skipped else ""))
+          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))})" if skipped
+                                       else "")
+          + (f"; {clipped} clipped at full scale" if clipped else "")
+          + (f", listed in {report}" if skipped or clipped else ""))
     return {"packed": packed, "shards": len(names), "resumed_shards": resumed, "skipped": len(skipped),
+            **({"clipped": clipped} if clipped else {}),
             **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
 
 
