@@ -125,7 +125,8 @@ class FakeTrainer:
     def __call__(self, command: list[str], run_dir: Path) -> int:
         self.commands.append(command)
         fold = int(command[command.index("--fold") + 1])
-        record = {"kind": "test", "clips": 4, "mAP": 0.1 * len(self.commands), **({"accuracy": 0.5} if fold == 0 else {})}
+        record = {"kind": "test", "clips": 4, "mAP": 0.1 * len(self.commands),
+                  **({"accuracy": 0.5} if fold == 0 else {})}
         (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
         return 0
 

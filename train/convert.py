@@ -1,6 +1,6 @@
 """Convert AudioSet copies people already have into fastsca shards: `python -m train.convert SOURCE.h5
 [SOURCE.h5 ...] --labels class_labels_indices.csv --out OUTDIR [--layout panns|mp3] [--shard-size 20000]
-[--workers N]`.
+[--workers N] [--overwrite]`.
 
 Sources are PANNs' packed waveform files or PaSST/EfficientAT's mp3-in-HDF5 files (train/convert_layouts.py
 says what each holds); the layout is found from each file's datasets. Every row becomes a 16 kHz int16 10 s
@@ -12,13 +12,16 @@ small file spreads over more processes only with a smaller --shard-size.
 
 Rows skipped, never fatal, each listed in its shard (so the list survives resumes) and in
 OUTDIR/convert_report.csv (name, shard, reason): PANNs' placeholder rows (no name, all-zero waveform: a clip
-it could not download), named rows whose samples are all zero (silent), rows without a name, an mp3 that
-does not decode or holds less than its header says, a row HDF5 cannot read, and a name met before (the
-first one is kept). Converting no clip at all is an error.
+it could not download), named rows whose samples are all zero (silent), rows with NaN or infinite samples,
+rows without a name, an mp3 that does not decode or holds less than its header says, a row HDF5 cannot
+read, and a name met before (the first one is kept). Rows stored with samples clipped at full scale are
+counted and listed too. Converting no clip at all is an error.
 
 Re-running the same command resumes: a shard is written under a temporary name and renamed when complete,
-finished shards are skipped. Ctrl-C stops the workers after their current block of rows, removes the
-shards they had not finished and keeps the rest. Waveforms are read in blocks of rows, never whole.
+finished shards are skipped; other sources or settings are refused (OUTDIR/convert_plan.json), or replaced
+with `--overwrite`, and OUTDIR/.lock keeps a second converter out. Ctrl-C stops the workers after their
+current block of rows, removes the shards they had not finished and keeps the rest. Waveforms are read in
+blocks of rows, never whole.
 """
 import argparse
 import csv
@@ -234,7 +237,8 @@ def _write_report(out: Path, names: list[str]) -> tuple[list[tuple[str, str, str
             skipped += [(n, name, r) for n, r in zip(handle["skipped_name"].asstr()[:],
                                                      handle["skipped_reason"].asstr()[:])]
             if "noted_name" in handle:   # absent from shards converted before clipping was reported
-                noted += [(n, name, r) for n, r in zip(handle["noted_name"].asstr()[:], handle["noted_reason"].asstr()[:])]
+                noted += [(n, name, r) for n, r in zip(handle["noted_name"].asstr()[:],
+                                                       handle["noted_reason"].asstr()[:])]
     report = out / REPORT_FILE
     tmp = report.with_name(REPORT_FILE + ".tmp")
     try:

@@ -15,7 +15,10 @@ Manifest layouts are recognised from the header row (docs/data.md has the detail
   recording, source, src_file) and start/end (seconds in the file, honoured as segments: train/segments.py).
 
 A row's file is looked up as a path under the audio folder, then by its name anywhere below it, then
-(with no extension given) by its stem. Files are read with fastsca.text_files (any encoding with a BOM,
+(with no extension given) by its stem; a name or stem met in two folders is ambiguous (the row is
+skipped, never taken from one folder). Rows of one file however spelt are merged (`merge_duplicates`); a
+split must be a plain folder name. Class folders leave out hidden and system folders and files, and
+linked folders that lead back to the root or into another class. Files are read with fastsca.text_files (any encoding with a BOM,
 gzip/bzip2/xz). A malformed row is a one-line MetadataError naming the file and line.
 """
 import csv
@@ -246,8 +249,8 @@ def merge_duplicates(items: list[PackItem]) -> tuple[list[PackItem], list[tuple[
 
 def read_folder(root: Path) -> tuple[list[PackItem], list[tuple[str, str]]]:
     """One item per audio file of each class subfolder (any depth below it) of `root`, and what was left out
-    as (path under root, pack_report.csv reason): hidden folders and files (`.x`, `__MACOSX`), and linked folders that lead
-    back to `root` or into another class's folder (whose files would be packed under the wrong class)."""
+    as (path under root, pack_report.csv reason): hidden folders and files (`.x`, `__MACOSX`), and linked folders
+    that lead back to `root` or into another class's folder (whose files would be packed under the wrong class)."""
     folders = sorted(p for p in root.iterdir() if p.is_dir())
     classes = [folder for folder in folders if not is_hidden(folder.name)]
     left_out = [(folder.name, "hidden: a hidden or system folder, not a class")

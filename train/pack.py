@@ -15,8 +15,12 @@ CSV order, `--shard-size` rows per shard. Rows that name splits go to OUT/<split
 
 Re-running with the same inputs resumes: a shard is written under a temporary name and renamed when
 complete, finished shards are skipped, an interrupted one is redone (Ctrl-C and a full disk included:
-the partial shard is removed, exit 130 or one error line). A missing, undecodable, truncated, silent
-or out-of-file row is skipped, never fatal. Every row's outcome is recorded in its shard (so it survives
+the partial shard is removed, exit 130 or one error line). OUT/pack_plan.json holds what a resume must
+share (settings, rows, and each audio file's path under --audio-dir, size and time): other inputs, or
+shards no plan accounts for, are refused, or replaced with `--overwrite`; OUT/.lock keeps a second
+packer out. Rows naming one file however spelt are packed once (other labels merged), and names found in
+two folders are never guessed (train/manifest.py). A missing, undecodable, truncated, silent
+or out-of-file row is skipped, never fatal; samples beyond full scale are clipped and counted. Every row's outcome is recorded in its shard (so it survives
 resumes) and OUT/pack_report.csv lists them all (clip, shard, reason, cut: what part of the file was
 stored), with a summary line at the end. Packing no clip at all is an error, after that report. Errors are
 one line on stderr (exit 1; a bad option: exit 2); Ctrl-C exits 130.
