@@ -4,6 +4,7 @@ folders, a resume with another --audio-dir, hidden and linked class folders, odd
 train.run could not train on. Each is refused in one line naming the row, or counted in the summary line and
 listed in pack_report.csv."""
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from test_manifest import in_process_pool, write_tone  # noqa: F401  (a fixture)
+from train.out_folder import RunLock
 from train.pack import main
 from train.shards import ShardIndex
 
@@ -149,3 +151,13 @@ def test_shards_another_command_left_are_not_mixed_in(tmp_path, capsys):
     assert code == 2 and message == (f"error: {tmp_path / 'out'} holds shards made from another command (no "
                                      f"pack_plan.json); use a new --out folder, or --overwrite to replace them")
     assert (tmp_path / "out" / "shard_00000.h5").read_bytes() == b"someone else's"
+
+
+def test_a_second_packer_on_one_out_is_one_line(tmp_path, capsys):
+    write_tone(tmp_path / "audio" / "dog" / "a.wav", 0.3, 500)
+    with RunLock(tmp_path / "out", what="train.pack run"):   # this process plays the first packer
+        code, _, message = run_pack(capsys, ["--audio-dir", str(tmp_path / "audio"), "--out", str(tmp_path / "out"),
+                                             "--clip-seconds", "0.3"])
+    assert code == 2 and message == (f"error: {tmp_path / 'out'} is in use by another train.pack run (PID "
+                                     f"{os.getpid()}); wait for it to end, stop it, or choose another --out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock"]
