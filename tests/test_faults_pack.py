@@ -75,7 +75,7 @@ def test_odd_audio_is_packed_faithfully_or_skipped_with_a_reason(tmp_path, case)
 @pytest.mark.parametrize("samples, expected", [(0, "undecodable:"), (1, "whole file, padded")])
 def test_empty_and_one_sample_files(tmp_path, samples, expected):
     path = tmp_path / "tiny.wav"
-    value = np.random.uniform(0.2, 0.9)
+    value = np.random.default_rng(78).uniform(0.2, 0.9)
     soundfile.write(path, np.full(samples, value), RATE, subtype="FLOAT")
     name, stored, how = decode_one(path)
     assert how.startswith(expected)
@@ -235,7 +235,8 @@ def test_a_real_ctrl_c_mid_pack_is_one_line_and_the_same_command_resumes(tmp_pat
     source = tmp_path / "source.flac"
     soundfile.write(source, signal_of(2.0, np.random.default_rng(231)), 44100)
     (tmp_path / "audio" / "hum").mkdir(parents=True)
-    for k in range(2000):   # ~10 s of decoding: the signal comes mid-way (hard links: symlinks to one file are one clip)
+    # ~10 s of decoding, so the signal comes mid-way; hard links, as symlinks to one file are one clip
+    for k in range(2000):
         os.link(source, tmp_path / "audio" / "hum" / f"{k:03d}.flac")
     args = ["--audio-dir", str(tmp_path / "audio"), "--out", str(tmp_path / "out"), "--shard-size", "25",
             "--workers", "1", "--clip-seconds", "2"]

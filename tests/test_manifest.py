@@ -97,7 +97,8 @@ def test_a_header_without_file_or_label_column_is_one_line(tmp_path):
 
 def test_pack_own_data_with_splits_folds_groups_and_windows(tmp_path, in_process_pool):
     audio = tmp_path / "audio"
-    hz = {name: float(np.random.randint(3, 30) * 50) for name in ("long", "short", "val")}
+    tones = np.random.default_rng(100).choice(np.arange(3, 30) * 50.0, 3, replace=False)   # three distinct tones
+    hz = dict(zip(("long", "short", "val"), tones))
     write_tone(audio / "long.wav", 2.5, hz["long"])
     write_tone(audio / "deep" / "short.flac", 0.4, hz["short"], rate=44100, channels=2)
     write_tone(audio / "val.wav", 1.0, hz["val"])
@@ -155,7 +156,7 @@ def test_the_real_urbansound8k_clips_pack_with_one_command(tmp_path, in_process_
     assert split.folds().tolist() == [int(r["fold"]) for r in rows]
     assert split.groups() == [r["recording"] for r in rows]
     column = {name: k for k, name in enumerate(split.label_names)}
-    picked = np.random.randint(387)
+    picked = int(np.random.default_rng(158).integers(387))
     assert split.read(picked)[1].tolist() == np.eye(10, dtype=int)[column[rows[picked]["label"]]].tolist()
     original, rate = soundfile.read(REAL_AUDIO / "clips" / rows[picked]["filename"], always_2d=True)
     stored = split.read(picked)[0] / 32767

@@ -14,7 +14,6 @@ the command is refused (one line) before any training, or with --overwrite such 
 The summary row's fold count is the count its columns average; a column averaging fewer says so.
 """
 import argparse
-import csv
 import shlex
 import sys
 from pathlib import Path
@@ -22,9 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastsca.atomic import write_atomically
 from train.shards import ShardError, ShardIndex
 from train.sweep import (SettingsError, check_runs, mean_std, read_records, report, resuming, run_job,
-                         run_settings)
+                         run_settings, write_csv)
 
 # the test-record metrics reported per fold, where present (accuracy only where the metrics provide it)
 METRICS = ("mAP", "accuracy")
@@ -96,13 +96,8 @@ def write_summary(rows: list[dict], total: dict, out: Path, command: str) -> tup
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in (*rows, total)]
     md, csv_path = out / "folds.md", out / "folds.csv"
-    md.with_name("folds.md.tmp").write_text("\n".join(lines) + "\n")
-    md.with_name("folds.md.tmp").replace(md)
-    with csv_path.with_name("folds.csv.tmp").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([*rows, total])
-    csv_path.with_name("folds.csv.tmp").replace(csv_path)
+    write_atomically(md, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_atomically(csv_path, lambda tmp: write_csv(tmp, columns, [*rows, total]))
     return md, csv_path
 
 

@@ -33,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.inference import read_checkpoint
 from fastsca.model import build_model
@@ -268,20 +269,25 @@ def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
 
 
 def write_tables(rows: list[dict], table: int, out: Path, command: str, note: str) -> tuple[Path, Path]:
-    """OUT/tableT.md (with the command that made it) and OUT/tableT.csv."""
+    """OUT/tableT.md (with the command that made it) and OUT/tableT.csv, each written whole (atomically)."""
     columns = list(rows[0])
     md = out / f"table{table}.md"
     lines = [f"# Table {table}, reproduced", "", f"Made by `{command}`.", "", note, "",
              "| " + " | ".join(c.replace("d_prime", "d′") for c in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    md.write_text("\n".join(lines) + "\n")
+    write_atomically(md, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     csv_path = out / f"table{table}.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+    write_atomically(csv_path, lambda tmp: write_csv(tmp, columns, rows))
+    return md, csv_path
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """A header of `columns`, then one line per row (keys outside `columns` left out)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return md, csv_path
 
 
 def main(argv: list[str] | None = None) -> None:
