@@ -385,3 +385,16 @@ def test_int32_pcm_is_scaled_and_nonfinite_or_clipped_rows_are_reported(tmp_path
     assert [row[2].split(" (")[0] for row in rows] == [
         "nonfinite: 1 sample(s) are NaN or infinite, which would make every score NaN"] * 2 + [
         f"clipped: {clipped} sample(s) beyond full scale stored at full scale"]
+
+
+def test_a_source_that_is_an_output_is_refused(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text(LABELS)
+    (tmp_path / "out").mkdir()
+    source = write_panns(tmp_path / "out" / "shard_00000.h5")             # converting would overwrite it
+    before = source.read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        main([str(source), "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: source {source} is a file this command writes in --out {tmp_path / 'out'}; move it or choose "
+        f"another --out\n")
+    assert source.read_bytes() == before

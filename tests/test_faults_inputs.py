@@ -161,3 +161,15 @@ def test_a_second_packer_on_one_out_is_one_line(tmp_path, capsys):
     assert code == 2 and message == (f"error: {tmp_path / 'out'} is in use by another train.pack run (PID "
                                      f"{os.getpid()}); wait for it to end, stop it, or choose another --out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock"]
+
+
+def test_an_input_that_is_an_output_is_refused(tmp_path, capsys):
+    write_tone(tmp_path / "audio" / "a.wav", 0.3, 500)
+    (tmp_path / "out").mkdir()
+    manifest = tmp_path / "out" / "pack_report.csv"                     # the report would overwrite it
+    manifest.write_text("file,label\na.wav,dog\n")
+    code, _, message = run_pack(capsys, ["--manifest", str(manifest), "--audio-dir", str(tmp_path / "audio"),
+                                         "--out", str(tmp_path / "out"), "--clip-seconds", "0.3"])
+    assert code == 2 and message == (f"error: --manifest {manifest} is a file this command writes in --out "
+                                     f"{tmp_path / 'out'}; move it or choose another --out")
+    assert manifest.read_text() == "file,label\na.wav,dog\n"

@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from train.convert_layouts import LAYOUTS, RowReader, Source, SourceError, labels_sha1, open_source, scan_names
 from train.csv_meta import LabelSet, MetadataError, read_labels
-from train.out_folder import OutFolderError, RunLock, check_plan, describe_os_error, ensure_writable
+from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+                              ensure_writable)
 from train.parent_death import die_with_parent
 from train.shards import ShardError, ShardWriter, write_index
 
@@ -258,6 +259,7 @@ def convert(config: ConvertConfig) -> dict:
     twice = next((path for path, real in zip(config.sources, resolved) if resolved.count(real) > 1), None)
     if twice is not None:
         raise ValueError(f"{twice} is given twice as a source; give each file once")
+    check_inputs_apart(config.out, [("source", path) for path in config.sources] + [("--labels", config.labels)])
     sources = [open_source(path, labels, config.layout) for path in config.sources]
     for source in sources:
         print(source.describe())

@@ -66,6 +66,17 @@ def remove_outputs(folder: Path) -> None:
         old.unlink()
 
 
+def check_inputs_apart(out: Path, inputs: list[tuple[str, Path]]) -> None:
+    """Refuse (OutFolderError, one line) an input, given as (option, path), that is a file this run writes into
+    OUT (a shard, the index, the report or the plan): the run would overwrite what it reads."""
+    folder = Path(out).resolve()
+    for option, path in inputs:
+        real = Path(path).resolve()
+        if real.parent == folder and any(real.match(p) for p in (*OUTPUT_PATTERNS, "*_plan.json")):
+            raise OutFolderError(f"{option} {path} is a file this command writes in --out {out}; move it or choose "
+                                 f"another --out")
+
+
 def check_plan(out: Path, plan_file: str, plan: dict, overwrite: bool = False) -> None:
     """Keep OUT to one plan (the inputs and settings a resumed run must share with the run that started it),
     written to OUT/plan_file on first use. A folder started with another plan, or holding shards without a

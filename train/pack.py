@@ -49,8 +49,8 @@ from fastsca.events import ReferenceReport, clean_events
 from train.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
 from train.manifest import (AudioFiles, PackItem, merge_duplicates, read_class_list, read_folder, read_manifest,
                             walk_files)
-from train.out_folder import (OutFolderError, RunLock, check_plan, describe_os_error, ensure_writable,
-                              remove_outputs)
+from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+                              ensure_writable, remove_outputs)
 from train.parent_death import die_with_parent
 from train.segments import FITS, OutsideFileError, check_clip_length, plan_parts
 from train.shards import ShardError, ShardWriter, clipped_note, to_stored, write_index
@@ -428,6 +428,8 @@ def pack(config: PackConfig) -> dict:
     else:
         labels, items, extra = _own_items(config)
     splits = sorted({item.split for item in items}) or [""]
+    check_inputs_apart(config.out, [("--csv", p) for p in config.csvs] + [("--manifest", p) for p in config.manifests]
+                       + [("--strong", p) for p in config.strong] + [("--labels", config.labels)] * bool(config.labels))
     ensure_writable(config.out)
     with RunLock(config.out, what="train.pack run"):
         _claim_split_folders(config, splits, labels)
