@@ -90,3 +90,12 @@ def test_runs_made_with_other_settings_are_refused_or_overwritten(tmp_path, monk
         f"again\n")
     sweep.main([*argv, "--steps", "6", "--overwrite"])
     assert len(commands) == 2 and commands[1][-2:] == ["--steps", "6"]
+
+
+def test_a_run_another_command_started_meanwhile_is_left_to_it(tmp_path, capsys):
+    (tmp_path / "settings.json").write_text('{"command": ["other"], "data": {}}')
+    assert sweep.run_job(tmp_path, lambda: pytest.fail("nothing may be trained"), {"command": ["this"], "data": {}}) \
+        == "failed"
+    assert capsys.readouterr().out == (f"{tmp_path} holds a run made with other settings or data (started by another "
+                                       f"command meanwhile); left to it\n")
+    assert not (tmp_path / "sweep.lock").exists()

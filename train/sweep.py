@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +179,14 @@ def run_settings(command: list[str]) -> dict:
     for flag in ("--data", "--eval-data"):
         if flag in kept:
             where = kept.index(flag) + 1
-            data[flag], kept[where] = checkpoint.data_fingerprint(kept[where]), flag[2:].upper()
+            data[flag], kept[where] = _data_fingerprint(kept[where]), flag[2:].upper()
     return {"command": kept, "data": data}
+
+
+@lru_cache(maxsize=None)
+def _data_fingerprint(path: str) -> dict:
+    """train/checkpoint.py's fingerprint of a split, read once per command (it reads every target)."""
+    return checkpoint.data_fingerprint(path)
 
 
 def settings_problem(run_dir: Path, settings: dict) -> str:
@@ -213,12 +220,12 @@ def run_job(run_dir: Path, command, settings: dict) -> str:
     if not claim(run_dir):
         return "busy"
     try:
-        if settings_problem(run_dir, settings):   # started meanwhile by a command with other settings
-            raise SettingsError(f"{run_dir} {settings_problem(run_dir, settings)}; use another --out")
+        if problem := settings_problem(run_dir, settings):   # started meanwhile by a command with other settings
+            tqdm.write(f"{run_dir} {problem} (started by another command meanwhile); left to it")
+            return "failed"
         if read_records(run_dir, "test"):
             return "done"
-        (run_dir / (SETTINGS_FILE + ".tmp")).write_text(json.dumps(settings, indent=1))
-        (run_dir / (SETTINGS_FILE + ".tmp")).replace(run_dir / SETTINGS_FILE)
+        write_atomically(run_dir / SETTINGS_FILE, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
         code = train_logged(command(), run_dir)
     finally:
         (run_dir / "sweep.lock").unlink(missing_ok=True)
