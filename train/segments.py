@@ -19,9 +19,6 @@ before hours of decoding rather than train.run after.
 import math
 from dataclasses import dataclass
 
-from fastsca.config import POOLING_PLANS, ModelConfig
-from fastsca.frontend import LogMelConfig
-
 FITS = ("cut", "window")
 # Downloads of a 10 s segment run 9.98-10.05 s; a file half a second longer than the segment is the whole recording.
 TOLERANCE_SECONDS = 0.5
@@ -68,6 +65,9 @@ def plan_parts(duration: float,
 def check_clip_length(clip_samples: int, sample_rate: int) -> None:
     """ValueError (one line, with the nearest lengths that work) unless train.run can train on clips of
     `clip_samples` at `sample_rate`: the front end must make frames that every pooling plan divides."""
+    # imported here, not at the top: the packer's decoding workers import this module and must not pay for torch
+    from fastsca.config import POOLING_PLANS, ModelConfig
+    from fastsca.frontend import LogMelConfig
     seconds = clip_samples / sample_rate
     try:
         frames = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples).frames
