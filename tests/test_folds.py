@@ -172,3 +172,21 @@ def test_a_fold_folder_without_a_settings_record_is_not_reused(tmp_path, monkeyp
         folds.main(["--data", str(data), "--out", str(tmp_path / "cv")])
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'cv' / 'fold-1'} holds a run without a record of "
                                               f"its settings (settings.json): its results would be reported")
+
+
+def test_a_fold_that_wrote_nothing_is_started_again_with_the_new_settings(tmp_path, monkeypatch):
+    """A first try that failed before writing anything (a mistyped flag) does not lock its folder's settings."""
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+
+    def refused(command: list[str], run_dir: Path) -> int:   # train.run refuses the mistyped flag, writing nothing
+        (run_dir / "log.txt").write_text("error: unrecognized arguments: --stpes 2\n")
+        return 2
+
+    monkeypatch.setattr(sweep, "train_logged", refused)
+    with pytest.raises(SystemExit):
+        folds.main(["--data", str(data), "--out", str(tmp_path / "cv"), "--stpes", "2"])
+    trainer = FakeTrainer()
+    monkeypatch.setattr(sweep, "train_logged", trainer)
+    folds.main(["--data", str(data), "--out", str(tmp_path / "cv"), "--steps", "2"])
+    assert len(trainer.commands) == 2
+    assert json.loads((tmp_path / "cv" / "fold-0" / "settings.json").read_text())["command"][-2:] == ["--steps", "2"]

@@ -94,6 +94,7 @@ def test_runs_made_with_other_settings_are_refused_or_overwritten(tmp_path, monk
 
 def test_a_run_another_command_started_meanwhile_is_left_to_it(tmp_path, capsys):
     (tmp_path / "settings.json").write_text('{"command": ["other"], "data": {}}')
+    (tmp_path / "latest.pt").write_bytes(b"")                  # the other command's run has begun
     assert sweep.run_job(tmp_path, lambda: pytest.fail("nothing may be trained"), {"command": ["this"], "data": {}}) \
         == "failed"
     assert capsys.readouterr().out == (f"{tmp_path} holds a run made with other settings or data (started by another "

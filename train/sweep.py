@@ -190,12 +190,14 @@ def _data_fingerprint(path: str) -> dict:
 
 
 def settings_problem(run_dir: Path, settings: dict) -> str:
-    """"" when run_dir is new or its results were made with `settings`; otherwise what is wrong with it."""
+    """"" when run_dir holds no run yet (at most a log and the settings of a run that wrote nothing) or a run
+    made with `settings`; otherwise what is wrong with it."""
     path = run_dir / SETTINGS_FILE
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - BOOKKEEPING - {SETTINGS_FILE}:
+        return ""
     if path.is_file():
         return "" if json.loads(path.read_text()) == settings else "holds a run made with other settings or data"
-    held = {p.name for p in run_dir.iterdir()} - BOOKKEEPING if run_dir.is_dir() else set()
-    return f"holds a run without a record of its settings ({SETTINGS_FILE})" if held else ""
+    return f"holds a run without a record of its settings ({SETTINGS_FILE})"
 
 
 def check_runs(runs: list[tuple[Path, dict]], overwrite: bool) -> None:
