@@ -173,3 +173,16 @@ def test_an_input_that_is_an_output_is_refused(tmp_path, capsys):
     assert code == 2 and message == (f"error: --manifest {manifest} is a file this command writes in --out "
                                      f"{tmp_path / 'out'}; move it or choose another --out")
     assert manifest.read_text() == "file,label\na.wav,dog\n"
+
+
+def test_other_splits_are_refused_and_overwrite_empties_the_old_split_folders(tmp_path, capsys, in_process_pool):
+    write_tone(tmp_path / "audio" / "a.wav", 0.3, 500)
+    write_tone(tmp_path / "audio" / "b.wav", 0.3, 900)
+    args = manifest_args(tmp_path, "file,label,split\na.wav,dog,train\nb.wav,cat,val\n")
+    assert run_pack(capsys, args)[0] == 0
+    (tmp_path / "m.csv").write_text("file,label,split\na.wav,dog,train\nb.wav,cat,test\n")
+    code, _, message = run_pack(capsys, args)
+    assert code == 2 and message.startswith(f"error: {tmp_path / 'out'} holds shards made from other inputs")
+    assert run_pack(capsys, [*args, "--overwrite"])[0] == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "val").iterdir()) == []        # no old shards left to read
+    assert ShardIndex.open(tmp_path / "out" / "test").num_clips == 1
