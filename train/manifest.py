@@ -18,8 +18,9 @@ A row's file is looked up as a path under the audio folder, then by its name any
 (with no extension given) by its stem; a name or stem met in two folders is ambiguous (the row is
 skipped, never taken from one folder). Rows of one file however spelt are merged (`merge_duplicates`); a
 split must be a plain folder name. Class folders leave out hidden and system folders and files, and
-linked folders that lead back to the root or into another class. Files are read with fastsca.text_files (any encoding with a BOM,
-gzip/bzip2/xz). A malformed row is a one-line MetadataError naming the file and line.
+linked folders that lead back to the root or into another class. Files are read with fastsca.text_files
+(any encoding with a BOM, gzip/bzip2/xz). A malformed row is a one-line MetadataError naming the file and
+line.
 """
 import csv
 import os

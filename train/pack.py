@@ -19,11 +19,12 @@ the partial shard is removed, exit 130 or one error line). OUT/pack_plan.json ho
 share (settings, rows, and each audio file's path under --audio-dir, size and time): other inputs, or
 shards no plan accounts for, are refused, or replaced with `--overwrite`; OUT/.lock keeps a second
 packer out. Rows naming one file however spelt are packed once (other labels merged), and names found in
-two folders are never guessed (train/manifest.py). A missing, undecodable, truncated, silent
-or out-of-file row is skipped, never fatal; samples beyond full scale are clipped and counted. Every row's outcome is recorded in its shard (so it survives
-resumes) and OUT/pack_report.csv lists them all (clip, shard, reason, cut: what part of the file was
-stored), with a summary line at the end. Packing no clip at all is an error, after that report. Errors are
-one line on stderr (exit 1; a bad option: exit 2); Ctrl-C exits 130.
+two folders are never guessed (train/manifest.py). A missing, undecodable, truncated, silent or
+out-of-file row is skipped, never fatal; samples beyond full scale are clipped and counted. Every row's
+outcome is recorded in its shard (so it survives resumes) and OUT/pack_report.csv lists them all (clip,
+shard, reason, cut: what part of the file was stored), with a summary line at the end. Packing no clip at
+all is an error, after that report. Errors are one line on stderr (exit 2); Ctrl-C exits 130. A clip
+length train.run could not train on is refused first (train/segments.py).
 """
 import argparse
 import csv
