@@ -40,7 +40,7 @@ def mp3_bytes(samples: np.ndarray) -> np.ndarray:
 
 def make_sources(root: Path) -> dict:
     """labels.csv, panns.h5 (7 rows) and mp3.hdf (5 rows); returns what each row should become."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(43)
     (root / "labels.csv").write_text(LABELS)
     ytids = ["".join(rng.choice(YTID_CHARS, 11)) for _ in range(9)]
     hz = rng.integers(1000, 70000, 6) / 10                        # on the 0.1 Hz grid of a 10 s FFT
@@ -212,7 +212,7 @@ def test_ctrl_c_keeps_finished_shards_and_a_rerun_completes(converted_copy, monk
         main(args)
     assert stopped.value.code == 130
     assert "interrupted: the finished shards are kept" in capsys.readouterr().err
-    assert sorted(p.name for p in (root / "out").iterdir()) == ["convert_plan.json", "shard_00000.h5",
+    assert sorted(p.name for p in (root / "out").iterdir()) == [".lock", "convert_plan.json", "shard_00000.h5",
                                                                 "shard_00001.h5"]
     monkeypatch.setattr(RowReader, "read", read)
     main(args)
@@ -242,9 +242,16 @@ def test_a_block_hdf5_cannot_read_is_retried_row_by_row(converted_copy, monkeypa
                           "copy the file again (panns.h5 row 4)")
 
 
-def test_rerun_with_other_settings_is_refused(converted_copy):
-    with pytest.raises(ValueError, match="converted from other sources, labels or settings"):
-        convert(config(converted_copy[0], shard_size=2))
+def test_rerun_with_other_settings_is_refused_or_overwritten(converted_copy):
+    root = converted_copy[0]
+    with pytest.raises(ValueError, match="out holds shards made from other inputs or settings; use a new --out "
+                                         "folder, or --overwrite to replace them"):
+        convert(config(root, shard_size=2))
+    old = sorted(p.name for p in (root / "out").glob("shard_*.h5"))
+    summary = convert(config(root, shard_size=2, overwrite=True))
+    assert summary["resumed_shards"] == 0
+    assert sorted(p.name for p in (root / "out").glob("shard_*.h5")) == [f"shard_{k:05d}.h5"
+                                                                         for k in range(summary["shards"])] != old
 
 
 @pytest.mark.parametrize("raw, name", [(b"Y--PJHxphWEs.wav", "Y--PJHxphWEs"), (b"00/Y-a_b.mp3", "Y-a_b"),
@@ -338,7 +345,7 @@ def test_audioset_label_list_and_a_shorter_one(tmp_path):
 
 def test_an_unpacked_mp3_target_is_read_as_it_is(tmp_path):
     (tmp_path / "labels.csv").write_text(LABELS)
-    target = np.random.default_rng().integers(0, 2, (3, 3)).astype(bool)
+    target = np.random.default_rng(341).integers(0, 2, (3, 3)).astype(bool)
     path = write_panns(tmp_path / "unpacked.hdf", waveform=None, target=target, mp3=[np.zeros(4, np.uint8)] * 3)
     source = open_source(path, read_labels(tmp_path / "labels.csv"))
     assert (source.layout, source.packed_target) == ("mp3", False)
@@ -347,3 +354,47 @@ def test_an_unpacked_mp3_target_is_read_as_it_is(tmp_path):
     reader.close()
     np.testing.assert_array_equal(np.stack([row.target for row in rows]), target.astype(np.uint8))
     assert [row.reason.split(":")[0] for row in rows] == ["undecodable"] * 3
+
+
+def test_int32_pcm_is_scaled_and_nonfinite_or_clipped_rows_are_reported(tmp_path, capsys):
+    """Rows: int32 PCM at half scale (stored at half scale, not clipped), float with a NaN and with an inf
+    (skipped, as train.pack skips such files), float beyond full scale (stored clipped, and reported)."""
+    (tmp_path / "labels.csv").write_text(LABELS)
+    rng = np.random.default_rng(7)
+    wave = 0.5 * np.sin(2 * np.pi * 100 * np.arange(1600) / 16000)          # 100 ms at 16 kHz: no resampling
+    write_panns(tmp_path / "int32.h5", rows=2, waveform=np.stack([(wave * (2 ** 31 - 1)).astype(np.int32)] * 2))
+    floats = np.stack([wave, wave, 3 * wave]).astype(np.float32)
+    floats[0, rng.integers(1600)], floats[1, rng.integers(1600)] = np.nan, np.inf
+    write_panns(tmp_path / "float.h5", rows=3, waveform=floats,
+                audio_name=np.array([f"Yfloat{i}.wav" for i in range(3)], dtype="S20"))
+    for source in ("int32.h5", "float.h5"):
+        with h5py.File(tmp_path / source, "r+") as handle:
+            handle.attrs["sample_rate"] = 16000
+    out = tmp_path / "out"
+    summary = convert(ConvertConfig((tmp_path / "int32.h5", tmp_path / "float.h5"), tmp_path / "labels.csv", out,
+                                    workers=1, clip_samples=1600))
+    assert summary == {"converted": 3, "shards": 2, "resumed_shards": 0, "skipped": 2, "clipped": 1,
+                       "skipped_nonfinite": 2}
+    clipped = int(np.count_nonzero(np.abs(3 * wave) > 1))
+    printed = capsys.readouterr().out
+    assert (f"skipped 2 (2 nonfinite); 1 clipped at full scale, listed in {out / 'convert_report.csv'}") in printed
+    with h5py.File(out / "shard_00000.h5") as handle:
+        np.testing.assert_allclose(handle["waveform"][0] / 32767, wave, atol=1 / 32767)   # int16 rounding
+    with (out / "convert_report.csv").open() as handle:
+        rows = list(csv.reader(handle))[1:]
+    assert [row[2].split(" (")[0] for row in rows] == [
+        "nonfinite: 1 sample(s) are NaN or infinite, which would make every score NaN"] * 2 + [
+        f"clipped: {clipped} sample(s) beyond full scale stored at full scale"]
+
+
+def test_a_source_that_is_an_output_is_refused(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text(LABELS)
+    (tmp_path / "out").mkdir()
+    source = write_panns(tmp_path / "out" / "shard_00000.h5")             # converting would overwrite it
+    before = source.read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        main([str(source), "--labels", str(tmp_path / "labels.csv"), "--out", str(tmp_path / "out")])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: source {source} is a file this command writes in --out {tmp_path / 'out'}; move it or choose "
+        f"another --out\n")
+    assert source.read_bytes() == before

@@ -85,7 +85,7 @@ LAYOUTS = {
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_strong_label_layout_reads_the_same(tmp_path, layout):
-    rows = random_events(np.random.default_rng())
+    rows = random_events(np.random.default_rng(88))
     path = tmp_path / "strong.tsv"
     path.write_bytes(LAYOUTS[layout](rows))
     assert read_strong(path) == expected(rows)
@@ -95,7 +95,7 @@ def test_every_strong_label_layout_reads_the_same(tmp_path, layout):
 
 
 def test_duplicate_lines_are_merged_and_counted(tmp_path):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(98)
     rows = random_events(rng)
     repeated = [rows[i] for i in rng.choice(len(rows), size=4, replace=False)]
     (tmp_path / "strong.tsv").write_text(table(rows + repeated))
@@ -230,7 +230,7 @@ def strong_config(tmp_path, text: str) -> pack.PackConfig:
 
 
 def test_pack_reports_what_it_changed_in_the_strong_labels(tmp_path, pack_inputs, capsys):
-    onset = round(float(np.random.default_rng().uniform(0.1, 2.0)), 3)
+    onset = round(float(np.random.default_rng(233).uniform(0.1, 2.0)), 3)
     config = strong_config(tmp_path, "\t".join(HEADER) + "\n" + "".join(f"{r}\n" for r in [
         f"--PJHxphWEs_30000\t{onset}\t{onset + 2}\t/m/a", f"--PJHxphWEs_30000\t{onset + 1}\t{onset + 3}\t/m/a",
         "--PJHxphWEs_30000\t-1.5\t1\t/t/c", "--PJHxphWEs_30000\t9\t12\t/m/zzz",
@@ -272,7 +272,7 @@ def strong_split(path: Path, clips: int, labelled: list[int], overlapping: bool 
                  classes: int = 3) -> Path:
     """A shard of random 1 s clips, one positive class each; clips `labelled` get strong labels: two events of
     their class that overlap (as a careless annotation, or a pack before the merge, stores them)."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(275)
     names = LABELS[:classes]
     target = np.eye(classes, dtype=np.uint8)[np.arange(clips) % classes]
     if not single_label:
@@ -287,7 +287,7 @@ def strong_split(path: Path, clips: int, labelled: list[int], overlapping: bool 
 
 
 def test_only_clips_with_strong_labels_are_scored(tmp_path):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(290)
     labelled = sorted(rng.choice(27, size=1, replace=False).tolist())
     names, reference = localisation.split_reference(strong_split(tmp_path / "s.h5", 27, labelled))
     assert len(names) == 27 and list(reference) == [names[i] for i in labelled]
@@ -302,7 +302,7 @@ def test_only_clips_with_strong_labels_are_scored(tmp_path):
 
 
 def test_overlapping_reference_events_are_scored_not_refused():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(305)
     start = int(rng.integers(1, 4))   # in frames: times on the 0.1 s grid as the scoring computes them
     reference = {"c0": [(start / 10, (start + 4) / 10, "a"), ((start + 4) / 10, (start + 8) / 10, "a")],   # touching
                  "c1": [(0.0, 0.6, "b"), (0.3, 0.9, "b"), (0.2, 0.5, "a")]}                            # overlapping
@@ -364,7 +364,7 @@ def test_a_scoring_fault_is_reported_and_training_goes_on(tmp_path, monkeypatch,
 
 
 def test_no_scorable_class_still_writes_best_pt_and_no_nan(tmp_path, capsys):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(367)
     with ShardWriter(tmp_path / "train.h5", ("/x/a",), ("a",), 16000, 16000) as writer:   # every clip positive
         writer.add(rng.integers(-3000, 3000, (32, 16000)).astype(np.int16), np.ones((32, 1), np.uint8),
                    [f"c{i}" for i in range(32)])

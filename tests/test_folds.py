@@ -1,15 +1,18 @@
 """Folds: `train.run --fold K` tests on fold K and trains on the others; `python -m train.folds` runs every fold
 once (a finished fold is not trained again) and writes the mean ± std table; data without folds is one line."""
 import csv
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
 import train.run
-from train import evaluate, folds
+from train import evaluate, folds, sweep
 from train.shards import ShardWriter
 from train.synth import make_clip
 
@@ -35,7 +38,7 @@ def fold_split(path: Path, fold_sizes: list[int], with_folds: bool = True) -> Pa
 
 
 def test_a_fold_is_the_test_split(tmp_path, capsys):
-    sizes = [int(n) for n in np.random.default_rng().integers(8, 13, 3) * 2]   # whole groups of 2 per fold
+    sizes = [int(n) for n in np.random.default_rng(38).integers(8, 13, 3) * 2]   # whole groups of 2 per fold
     data = fold_split(tmp_path / "folds.h5", sizes)
     train.run.main(["--data", str(data), "--fold", "1", "--out", str(tmp_path / "run"), *TINY])
     [test] = records(tmp_path / "run", "test")
@@ -110,3 +113,80 @@ def test_packed_data_gets_the_mixup_chosen_on_real_recordings(tmp_path):
     assert train.run.build_config(builtin, "cpu", False)[0].data.loader.mixup_alpha == 0.0
     given = train.run.parse_args(["--data", str(data), "--fold", "0", "--mixup-alpha", "0.2", "--out", str(tmp_path / "d")])
     assert train.run.build_config(given, "cpu", False)[0].data.loader.mixup_alpha == 0.2
+
+
+class FakeTrainer:
+    """Stands in for the train.run subprocess: records each command and writes its test record (mAP 0.1 x call
+    number; accuracy only for fold 0), so the reuse rules are tested without training."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+
+    def __call__(self, command: list[str], run_dir: Path) -> int:
+        self.commands.append(command)
+        fold = int(command[command.index("--fold") + 1])
+        record = {"kind": "test", "clips": 4, "mAP": 0.1 * len(self.commands),
+                  **({"accuracy": 0.5} if fold == 0 else {})}
+        (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        return 0
+
+
+def test_folds_made_with_other_settings_or_data_are_never_reused(tmp_path, monkeypatch, capsys):
+    trainer = FakeTrainer()
+    monkeypatch.setattr(sweep, "train_logged", trainer)
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+    out = tmp_path / "cv"
+    folds.main(["--data", str(data), "--out", str(out), "--steps", "2"])
+    assert len(trainer.commands) == 2
+    folds.main(["--data", str(data), "--out", str(out), "--steps", "2"])   # the same settings: finished, reused
+    shutil.copy(data, tmp_path / "copy.h5")                                  # the same clips elsewhere: reused too
+    folds.main(["--data", str(tmp_path / "copy.h5"), "--out", str(out), "--steps", "2"])
+    assert len(trainer.commands) == 2
+    capsys.readouterr()
+    other = fold_split(tmp_path / "other.h5", [4, 4], with_folds=True)
+    with h5py.File(other, "r+") as handle:
+        handle["target"][0] = 1 - handle["target"][0]                        # other labels: other data
+    for changed in (["--data", str(data), "--steps", "3"], ["--data", str(data), "--steps", "2", "--lr", "0.01"],
+                    ["--data", str(other), "--steps", "2"]):
+        with pytest.raises(SystemExit) as stopped:
+            folds.main([*changed, "--out", str(out)])
+        assert stopped.value.code == 2 and capsys.readouterr().err == (
+            f"error: {out / 'fold-0'} holds a run made with other settings or data (and 1 more): its results would "
+            f"be reported under this command; use another --out, the command that made it, or --overwrite to train "
+            f"it again\n")
+    assert len(trainer.commands) == 2
+    folds.main(["--data", str(data), "--out", str(out), "--steps", "3", "--overwrite"])
+    assert len(trainer.commands) == 4 and all(c[-2:] == ["--steps", "3"] for c in trainer.commands[2:])
+    table = (out / "folds.md").read_text()
+    assert "--steps 3 --overwrite`" in table
+    # fold 0 gives accuracy, fold 1 does not: the total says over how many folds each column is averaged
+    assert "| mean ± std (2 folds) |  | 0.3500 ± 0.0707 | 0.5000 ± 0.0000 (1 of 2 folds) |" in table
+
+
+def test_a_fold_folder_without_a_settings_record_is_not_reused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "train_logged", FakeTrainer())
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+    (tmp_path / "cv" / "fold-1").mkdir(parents=True)
+    (tmp_path / "cv" / "fold-1" / "metrics.jsonl").write_text('{"kind": "test", "clips": 4, "mAP": 0.9}\n')
+    with pytest.raises(SystemExit):
+        folds.main(["--data", str(data), "--out", str(tmp_path / "cv")])
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'cv' / 'fold-1'} holds a run without a record of "
+                                              f"its settings (settings.json): its results would be reported")
+
+
+def test_a_fold_that_wrote_nothing_is_started_again_with_the_new_settings(tmp_path, monkeypatch):
+    """A first try that failed before writing anything (a mistyped flag) does not lock its folder's settings."""
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+
+    def refused(command: list[str], run_dir: Path) -> int:   # train.run refuses the mistyped flag, writing nothing
+        (run_dir / "log.txt").write_text("error: unrecognized arguments: --stpes 2\n")
+        return 2
+
+    monkeypatch.setattr(sweep, "train_logged", refused)
+    with pytest.raises(SystemExit):
+        folds.main(["--data", str(data), "--out", str(tmp_path / "cv"), "--stpes", "2"])
+    trainer = FakeTrainer()
+    monkeypatch.setattr(sweep, "train_logged", trainer)
+    folds.main(["--data", str(data), "--out", str(tmp_path / "cv"), "--steps", "2"])
+    assert len(trainer.commands) == 2
+    assert json.loads((tmp_path / "cv" / "fold-0" / "settings.json").read_text())["command"][-2:] == ["--steps", "2"]

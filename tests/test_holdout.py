@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from train.holdout import SubsetIndex, holdout_split
-from train.shards import ShardIndex, ShardWriter
+from fastsca.frontend import LogMelConfig
+from train.holdout import SubsetIndex, holdout_split, split_run
+from train.loader import LoaderConfig, LogMelLoader
+from train.shards import ShardError, ShardIndex, ShardWriter
 
 
 def _members(targets: np.ndarray) -> list[np.ndarray]:
@@ -12,7 +14,7 @@ def _members(targets: np.ndarray) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("clips, classes, fraction", [(53, 7, 0.1), (1000, 37, 0.2), (20, 11, 0.05)])
 def test_split_is_stratified_disjoint_and_seeded(clips, classes, fraction):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(15)
     targets = rng.random((clips, classes)) < rng.uniform(0.02, 0.3, classes)   # some classes very rare
     targets[rng.integers(clips), :] = True                                        # no class without clips
     members = _members(targets)
@@ -34,7 +36,7 @@ def test_max_clips_caps_the_random_part():
 
 
 def test_subset_reads_the_chosen_clips(tmp_path):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(37)
     waveforms = rng.integers(-3000, 3000, (23, 160), dtype=np.int16)
     targets = (rng.random((23, 4)) < 0.4).astype(np.uint8)
     with ShardWriter(tmp_path / "a.h5", ("a", "b", "c", "d"), ("A", "B", "C", "D"), 16000, 160) as writer:
@@ -53,7 +55,7 @@ def test_subset_reads_the_chosen_clips(tmp_path):
 
 @pytest.mark.parametrize("clips, classes, group_size", [(60, 5, 3), (301, 9, 7)])
 def test_groups_are_held_out_whole(clips, classes, group_size):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(56)
     targets = rng.random((clips, classes)) < 0.3
     targets[np.arange(clips), rng.integers(0, classes, clips)] = True   # every clip carries a class
     groups = rng.permutation(np.arange(clips) // group_size)            # recordings of group_size clips, shuffled
@@ -68,7 +70,7 @@ def test_groups_are_held_out_whole(clips, classes, group_size):
 
 
 def test_without_groups_the_split_is_the_clip_level_one():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(71)
     targets = rng.random((80, 6)) < 0.25
     targets[np.arange(80), rng.integers(0, 6, 80)] = True
     members = _members(targets)
@@ -80,7 +82,7 @@ def test_without_groups_the_split_is_the_clip_level_one():
 def test_a_large_recording_is_not_held_out_past_the_size_asked_for():
     """A class's smallest recording is held out for it, and a recording that would overshoot is passed over:
     one recording of 40 slices beside 60 single-clip recordings, 10 % asked for."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(83)
     clips = 100
     groups = np.concatenate([np.zeros(40, np.int64), np.arange(1, 61)])
     targets = np.zeros((clips, 3), bool)
@@ -92,3 +94,45 @@ def test_a_large_recording_is_not_held_out_past_the_size_asked_for():
                                       groups=groups)
     assert len(validation) == 10 and not (validation < 40).any()
     assert all(targets[validation, k].any() and targets[train, k].any() for k in range(3))
+
+
+def _split_file(path, targets: np.ndarray, folds: list[int]) -> str:
+    """A shard of `targets`' clips (short noise) with a fold per clip (-1: none)."""
+    rng = np.random.default_rng(len(folds))
+    names = tuple(f"c{k}" for k in range(targets.shape[1]))
+    with ShardWriter(path, names, names, 16000, 1600) as writer:
+        writer.add(rng.integers(-999, 999, (len(folds), 1600)).astype(np.int16), targets.astype(np.uint8),
+                   [f"clip{i}" for i in range(len(folds))], folds=folds)
+        writer.commit()
+    return str(path)
+
+
+def test_clips_without_a_fold_are_counted_in_one_line(tmp_path):
+    targets = np.eye(3, dtype=bool)[np.arange(17) % 3]
+    path = _split_file(tmp_path / "d.h5", targets, [-1, -1, -1, -1] + [k % 2 for k in range(13)])
+    said = []
+    train, validation, test = split_run(path, None, 0.2, 100, seed=5, fold=1, say=said.append)
+    assert said == [f"note: 4 of the 17 clips of {path} carry no fold and are left out of this --fold run (pack them "
+                    f"with a fold to use them)"]
+    assert train.num_clips + validation.num_clips + test.num_clips == 13
+    assert str(test) == f"fold 1 of {path}" and str(validation) == f"the validation part of the other folds of {path}"
+
+
+def test_a_batch_too_large_names_the_part_not_an_object(tmp_path):
+    targets = np.eye(3, dtype=bool)[np.arange(11) % 3]
+    path = _split_file(tmp_path / "d.h5", targets, [-1] * 11)
+    train, _, _ = split_run(path, path, 0.2, 100, seed=5)
+    with pytest.raises(ValueError) as error:
+        LogMelLoader(train, LoaderConfig(batch_size=64, drop_last=True), LogMelConfig(clip_samples=1600))
+    assert str(error.value) == (f"a batch of 64 clips is more than the {train.num_clips} clips that the training part "
+                                f"of {path} gives each of 1 process(es), and only full batches are trained on; use "
+                                f"--batch-size {train.num_clips} or less, or a larger split")
+
+
+def test_an_empty_validation_split_names_the_split_and_the_fix(tmp_path):
+    path = _split_file(tmp_path / "d.h5", np.eye(3, dtype=bool), [-1] * 3)   # one clip a class: none can go
+    with pytest.raises(ShardError) as error:
+        split_run(path, path, 0.2, 100, seed=5)
+    assert str(error.value) == (f"no clip of {path} (3 clips) could be held out as the validation split without "
+                                f"taking a class's last training clip or splitting a recording; give more clips per "
+                                f"class or a larger --validation-fraction")

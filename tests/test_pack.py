@@ -28,7 +28,7 @@ CLIPS = {
 
 
 def make_tree(root):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(20261206)
     audio = root / "audio"
     (audio / "sub").mkdir(parents=True)
     originals = {}
@@ -82,12 +82,13 @@ def packed(packed_once, tmp_path):
 def test_pack_writes_shards_index_and_report(packed):
     root, originals, summary = packed
     out = root / "out"
-    assert summary == {"packed": 6, "shards": 3, "resumed_shards": 0, "skipped": 3, "skipped_duplicate": 1,
+    # b.csv lists wav-16k_A again with another label: merged into its first row (one clip, both labels)
+    assert summary == {"packed": 6, "shards": 3, "resumed_shards": 0, "skipped": 3, "skipped_merged": 1,
                        "skipped_missing": 1, "skipped_undecodable": 1}
     with open(out / "pack_report.csv") as handle:
         report = list(csv.DictReader(handle))
     assert [(r["clip"], r["shard"], r["reason"].split(":")[0], r["cut"]) for r in report] == [
-        ("Ywav-16k_A", "", "duplicate", ""),
+        ("Ywav-16k_A", "", "merged", ""),
         ("Ywav-16k_A", "shard_00000.h5", "", "whole file"), ("Y-flac22k", "shard_00000.h5", "", "whole file"),
         ("Yogg32k", "shard_00000.h5", "", "whole file"), ("Ymp3-44k", "shard_00001.h5", "", "whole file"),
         ("Ystereo44k", "shard_00001.h5", "", "segment"), ("Yshort3s", "shard_00001.h5", "", "whole file, padded"),
@@ -110,7 +111,7 @@ def test_pack_writes_shards_index_and_report(packed):
             targets.append(handle["target"][:])
     waveforms, targets = np.concatenate(waveforms) / 32767, np.concatenate(targets)
     assert names == ["Ywav-16k_A", "Y-flac22k", "Yogg32k", "Ymp3-44k", "Ystereo44k", "Yshort3s"]
-    np.testing.assert_array_equal(targets, [[1, 0, 0], [0, 1, 1], [0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 1, 0]])
+    np.testing.assert_array_equal(targets, [[1, 0, 1], [0, 1, 1], [0, 0, 1], [1, 1, 0], [0, 0, 1], [0, 1, 0]])
     assert waveforms.shape == (6, 160000)
     np.testing.assert_allclose(waveforms[0], originals["wav-16k_A"], atol=2e-4)        # 16 kHz wav: as is
     for row, ytid in enumerate(names):
@@ -150,9 +151,30 @@ def test_rerun_resumes_and_redoes_an_interrupted_shard(packed):
     assert len((out / "pack_report.csv").read_text().splitlines()) == 10
 
 
+REFUSED = "out holds shards made from other inputs or settings; use a new --out folder, or --overwrite to replace them"
+
+
 def test_rerun_with_other_inputs_is_refused(packed):
-    with pytest.raises(ValueError, match="packed from different CSVs"):
-        pack(config(packed[0], shard_size=2))
+    root = packed[0]
+    with pytest.raises(ValueError, match=REFUSED):
+        pack(config(root, shard_size=2))
+    # another --audio-dir: the same names, one recording changed (same size): its old shards are not kept
+    shutil.copytree(root / "audio", root / "other", copy_function=shutil.copy2)
+    wave = 0.3 * np.sin(2 * np.pi * 777 * np.arange(10 * 16000) / 16000)
+    soundfile.write(root / "other" / "Ywav-16k_A.wav", wave, 16000)
+    with pytest.raises(ValueError, match=REFUSED):
+        pack(config(root, audio_dir=root / "other"))
+    summary = pack(config(root, audio_dir=root / "other", overwrite=True))
+    assert summary["resumed_shards"] == 0 and summary["packed"] == 6
+    with h5py.File(root / "out" / "shard_00000.h5") as handle:
+        assert dominant_hz(handle["waveform"][0] / 32767) == pytest.approx(777, abs=1.0)
+
+
+def test_a_moved_tree_resumes(packed):
+    """The same files under another --audio-dir (moved with their times) are the same inputs."""
+    root = packed[0]
+    (root / "audio").rename(root / "moved")
+    assert pack(config(root, audio_dir=root / "moved"))["resumed_shards"] == 3
 
 
 def test_truncated_shard_gives_a_clear_error(packed):
@@ -182,7 +204,7 @@ def test_command_line(tmp_path, capsys):
 def test_segment_times_are_honoured_when_the_file_is_the_whole_recording(tmp_path, in_process_pool):
     """A 60 s recording with the row 30-40 s stores seconds 30-40 (it stored 0-10), a 10 s download of that segment
     is stored whole, and a segment past the end of a longer file is skipped, each said in pack_report.csv."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(20261206)
     hz = rng.choice(np.arange(10, 70) * 50, 6, replace=False)
     t = np.arange(10 * 16000) / 16000
     blocks = [0.3 * np.sin(2 * np.pi * f * t) for f in hz]

@@ -65,3 +65,38 @@ def test_a_run_locked_by_a_live_process_is_left_to_it(tmp_path):
     assert not sweep.claim(tmp_path)                       # held by this (live) process
     (tmp_path / "sweep.lock").write_text("999999999")      # a process id that does not exist
     assert sweep.claim(tmp_path) and (tmp_path / "sweep.lock").read_text() == str(os.getpid())
+
+
+def test_runs_made_with_other_settings_are_refused_or_overwritten(tmp_path, monkeypatch, capsys):
+    commands = []
+
+    def fake_train(command: list[str], run_dir: Path) -> int:   # writes the test record train.run would
+        commands.append(command)
+        (run_dir / "metrics.jsonl").write_text('{"kind": "test", "mAP": 0.5, "mAUC": 0.9, "d_prime": 1.5}\n')
+        return 0
+
+    monkeypatch.setattr(sweep, "train_logged", fake_train)
+    monkeypatch.setitem(TABLES, 2, (Row("AT-C", "at-c", "1 layer", (0.378, 0.969, 2.632)),))
+    argv = ["--table", "2", "--seeds", "1", "--out", str(tmp_path)]
+    sweep.main([*argv, "--steps", "5"])
+    sweep.main([*argv, "--steps", "5"])
+    assert len(commands) == 1
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main([*argv, "--steps", "6"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path / 'runs' / 'at-c-seed0'} holds a run made with other settings or data: its results would "
+        f"be reported under this command; use another --out, the command that made it, or --overwrite to train it "
+        f"again\n")
+    sweep.main([*argv, "--steps", "6", "--overwrite"])
+    assert len(commands) == 2 and commands[1][-2:] == ["--steps", "6"]
+
+
+def test_a_run_another_command_started_meanwhile_is_left_to_it(tmp_path, capsys):
+    (tmp_path / "settings.json").write_text('{"command": ["other"], "data": {}}')
+    (tmp_path / "latest.pt").write_bytes(b"")                  # the other command's run has begun
+    assert sweep.run_job(tmp_path, lambda: pytest.fail("nothing may be trained"), {"command": ["this"], "data": {}}) \
+        == "failed"
+    assert capsys.readouterr().out == (f"{tmp_path} holds a run made with other settings or data (started by another "
+                                       f"command meanwhile); left to it\n")
+    assert not (tmp_path / "sweep.lock").exists()

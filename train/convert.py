@@ -1,6 +1,6 @@
 """Convert AudioSet copies people already have into fastsca shards: `python -m train.convert SOURCE.h5
 [SOURCE.h5 ...] --labels class_labels_indices.csv --out OUTDIR [--layout panns|mp3] [--shard-size 20000]
-[--workers N]`.
+[--workers N] [--overwrite]`.
 
 Sources are PANNs' packed waveform files or PaSST/EfficientAT's mp3-in-HDF5 files (train/convert_layouts.py
 says what each holds); the layout is found from each file's datasets. Every row becomes a 16 kHz int16 10 s
@@ -12,17 +12,19 @@ small file spreads over more processes only with a smaller --shard-size.
 
 Rows skipped, never fatal, each listed in its shard (so the list survives resumes) and in
 OUTDIR/convert_report.csv (name, shard, reason): PANNs' placeholder rows (no name, all-zero waveform: a clip
-it could not download), named rows whose samples are all zero (silent), rows without a name, an mp3 that
-does not decode or holds less than its header says, a row HDF5 cannot read, and a name met before (the
-first one is kept). Converting no clip at all is an error.
+it could not download), named rows whose samples are all zero (silent), rows with NaN or infinite samples,
+rows without a name, an mp3 that does not decode or holds less than its header says, a row HDF5 cannot
+read, and a name met before (the first one is kept). Rows stored with samples clipped at full scale are
+counted and listed too. Converting no clip at all is an error.
 
 Re-running the same command resumes: a shard is written under a temporary name and renamed when complete,
-finished shards are skipped. Ctrl-C stops the workers after their current block of rows, removes the
-shards they had not finished and keeps the rest. Waveforms are read in blocks of rows, never whole.
+finished shards are skipped; other sources or settings are refused (OUTDIR/convert_plan.json), or replaced
+with `--overwrite`, and OUTDIR/.lock keeps a second converter out. Ctrl-C stops the workers after their
+current block of rows, removes the shards they had not finished and keeps the rest. Waveforms are read in
+blocks of rows, never whole.
 """
 import argparse
 import csv
-import json
 import os
 import signal
 import sys
@@ -40,7 +42,8 @@ from tqdm import tqdm
 
 from train.convert_layouts import LAYOUTS, RowReader, Source, SourceError, labels_sha1, open_source, scan_names
 from train.csv_meta import LabelSet, MetadataError, read_labels
-from train.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+                              ensure_writable)
 from train.parent_death import die_with_parent
 from train.shards import ShardError, ShardWriter, write_index
 
@@ -70,6 +73,8 @@ class ConvertConfig:
     """Stored sample rate, Hz."""
     clip_samples: int = 160000
     """Stored samples per clip (cut or zero-padded)."""
+    overwrite: bool = False
+    """Replace the shards of an --out converted from other sources or settings (False: refuse, one line)."""
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -130,8 +135,10 @@ def convert_shard(job: ShardJob, progress, stopped) -> int:
                     reason = duplicates.get(row) or clip.reason
                     if reason:
                         writer.skip(clip.name, reason)
-                    else:
-                        kept.append(clip)
+                        continue
+                    kept.append(clip)
+                    if clip.note:
+                        writer.note(clip.name, clip.note)
                 if kept:
                     writer.add(np.stack([c.waveform for c in kept]), np.stack([c.target for c in kept]),
                                [c.name for c in kept])
@@ -163,20 +170,6 @@ def _plan(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> dic
                         for s in sources],
             "labels_sha1": labels_sha1(labels), "shard_size": config.shard_size,
             "sample_rate": config.sample_rate, "clip_samples": config.clip_samples}
-
-
-def _check_plan(out: Path, plan: dict) -> None:
-    path = out / PLAN_FILE
-    if path.exists():
-        if json.loads(path.read_text()) != plan:
-            raise ValueError(f"{out} was converted from other sources, labels or settings ({path}); "
-                             f"use a new --out folder or delete this one")
-    elif any(out.glob("shard_*.h5")):
-        raise ValueError(f"{out} holds shards written by another command (no {PLAN_FILE}); use a new --out folder")
-    else:
-        tmp = path.with_name(PLAN_FILE + ".tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, path)
 
 
 def _jobs(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> list[ShardJob]:
@@ -236,22 +229,27 @@ def _drain(progress, bar: tqdm) -> None:
             return
 
 
-def _write_report(out: Path, names: list[str]) -> list[tuple[str, str, str]]:
-    skipped = []
+def _write_report(out: Path, names: list[str]) -> tuple[list[tuple[str, str, str]], list[tuple[str, str, str]]]:
+    """OUT/convert_report.csv: every skipped row, then every row converted with a change (clipped samples);
+    returns both lists of (name, shard, reason)."""
+    skipped, noted = [], []
     for name in names:
         with h5py.File(out / name, "r") as handle:
-            skipped += [(n.decode(), name, r.decode()) for n, r in zip(handle["skipped_name"][:],
-                                                                      handle["skipped_reason"][:])]
+            skipped += [(n, name, r) for n, r in zip(handle["skipped_name"].asstr()[:],
+                                                     handle["skipped_reason"].asstr()[:])]
+            if "noted_name" in handle:   # absent from shards converted before clipping was reported
+                noted += [(n, name, r) for n, r in zip(handle["noted_name"].asstr()[:],
+                                                       handle["noted_reason"].asstr()[:])]
     report = out / REPORT_FILE
     tmp = report.with_name(REPORT_FILE + ".tmp")
     try:
         with open(tmp, "w", newline="") as handle:
-            csv.writer(handle).writerows([("name", "shard", "reason"), *skipped])
+            csv.writer(handle).writerows([("name", "shard", "reason"), *skipped, *noted])
         os.replace(tmp, report)
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise OutFolderError(describe_os_error(error, f"write {report}")) from None
-    return skipped
+    return skipped, noted
 
 
 def convert(config: ConvertConfig) -> dict:
@@ -261,11 +259,18 @@ def convert(config: ConvertConfig) -> dict:
     twice = next((path for path, real in zip(config.sources, resolved) if resolved.count(real) > 1), None)
     if twice is not None:
         raise ValueError(f"{twice} is given twice as a source; give each file once")
+    check_inputs_apart(config.out, [("source", path) for path in config.sources] + [("--labels", config.labels)])
     sources = [open_source(path, labels, config.layout) for path in config.sources]
     for source in sources:
         print(source.describe())
     ensure_writable(config.out)
-    _check_plan(config.out, _plan(config, sources, labels))
+    with RunLock(config.out, what="train.convert run"):
+        return _convert_into(config, sources, labels)
+
+
+def _convert_into(config: ConvertConfig, sources: list[Source], labels: LabelSet) -> dict:
+    """Convert the sources into config.out, which this process holds (its .lock)."""
+    check_plan(config.out, PLAN_FILE, _plan(config, sources, labels), config.overwrite)
     jobs = _jobs(config, sources, labels)
     todo = [job for job in jobs if not job.path.exists()]
     total_rows = sum(s.rows for s in sources)
@@ -278,14 +283,17 @@ def convert(config: ConvertConfig) -> dict:
             _run_parallel(todo, min(config.workers, len(todo)), bar)
     names = [job.path.name for job in jobs]
     write_index(config.out, names)
-    skipped = _write_report(config.out, names)
+    skipped, noted = _write_report(config.out, names)
     reasons = Counter(reason.split(":")[0] for _, _, reason in skipped)
     resumed = len(jobs) - len(todo)
     summary = {"converted": total_rows - len(skipped), "shards": len(jobs), "resumed_shards": resumed,
-               "skipped": len(skipped), **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
+               "skipped": len(skipped), **({"clipped": len(noted)} if noted else {}),
+               **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
     print(f"converted {summary['converted']} clips into {len(jobs)} shards in {config.out} ({resumed} already done); "
-          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))}), listed in "
-                                       f"{config.out / REPORT_FILE}" if skipped else ""))
+          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))})" if skipped
+                                       else "")
+          + (f"; {len(noted)} clipped at full scale" if noted else "")
+          + (f", listed in {config.out / REPORT_FILE}" if skipped or noted else ""))
     if summary["converted"] == 0:
         raise NothingConvertedError(f"no row of the {total_rows} could be converted (see {config.out / REPORT_FILE})")
     return summary
@@ -305,9 +313,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=20000, help="source rows per shard (default 20000)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="converting processes, one "
                         "shard each at a time (default: the CPU count)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the shards of an --out converted from "
+                        "other sources, labels or settings (without it such a folder is refused)")
     args = parser.parse_args(argv)
     try:
-        convert(ConvertConfig(tuple(args.sources), args.labels, args.out, args.layout, args.shard_size, args.workers))
+        convert(ConvertConfig(tuple(args.sources), args.labels, args.out, args.layout, args.shard_size, args.workers,
+                              overwrite=args.overwrite))
     except KeyboardInterrupt:
         print(f"\ninterrupted: the finished shards are kept in {args.out}; run the same command again to resume",
               file=sys.stderr)

@@ -27,7 +27,7 @@ import soxr
 
 from fastsca.audio import AudioError, TruncatedAudioError, fit_length
 from train.csv_meta import LabelSet
-from train.shards import FORMAT
+from train.shards import FORMAT, clipped_note, to_stored
 
 LAYOUTS = ("panns", "mp3")
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")
@@ -78,6 +78,8 @@ class Row:
     """(K,) uint8 multi-hot."""
     reason: str = ""
     """Why the row was skipped, `kind: detail`; empty when converted."""
+    note: str = ""
+    """What was changed in a converted row worth reporting (samples clipped at full scale); empty for none."""
 
 
 def clip_name(raw: bytes) -> str:
@@ -205,12 +207,20 @@ def scan_names(source: Source) -> list[str]:
     return names
 
 
-def to_int16(waveform: np.ndarray, rate: int, sample_rate: int, clip_samples: int) -> np.ndarray:
-    """float mono at `rate` -> (clip_samples,) int16 at `sample_rate`: soxr HQ, cut or zero-padded (as train.pack)."""
+def to_int16(waveform: np.ndarray, rate: int, sample_rate: int, clip_samples: int) -> tuple[np.ndarray, int]:
+    """float mono at `rate` -> (clip_samples,) int16 at `sample_rate` (soxr HQ, cut or zero-padded, as
+    train.pack) and the count of samples beyond full scale, stored at full scale."""
     if rate != sample_rate:
         waveform = soxr.resample(waveform, rate, sample_rate, quality="HQ")
-    waveform = fit_length(waveform, clip_samples)
-    return np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
+    return to_stored(fit_length(waveform, clip_samples))
+
+
+def full_scale(waveform: np.ndarray) -> np.ndarray:
+    """A stored waveform row as float32 at full scale +-1: integer PCM divided by its type's largest value
+    (PANNs' int16: 32767; int32 PCM: 2**31 - 1), float as it is."""
+    if waveform.dtype.kind == "i":
+        return (waveform / np.iinfo(waveform.dtype).max).astype(np.float32)
+    return waveform.astype(np.float32)
 
 
 def decode_mp3(data: np.ndarray, where: str) -> tuple[np.ndarray, int]:
@@ -257,8 +267,12 @@ class RowReader:
                 kind = ("placeholder: no name and an all-zero waveform, PANNs' row for a clip it could not download"
                         if silent else "unnamed: the row has audio but no audio_name")
                 return Row(label, None, target, f"{kind} ({where})")
-            waveform = audio.astype(np.float32) / 32767 if audio.dtype.kind == "i" else audio.astype(np.float32)
+            waveform = full_scale(audio)
             rate = self.source.source_rate
+            if not np.isfinite(waveform).all():
+                bad = int(np.count_nonzero(~np.isfinite(waveform)))
+                return Row(label, None, target, f"nonfinite: {bad} sample(s) are NaN or infinite, which would make "
+                                                f"every score NaN ({where})")
         else:
             if not name:
                 return Row(label, None, target, f"unnamed: the row has no audio_name ({where})")
@@ -271,7 +285,8 @@ class RowReader:
         if silent:
             return Row(label, None, target, f"silent: every sample is zero, so none of its labels can be heard "
                                             f"({where})")
-        return Row(label, to_int16(waveform, rate, self.sample_rate, self.clip_samples), target)
+        stored, clipped = to_int16(waveform, rate, self.sample_rate, self.clip_samples)
+        return Row(label, stored, target, note=f"{clipped_note(clipped)} ({where})" if clipped else "")
 
     def _read_rows(self, start: int, stop: int, names: list[str]) -> list[Row]:
         audio, targets = self.audio[start:stop], self._targets(start, stop)

@@ -8,10 +8,12 @@ mean ± sample std over the folds.
 Each run is a subprocess in DIR/fold-K (its output in log.txt there), with every flag this command does not
 know passed on (--steps, --profile, --lr, ...). As in train/sweep.py, a fold whose metrics.jsonl holds its test
 record is finished and not trained again, and one with a latest.pt resumes from it, so the command can be
-stopped (Ctrl-C) and started again; a fold that fails is reported and the others go on.
+stopped (Ctrl-C) and started again; a fold that fails is reported and the others go on. A fold made with
+other settings (another train.run flag, other --data, or the same data packed again) is never reused:
+the command is refused (one line) before any training, or with --overwrite such folds are trained again.
+The summary row's fold count is the count its columns average; a column averaging fewer says so.
 """
 import argparse
-import csv
 import shlex
 import sys
 from pathlib import Path
@@ -19,8 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fastsca.atomic import write_atomically
 from train.shards import ShardError, ShardIndex
-from train.sweep import claim, mean_std, read_records, report, resuming, train_logged
+from train.sweep import (SettingsError, check_runs, mean_std, read_records, report, resuming, run_job,
+                         run_settings, write_csv)
 
 # the test-record metrics reported per fold, where present (accuracy only where the metrics provide it)
 METRICS = ("mAP", "accuracy")
@@ -34,6 +38,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
                                      epilog="Any other flag is passed on to every `python -m train.run`.")
     parser.add_argument("--data", required=True, help="packed data with a fold per clip (train.pack)")
     parser.add_argument("--out", required=True, help="folder of the fold runs and the summary")
+    parser.add_argument("--overwrite", action="store_true", help="train again, from scratch, the folds in --out "
+                        "made with other settings or data (without it such a folder is refused)")
     args, passed_on = parser.parse_known_args(argv)
     clashing = [f for f in passed_on if f.split("=")[0] in OWN_FLAGS]
     if clashing:
@@ -62,10 +68,12 @@ def run_command(fold: int, run_dir: Path, data: str, passed_on: list[str]) -> li
 
 
 def summarise(folds: list[int], out: Path) -> tuple[list[dict], dict]:
-    """One row per fold (its test metrics, "-" for a fold not finished) and the mean ± std row."""
-    rows, values = [], {m: [] for m in METRICS}
+    """One row per fold (its test metrics, "-" for a fold not finished) and the mean ± std row over the finished
+    folds (a metric that fewer of them give says over how many)."""
+    rows, values, finished = [], {m: [] for m in METRICS}, 0
     for fold in folds:
         tests = read_records(out / f"fold-{fold}", "test")[-1:]
+        finished += bool(tests)
         row = {"fold": fold, "clips": tests[0]["clips"] if tests else "-"}
         for metric in METRICS:
             value = tests[0].get(metric) if tests else None
@@ -73,8 +81,9 @@ def summarise(folds: list[int], out: Path) -> tuple[list[dict], dict]:
             if value is not None:
                 values[metric].append(value)
         rows.append(row)
-    total = {"fold": f"mean ± std ({len(values['mAP'])} folds)", "clips": "",
-             **{m: mean_std(v, 4) for m, v in values.items()}}
+    total = {"fold": f"mean ± std ({finished} folds)", "clips": "",
+             **{m: mean_std(v, 4) + (f" ({len(v)} of {finished} folds)" if 0 < len(v) < finished else "")
+                for m, v in values.items()}}
     return rows, total
 
 
@@ -87,46 +96,29 @@ def write_summary(rows: list[dict], total: dict, out: Path, command: str) -> tup
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in (*rows, total)]
     md, csv_path = out / "folds.md", out / "folds.csv"
-    md.with_name("folds.md.tmp").write_text("\n".join(lines) + "\n")
-    md.with_name("folds.md.tmp").replace(md)
-    with csv_path.with_name("folds.csv.tmp").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows([*rows, total])
-    csv_path.with_name("folds.csv.tmp").replace(csv_path)
+    write_atomically(md, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_atomically(csv_path, lambda tmp: write_csv(tmp, columns, [*rows, total]))
     return md, csv_path
 
 
 def main(argv: list[str] | None = None) -> None:
     args, passed_on = parse_args(argv)
+    out = Path(args.out)
     try:
         folds = data_folds(args.data)
-    except ShardError as error:
+        runs = {fold: out / f"fold-{fold}" for fold in folds}
+        settings = {run_dir: run_settings(run_command(fold, run_dir, args.data, passed_on))
+                    for fold, run_dir in runs.items()}
+        check_runs(list(settings.items()), args.overwrite)
+    except (ShardError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = []
-    for fold in tqdm(folds, unit="fold", dynamic_ncols=True):
-        run_dir = out / f"fold-{fold}"
-        run_dir.mkdir(exist_ok=True)
-        if read_records(run_dir, "test"):   # finished earlier
-            continue
-        if not claim(run_dir):
+    for fold, run_dir in tqdm(runs.items(), unit="fold", dynamic_ncols=True):
+        outcome = run_job(run_dir, lambda: run_command(fold, run_dir, args.data, passed_on), settings[run_dir])
+        if outcome == "busy":
             tqdm.write(f"{run_dir}: another train.folds is training it; left to it")
-            continue
-        try:
-            code = train_logged(run_command(fold, run_dir, args.data, passed_on), run_dir)
-        finally:
-            (run_dir / "sweep.lock").unlink(missing_ok=True)
-        if code is None or (code == 0 and not read_records(run_dir, "test")):
-            print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
-                  file=sys.stderr)
-            sys.exit(130)
-        if code != 0:
-            last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
-            tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
-            failed.append(run_dir)
+        failed += [run_dir] if outcome == "failed" else []
     rows, total = summarise(folds, out)
     command = shlex.join(["python", "-m", "train.folds", *(sys.argv[1:] if argv is None else argv)])
     report(*write_summary(rows, total, out, command), failed, "fold")

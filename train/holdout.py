@@ -10,9 +10,18 @@ size, so the part stays near the fraction asked for (on UrbanSound8K's real clip
 gives up to a dozen slices, taking any recording held out 27 % of the training clips for a 10 % request). `SubsetIndex` shows a part as a split of its own, with the interface `train.loader.LogMelLoader`
 reads (a `ShardIndex`'s). With a fold (`split_run`), that fold is the test split and the rest is split so.
 """
+import sys
+
 import numpy as np
+import torch
 
 from train.shards import ShardError, ShardIndex
+
+
+def say_once(text: str) -> None:
+    """Print a note (when there is one) on stderr, once per run: on the first DDP process only."""
+    if text and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        print(text, file=sys.stderr, flush=True)
 
 
 def holdout_split(class_members: list[np.ndarray], num_clips: int, fraction: float, max_clips: int,
@@ -62,11 +71,13 @@ def holdout_split(class_members: list[np.ndarray], num_clips: int, fraction: flo
 
 
 class SubsetIndex:
-    """Some clips of a ShardIndex, renumbered 0..n-1, read through it (safe to pickle to loader workers)."""
+    """Some clips of a ShardIndex, renumbered 0..n-1, read through it (safe to pickle to loader workers); `name`
+    says which part it is in messages ("the validation part of D")."""
 
-    def __init__(self, base: ShardIndex, clips: np.ndarray) -> None:
+    def __init__(self, base: ShardIndex, clips: np.ndarray, name: str = "a part of a split") -> None:
         self.base = base
         self.clips = np.asarray(clips, np.int64)
+        self.name = name
         self.sample_rate, self.clip_samples = base.sample_rate, base.clip_samples
         self.label_mids, self.label_names = base.label_mids, base.label_names
 
@@ -93,6 +104,9 @@ class SubsetIndex:
     def close(self) -> None:
         self.base.close()
 
+    def __str__(self) -> str:
+        return self.name
+
 
 def group_ids(names: list[str]) -> np.ndarray | None:
     """Each clip's group as an int (a clip of unknown group, "", is a group of its own); None when no clip's
@@ -116,8 +130,16 @@ def fold_clips(index: ShardIndex, path: str, fold: int) -> tuple[np.ndarray, np.
     return np.flatnonzero((folds >= 0) & (folds != fold)), np.flatnonzero(folds == fold)
 
 
-def split_run(path: str, eval_path: str, fraction: float, max_clips: int, seed: int,
-              fold: int | None = None) -> tuple[SubsetIndex, SubsetIndex, ShardIndex | SubsetIndex]:
+def foldless_note(index: ShardIndex, path: str) -> str:
+    """The line saying how many clips of `path` carry no fold (and so are in no part of a --fold run); "" for
+    none."""
+    missing = int((index.folds() < 0).sum())
+    return (f"note: {missing} of the {index.num_clips} clips of {path} carry no fold and are left out of this "
+            f"--fold run (pack them with a fold to use them)") if missing else ""
+
+
+def split_run(path: str, eval_path: str, fraction: float, max_clips: int, seed: int, fold: int | None = None,
+              say=say_once) -> tuple[SubsetIndex, SubsetIndex, ShardIndex | SubsetIndex]:
     """A run's (train, validation, test) parts: validation held out of the training split at `path` (see
     `holdout_split`; whole recordings where it knows them) and test the split at `eval_path`, or with `fold`,
     test that fold of `path` and train and validation from its other folds."""
@@ -128,9 +150,16 @@ def split_run(path: str, eval_path: str, fraction: float, max_clips: int, seed: 
         test = ShardIndex.open(eval_path)
     else:
         pool, test_clips = fold_clips(index, path, fold)
-        test = SubsetIndex(ShardIndex.open(path), test_clips)
+        test = SubsetIndex(ShardIndex.open(path), test_clips, f"fold {fold} of {path}")
+        say(foldless_note(index, path))
     members = SubsetIndex(index, pool).class_members()
     groups = group_ids(index.groups())
     train, validation = holdout_split(members, len(pool), fraction, max_clips, seed,
                                       None if groups is None else np.unique(groups[pool], return_inverse=True)[1])
-    return SubsetIndex(index, pool[train]), SubsetIndex(ShardIndex.open(path), pool[validation]), test
+    source = f"the other folds of {path}" if fold is not None else path
+    if len(validation) == 0:
+        raise ShardError(f"no clip of {source} ({len(pool)} clips) could be held out as the validation split without "
+                         f"taking a class's last training clip or splitting a recording; give more clips per class "
+                         f"or a larger --validation-fraction")
+    return (SubsetIndex(index, pool[train], f"the training part of {source}"),
+            SubsetIndex(ShardIndex.open(path), pool[validation], f"the validation part of {source}"), test)

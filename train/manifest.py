@@ -15,12 +15,17 @@ Manifest layouts are recognised from the header row (docs/data.md has the detail
   recording, source, src_file) and start/end (seconds in the file, honoured as segments: train/segments.py).
 
 A row's file is looked up as a path under the audio folder, then by its name anywhere below it, then
-(with no extension given) by its stem. Files are read with fastsca.text_files (any encoding with a BOM,
-gzip/bzip2/xz). A malformed row is a one-line MetadataError naming the file and line.
+(with no extension given) by its stem; a name or stem met in two folders is ambiguous (the row is
+skipped, never taken from one folder). Rows of one file however spelt are merged (`merge_duplicates`); a
+split must be a plain folder name. Class folders leave out hidden and system folders and files, and
+linked folders that lead back to the root or into another class. Files are read with fastsca.text_files
+(any encoding with a BOM, gzip/bzip2/xz). A malformed row is a one-line MetadataError naming the file and
+line.
 """
 import csv
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastsca.text_files import TextFileError, open_text
@@ -30,6 +35,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")   # prefer
 FILE_COLUMNS = ("file", "filename", "path", "fname")
 LABEL_COLUMNS = ("labels", "label", "class", "category")
 GROUP_COLUMNS = ("group", "recording", "source", "src_file")
+# A split is a folder of --out: one plain name, so no value (`../x`, `/x`, `a/b`) writes outside it.
+SPLIT_NAME = re.compile(r"\w[\w.-]*")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class PackItem:
     """Key of its strong labels (AudioSet's <YTID>_<start ms>)."""
     problem: str = ""
     """Why it cannot be packed (reported as its skip reason), "" when it can."""
+    where: str = field(default="", compare=False)
+    """The manifest row it comes from (`FILE:LINE`), for messages; "" for class folders."""
 
 
 @dataclass(frozen=True)
@@ -103,33 +112,48 @@ def detect_layout(header: list[str], path: Path) -> Layout:
 
 
 class AudioFiles:
-    """The audio files under a folder, found by relative path, by name or by stem."""
+    """The audio files under a folder, found by relative path, by name or by stem: a name or stem met in two
+    folders is ambiguous, never taken from one of them."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.by_name: dict[str, Path] = {}
-        self.by_stem: dict[str, Path] = {}
+        self.by_name: dict[str, list[Path]] = {}
+        self.by_stem: dict[str, list[Path]] = {}
         for path in sorted(walk_files(root)):
-            suffix = path.suffix.lower()
-            if suffix in AUDIO_EXTENSIONS:
-                self.by_name.setdefault(path.name, path)
-                known = self.by_stem.get(path.stem)
-                if known is None or AUDIO_EXTENSIONS.index(suffix) < AUDIO_EXTENSIONS.index(known.suffix.lower()):
-                    self.by_stem[path.stem] = path
+            if path.suffix.lower() in AUDIO_EXTENSIONS:
+                self.by_name.setdefault(path.name, []).append(path)
+                self.by_stem.setdefault(path.stem, []).append(path)
 
-    def find(self, name: str) -> Path | None:
+    def locate(self, name: str) -> tuple[Path | None, str]:
+        """(the file a manifest's `name` means, "") or (None, why not: missing or ambiguous)."""
         direct = self.root / name
         if direct.is_file():
-            return direct
-        return self.by_name.get(Path(name).name) or self.by_stem.get(Path(name).name)
+            return direct, ""
+        base = Path(name).name
+        found = self.by_name.get(base) or self.by_stem.get(base) or []
+        if len({path.parent for path in found}) > 1:
+            places = ", ".join(str(path.relative_to(self.root)) for path in found[:3])
+            return None, (f"ambiguous: {name!r} is found in {len(found)} places under --audio-dir ({places}); "
+                          f"give its path relative to --audio-dir")
+        if not found:
+            return None, f"missing: no file {name!r} under --audio-dir"
+        return min(found, key=lambda path: AUDIO_EXTENSIONS.index(path.suffix.lower())), ""
 
 
-def walk_files(root: Path):
-    """Every file under `root`, following symlinked folders (each real folder once, so a link loop ends)."""
+def is_hidden(name: str) -> bool:
+    """A hidden or system folder or file (`.x`, macOS's `__MACOSX` and `._x` copies): never data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def walk_files(root: Path, skip_real: frozenset[str] = frozenset(), skipped: list[Path] | None = None):
+    """Every file under `root`, following symlinked folders: each real folder once (so a link loop ends),
+    none whose real path is in `skip_real` (those met are appended to `skipped`)."""
     seen = set()
     for folder, dirs, files in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
-        if real in seen:
+        if real in seen or real in skip_real:
+            if real in skip_real and skipped is not None:
+                skipped.append(Path(folder))
             dirs[:] = []
             continue
         seen.add(real)
@@ -185,27 +209,70 @@ def read_manifest(path: Path, files: AudioFiles) -> tuple[list[PackItem], dict[s
         fold = _number(field[layout.fold], path, line, "fold", int) if layout.fold and field[layout.fold] else -1
         if not -1 <= fold <= 32767:
             raise MetadataError(f"{path}:{line}: fold {fold} is outside 0..32767")
-        found = files.find(field[layout.file])
+        split = layout.fixed_split or (field[layout.split] if layout.split else "")
+        if split and not SPLIT_NAME.fullmatch(split):
+            raise MetadataError(f"{path}:{line}: split {split!r} is not a folder name (letters, digits, '-', '_', "
+                                f"'.'; not starting with '.'): rows are packed into --out/<split>; rename it")
+        found, problem = files.locate(field[layout.file])
         items.append(PackItem(
-            name=field[layout.file], path=str(found) if found else None, labels=tuple(keys), fold=fold,
-            group=field[layout.group] if layout.group else "",
-            split=layout.fixed_split or (field[layout.split] if layout.split else ""), start=start, end=end,
-            problem="" if found else f"missing: no file {field[layout.file]!r} under --audio-dir"))
+            name=os.path.normpath(field[layout.file]), path=str(found) if found else None, labels=tuple(keys),
+            fold=fold, group=field[layout.group] if layout.group else "", split=split, start=start, end=end,
+            problem=problem, where=f"{path}:{line}"))
     return items, names, layout.name
 
 
-def read_folder(root: Path, files: AudioFiles) -> list[PackItem]:
-    """One item per audio file of each class subfolder (any depth below it) of `root`."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
+def merge_duplicates(items: list[PackItem]) -> tuple[list[PackItem], list[tuple[str, str]]]:
+    """One item per file and segment, however the rows spell the file (`x`, `x.wav`, `./x.wav`, a link), and
+    the report rows of the others: a row with the same labels is a duplicate, one with other labels is merged
+    into the first (a clip with all their labels). Rows of one file in other folds, splits or groups are a
+    MetadataError naming both: the clip would be on both sides of a test split."""
+    first: dict[tuple, int] = {}
+    kept, report = [], []
+    for item in items:
+        key = (os.path.realpath(item.path) if item.path else item.name, item.start, item.end)
+        if key not in first:
+            first[key] = len(kept)
+            kept.append(item)
+            continue
+        earlier = kept[first[key]]
+        here, there = item.where or item.name, earlier.where or earlier.name
+        if (earlier.fold, earlier.split, earlier.group) != (item.fold, item.split, item.group):
+            raise MetadataError(f"{here}: {item.name!r} is the file of {there} again, in another fold, split or "
+                                f"group; list each file once")
+        added = tuple(k for k in item.labels if k not in earlier.labels)
+        if added:
+            kept[first[key]] = replace(earlier, labels=earlier.labels + added)
+            report.append((item.name, f"merged: labels {', '.join(added)} of {here} added to {there} (the same file)"))
+        else:
+            report.append((item.name, f"duplicate: {here} names the same file as {there}"))
+    return kept, report
+
+
+def read_folder(root: Path) -> tuple[list[PackItem], list[tuple[str, str]]]:
+    """One item per audio file of each class subfolder (any depth below it) of `root`, and what was left out
+    as (path under root, pack_report.csv reason): hidden folders and files (`.x`, `__MACOSX`), and linked folders
+    that lead back to `root` or into another class's folder (whose files would be packed under the wrong class)."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    classes = [folder for folder in folders if not is_hidden(folder.name)]
+    left_out = [(folder.name, "hidden: a hidden or system folder, not a class")
+                for folder in folders if is_hidden(folder.name)]
     if not classes:
         raise MetadataError(f"--audio-dir {root}: no class subfolders; put each class's files in a folder named "
                             f"after it, or give a --manifest CSV")
+    reals = {folder: os.path.realpath(folder) for folder in classes}
     items = []
     for folder in classes:
-        for path in sorted(walk_files(folder)):
-            if path.suffix.lower() in AUDIO_EXTENSIONS:
-                items.append(PackItem(str(path.relative_to(root)), str(path), (folder.name,)))
-    return items
+        others = frozenset(real for other, real in reals.items() if other != folder) | {os.path.realpath(root)}
+        links: list[Path] = []
+        for path in sorted(walk_files(folder, others, links)):
+            relative = path.relative_to(root)
+            if any(is_hidden(part) for part in relative.parts[1:]):
+                left_out.append((str(relative), "hidden: a hidden or system file (or in such a folder)"))
+            elif path.suffix.lower() in AUDIO_EXTENSIONS:
+                items.append(PackItem(str(relative), str(path), (folder.name,)))
+        left_out += [(str(link.relative_to(root)), "linked: a linked folder that leads to another class's folder or "
+                                                   "back to --audio-dir; its files are left out") for link in links]
+    return items, left_out
 
 
 def read_class_list(path: Path) -> LabelSet:

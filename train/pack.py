@@ -15,11 +15,16 @@ CSV order, `--shard-size` rows per shard. Rows that name splits go to OUT/<split
 
 Re-running with the same inputs resumes: a shard is written under a temporary name and renamed when
 complete, finished shards are skipped, an interrupted one is redone (Ctrl-C and a full disk included:
-the partial shard is removed, exit 130 or one error line). A missing, undecodable, truncated, silent
-or out-of-file row is skipped, never fatal. Every row's outcome is recorded in its shard (so it survives
-resumes) and OUT/pack_report.csv lists them all (clip, shard, reason, cut: what part of the file was
-stored), with a summary line at the end. Packing no clip at all is an error, after that report. Errors are
-one line on stderr (exit 1; a bad option: exit 2); Ctrl-C exits 130.
+the partial shard is removed, exit 130 or one error line). OUT/pack_plan.json holds what a resume must
+share (settings, rows, and each audio file's path under --audio-dir, size and time): other inputs, or
+shards no plan accounts for, are refused, or replaced with `--overwrite`; OUT/.lock keeps a second
+packer out. Rows naming one file however spelt are packed once (other labels merged), and names found in
+two folders are never guessed (train/manifest.py). A missing, undecodable, truncated, silent or
+out-of-file row is skipped, never fatal; samples beyond full scale are clipped and counted. Every row's
+outcome is recorded in its shard (so it survives resumes) and OUT/pack_report.csv lists them all (clip,
+shard, reason, cut: what part of the file was stored), with a summary line at the end. Packing no clip at
+all is an error, after that report. Errors are one line on stderr (exit 2); Ctrl-C exits 130. A clip
+length train.run could not train on is refused first (train/segments.py).
 """
 import argparse
 import csv
@@ -32,7 +37,7 @@ import signal
 import sys
 from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -43,17 +48,19 @@ from tqdm import tqdm
 from fastsca.audio import AudioError, TruncatedAudioError, audio_seconds, fit_length, load_audio
 from fastsca.events import ReferenceReport, clean_events
 from train.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
-from train.manifest import AudioFiles, PackItem, read_class_list, read_folder, read_manifest, walk_files
-from train.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.manifest import (AudioFiles, PackItem, merge_duplicates, read_class_list, read_folder, read_manifest,
+                            walk_files)
+from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+                              ensure_writable, remove_outputs)
 from train.parent_death import die_with_parent
-from train.segments import FITS, OutsideFileError, plan_parts
-from train.shards import ShardError, ShardWriter, write_index
+from train.segments import FITS, OutsideFileError, check_clip_length, plan_parts
+from train.shards import ShardError, ShardWriter, clipped_note, to_stored, write_index
 
 EXTENSIONS = ("wav", "flac", "ogg", "mp3")          # preference order when a clip exists in several
 CLIP_NAME = re.compile(r"^Y(.+)\.(" + "|".join(EXTENSIONS) + r")$", re.IGNORECASE)
 PLAN_FILE = "pack_plan.json"
 REPORT_FILE = "pack_report.csv"
-REPORT_DATASET = "pack_report"   # in each shard: "clip<TAB>reason<TAB>cut" per row, for pack_report.csv
+REPORT_DATASET = "pack_report"   # in each shard: (clip, reason, cut) per row, for pack_report.csv
 UNSPLIT = "unsplit"              # OUT/<this>: rows without a split when other rows name one
 # A clip is one HDF5 chunk and one read: 10 minutes (19 MB int16) is far beyond any tagging model's window.
 MAX_CLIP_SECONDS = 600.0
@@ -94,6 +101,8 @@ class PackConfig:
     """Own-data manifest CSVs (train/manifest.py); with neither these nor csvs, audio_dir's class subfolders."""
     fit: str = "cut"
     """A file (or segment) longer than the clip: keep its first clip ("cut") or all of it as clips ("window")."""
+    overwrite: bool = False
+    """Replace the shards of an --out packed from other inputs or settings (False: refuse, one line)."""
 
     def __post_init__(self) -> None:
         if self.csvs and self.manifests:
@@ -112,22 +121,29 @@ class PackConfig:
                              f"{MAX_CLIP_SECONDS:g} s")
         if self.fit not in FITS:
             raise ValueError(f"fit {self.fit!r}: choose one of {', '.join(FITS)}")
+        check_clip_length(self.clip_samples, self.sample_rate)
 
 
 class NothingPackedError(ValueError):
     """Every clip was skipped: shards without clips train nothing."""
 
 
-def find_clips(audio_dir: Path) -> dict[str, Path]:
-    """YTID -> clip file under `audio_dir` (symlinked folders followed), preferring wav, then flac, ogg, mp3."""
-    found: dict[str, tuple[int, Path]] = {}
-    for path in walk_files(audio_dir):
+def find_clips(audio_dir: Path) -> tuple[dict[str, Path], dict[str, str]]:
+    """YTID -> clip file under `audio_dir` (symlinked folders followed), preferring wav, then flac, ogg, mp3;
+    and YTID -> skip reason for the ids whose preferred file is in two folders (never taken from one)."""
+    found: dict[str, tuple[int, list[Path]]] = {}
+    for path in sorted(walk_files(audio_dir)):
         match = CLIP_NAME.match(path.name)
         if match:
             rank = EXTENSIONS.index(match.group(2).lower())
             if match.group(1) not in found or rank < found[match.group(1)][0]:
-                found[match.group(1)] = (rank, path)
-    return {ytid: path for ytid, (_, path) in found.items()}
+                found[match.group(1)] = (rank, [path])
+            elif rank == found[match.group(1)][0]:
+                found[match.group(1)][1].append(path)
+    ambiguous = {ytid: f"ambiguous: {paths[0].name} is in {len(paths)} folders under --audio-dir "
+                       f"({', '.join(str(p.parent.relative_to(audio_dir)) for p in paths[:3])}); keep one copy"
+                 for ytid, (_, paths) in found.items() if len(paths) > 1}
+    return {ytid: paths[0] for ytid, (_, paths) in found.items() if ytid not in ambiguous}, ambiguous
 
 
 class _Skip(Exception):
@@ -146,11 +162,12 @@ def _decode(tasks: list[tuple], sample_rate: int, clip_samples: int, fit: str) -
             clips = []
             for k, part in enumerate(parts):
                 waveform = load_audio(path, sample_rate, start=part.offset, seconds=part.seconds)
-                stored = np.round(np.clip(fit_length(waveform, clip_samples), -1.0, 1.0) * 32767).astype(np.int16)
+                stored, clipped = to_stored(fit_length(waveform, clip_samples))
                 if not stored.any():
                     raise _Skip(f"silent: {path} holds no sample above int16's resolution (peak "
                                 f"{np.abs(waveform).max(initial=0.0):.2g}) in the part packed; check the recording")
-                cut = part.cut + (", padded" if len(waveform) < clip_samples else "")
+                cut = part.cut + (", padded" if len(waveform) < clip_samples else "") + (
+                    f", {clipped_note(clipped)}" if clipped else "")
                 clips.append((f"{name}#{k}" if len(parts) > 1 else name, stored, cut))
         except _Skip as skip:
             clips = [(name, None, str(skip))]
@@ -181,38 +198,30 @@ def _ordered_map(pool: ProcessPoolExecutor, chunks: list, config: PackConfig, wi
 
 
 def _plan_key(config: PackConfig, items: list[PackItem], labels: LabelSet) -> dict:
-    """What a resumed run must share with the run that started OUTDIR."""
+    """What a resumed run must share with the run that started OUTDIR: the settings, the rows and the audio
+    files they are read from (path under --audio-dir, size and modification time), so another --audio-dir
+    or a changed file is another plan, while the same tree moved (with its times: cp -p, rsync -a) resumes."""
     digest = hashlib.sha1()
     for item in items:
-        digest.update(f"{item.name},{item.start},{item.end},{','.join(item.labels)},{item.fold},{item.group}\n"
-                      .encode())
+        stat = os.stat(item.path) if item.path else None
+        file = f"{os.path.relpath(item.path, config.audio_dir)},{stat.st_size},{stat.st_mtime_ns}" if stat else ""
+        digest.update(f"{item.name},{item.start},{item.end},{','.join(item.labels)},{item.fold},{item.group},"
+                      f"{file}\n".encode())
     digest.update("\n".join(labels.mids).encode())
     return {"shard_size": config.shard_size, "sample_rate": config.sample_rate, "clip_samples": config.clip_samples,
             "fit": config.fit, "segments": len(items), "segments_sha1": digest.hexdigest(),
             "strong_sha1": [hashlib.sha1(path.read_bytes()).hexdigest() for path in config.strong]}
 
 
-def _check_plan(out: Path, plan: dict) -> None:
-    path = out / PLAN_FILE
-    if path.exists():
-        if json.loads(path.read_text()) != plan:
-            raise ValueError(f"{out} was packed from different CSVs, labels or settings ({path}); "
-                             f"use a new --out folder or delete this one")
-    else:
-        tmp = path.with_name(PLAN_FILE + ".tmp")
-        tmp.write_text(json.dumps(plan, indent=1))
-        os.replace(tmp, path)
-
-
 class _ReportingShardWriter(ShardWriter):
     """A ShardWriter that also stores what pack_report.csv says of each row (so the report survives resumes)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        self.report: list[str] = []   # first: once the .tmp exists, only ShardWriter's own clean-up may run
+        self.report: list[tuple[str, str, str]] = []   # first: once the .tmp exists, only ShardWriter's clean-up runs
         super().__init__(*args, **kwargs)
 
     def commit(self) -> Path:
-        self._file.create_dataset(REPORT_DATASET, data=np.array(self.report, dtype=h5py.string_dtype()))
+        self._file.create_dataset(REPORT_DATASET, data=np.array(self.report, dtype=h5py.string_dtype()).reshape(-1, 3))
         return super().commit()
 
 
@@ -229,7 +238,7 @@ def _write_shard(path: Path, items: list[PackItem], config: PackConfig, labels: 
             for name, waveform, how in clips:
                 if waveform is None:
                     writer.skip(item.name, how)
-                    writer.report.append(f"{item.name}\t{how}\t")
+                    writer.report.append((item.name, how, ""))
                     continue
                 target = np.zeros((1, len(column)), np.uint8)
                 target[0, [column[m] for m in item.labels]] = 1
@@ -237,7 +246,7 @@ def _write_shard(path: Path, items: list[PackItem], config: PackConfig, labels: 
                           if mid in column] if len(clips) == 1 else []
                 group = item.group or (item.name if len(clips) > 1 else "")   # windows of a file stay together
                 writer.add(waveform[None], target, [name], events, folds=[item.fold], groups=[group])
-                writer.report.append(f"{name}\t\t{how}")
+                writer.report.append((name, "", how))
             bar.update(1)
         writer.commit()
 
@@ -288,34 +297,58 @@ def _audioset_items(config: PackConfig) -> tuple[LabelSet, list[PackItem], list[
     """AudioSet's segment CSVs as items (clips Y<YTID>.<ext>), the label set, duplicate rows and strong labels."""
     labels = read_labels(config.labels)
     rows = [seg for path in config.csvs for seg in read_segments(path, labels)]
-    seen, segments, duplicates = set(), [], []
-    for seg in rows:
-        (duplicates if seg.ytid in seen else segments).append(seg)
-        seen.add(seg.ytid)
+    segments, duplicates = _merge_segments(rows)
     strong = read_strong_labels(config, labels, segments)
     _check_audio_dir(config)
-    clips = find_clips(config.audio_dir)
+    clips, ambiguous = find_clips(config.audio_dir)
+    missing = "missing: no Y<YTID>.wav/.flac/.ogg/.mp3 under --audio-dir"
     items = [PackItem(f"Y{seg.ytid}", str(clips[seg.ytid]) if seg.ytid in clips else None, seg.labels,
                       start=seg.start, end=seg.end, segment_id=seg.segment_id,
-                      problem="" if seg.ytid in clips else "missing: no Y<YTID>.wav/.flac/.ogg/.mp3 under --audio-dir")
+                      problem="" if seg.ytid in clips else ambiguous.get(seg.ytid, missing))
              for seg in segments]
-    return labels, items, [(f"Y{seg.ytid}", "", "duplicate: an earlier CSV row has this YTID", "")
-                           for seg in duplicates], strong
+    return labels, items, [(f"Y{ytid}", "", reason, "") for ytid, reason in duplicates], strong
+
+
+def _merge_segments(rows: list[Segment]) -> tuple[list[Segment], list[tuple[str, str]]]:
+    """One segment per YTID (its file Y<YTID>.<ext> is one clip) and (YTID, report reason) of the other rows: a
+    row of the same segment is a duplicate, or merged into the first when it has other labels; a row of other
+    times is a MetadataError (which one the file holds is unknown)."""
+    first: dict[str, int] = {}
+    segments, report = [], []
+    for seg in rows:
+        if seg.ytid not in first:
+            first[seg.ytid] = len(segments)
+            segments.append(seg)
+            continue
+        earlier = segments[first[seg.ytid]]
+        if (earlier.start, earlier.end) != (seg.start, seg.end):
+            raise MetadataError(f"YTID {seg.ytid} is listed twice with other times ({earlier.start:g}-{earlier.end:g} "
+                                f"s and {seg.start:g}-{seg.end:g} s); its one file Y{seg.ytid}.<ext> is one clip: "
+                                f"keep one row")
+        added = tuple(mid for mid in seg.labels if mid not in earlier.labels)
+        if added:
+            segments[first[seg.ytid]] = replace(earlier, labels=earlier.labels + added)
+            report.append((seg.ytid, f"merged: an earlier CSV row has this YTID; its labels gained {','.join(added)}"))
+        else:
+            report.append((seg.ytid, "duplicate: an earlier CSV row has this YTID and these labels"))
+    return segments, report
 
 
 def _own_items(config: PackConfig) -> tuple[LabelSet, list[PackItem], list[tuple]]:
-    """A manifest's or a class-folder tree's items, the label set (sorted classes or --labels) and rows
-    whose labels are not in --labels."""
+    """A manifest's or a class-folder tree's items, the label set (sorted classes or --labels) and the report
+    rows of what is not packed: labels not in --labels, duplicate rows, left-out folders and files."""
     _check_audio_dir(config)
-    files = AudioFiles(config.audio_dir)
-    items, names = [], {}
-    for path in config.manifests:
-        found, shown, layout = read_manifest(path, files)
-        print(f"{path}: {layout} layout, {len(found)} rows", file=sys.stderr)
-        items += found
-        names.update(shown)
-    if not config.manifests:
-        items = read_folder(config.audio_dir, files)
+    items, names, left_out = [], {}, []
+    if config.manifests:
+        files = AudioFiles(config.audio_dir)
+        for path in config.manifests:
+            found, shown, layout = read_manifest(path, files)
+            print(f"{path}: {layout} layout, {len(found)} rows", file=sys.stderr)
+            items += found
+            names.update(shown)
+    else:
+        items, left_out = read_folder(config.audio_dir)
+    items, merged = merge_duplicates(items)
     if config.labels is not None:
         labels = read_class_list(config.labels)
     else:
@@ -325,14 +358,7 @@ def _own_items(config: PackConfig) -> tuple[LabelSet, list[PackItem], list[tuple
     unknown = [(item.name, "", f"label: {next(k for k in item.labels if k not in column)!r} is not in --labels "
                                f"{config.labels}", "") for item in items if not set(item.labels) <= set(column)]
     items = [item for item in items if set(item.labels) <= set(column)]
-    seen, kept, duplicates = set(), [], []
-    for item in items:
-        if item.name in seen:
-            duplicates.append((item.name, "", "duplicate: an earlier manifest row names this file", ""))
-        else:
-            kept.append(item)
-        seen.add(item.name)
-    return labels, kept, unknown + duplicates
+    return labels, items, unknown + [(name, "", reason, "") for name, reason in left_out + merged]
 
 
 def _check_audio_dir(config: PackConfig) -> None:
@@ -345,7 +371,7 @@ def _pack_split(out: Path, items: list[PackItem], labels: LabelSet, config: Pack
                 pool: ProcessPoolExecutor, extra_report: list[tuple]) -> dict:
     """Pack (or resume) one output folder: shards, index.json and pack_report.csv; returns its counts."""
     ensure_writable(out)
-    _check_plan(out, _plan_key(config, items, labels))
+    check_plan(out, PLAN_FILE, _plan_key(config, items, labels), config.overwrite)
     shards = [items[i:i + config.shard_size] for i in range(0, len(items), config.shard_size)]
     names = [f"shard_{i:05d}.h5" for i in range(len(shards))]
     resumed = 0
@@ -364,8 +390,10 @@ def _pack_split(out: Path, items: list[PackItem], labels: LabelSet, config: Pack
     for name in names:
         with h5py.File(out / name, "r") as handle:
             if REPORT_DATASET in handle:
-                rows += [(clip, name, reason, cut) for clip, reason, cut in
-                         (line.split("\t") for line in handle[REPORT_DATASET].asstr()[:])]
+                stored = handle[REPORT_DATASET].asstr()[:]
+                if stored.ndim == 1:   # shards packed when the report was "clip<TAB>reason<TAB>cut" lines
+                    stored = [line.split("\t") for line in stored]
+                rows += [(clip, name, reason, cut) for clip, reason, cut in stored]
             else:   # shards packed before the report listed every clip
                 rows += [(y.decode(), name, r.decode(), "") for y, r in zip(handle["skipped_name"][:],
                                                                             handle["skipped_reason"][:])]
@@ -380,11 +408,15 @@ def _pack_split(out: Path, items: list[PackItem], labels: LabelSet, config: Pack
         raise OutFolderError(describe_os_error(error, f"write {report}")) from None
     skipped = [row for row in rows if row[2]]
     reasons = Counter(row[2].split(":")[0] for row in skipped)
+    clipped = sum("clipped:" in row[3] for row in rows)
     packed = len(rows) - len(skipped)
     print(f"packed {packed} clips into {len(names)} shards in {out} ({resumed} already done); "
-          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))}), "
-                                       f"listed in {report}" if skipped else ""))
+          f"skipped {len(skipped)}" + (f" ({', '.join(f'{v} {k}' for k, v in sorted(reasons.items()))})" if skipped
+                                       else "")
+          + (f"; {clipped} clipped at full scale" if clipped else "")
+          + (f", listed in {report}" if skipped or clipped else ""))
     return {"packed": packed, "shards": len(names), "resumed_shards": resumed, "skipped": len(skipped),
+            **({"clipped": clipped} if clipped else {}),
             **{f"skipped_{k}": v for k, v in sorted(reasons.items())}}
 
 
@@ -397,7 +429,40 @@ def pack(config: PackConfig) -> dict:
     else:
         labels, items, extra = _own_items(config)
     splits = sorted({item.split for item in items}) or [""]
+    check_inputs_apart(config.out, [("--csv", p) for p in config.csvs] + [("--manifest", p) for p in config.manifests]
+                       + [("--strong", p) for p in config.strong] + [("--labels", config.labels)] * bool(config.labels))
     ensure_writable(config.out)
+    with RunLock(config.out, what="train.pack run"):
+        _claim_split_folders(config, splits, labels)
+        summaries = _pack_splits(config, splits, items, labels, strong, extra)
+    total = {key: sum(s.get(key, 0) for s in summaries.values()) for s in summaries.values() for key in s}
+    if total["packed"] == 0:
+        rows = f"{len(items) + len(extra)} {'files' if not (config.csvs or config.manifests) else 'CSV rows'}"
+        wanted = "files named Y<YTID>.wav/.flac/.ogg/.mp3" if config.csvs else "the audio files"
+        raise NothingPackedError(f"no clip of the {rows} could be packed (see {REPORT_FILE} in {config.out}); "
+                                 f"check that --audio-dir {config.audio_dir} holds {wanted}")
+    return summaries[""] if splits == [""] else {**total, "splits": summaries}
+
+
+def _claim_split_folders(config: PackConfig, splits: list[str], labels: LabelSet) -> None:
+    """OUT's own plan when rows name splits: which split folders it holds and the settings, so a run with other
+    splits (or an unsplit one before it) is refused; with --overwrite, the folders of splits the new run does
+    not name are emptied of their shards too (each split folder keeps a plan of its own, see `_pack_split`)."""
+    folders = [split or UNSPLIT for split in splits] if splits != [""] else []
+    path = config.out / PLAN_FILE
+    before = json.loads(path.read_text()).get("splits", []) if path.exists() else []
+    if folders:
+        check_plan(config.out, PLAN_FILE, {"splits": folders, "labels": list(labels.mids)}, config.overwrite)
+    if config.overwrite:
+        for gone in sorted(set(before) - set(folders)):
+            if (config.out / gone).is_dir():
+                remove_outputs(config.out / gone)
+                (config.out / gone / PLAN_FILE).unlink(missing_ok=True)
+
+
+def _pack_splits(config: PackConfig, splits: list[str], items: list[PackItem], labels: LabelSet, strong: dict,
+                 extra: list[tuple]) -> dict:
+    """Each split's folder packed (or resumed) with one pool of decoders; its counts by split name."""
     summaries = {}
     with ProcessPoolExecutor(config.workers, mp_context=get_context("spawn"), initializer=_start_worker,
                              initargs=(os.getpid(),)) as pool:
@@ -409,13 +474,7 @@ def pack(config: PackConfig) -> dict:
         except BaseException:   # Ctrl-C or an error: stop the decoders now rather than after their queued work
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    total = {key: sum(s.get(key, 0) for s in summaries.values()) for s in summaries.values() for key in s}
-    if total["packed"] == 0:
-        rows = f"{len(items) + len(extra)} {'files' if not (config.csvs or config.manifests) else 'CSV rows'}"
-        wanted = "files named Y<YTID>.wav/.flac/.ogg/.mp3" if config.csvs else "the audio files"
-        raise NothingPackedError(f"no clip of the {rows} could be packed (see {REPORT_FILE} in {config.out}); "
-                                 f"check that --audio-dir {config.audio_dir} holds {wanted}")
-    return summaries[""] if splits == [""] else {**total, "splits": summaries}
+    return summaries
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -452,13 +511,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="strong-label TSV (repeatable): segment_id (<YTID>_<start ms>), start, end, label mid; "
                              "a clip's overlapping or touching events of one class are merged, events cut to the "
                              "clip, and what was changed is printed (docs/labels.md)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the shards of an --out packed from other "
+                        "inputs, another --audio-dir or other settings (without it such a folder is refused)")
     args = parser.parse_args(argv)
     try:
         if not math.isfinite(args.clip_seconds) or not 0 < args.clip_seconds <= MAX_CLIP_SECONDS:
             raise ValueError(f"--clip-seconds {args.clip_seconds}: give seconds in (0, {MAX_CLIP_SECONDS}]")
         config = PackConfig(tuple(args.csv), args.labels, args.audio_dir, args.out, args.shard_size, args.workers,
                             tuple(args.strong), clip_samples=round(args.clip_seconds * 16000),
-                            manifests=tuple(args.manifest), fit=args.fit)
+                            manifests=tuple(args.manifest), fit=args.fit, overwrite=args.overwrite)
         pack(config)
     except (MetadataError, ShardError, ValueError) as error:   # OutFolderError and NothingPackedError too
         _fail(str(error))

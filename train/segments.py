@@ -11,6 +11,10 @@ The part chosen is then fitted to the clip length by the `fit` rule: "cut" keeps
 ("cut to clip" where the part was longer), "window" cuts it into consecutive clips ("window k/n"), all of
 the row's group. A clip shorter than the clip length is zero-padded at the end (", padded" is added to its
 description by the packer, which sees the decoded length).
+
+`check_clip_length` refuses a clip length train.run could not train on, by the checks train.run's own
+config makes (the front end's frames, divided by the model's pooling plans), so the packer refuses it
+before hours of decoding rather than train.run after.
 """
 import math
 from dataclasses import dataclass
@@ -56,3 +60,22 @@ def plan_parts(duration: float,
     if length > clip_seconds and how == "whole file":
         how = "cut to clip"
     return [ClipPart(first, min(length, clip_seconds), how)]
+
+
+def check_clip_length(clip_samples: int, sample_rate: int) -> None:
+    """ValueError (one line, with the nearest lengths that work) unless train.run can train on clips of
+    `clip_samples` at `sample_rate`: the front end must make frames that every pooling plan divides."""
+    # imported here, not at the top: the packer's decoding workers import this module and must not pay for torch
+    from fastsca.config import POOLING_PLANS, ModelConfig
+    from fastsca.frontend import LogMelConfig
+    seconds = clip_samples / sample_rate
+    try:
+        frames = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples).frames
+        for pools in POOLING_PLANS.values():
+            ModelConfig(input_frames=frames, pools=pools)
+    except ValueError as error:
+        hop = LogMelConfig().hop_length
+        step = math.lcm(*(math.prod(t for t, _ in pools) for pools in POOLING_PLANS.values())) * hop / sample_rate
+        nearest = sorted({max(1, math.floor(seconds / step)) * step, max(1, math.ceil(seconds / step)) * step})
+        raise ValueError(f"--clip-seconds {seconds:g}: train.run could not train on these clips ({error}); give a "
+                         f"multiple of {step:g} s, e.g. {' or '.join(f'{s:g}' for s in nearest)}") from None

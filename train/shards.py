@@ -8,6 +8,7 @@ One shard file holds up to a few tens of thousands of clips:
   `strong_onset` / `strong_offset` (M,) float32 seconds, `strong_label` (M,) int32 target column
   (present, possibly empty, in every shard; attribute `has_strong` says whether they were given);
 - `skipped_name` / `skipped_reason` (S,) strings: clips the packer could not read for this shard;
+  `noted_name` / `noted_reason`: clips stored with a change worth reporting (samples clipped at full scale);
 - `fold` (N,) int16, the clip's cross-validation fold (-1: none given), and `group` (N,) strings, the
   recording the clip was cut from ("": unknown), so folds and validation splits can hold out whole
   recordings (absent from shards written before they existed: read as -1 and "");
@@ -31,6 +32,17 @@ FORMAT = "fastsca-shard/1"
 INDEX_FILE = "index.json"
 # Rows of `target` read at a time when building per-class clip lists: 64k x 527 bytes = 34 MB.
 TARGET_READ_ROWS = 65536
+
+
+def to_stored(waveform: np.ndarray) -> tuple[np.ndarray, int]:
+    """Float samples (full scale +-1) -> the stored int16 samples and how many lay beyond full scale (clipped)."""
+    clipped = int(np.count_nonzero(np.abs(waveform) > 1.0))
+    return np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16), clipped
+
+
+def clipped_note(clipped: int) -> str:
+    """The report's words for `clipped` samples stored at full scale ("" for none)."""
+    return f"clipped: {clipped} sample(s) beyond full scale stored at full scale" if clipped else ""
 
 
 class ShardError(ValueError):
@@ -62,6 +74,7 @@ class ShardWriter:
         self.count = 0
         self._strong: list[np.ndarray] = []
         self._skipped: list[tuple[str, str]] = []
+        self._noted: list[tuple[str, str]] = []
         self._folds: list[np.ndarray] = []
         self._groups: list[str] = []
         self._file = None
@@ -124,6 +137,10 @@ class ShardWriter:
         """Record a clip that belonged to this shard but could not be read."""
         self._skipped.append((name, reason))
 
+    def note(self, name: str, reason: str) -> None:
+        """Record a clip stored with a change worth reporting (e.g. samples clipped at full scale)."""
+        self._noted.append((name, reason))
+
     def commit(self) -> Path:
         """Write the strong labels and skip list, close, and rename to the final name."""
         strong = np.concatenate(self._strong) if self._strong else np.zeros((0, 4))
@@ -133,6 +150,8 @@ class ShardWriter:
         self._file.create_dataset("strong_label", data=strong[:, 3].astype(np.int32))
         self._file.create_dataset("skipped_name", data=_string_array(n for n, _ in self._skipped))
         self._file.create_dataset("skipped_reason", data=_string_array(r for _, r in self._skipped))
+        self._file.create_dataset("noted_name", data=_string_array(n for n, _ in self._noted))
+        self._file.create_dataset("noted_reason", data=_string_array(r for _, r in self._noted))
         folds = np.concatenate(self._folds) if self._folds else np.zeros(0, np.int16)
         self._file.create_dataset("fold", data=folds)
         self._file.create_dataset("group", data=_string_array(self._groups))

@@ -11,17 +11,22 @@ metrics.jsonl holds its test record is finished and not trained again; one with 
 so the sweep can be stopped (Ctrl-C) and started again with the same command. Both tables can share DIR:
 Table 2's 1-layer rows are Table 1's AT-S, AT-C and AT-SCA runs. Several sweeps may work on one DIR at once
 (e.g. both tables, one per core): a run being trained holds DIR/runs/RUN/sweep.lock, and the others wait
-for it instead of training it too.
+for it instead of training it too. Each run records its settings (its train.run command, and what its data
+holds: train/checkpoint.py's fingerprint) in settings.json: a run made with other settings or data is never
+reported as this command's: the command is refused before any training (one line), or with --overwrite such
+runs are trained again from scratch.
 """
 import argparse
 import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +34,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.inference import read_checkpoint
 from fastsca.model import build_model
+from train import checkpoint
+from train.shards import ShardError
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,9 @@ METRICS = ("mAP", "mAUC", "d_prime")
 LOCK_POLL_S = 10.0
 # flags the sweep sets for each run itself
 OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
+SETTINGS_FILE = "settings.json"
+# what a run folder holds besides results: a run made without a settings record but with these only is empty
+BOOKKEEPING = {"sweep.lock", "log.txt"}
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -86,6 +97,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--out", required=True, help="sweep folder: runs/ and the tables")
     parser.add_argument("--data", help="training split (default: the built-in set)")
     parser.add_argument("--eval-data", help="test split, reported (with --data)")
+    parser.add_argument("--overwrite", action="store_true", help="train again, from scratch, the runs in --out "
+                        "made with other settings or data (without it such a folder is refused)")
     args, passed_on = parser.parse_known_args(argv)   # the rest goes to every train.run
     if (args.data is None) != (args.eval_data is None):
         parser.error("give both --data and --eval-data, or neither (to use the built-in set)")
@@ -153,6 +166,82 @@ def train_logged(command: list[str], run_dir: Path) -> int | None:
             return None
 
 
+class SettingsError(ValueError):
+    """A run folder holding results made with other settings or data than this command's."""
+
+
+def run_settings(command: list[str]) -> dict:
+    """What makes a run's results its own: its train.run command without the interpreter, --resume and the
+    run's own folder (so a moved folder is still itself), its splits named by what they hold
+    (train/checkpoint.py's fingerprint: a split packed again differs, a copy elsewhere does not)."""
+    kept, data = [arg for arg in command[1:] if arg != "--resume"], {}
+    kept[kept.index("--out") + 1] = "RUN"
+    for flag in ("--data", "--eval-data"):
+        if flag in kept:
+            where = kept.index(flag) + 1
+            data[flag], kept[where] = _data_fingerprint(kept[where]), flag[2:].upper()
+    return {"command": kept, "data": data}
+
+
+@lru_cache(maxsize=None)
+def _data_fingerprint(path: str) -> dict:
+    """train/checkpoint.py's fingerprint of a split, read once per command (it reads every target)."""
+    return checkpoint.data_fingerprint(path)
+
+
+def settings_problem(run_dir: Path, settings: dict) -> str:
+    """"" when run_dir holds no run yet (at most a log and the settings of a run that wrote nothing) or a run
+    made with `settings`; otherwise what is wrong with it."""
+    path = run_dir / SETTINGS_FILE
+    if not run_dir.is_dir() or not {p.name for p in run_dir.iterdir()} - BOOKKEEPING - {SETTINGS_FILE}:
+        return ""
+    if path.is_file():
+        return "" if json.loads(path.read_text()) == settings else "holds a run made with other settings or data"
+    return f"holds a run without a record of its settings ({SETTINGS_FILE})"
+
+
+def check_runs(runs: list[tuple[Path, dict]], overwrite: bool) -> None:
+    """Before any training: refuse (SettingsError, one line) when a run folder holds a run made with other
+    settings than its (run_dir, settings) pair says; with `overwrite`, remove those folders to train again."""
+    stale = [(run_dir, why) for run_dir, settings in runs if (why := settings_problem(run_dir, settings))]
+    if stale and not overwrite:
+        more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
+        raise SettingsError(f"{stale[0][0]} {stale[0][1]}{more}: its results would be reported under this command; "
+                            f"use another --out, the command that made it, or --overwrite to train it again")
+    for run_dir, _ in stale:
+        if not claim(run_dir):
+            raise SettingsError(f"{run_dir} is being trained by another command; wait for it, or use another --out")
+        shutil.rmtree(run_dir)
+
+
+def run_job(run_dir: Path, command, settings: dict) -> str:
+    """Train one run (its output in run_dir/log.txt; `command()` its train.run command line, made once the run
+    is claimed, so that it resumes what is there) unless it has its test record: "done" (now or earlier),
+    "busy" (another command is training it) or "failed" (said in one line); exits 130 when it was stopped."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not claim(run_dir):
+        return "busy"
+    try:
+        if problem := settings_problem(run_dir, settings):   # started meanwhile by a command with other settings
+            tqdm.write(f"{run_dir} {problem} (started by another command meanwhile); left to it")
+            return "failed"
+        if read_records(run_dir, "test"):
+            return "done"
+        write_atomically(run_dir / SETTINGS_FILE, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
+        code = train_logged(command(), run_dir)
+    finally:
+        (run_dir / "sweep.lock").unlink(missing_ok=True)
+    if code is None or (code == 0 and not read_records(run_dir, "test")):
+        tqdm.write(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
+                   file=sys.stderr)
+        sys.exit(130)
+    if code != 0:
+        last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
+        tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
+        return "failed"
+    return "done"
+
+
 def model_cost(config: ModelConfig) -> tuple[int, float]:
     """(parameters, forward GFLOPs for one clip) of a model config, counted with torch's flop counter."""
     model = build_model(config, fused_attention=False).eval()
@@ -189,55 +278,50 @@ def summarise(table: int, seeds: int, runs: Path) -> list[dict]:
 
 
 def write_tables(rows: list[dict], table: int, out: Path, command: str, note: str) -> tuple[Path, Path]:
-    """OUT/tableT.md (with the command that made it) and OUT/tableT.csv."""
+    """OUT/tableT.md (with the command that made it) and OUT/tableT.csv, each written whole (atomically)."""
     columns = list(rows[0])
     md = out / f"table{table}.md"
     lines = [f"# Table {table}, reproduced", "", f"Made by `{command}`.", "", note, "",
              "| " + " | ".join(c.replace("d_prime", "d′") for c in columns) + " |",
              "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in rows]
-    md.write_text("\n".join(lines) + "\n")
+    write_atomically(md, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     csv_path = out / f"table{table}.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
+    write_atomically(csv_path, lambda tmp: write_csv(tmp, columns, rows))
+    return md, csv_path
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """A header of `columns`, then one line per row (keys outside `columns` left out)."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    return md, csv_path
 
 
 def main(argv: list[str] | None = None) -> None:
     args, passed_on = parse_args(argv)
     out = Path(args.out)
     runs = out / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    jobs = [(row.preset, seed) for row in TABLES[args.table] for seed in range(args.seeds)]
+    jobs = {runs / f"{row.preset}-seed{seed}": (row.preset, seed) for row in TABLES[args.table]
+            for seed in range(args.seeds)}
+    try:
+        settings = {run_dir: run_settings(run_command(*job, run_dir, args, passed_on)) for run_dir, job in jobs.items()}
+        check_runs(list(settings.items()), args.overwrite)
+    except (SettingsError, ShardError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     failed = []
     bar = tqdm(total=len(jobs), unit="run", dynamic_ncols=True)
     while jobs:
-        waiting = []
-        for preset, seed in jobs:
-            run_dir = runs / f"{preset}-seed{seed}"
-            run_dir.mkdir(exist_ok=True)
-            if read_records(run_dir, "test"):   # finished earlier
-                bar.update(1)
+        waiting = {}
+        for run_dir, job in jobs.items():
+            bar.set_postfix_str(run_dir.name)
+            outcome = run_job(run_dir, lambda: run_command(*job, run_dir, args, passed_on), settings[run_dir])
+            if outcome == "busy":
+                waiting[run_dir] = job
                 continue
-            if not claim(run_dir):
-                waiting.append((preset, seed))
-                continue
-            bar.set_postfix_str(f"{preset} seed {seed}")
-            try:
-                code = train_logged(run_command(preset, seed, run_dir, args, passed_on), run_dir)
-            finally:
-                (run_dir / "sweep.lock").unlink(missing_ok=True)
-            if code is None or (code == 0 and not read_records(run_dir, "test")):
-                bar.close()
-                print(f"stopped during {run_dir} (it wrote latest.pt); run the same command again to go on",
-                      file=sys.stderr)
-                sys.exit(130)
-            if code != 0:
-                last = (run_dir / "log.txt").read_text().strip().splitlines()[-1:]
-                tqdm.write(f"{run_dir}: train.run exited {code}: {last[0] if last else ''} (log.txt there); going on")
-                failed.append(run_dir)
+            failed += [run_dir] if outcome == "failed" else []
             bar.update(1)
         if waiting:
             bar.set_postfix_str(f"waiting for {len(waiting)} run(s) another sweep is training")
