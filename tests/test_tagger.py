@@ -12,7 +12,7 @@ import fastsca
 from fastsca.events import detect_events
 from fastsca.hub import save_pretrained_from_checkpoint
 from fastsca.inference import load_trained_model
-from fastsca.tag import StreamConfig, tag_file
+from fastsca.tagging.engine import StreamConfig, tag_file
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -128,12 +128,16 @@ def test_files_in_bulk_skip_the_bad_ones(tagger, tmp_path):
 
 
 @pytest.mark.parametrize("audio, rate, message", [
-    (np.ones((2, 16000, 1), np.float32), 16000, "must be (samples,) or (channels, samples)"),
+    (np.ones((2, 2, 16000, 1), np.float32), 16000, "must be (samples,) or (channels, samples)"),
     (np.zeros(0, np.float32), 16000, "must be (samples,) or (channels, samples) with samples in it"),
     (np.ones((16000, 2), np.float32), 16000, "has more channels than samples"),
-    (np.ones(16000, np.float32), 0, "sample_rate must be a positive integer"),
-    (np.ones(16000, np.float32), 16000.5, "sample_rate must be a positive integer"),
-    (np.ones(16000, np.float32), True, "sample_rate must be a positive integer"),
+    (np.ones((2, 16000, 1), np.float32), 16000, "has more channels than samples"),   # a batch of 2: each checked
+    (np.ones(16000, np.float32), 0, "sample_rate must be a whole number of Hz from 1 to 768000, got 0"),
+    (np.ones(16000, np.float32), -16000, "sample_rate must be a whole number of Hz from 1 to 768000, got -16000"),
+    (np.ones(16000, np.float32), 1e12, "sample_rate must be a whole number of Hz from 1 to 768000, got 1000000000000.0"),
+    (np.ones(16000, np.float32), 16000.5, "sample_rate must be a whole number of Hz"),
+    (np.ones(16000, np.float32), True, "sample_rate must be a whole number of Hz"),
+    ([np.ones(16000, np.float32)], -1, "sample_rate must be a whole number of Hz"),             # a batch too
     (np.ones(16000, np.float32), None, "give the waveform's sample_rate"),
     (np.array(["a", "b"]), 16000, "must hold float or integer samples"),
 ])

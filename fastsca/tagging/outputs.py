@@ -75,6 +75,8 @@ class Console:
     def print(self, text: str) -> None:
         if self.closed:
             return
+        encoding = sys.stdout.encoding or "utf-8"   # a file name's undecodable bytes are shown escaped
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
         try:
             tqdm.write(text, file=sys.stdout)   # clears the progress bars on stderr first, then redraws them
             sys.stdout.flush()
