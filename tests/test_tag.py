@@ -220,3 +220,54 @@ def test_frame_probabilities_can_be_kept_only_as_far_as_they_are_used(checkpoint
     np.testing.assert_array_equal(part.frame, whole.frame[: len(part.frame)])
     np.testing.assert_array_equal(part.clip, whole.clip)   # the clip probabilities still cover the whole file
     assert engine.tag_file(trained, path, asked=Asked(frames_until=0.0)).frame.shape == (0, len(LABELS))
+
+
+def run_json(argv: list[str], capsys) -> tuple[list[dict], list[str]]:
+    """The JSON results and stderr lines of `fastsca.tag ARGV --json`, which must succeed."""
+    tag.main(argv + ["--json"])
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err.splitlines()
+
+
+def test_every_model_reference_is_accepted(checkpoints, audio, tmp_path, capsys, monkeypatch):
+    from fastsca import hub
+    folder = hub.save_pretrained_from_checkpoint(checkpoints["at-sca-3"], tmp_path / "run" / "pretrained")
+    want, _ = run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"]], capsys)
+    assert run_json([audio["flac"], "--checkpoint", str(folder)], capsys)[0] == want       # train.run's OUT/pretrained
+    monkeypatch.setattr(hub, "_download", lambda repo_id, revision: folder if repo_id == "owner/name" else None)
+    assert run_json([audio["flac"], "--checkpoint", "owner/name"], capsys)[0] == want       # a Hub id
+
+
+def test_outputs_go_where_they_are_named_never_the_current_folder(checkpoints, audio, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    results, errors = run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events"], capsys)
+    assert "events" in results[0] and list(work.iterdir()) == []                  # nothing in the current folder
+    assert errors == ["note: no events files written (the events are in the results): give --out FOLDER to write "
+                      "them"]
+    table = tmp_path / "tables" / "tags.csv"
+    run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events", "--table", str(table)], capsys)
+    assert sorted(p.name for p in table.parent.iterdir()) == [".tags.csv.lock", "events.json", "events.tsv",
+                                                               "events_dcase.tsv", "tag-report.txt", "tags.csv"]
+    assert list(work.iterdir()) == []
+
+
+def test_quiet_prints_a_summary_instead_of_each_file(checkpoints, audio, tmp_path, capsys):
+    table = tmp_path / "tags.csv"
+    tag.main([audio["flac"], audio["wav"], audio["same1"], "--checkpoint", checkpoints["at-sca-3"], "--quiet",
+              "--table", str(table)])
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"tagged 3 of 3 file(s) (0 silent); table: {table}"]
+    assert len(table.read_text().splitlines()) == 4
+
+
+def test_json_carries_the_embeddings_on_request(checkpoints, audio, capsys):
+    import fastsca
+    results, _ = run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], "--embeddings"], capsys)
+    tagged = fastsca.Tagger.from_pretrained(checkpoints["at-sca-3"], device="cpu")(audio["flac"])
+    # 1e-5: the JSON rounds to 5 decimals
+    np.testing.assert_allclose(results[0]["embedding"], tagged.embedding, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(results[0]["frame_embeddings"], tagged.frame_embeddings, atol=1e-5, rtol=0)
+    assert "embedding" not in run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"]], capsys)[0][0]
