@@ -44,9 +44,9 @@ def tagger(best) -> fastsca.Tagger:
     return fastsca.Tagger.from_pretrained(best)
 
 
-def noise(channels: int, samples: int) -> np.ndarray:
-    """(channels, samples) float32 noise with a tone in it."""
-    rng = np.random.default_rng()
+def noise(channels: int, samples: int, seed: int = 25) -> np.ndarray:
+    """(channels, samples) float32 noise with a tone in it, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
     tone = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * np.arange(samples) / 16000)
     return (0.1 * rng.standard_normal((channels, samples)) + tone).astype(np.float32)
 
@@ -170,15 +170,8 @@ def test_a_long_file_is_streamed_in_blocks(best, tagger, tmp_path):
     np.testing.assert_allclose(in_blocks.clip, whole.clip, atol=1e-5, rtol=0)
 
 
-def seeded_noise(seed: int, channels: int, samples: int) -> np.ndarray:
-    """(channels, samples) float32 noise with a tone in it, drawn from `seed`."""
-    rng = np.random.default_rng(seed)
-    tone = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * np.arange(samples) / 16000)
-    return (0.1 * rng.standard_normal((channels, samples)) + tone).astype(np.float32)
-
-
 def test_embeddings_are_the_heads_frame_features_and_their_attention_weighted_mean(tagger, best):
-    waveform = seeded_noise(281, 1, 16000)[0]                       # exactly one 1 s window
+    waveform = noise(1, 16000, seed=281)[0]                       # exactly one 1 s window
     result = tagger(waveform, 16000)
     model = load_trained_model(best).model
     features = {}
@@ -194,20 +187,20 @@ def test_embeddings_are_the_heads_frame_features_and_their_attention_weighted_me
 
 
 def test_embeddings_of_a_long_file_are_stitched_like_the_frames(tagger, best):
-    result = tagger(seeded_noise(282, 2, 47_123), 16000)           # 2.95 s: three windows
+    result = tagger(noise(2, 47_123, seed=282), 16000)           # 2.95 s: three windows
     assert result.frame_embeddings.shape == (result.frame.shape[0], 8) == (29, 8)
     x = torch.from_numpy(result.frame_embeddings)                   # (T', C)
     with torch.no_grad():                                           # eq. 2's weights over the whole file
         weight = torch.softmax(tagger.trained.model.pooling.attention(x), dim=0).mean(dim=1)
     # 1e-6: the same float32 sums, in another order
     np.testing.assert_allclose(result.embedding, (weight[:, None] * x).sum(dim=0).numpy(), atol=1e-6, rtol=1e-6)
-    without = fastsca.Tagger.from_pretrained(best, embeddings=False)(seeded_noise(282, 2, 47_123), 16000)
+    without = fastsca.Tagger.from_pretrained(best, embeddings=False)(noise(2, 47_123, seed=282), 16000)
     assert without.embedding is None and without.frame_embeddings is None
     np.testing.assert_array_equal(without.frame, result.frame)
 
 
 def test_a_batch_is_tagged_as_each_waveform_alone(tagger):
-    batch = seeded_noise(283, 3, 21_001)                            # (N, samples): three mono clips
+    batch = noise(3, 21_001, seed=283)                            # (N, samples): three mono clips
     alone = [tagger(waveform, 22050) for waveform in batch]
     for results in (tagger.batch(batch, 22050), tagger(list(batch), 22050), tagger(batch[:, None], 22050)):
         assert [r.name for r in results] == ["waveform[0]", "waveform[1]", "waveform[2]"]
@@ -217,7 +210,7 @@ def test_a_batch_is_tagged_as_each_waveform_alone(tagger):
 
 
 def test_pipeline_style_results(tagger):
-    result = tagger(seeded_noise(284, 1, 19_000)[0], 16000)
+    result = tagger(noise(1, 19_000, seed=284)[0], 16000)
     pipeline = result.as_pipeline(top_k=3)
     assert pipeline == [{"label": label, "score": score} for label, score in result.top_k(3)]
     assert [p["score"] for p in pipeline] == sorted((float(p) for p in result.clip), reverse=True)[:3]
@@ -225,7 +218,7 @@ def test_pipeline_style_results(tagger):
 
 
 def test_bfloat16_and_float16_tensors_are_tagged_as_their_float32_values(tagger):
-    waveform = torch.from_numpy(seeded_noise(285, 2, 17_003))
+    waveform = torch.from_numpy(noise(2, 17_003, seed=285))
     for dtype in (torch.bfloat16, torch.float16):
         low = waveform.to(dtype)
         np.testing.assert_array_equal(tagger(low, 16000).clip, tagger(low.float().numpy(), 16000).clip)
