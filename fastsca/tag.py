@@ -131,8 +131,8 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     if args.plot is not None:
         plot_destinations(args.plot, [])   # an unwritable extension
         check_writable_folder(Path(args.plot) if is_folder(args.plot) else Path(args.plot).parent, "--plot")
-    if config.out is not None:
-        check_writable_folder(config.out, "--out")
+    if config.out is not None:   # named after the option it comes from
+        check_writable_folder(config.out, "--out" if args.out is not None else "--table" if args.table else "--plot")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     pretrained = load_pretrained(args.checkpoint, device)
