@@ -28,8 +28,11 @@ from fastsca.hub import load_pretrained
 from fastsca.tagging.batch import EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, tag_all, write_events
 from fastsca.tagging.engine import StreamConfig, check_front_end
 from fastsca.tagging.inputs import expand_inputs
-from fastsca.tagging.outputs import check_writable_folder, is_folder, plot_destinations
+from fastsca.tagging.outputs import check_writable_folder, is_folder, plot_destinations, take_lock
 from fastsca.tagging.table import ResultTable, table_columns
+
+# The output folder's lock: hidden, so a folder walk passes over it.
+OUT_LOCK_NAME = ".fastsca-tag.lock"
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -143,15 +146,30 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     events_config.onset_thresholds(label_names)
     label_mids = _read_label_mids(args.labels, label_names) if args.labels else None
     reference = read_reference(args.strong, label_names, label_mids) if args.strong else {}
-    table = None
-    if args.table is not None:
-        check_writable_folder(args.table.parent, "--table")
-        table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite)
+    out_lock = _lock_output_folder(args, config.out)
+    try:
+        table = None
+        if args.table is not None:
+            check_writable_folder(args.table.parent, "--table")
+            table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite)
+    except ValueError:
+        if out_lock is not None:
+            os.close(out_lock)
+        raise
     run = BatchRun(config, pretrained.trained, events_config, StreamConfig(overlap=args.overlap), reference,
-                   label_mids, table, events=table.events() if table is not None else [])
+                   label_mids, table, out_lock=out_lock, events=table.events() if table is not None else [])
     for line in table.repairs if table is not None else []:
         run.report.add("repaired", line)
     return run
+
+
+def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | None:
+    """A lock on the output folder, whose events files and report two runs would otherwise both write (None: the
+    run writes none)."""
+    if out is None:
+        return None
+    option = "--out" if args.out is not None else "--table's folder" if args.table is not None else "--plot's folder"
+    return take_lock(out / OUT_LOCK_NAME, f"{option} {out}", "give another --out")
 
 
 def _own_outputs(args: argparse.Namespace, out: Path | None) -> list[Path]:

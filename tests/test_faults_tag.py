@@ -266,7 +266,8 @@ def test_a_full_disk_is_one_line_per_failure_and_leaves_no_partial_file(model, t
         f"error: --out {out}: cannot write events.json (No space left on device); free some space and run again"]
     assert errors[-1] == "error: 3 figure(s) or result file(s) were not written (see above)"
     assert sorted(p.name for p in figures.iterdir()) == ["a.png", "c.png"]           # no 0-byte png, no .tmp
-    assert sorted(p.name for p in out.iterdir()) == ["events.tsv", "events_dcase.tsv", "tag-report.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".fastsca-tag.lock", "events.tsv", "events_dcase.tsv",
+                                                     "tag-report.txt"]
     report = (out / "tag-report.txt").read_text()                                      # the report lists all three
     assert "3 figure(s) or result file(s) were not written\n" in report and "cannot write events.json" in report
     rows = table.read_text().splitlines()

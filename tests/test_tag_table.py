@@ -11,6 +11,7 @@ import pytest
 import soundfile
 
 from fastsca import tag
+from fastsca.tagging.outputs import take_lock
 from fastsca.tagging.table import ResultTable, table_columns
 
 from test_faults_tag import model, run_tag, small_figures  # noqa: F401 (fixtures: an untrained checkpoint, figures)
@@ -65,6 +66,21 @@ def with_events(line: bytes, events: str) -> bytes:
     """A table row with its events column replaced."""
     row = next(csv.reader([line.decode()]))
     return (",".join(row[:-1]) + ',"' + events.replace('"', '""') + '"\n').encode()
+
+
+def test_two_runs_writing_one_output_folder_are_locked_out_of_each_other(model, tmp_path, capsys):
+    rng = np.random.default_rng(266)
+    clips(tmp_path / "in", rng, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    other_run = take_lock(out / ".fastsca-tag.lock", f"--out {out}", "give another --out")   # its events files
+    argv = [str(tmp_path / "in"), "--checkpoint", model, "--events", "--out", str(out)]
+    code, results, errors = run_tag(argv, capsys)
+    assert (code, results, sorted(p.name for p in out.iterdir())) == (2, [], [".fastsca-tag.lock"])
+    assert errors == [f"error: --out {out}: another fastsca.tag run is writing it (locked: {out / '.fastsca-tag.lock'}"
+                      f"); wait for that run to finish, or give another --out"]
+    os.close(other_run)
+    assert run_tag(argv, capsys)[0] == 0 and (out / "events.json").exists()
 
 
 @pytest.mark.parametrize("damage", ["blank-line", "shortened-row", "duplicated-row", "duplicated-other-values",

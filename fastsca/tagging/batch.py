@@ -7,6 +7,7 @@ beyond a file's end. Every skip, drop, repair and failure is counted in one clos
 listed in the run's report file (`Report`). A closed standard output (`| head`) stops the printing
 quietly; the files asked for are still written, and with none asked for the run stops.
 """
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,8 @@ class BatchRun:
     label_mids: dict[str, str] | None
     """Display name -> mid for events.tsv (None: display names)."""
     table: ResultTable | None
+    out_lock: int | None = None
+    """The output folder's lock (a descriptor closed at the end), None when the run writes no folder's files."""
     console: Console = field(default_factory=Console)
     reader: InputReader = field(default_factory=InputReader)
     report: Report = field(default_factory=Report)
@@ -245,6 +248,8 @@ def finish(run: BatchRun, total: int) -> int:
             run.report.add("unwritten", f"--out {run.config.out}: cannot write {REPORT_NAME} "
                                         f"({error.strerror or error}); free some space")
             report_path = None
+    if run.out_lock is not None:
+        os.close(run.out_lock)
     if run.config.quiet:
         print(f"tagged {len(run.results)} of {total} file(s) ({run.silent} silent)"
               + (f"; table: {run.table.path}" if run.table is not None else ""), file=sys.stderr)

@@ -19,7 +19,6 @@ whole (atomically) and each repair is one line in the run's report. File names t
 (a folder copied from another system) are kept byte for byte (surrogate escapes).
 """
 import csv
-import fcntl
 import io
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from fastsca.atomic import write_atomically
 from fastsca.events import Event
+from fastsca.tagging.outputs import take_lock
 
 # Table layouts by extension: the delimiter of each.
 TABLE_DELIMITERS = {".csv": ",", ".tsv": "\t"}
@@ -77,7 +77,7 @@ class ResultTable:
         """The rows already in the table when it was opened (a resumed run's finished files)."""
         self.repairs: list[str] = []
         """One line per row dropped when the table was resumed."""
-        self._lock = self._take_lock()
+        self._lock = take_lock(path.with_name(f".{path.name}.lock"), f"--table {path}", "give another --table")
         try:
             self._open(overwrite)
         except OSError as error:
@@ -87,22 +87,6 @@ class ResultTable:
         except ValueError:
             os.close(self._lock)
             raise
-
-    def _take_lock(self) -> int:
-        """An exclusive lock on `.NAME.lock` beside the table; ValueError (one line) when another run holds it."""
-        lock_path = self.path.with_name(f".{self.path.name}.lock")
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as error:
-            raise ValueError(f"--table {self.path}: cannot write beside it ({error.strerror or error}); give a "
-                             f"writable path") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ValueError(f"--table {self.path}: another fastsca.tag run is writing it (locked: {lock_path}); "
-                             f"wait for that run to finish, or give another --table") from None
-        return fd
 
     def _open(self, overwrite: bool) -> None:
         """Read what is there, check it is this run's kind of table, repair it, and open it for appending."""
