@@ -1,4 +1,5 @@
-"""The tagging engine: one audio file streamed through a trained model in bounded memory -> `TagResult`.
+"""The tagging engine: an audio file streamed through a trained model in bounded memory -> `TagResult`
+(`tag_file`; `tag_files` runs several files' windows through the model together, for batches of clips).
 
 The file is read in blocks at the model's sample rate (fastsca/tagging/stream.py), turned into one
 continuous log-mel, and cut into model windows that overlap by half a window, the last one aligned to
@@ -130,8 +131,64 @@ class _Captured:
     """The pooling's input x_t, (B, T', C)."""
 
 
+def _hooked_forward(model: torch.nn.Module, mel: torch.Tensor, asked: Asked) -> tuple[torch.Tensor, _Captured]:
+    """The model's output on (B, 1, T, F) windows, with the spatial logits (for a view) and the pooling's input
+    (for embeddings) taken by forward hooks."""
+    captured = _Captured()
+    hooks = []
+    if asked.view is not None:   # SpatialAttention returns the logit of eq. 7; M_s is its sigmoid
+        hooks += [module.register_forward_hook(lambda m, i, out, name=name: captured.spatial.__setitem__(name, out))
+                  for name, module in _spatial_modules(model).items()]
+    if asked.embeddings:
+        hooks.append(model.pooling.register_forward_hook(lambda m, inputs, out: setattr(captured, "features",
+                                                                                        inputs[0])))
+    try:
+        return model(mel), captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+class _Batcher:
+    """Windows of one file or of several, run through the model `size` at a time: each window is queued with its
+    file's runner, and a full batch runs once and hands every runner its windows' outputs in order. Digital
+    silence (every bin of a log-mel frame below SILENT_DB) gets probability 0."""
+
+    def __init__(self, model: torch.nn.Module, asked: Asked, size: int) -> None:
+        self.model, self.asked, self.size = model, asked, size
+        self.device = next(model.parameters()).device
+        self.queue: list[tuple["_WindowRunner", int, torch.Tensor]] = []   # (runner, start, (window, n_mels))
+
+    def push(self, runner: "_WindowRunner", windows: list[tuple[int, torch.Tensor]]) -> None:
+        """Queue a file's windows (start, (window, n_mels) log-mel), running each full batch."""
+        for start, window in windows:
+            self.queue.append((runner, start, window))
+            if len(self.queue) == self.size:
+                self.flush()
+
+    @torch.inference_mode()
+    def flush(self) -> None:
+        """Run the queued windows and hand each runner its outputs."""
+        if not self.queue:
+            return
+        mel = torch.stack([w for _, _, w in self.queue])[:, None].to(self.device)   # (B, 1, T, F)
+        output, captured = _hooked_forward(self.model, mel, self.asked)
+        silent_in = (mel[:, 0].amax(dim=2) < SILENT_DB).cpu()                          # (B, T)
+        clip, frame = output.clip.float().cpu(), output.frame.float().cpu()            # (B, K), (B, T', K)
+        silent_out = silent_in.view(len(self.queue), frame.shape[1], -1).all(dim=2)    # (B, T')
+        frame[silent_out] = 0.0
+        clip[silent_in.all(dim=1)] = 0.0
+        clip, frame = clip.numpy(), frame.numpy()
+        maps = {name: torch.sigmoid(m[:, 0]).float().cpu().numpy() for name, m in captured.spatial.items()}
+        features = captured.features.float().cpu().numpy() if captured.features is not None else None
+        for i, (runner, start, _) in enumerate(self.queue):
+            runner.take(start, clip[i], frame[i], {name: m[i] for name, m in maps.items()},
+                        None if features is None else features[i])
+        self.queue = []
+
+
 class _WindowRunner:
-    """Runs windows through the model in batches and stitches their outputs, keeping only what is asked for."""
+    """One file's window outputs stitched in order, keeping only what is asked for."""
 
     def __init__(self, trained: TrainedModel, plan: WindowPlan, asked: Asked, expected_frames: int,
                  frame_limit: int | None) -> None:
@@ -151,44 +208,14 @@ class _WindowRunner:
         self.handed_over = 0                      # output frames stitched so far
         self.pending = None                       # (start, frame probs, maps, embeddings) of the last window run
 
-    def _forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, _Captured]:
-        """The model's output on (B, 1, T, F) windows, with the spatial logits (for a view) and the pooling's
-        input (for embeddings) taken by forward hooks."""
-        captured = _Captured()
-        hooks = []
-        if self.asked.view is not None:   # SpatialAttention returns the logit of eq. 7; M_s is its sigmoid
-            hooks += [module.register_forward_hook(lambda m, i, out, name=name: captured.spatial.__setitem__(name, out))
-                      for name, module in _spatial_modules(self.model).items()]
-        if self.asked.embeddings:
-            hooks.append(self.model.pooling.register_forward_hook(
-                lambda m, inputs, out: setattr(captured, "features", inputs[0])))
-        try:
-            return self.model(mel), captured
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    @torch.inference_mode()
-    def run(self, windows: list[tuple[int, torch.Tensor]]) -> None:
-        """Run windows (start, (window, n_mels) log-mel) and stitch every window but the last, whose
-        share is known only once the next window's start is."""
-        if not windows:
-            return
-        mel = torch.stack([w for _, w in windows])[:, None].to(self.device)      # (B, 1, T, F)
-        output, captured = self._forward(mel)
-        silent_in = (mel[:, 0].amax(dim=2) < SILENT_DB).cpu()                      # (B, T)
-        clip, frame = output.clip.float().cpu(), output.frame.float().cpu()        # (B, K), (B, T', K)
-        silent_out = silent_in.view(len(windows), frame.shape[1], -1).all(dim=2)   # (B, T')
-        frame[silent_out] = 0.0
-        clip[silent_in.all(dim=1)] = 0.0
-        self.clip = np.maximum(self.clip, clip.amax(dim=0).numpy())
-        maps = {name: torch.sigmoid(m[:, 0]).float().cpu().numpy() for name, m in captured.spatial.items()}
-        features = captured.features.float().cpu().numpy() if captured.features is not None else None
-        for i, (start, _) in enumerate(windows):
-            if self.pending is not None:
-                self._stitch(self.plan.join(self.pending[0], start))
-            self.pending = (start, frame[i].numpy(), {name: m[i] for name, m in maps.items()},
-                            None if features is None else features[i])
+    def take(self, start: int, clip: np.ndarray, frame: np.ndarray, maps: dict[str, np.ndarray],
+             features: np.ndarray | None) -> None:
+        """Take one window's outputs (clip (K,), frame (T', K), spatial maps, frame features (T', C)) and stitch
+        the window before it, whose share is known only now that this window's start is."""
+        self.clip = np.maximum(self.clip, clip)
+        if self.pending is not None:
+            self._stitch(self.plan.join(self.pending[0], start))
+        self.pending = (start, frame, maps, features)
 
     def _stitch(self, end: int) -> None:
         """Keep the pending window's output frames up to output frame `end`."""
@@ -236,14 +263,27 @@ class _WindowRunner:
         return self.model.pooling.clip_embedding(x)[0].float().cpu().numpy()
 
 
-def tag_file(trained: TrainedModel, path: "str | Path | BinaryIO", config: StreamConfig = StreamConfig(),
-             asked: Asked = Asked(), name: str | None = None) -> TagResult:
-    """Tag one audio file (a path, or an open binary file such as an archive member), streamed in bounded
-    memory, keeping what `asked` asks for beyond the clip probabilities; the result and its events are called
-    `name` (default: the path, or the open file's name). AudioError or CheckpointError (one line) when it
-    cannot be read or the model gives non-finite probabilities."""
+@dataclass
+class _Job:
+    """One file on its way through the engine: streamed, its windows queued, its outputs being stitched."""
+
+    name: str
+    """What the result and its events are called."""
+    source_label: str
+    """What messages call the file."""
+    runner: "_WindowRunner"
+    samples: int
+    """The file's samples at the model's rate."""
+    short: bool
+    """The file is shorter than a window (repeated to fill one)."""
+    view_mel: list[torch.Tensor]
+    """The log-mel frames in the figure's range."""
+
+
+def _start(trained: TrainedModel, path: "str | Path | BinaryIO", config: StreamConfig, asked: Asked,
+           name: str | None, batcher: _Batcher) -> _Job:
+    """Stream a file through the log-mel and the window cutter, queueing its windows with `batcher`."""
     source_label = source_name(path)
-    name = source_label if name is None else name
     settings, model_config = trained.log_mel, trained.model.config
     plan = WindowPlan.for_model(model_config.input_frames, model_config.output_frames, config.overlap)
     file_frames, file_rate = audio_frames(path)
@@ -251,34 +291,65 @@ def tag_file(trained: TrainedModel, path: "str | Path | BinaryIO", config: Strea
     head, short_length = _blocks_filling_a_window(source_label, blocks, settings.clip_samples)
     source = head if short_length is not None else _chain(head, blocks)
     expected = math.ceil(file_frames * settings.sample_rate / file_rate / (settings.hop_length * plan.ratio))
-    frame_seconds = plan.ratio * settings.hop_length / settings.sample_rate
     until = None if asked.embeddings else asked.frames_until    # embeddings cover the whole file
+    frame_seconds = plan.ratio * settings.hop_length / settings.sample_rate
     limit = None if until is None else math.ceil(until / frame_seconds)
     capacity = max(expected, model_config.output_frames)
     runner = _WindowRunner(trained, plan, asked, capacity if limit is None else min(capacity, limit), limit)
     mels = LogMelStream(settings)
-    view_mel = _stream_windows(runner, mels, WindowCutter(plan), source, config, asked.view, source_label,
+    view_mel = _stream_windows(runner, batcher, mels, WindowCutter(plan), source, asked.view, source_label,
                                round(file_frames / file_rate, 1))
-    samples = mels.samples if short_length is None else short_length
-    frame = runner.finish(None if short_length is None else math.ceil(samples / (settings.hop_length * plan.ratio)))
+    return _Job(name=source_label if name is None else name, source_label=source_label, runner=runner,
+                samples=mels.samples if short_length is None else short_length, short=short_length is not None,
+                view_mel=view_mel)
+
+
+def _result(trained: TrainedModel, job: _Job, asked: Asked) -> TagResult:
+    """A file's result once all its windows have run."""
+    settings, runner = trained.log_mel, job.runner
+    frame = runner.finish(math.ceil(job.samples / (settings.hop_length * runner.plan.ratio)) if job.short else None)
     if not (np.isfinite(frame).all() and np.isfinite(runner.clip).all()):
-        raise CheckpointError(f"the model gave NaN or infinite probabilities on {source_label}; its checkpoint is "
-                              f"damaged: use best.pt or latest.pt as written by `python -m train.run`")
-    silent = not runner.clip.any() and not frame.any()
+        raise CheckpointError(f"the model gave NaN or infinite probabilities on {job.source_label}; its checkpoint "
+                              f"is damaged: use best.pt or latest.pt as written by `python -m train.run`")
+    frame_seconds, name = runner.frame_seconds, job.name
     return TagResult(
-        name=name, seconds=samples / settings.sample_rate, label_names=trained.label_names, clip=runner.clip,
-        frame=frame, frame_seconds=frame_seconds, silent=silent,
+        name=name, seconds=job.samples / settings.sample_rate, label_names=trained.label_names, clip=runner.clip,
+        frame=frame, frame_seconds=frame_seconds, silent=not runner.clip.any() and not frame.any(),
         events=(detect_events(frame, frame_seconds, trained.label_names, name, asked.events, clip_probs=runner.clip)
                 if asked.events is not None else []),
         embedding=runner.clip_embedding() if asked.embeddings else None,
         frame_embeddings=runner.embeddings[: runner.kept] if asked.embeddings else None,
-        view=None if asked.view is None else _plot_view(asked.view, view_mel, runner, len(frame), settings))
+        view=None if asked.view is None else _plot_view(asked.view, job.view_mel, runner, len(frame), settings))
 
 
-def _stream_windows(runner: _WindowRunner, mels: LogMelStream, cutter: WindowCutter, source, config: StreamConfig,
+def tag_file(trained: TrainedModel, path: "str | Path | BinaryIO", config: StreamConfig = StreamConfig(),
+             asked: Asked = Asked(), name: str | None = None) -> TagResult:
+    """Tag one audio file (a path, or an open binary file such as an archive member), streamed in bounded
+    memory, keeping what `asked` asks for beyond the clip probabilities; the result and its events are called
+    `name` (default: the path, or the open file's name). AudioError or CheckpointError (one line) when it
+    cannot be read or the model gives non-finite probabilities."""
+    batcher = _Batcher(trained.model, asked, config.windows_per_batch)
+    job = _start(trained, path, config, asked, name, batcher)
+    batcher.flush()
+    return _result(trained, job, asked)
+
+
+def tag_files(trained: TrainedModel, paths: list["str | Path | BinaryIO"], config: StreamConfig = StreamConfig(),
+              asked: Asked = Asked(), names: list[str] | None = None) -> list[TagResult]:
+    """Tag several files as `tag_file` tags each, their windows run through the model together (a batch of
+    short clips fills a forward pass instead of running one window at a time); each file's outputs are kept
+    until all have run, so give as many as fit in memory. The first file that cannot be read raises."""
+    batcher = _Batcher(trained.model, asked, config.windows_per_batch)
+    jobs = [_start(trained, path, config, asked, None if names is None else names[i], batcher)
+            for i, path in enumerate(paths)]
+    batcher.flush()
+    return [_result(trained, job, asked) for job in jobs]
+
+
+def _stream_windows(runner: _WindowRunner, batcher: _Batcher, mels: LogMelStream, cutter: WindowCutter, source,
                     view: tuple[float, float] | None, name: str, seconds: float) -> list[torch.Tensor]:
-    """Push every block through the log-mel and the window cutter and run the windows; the log-mel frames that
-    fall in the view."""
+    """Push every block through the log-mel and the window cutter and queue the windows with `batcher`; the
+    log-mel frames that fall in the view."""
     mel_rate = mels.config.sample_rate / mels.config.hop_length             # log-mel frames per second
     view_frames: list[torch.Tensor] = []
 
@@ -291,16 +362,12 @@ def _stream_windows(runner: _WindowRunner, mels: LogMelStream, cutter: WindowCut
                 view_frames.append(mel[max(0, lo): hi].clone())
         return cutter.push(mel)
 
-    def run(windows: list[tuple[int, torch.Tensor]]) -> None:
-        for start in range(0, len(windows), config.windows_per_batch):
-            runner.run(windows[start: start + config.windows_per_batch])
-
     with tqdm(total=seconds, unit="s", desc=Path(name).name, leave=False, disable=None,
               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}]") as bar:
         for block in source:
-            run(take(mels.push(block)))
+            batcher.push(runner, take(mels.push(block)))
             bar.update(len(block) / mels.config.sample_rate)
-        run(take(mels.finish()) + cutter.finish())
+        batcher.push(runner, take(mels.finish()) + cutter.finish())
     return view_frames
 
 
