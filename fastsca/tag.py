@@ -122,7 +122,7 @@ def output_folder(args: argparse.Namespace) -> Path | None:
 
 
 def _batch_config(args: argparse.Namespace) -> BatchConfig:
-    return BatchConfig(top_k=args.top_k, events=args.events, out=output_folder(args), plot=args.plot,
+    return BatchConfig(top_k=args.top_k, events=args.events, out=output_folder(args),
                        view=(args.start, args.end if args.end is not None else args.start + 60.0), json=args.json,
                        quiet=args.quiet, embeddings=args.embeddings)
 

@@ -45,10 +45,8 @@ class BatchConfig:
     """Detect events and write the events files."""
     out: Path | None = None
     """The folder for the events files and the report (None: no events files, no report file)."""
-    plot: str | None = None
-    """A figure per file: a file name, or a folder (see fastsca/tagging/outputs.py)."""
     view: tuple[float, float] = (0.0, 60.0)
-    """Seconds each figure draws."""
+    """Seconds each figure draws (where `tag_all` is given figures' paths)."""
     json: bool = False
     """Print one JSON document instead of text."""
     quiet: bool = False
