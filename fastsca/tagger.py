@@ -16,7 +16,7 @@ from fastsca.audio import AudioError
 from fastsca.events import EventConfig
 from fastsca.hub import Pretrained, load_pretrained
 from fastsca.inference import CheckpointError, TrainedModel
-from fastsca.tagging.engine import Asked, StreamConfig, check_front_end, tag_file, tag_files
+from fastsca.tagging.engine import Asked, StreamConfig, check_front_end, tag_batch, tag_file
 from fastsca.tagging.result import TagResult
 from fastsca.tagging.waveform import WAVEFORM_NAME, as_wav_file, check_sample_rate
 
@@ -68,7 +68,7 @@ class Tagger:
         if getattr(waveforms, "ndim", 2) not in (2, 3):
             raise ValueError(f"a batch must be (N, samples) or (N, channels, samples), got shape {waveforms.shape}")
         files = [as_wav_file(waveform, sample_rate, f"{WAVEFORM_NAME}[{i}]") for i, waveform in enumerate(waveforms)]
-        return tag_files(self.trained, files, self.stream, self.asked)
+        return tag_batch(self.trained, files, self.stream, self.asked)
 
     def tag_file(self, path: str | Path) -> TagResult:
         """Tag one audio file of any length (wav, flac, ogg, mp3), streamed in bounded memory; AudioError (one

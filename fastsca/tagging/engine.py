@@ -1,5 +1,5 @@
 """The tagging engine: an audio file streamed through a trained model in bounded memory -> `TagResult`
-(`tag_file`; `tag_files` runs several files' windows through the model together, for batches of clips).
+(`tag_file`; `tag_batch` runs several files' windows through the model together, for batches of clips).
 
 The file is read in blocks at the model's sample rate (fastsca/tagging/stream.py), turned into one
 continuous log-mel, and cut into model windows that overlap by half a window, the last one aligned to
@@ -334,14 +334,13 @@ def tag_file(trained: TrainedModel, path: "str | Path | BinaryIO", config: Strea
     return _result(trained, job, asked)
 
 
-def tag_files(trained: TrainedModel, paths: list["str | Path | BinaryIO"], config: StreamConfig = StreamConfig(),
-              asked: Asked = Asked(), names: list[str] | None = None) -> list[TagResult]:
+def tag_batch(trained: TrainedModel, paths: list["str | Path | BinaryIO"], config: StreamConfig = StreamConfig(),
+              asked: Asked = Asked()) -> list[TagResult]:
     """Tag several files as `tag_file` tags each, their windows run through the model together (a batch of
     short clips fills a forward pass instead of running one window at a time); each file's outputs are kept
     until all have run, so give as many as fit in memory. The first file that cannot be read raises."""
     batcher = _Batcher(trained.model, asked, config.windows_per_batch)
-    jobs = [_start(trained, path, config, asked, None if names is None else names[i], batcher)
-            for i, path in enumerate(paths)]
+    jobs = [_start(trained, path, config, asked, None, batcher) for path in paths]
     batcher.flush()
     return [_result(trained, job, asked) for job in jobs]
 
