@@ -141,7 +141,7 @@ def test_files_in_bulk_skip_the_bad_ones(tagger, tmp_path):
     (np.ones((2, 16000, 1), np.float32), 16000, "has more channels than samples"),   # a batch of 2: each checked
     (np.ones(16000, np.float32), 0, "sample_rate must be a whole number of Hz from 1 to 768000, got 0"),
     (np.ones(16000, np.float32), -16000, "sample_rate must be a whole number of Hz from 1 to 768000, got -16000"),
-    (np.ones(16000, np.float32), 1e12, "sample_rate must be a whole number of Hz from 1 to 768000, got 1000000000000.0"),
+    (np.ones(16000, np.float32), 1e12, "sample_rate must be a whole number of Hz from 1 to 768000, got 1000000000000"),
     (np.ones(16000, np.float32), 16000.5, "sample_rate must be a whole number of Hz"),
     (np.ones(16000, np.float32), True, "sample_rate must be a whole number of Hz"),
     ([np.ones(16000, np.float32)], -1, "sample_rate must be a whole number of Hz"),             # a batch too

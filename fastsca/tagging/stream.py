@@ -3,9 +3,9 @@
 `read_blocks` decodes a file (a path, or an open binary file such as an archive member) block by block
 with soundfile, mixes it to mono as the packer does (`fastsca.audio.downmix`: the channels' mean, or
 the loudest channel where the mean cancels; decided block by block) and resamples it with soxr's
-streaming resampler. `LogMelStream` turns those blocks into the file's log-mel frames as one continuous sequence: frame j is centred on sample j x hop
-and sees its neighbours' samples; only the file's two ends are padded (the front end's `pad_mode`),
-exactly as `frontend.log_mel` pads a clip.
+streaming resampler. `LogMelStream` turns those blocks into the file's log-mel frames as one continuous
+sequence: frame j is centred on sample j x hop and sees its neighbours' samples; only the file's two
+ends are padded (the front end's `pad_mode`), exactly as `frontend.log_mel` pads a clip.
 `WindowCutter` cuts the frames into model windows that overlap by about `overlap` of a window; the
 last window is aligned to the file's end, so no window holds padding. `WindowPlan.join` says where one
 window hands over to the next: each keeps the output frames nearest its middle, where it sees context on both sides.
