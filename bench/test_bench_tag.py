@@ -21,7 +21,7 @@ from fastsca.events import detect_events
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
-from fastsca.tag import EVENT_REACH_SECONDS, tag_file
+from fastsca.tagging.engine import EVENT_REACH_SECONDS, Asked, tag_file
 from train.config import PROFILES
 
 # Written a minute at a time, so making the file does not itself hold an hour of samples.
@@ -70,8 +70,8 @@ def test_tag_long_file(benchmark, tmp_path, seconds, plot):
 
     def run():
         # as `fastsca.tag FILE --plot fig.png` runs it: frame probabilities kept only as far as the figure needs
-        tags = tag_file(trained, str(path), view=(0.0, 60.0), frames_until=60.0 + EVENT_REACH_SECONDS) if plot \
-            else tag_file(trained, str(path))
+        asked = Asked(view=(0.0, 60.0), frames_until=60.0 + EVENT_REACH_SECONDS) if plot else Asked()
+        tags = tag_file(trained, str(path), asked=asked)
         events = detect_events(tags.frame, tags.frame_seconds, trained.label_names, str(path))
         if plot:
             from fastsca.plot import plot_tags

@@ -9,12 +9,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.model import ATSCA, build_model
+from fastsca.tagging.result import TagResult
 
 CHECKPOINT_FORMAT = "fastsca-checkpoint/1"
 
@@ -109,46 +109,10 @@ def load_trained_model(path: str | Path, device: torch.device = torch.device("cp
     return trained
 
 
-@dataclass(frozen=True)
-class PlotView:
-    """The part of a file kept for its figure: the log-mel and spatial attention maps over a time range."""
-
-    start: float
-    """Seconds from the file's start where the view begins."""
-    end: float
-    """Seconds from the file's start where it ends (at most the analysed audio's end)."""
-    log_mel: np.ndarray
-    """(T, n_mels) log-mel over [start, end), in dB."""
-    spatial_maps: dict[str, np.ndarray]
-    """Per attention block ("block 7"), its spatial attention map M_s (T_s, F_s) over [start, end)."""
+# What fastsca/plot.py reads a file's result as: the one result type (fastsca/tagging/result.py) and its ranking.
+FileTags = TagResult
 
 
-@dataclass(frozen=True)
-class FileTags:
-    """What the model says about one file."""
-
-    path: str
-    """The file as given."""
-    seconds: float
-    """Its duration."""
-    clip: np.ndarray
-    """(K,) clip probabilities: the largest over the file's windows (0 where the file is digital silence)."""
-    frame: np.ndarray
-    """(T', K) frame-level probabilities over the analysed audio, frame t covering [t, t + 1) x frame_seconds."""
-    frame_seconds: float
-    """Duration of one output frame (0.1 s at 10 Hz)."""
-    silent: bool
-    """The whole file is digital silence: no tag, no event."""
-    view: PlotView | None = None
-    """The log-mel and attention maps over the plot's range, when a plot was asked for."""
-
-    @property
-    def analysed_seconds(self) -> float:
-        """Seconds of audio the frame probabilities cover (the file's last partial output frame is left out)."""
-        return len(self.frame) * self.frame_seconds
-
-
-def top_k(tags: FileTags, label_names: tuple[str, ...], k: int) -> list[tuple[str, float]]:
-    """The k most probable labels, with their clip probabilities, most probable first."""
-    order = np.argsort(-tags.clip, kind="stable")[:k]
-    return [(label_names[i], float(tags.clip[i])) for i in order]
+def top_k(tags: TagResult, label_names: tuple[str, ...], k: int) -> list[tuple[str, float]]:
+    """`tags.top_k(k)`, as fastsca/plot.py calls it (`label_names` are the ones `tags` carries)."""
+    return tags.top_k(k)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from fastsca import plot, stream, tag, tag_table
+from fastsca import audio, plot, tag
+from fastsca.tagging import batch, stream, table as tag_table
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -58,7 +59,7 @@ def odd_file(kind: str, folder: Path, rng) -> tuple[str, str | None, bool]:
     if kind == "one-sample":
         soundfile.write(path, noise(rng, 1), 16000)
         return str(path), None, True
-    if kind == "antiphase-stereo":   # the mono mix is digital silence
+    if kind == "antiphase-stereo":   # the mono mix is digital silence; the loudest channel is not
         left = noise(rng, int(rng.integers(8000, 30000)))
         soundfile.write(path, np.concatenate([left, -left], axis=1), 16000, subtype="FLOAT")
         return str(path), None, True
@@ -93,15 +94,16 @@ def test_odd_files_are_handled_or_one_line_and_the_batch_goes_on(model, tmp_path
     code, results, errors = run_tag([odd, str(good), "--checkpoint", model], capsys)
     assert results[-1]["file"] == str(good) and len(results) == 1 + tagged
     if kind == "antiphase-stereo":
-        assert results[0]["silent"] is True and results[0]["labels"] == []
+        assert results[0]["silent"] is False and len(results[0]["labels"]) == len(LABELS)
     if kind == "one-sample":
         assert results[0]["seconds"] == 0.0 and results[0]["silent"] is True   # one sample repeated: DC, no sound
     if line is None:
         assert (code, errors) == (0, [])
     else:
         assert errors[0].startswith(line)
-        unread = kind in ("zero-length", "not-audio")
-        assert errors[1:] == (["error: 1 of 2 files could not be read"] if unread else [])
+        unread, skipped = kind in ("zero-length", "not-audio"), kind in ("folder-named-like-audio", "symlink-loop")
+        assert errors[1:] == (["note: 1 input(s) passed over"] if skipped else []) + (
+            ["error: 1 of 2 files could not be read"] if unread else [])   # each kind counted in one closing line
         assert code == (2 if unread else 0)
 
 
@@ -126,7 +128,7 @@ def test_an_unreadable_file_and_folder_are_one_line_each(model, tmp_path, capsys
     assert [r["file"] for r in results] == ["a.wav"] and code == 2
     assert errors == [f"note: {folder / 'locked'}: cannot list the folder (Permission denied); skipped",
                       f"error: {folder / 'secret.wav'}: cannot open it (Permission denied); check its permissions",
-                      "error: 1 of 2 files could not be read"]
+                      "note: 1 input(s) passed over", "error: 1 of 2 files could not be read"]
 
 
 # (option, value, what happens): "ok" is tagged; "error" is one line before any work, exit 2; "no-figure" is
@@ -201,7 +203,8 @@ def test_paths_in_different_spellings(model, tmp_path, spelling, capsys, monkeyp
                                                                    f"tagged once"]),
     }[spelling]
     code, results, errors = run_tag([*given, "--checkpoint", model, "--plot", "figs/", "--top-k", "1"], capsys)
-    assert code == 0 and errors == notes
+    counted = ["note: 1 input(s) passed over; listed in figs/tag-report.txt"] if notes else []   # the report: beside
+    assert code == 0 and errors == notes + counted                                               # the figures
     assert [r["file"] for r in results] == expected and all(r["seconds"] == 1.25 for r in results)
     stem = Path(expected[0]).with_suffix("")
     figure = Path("figs") / (stem if ".." not in stem.parts and not stem.is_absolute() else stem.name)
@@ -244,7 +247,7 @@ def test_a_full_disk_is_one_line_per_failure_and_leaves_no_partial_file(model, t
         Path(path).write_text("[{")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tag, "write_json", write_json)
+    monkeypatch.setattr(batch, "write_json", write_json)
     budget = [10 ** 9]
     monkeypatch.setattr(tag_table.os, "write", full_disk_after(os.write, budget))
 
@@ -263,7 +266,10 @@ def test_a_full_disk_is_one_line_per_failure_and_leaves_no_partial_file(model, t
         f"error: --out {out}: cannot write events.json (No space left on device); free some space and run again"]
     assert errors[-1] == "error: 3 figure(s) or result file(s) were not written (see above)"
     assert sorted(p.name for p in figures.iterdir()) == ["a.png", "c.png"]           # no 0-byte png, no .tmp
-    assert sorted(p.name for p in out.iterdir()) == ["events.tsv", "events_dcase.tsv"]
+    assert sorted(p.name for p in out.iterdir()) == [".fastsca-tag.lock", "events.tsv", "events_dcase.tsv",
+                                                     "tag-report.txt"]
+    report = (out / "tag-report.txt").read_text()                                      # the report lists all three
+    assert "3 figure(s) or result file(s) were not written\n" in report and "cannot write events.json" in report
     rows = table.read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["file", str(files[0]), str(files[1])]   # no half row of c
 
@@ -284,3 +290,17 @@ def test_a_closed_pipe_stops_printing_quietly_and_still_writes_the_files(model, 
     assert code == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr
     events = json.loads((tmp_path / "out" / "events.json").read_text())
     assert {e["file"] for e in events} <= set(map(str, files)) and (tmp_path / "out" / "events.tsv").exists()
+
+
+def test_antiphase_stereo_is_tagged_as_its_loudest_channel_as_the_packer_reads_it(model, tmp_path, capsys):
+    rng = np.random.default_rng(26)
+    left = noise(rng, 27_001)                                   # odd length: 1.69 s at 16 kHz, three windows
+    stereo, mono = tmp_path / "antiphase.wav", tmp_path / "left.wav"
+    soundfile.write(stereo, np.concatenate([left, -left], axis=1), 16000, subtype="FLOAT")
+    soundfile.write(mono, left, 16000, subtype="FLOAT")
+    code, results, errors = run_tag([str(stereo), str(mono), "--checkpoint", model], capsys)
+    assert (code, errors) == (0, [])
+    assert results[0]["silent"] is False and results[0]["labels"] == results[1]["labels"]   # not "silent: no tags"
+    # one rule for both readers: the streaming reader's blocks are what the packer's load_audio gives
+    streamed = np.concatenate(list(stream.read_blocks(str(stereo), 16000)))
+    np.testing.assert_array_equal(streamed, audio.load_audio(stereo, 16000))

@@ -11,10 +11,12 @@ import pytest
 import soundfile
 import torch
 
-from fastsca import tag, tag_outputs
+from fastsca import tag
+from fastsca.tagging import engine, outputs as tag_outputs
+from fastsca.tagging.engine import Asked, StreamConfig
 from fastsca.frontend import log_mel
 from fastsca.inference import load_trained_model
-from fastsca.stream import WindowPlan
+from fastsca.tagging.stream import WindowPlan
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -56,8 +58,8 @@ def write(path: Path, waveform: np.ndarray, rate: int = 16000, subtype: str = "F
 def test_long_file_is_streamed_over_overlapping_windows(checkpoints, tmp_path):
     trained = load_trained_model(checkpoints["at-sca-3"])
     waveform = np.random.default_rng().standard_normal(41000).astype(np.float32) * 0.1   # 2.5625 s
-    tags = tag.tag_file(trained, write(tmp_path / "x.wav", waveform), tag.StreamConfig(block_seconds=0.37),
-                        view=(0.0, 60.0))
+    tags = engine.tag_file(trained, write(tmp_path / "x.wav", waveform), StreamConfig(block_seconds=0.37),
+                        Asked(view=(0.0, 60.0)))
     # 102 log-mel frames, 100 of them in whole output frames: 25 output frames, the last 25 ms left out
     assert tags.seconds == pytest.approx(41000 / 16000) and tags.frame.shape == (25, len(LABELS))
     whole = log_mel(torch.from_numpy(waveform)[None], replace(trained.log_mel, clip_samples=41000))[0, 0][:100]
@@ -85,7 +87,7 @@ def test_the_last_window_is_aligned_to_the_end_not_padded():
 def test_digital_silence_is_silent_with_no_tag(checkpoints, tmp_path, capsys):
     trained = load_trained_model(checkpoints["at-sca-3"])
     for seconds in (0.1, 1.0, 2.0, 3.3):
-        tags = tag.tag_file(trained, write(tmp_path / f"z{seconds}.wav", np.zeros(int(seconds * 16000)), 16000,
+        tags = engine.tag_file(trained, write(tmp_path / f"z{seconds}.wav", np.zeros(int(seconds * 16000)), 16000,
                                            "PCM_16"))
         assert tags.silent and tags.clip.max() == 0.0 and tags.frame.max() == 0.0
     tag.main([str(tmp_path / "z2.0.wav"), "--checkpoint", checkpoints["at-sca-3"], "--json"])
@@ -160,7 +162,7 @@ def test_bad_destinations_are_one_line_errors_before_any_work(checkpoints, audio
             "plot-under-a-file": ["--plot", str(blocker / "fig.png")],
             "out-is-a-file": ["--events", "--out", str(blocker)],
             "read-only": ["--events", "--out", "/proc/fastsca-events"]}[case]
-    monkeypatch.setattr(tag, "tag_file", lambda *a, **k: pytest.fail("the work started before the check"))
+    monkeypatch.setattr(engine, "tag_file", lambda *a, **k: pytest.fail("the work started before the check"))
     with pytest.raises(SystemExit) as exit_info:
         tag.main([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], *args])
     lines = capsys.readouterr().err.strip().splitlines()
@@ -196,10 +198,10 @@ def test_only_what_the_figure_and_the_frames_need_is_kept(checkpoints, tmp_path,
     seconds = float(np.random.default_rng().uniform(8, 12))
     path = write(tmp_path / "x.wav", np.random.default_rng().standard_normal(int(seconds * 16000)) * 0.1)
     kept = {}
-    finish = tag._Tagger.finish
-    monkeypatch.setattr(tag._Tagger, "finish", lambda self, k: kept.update(frames=self.frames, maps=[
+    finish = engine._WindowRunner.finish
+    monkeypatch.setattr(engine._WindowRunner, "finish", lambda self, k: kept.update(frames=self.frames, maps=[
         part for parts in self.maps.values() for part in parts]) or finish(self, k))
-    tags = tag.tag_file(trained, path, tag.StreamConfig(windows_per_batch=3), view=(2.0, 4.0))
+    tags = engine.tag_file(trained, path, StreamConfig(windows_per_batch=3), Asked(view=(2.0, 4.0)))
     assert isinstance(kept["frames"], np.ndarray) and kept["frames"].base is None   # one array, filled in place
     # 1 s windows every 0.5 s each keep 0.5 s around their middle (1.75-2.25 s, ...): five shares meet 2-4 s
     assert len(kept["maps"]) == 3 * 5 and all(part.base is None for part in kept["maps"])
@@ -211,10 +213,62 @@ def test_frame_probabilities_can_be_kept_only_as_far_as_they_are_used(checkpoint
     trained = load_trained_model(checkpoints["at-sca-3"])
     rng = np.random.default_rng()
     path = write(tmp_path / "x.wav", rng.standard_normal(int(rng.uniform(6, 9) * 16000)) * 0.1)
-    whole = tag.tag_file(trained, path, tag.StreamConfig(block_seconds=0.7))
+    whole = engine.tag_file(trained, path, StreamConfig(block_seconds=0.7))
     until = float(rng.uniform(0.5, 4.0))
-    part = tag.tag_file(trained, path, tag.StreamConfig(block_seconds=0.7), frames_until=until)
+    part = engine.tag_file(trained, path, StreamConfig(block_seconds=0.7), Asked(frames_until=until))
     assert len(part.frame) == int(np.ceil(until / 0.1)) and part.seconds == whole.seconds
     np.testing.assert_array_equal(part.frame, whole.frame[: len(part.frame)])
     np.testing.assert_array_equal(part.clip, whole.clip)   # the clip probabilities still cover the whole file
-    assert tag.tag_file(trained, path, frames_until=0.0).frame.shape == (0, len(LABELS))
+    assert engine.tag_file(trained, path, asked=Asked(frames_until=0.0)).frame.shape == (0, len(LABELS))
+
+
+def run_json(argv: list[str], capsys) -> tuple[list[dict], list[str]]:
+    """The JSON results and stderr lines of `fastsca.tag ARGV --json`, which must succeed."""
+    tag.main(argv + ["--json"])
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err.splitlines()
+
+
+def test_every_model_reference_is_accepted(checkpoints, audio, tmp_path, capsys, monkeypatch):
+    from fastsca import hub
+    folder = hub.save_pretrained_from_checkpoint(checkpoints["at-sca-3"], tmp_path / "run" / "pretrained")
+    want, _ = run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"]], capsys)
+    assert run_json([audio["flac"], "--checkpoint", str(folder)], capsys)[0] == want       # train.run's OUT/pretrained
+    monkeypatch.setattr(hub, "_download", lambda repo_id, revision: folder if repo_id == "owner/name" else None)
+    assert run_json([audio["flac"], "--checkpoint", "owner/name"], capsys)[0] == want       # a Hub id
+
+
+def test_outputs_go_where_they_are_named_never_the_current_folder(checkpoints, audio, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    results, errors = run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events"], capsys)
+    assert "events" in results[0] and list(work.iterdir()) == []                  # nothing in the current folder
+    assert errors == ["note: no events files written (the events are in the results): give --out FOLDER to write "
+                      "them"]
+    table = tmp_path / "tables" / "tags.csv"
+    run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events", "--table", str(table)], capsys)
+    assert sorted(p.name for p in table.parent.iterdir()) == [".fastsca-tag.lock", ".tags.csv.lock", "events.json",
+                                                               "events.tsv", "events_dcase.tsv", "tag-report.txt",
+                                                               "tags.csv"]
+    assert list(work.iterdir()) == []
+
+
+def test_quiet_prints_a_summary_instead_of_each_file(checkpoints, audio, tmp_path, capsys):
+    table = tmp_path / "tags.csv"
+    tag.main([audio["flac"], audio["wav"], audio["same1"], "--checkpoint", checkpoints["at-sca-3"], "--quiet",
+              "--table", str(table)])
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [f"tagged 3 of 3 file(s) (0 silent); table: {table}"]
+    assert len(table.read_text().splitlines()) == 4
+
+
+def test_json_carries_the_embeddings_on_request(checkpoints, audio, capsys):
+    import fastsca
+    results, _ = run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"], "--embeddings"], capsys)
+    tagged = fastsca.Tagger.from_pretrained(checkpoints["at-sca-3"], device="cpu")(audio["flac"])
+    # 1e-5: the JSON rounds to 5 decimals
+    np.testing.assert_allclose(results[0]["embedding"], tagged.embedding, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(results[0]["frame_embeddings"], tagged.frame_embeddings, atol=1e-5, rtol=0)
+    assert "embedding" not in run_json([audio["flac"], "--checkpoint", checkpoints["at-sca-3"]], capsys)[0][0]

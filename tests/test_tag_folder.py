@@ -10,7 +10,8 @@ import pytest
 import soundfile
 
 from fastsca import tag
-from fastsca.inference import load_trained_model, top_k
+from fastsca.inference import load_trained_model
+from fastsca.tagging import engine
 
 from test_faults_tag import model, small_figures  # noqa: F401 (fixtures: an untrained checkpoint, one-panel figures)
 
@@ -52,7 +53,7 @@ def test_a_folder_is_walked_and_same_names_stay_apart(model, tmp_path, capsys):
     assert [row["seconds"] for row in rows] == [f"{lengths[n] / 16000:.3f}" for n in names]
     trained = load_trained_model(model)
     for row in rows:   # each row holds that file's own top 2, as tag_file gives them
-        best = top_k(tag.tag_file(trained, str(root / row["file"])), trained.label_names, 2)
+        best = engine.tag_file(trained, str(root / row["file"])).top_k(2)
         assert [(row["label_1"], row["score_1"]), (row["label_2"], row["score_2"])] == [
             (name, f"{round(p, 4):.4f}") for name, p in best]
     events = json.loads((out / "events.json").read_text())
@@ -76,8 +77,8 @@ def test_a_resumed_run_skips_finished_files_and_cuts_a_half_written_row(model, t
     table.write_bytes(b"".join(lines[:3]) + lines[3][:cut])     # killed while writing the third file's row
     capsys.readouterr()
     tagged = []
-    real_tag_file = tag.tag_file
-    monkeypatch.setattr(tag, "tag_file", lambda trained, path, *a, **k: tagged.append(path) or
+    real_tag_file = engine.tag_file
+    monkeypatch.setattr(engine, "tag_file", lambda trained, path, *a, **k: tagged.append(path) or
                         real_tag_file(trained, path, *a, **k))
     tag.main(argv)
     assert [Path(p).relative_to(root).as_posix() for p in tagged] == ["top.ogg", "two/deeper/clip.flac",
@@ -130,7 +131,11 @@ def test_an_archive_is_read_member_by_member_without_unpacking(model, tmp_path, 
     names = ["one/same.wav", "top.ogg", "two/deeper/clip.flac", "two/same.wav"]   # by extension: no disguised.dat
     rows = read_table(table)
     assert [(row["file"], row["seconds"]) for row in rows] == [(n, f"{lengths[n] / 16000:.3f}") for n in names]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "tags.csv"])   # nothing unpacked
+    # nothing unpacked: beside the table only its lock and the run's report, which lists the unread member
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "tags.csv", ".tags.csv.lock",
+                                                                 ".fastsca-tag.lock", "tag-report.txt"])
+    assert f"1 file(s) could not be read\n  {archive}/broken.wav: cannot decode audio" in (
+        tmp_path / "tag-report.txt").read_text()
 
 
 def test_ctrl_c_keeps_the_finished_rows_and_says_how_to_resume(model, tmp_path, capsys, monkeypatch):
@@ -138,7 +143,7 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_how_to_resume(model, tmp_path, 
     root = tmp_path / "music"
     music_folder(root, rng)
     table = tmp_path / "tags.csv"
-    real_tag_file, calls = tag.tag_file, []
+    real_tag_file, calls = engine.tag_file, []
 
     def interrupted_at_the_third(trained, path, *args, **kwargs):
         calls.append(path)
@@ -146,7 +151,7 @@ def test_ctrl_c_keeps_the_finished_rows_and_says_how_to_resume(model, tmp_path, 
             raise KeyboardInterrupt
         return real_tag_file(trained, path, *args, **kwargs)
 
-    monkeypatch.setattr(tag, "tag_file", interrupted_at_the_third)
+    monkeypatch.setattr(engine, "tag_file", interrupted_at_the_third)
     with pytest.raises(SystemExit) as stopped:
         tag.main([str(root), "--checkpoint", model, "--table", str(table)])
     assert stopped.value.code == 130

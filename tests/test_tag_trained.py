@@ -6,7 +6,7 @@ import pytest
 import soundfile
 import torch
 
-from fastsca import tag
+from fastsca.tagging import engine
 from fastsca.config import ModelConfig
 from fastsca.events import detect_events
 from fastsca.frontend import LogMelConfig, log_mel
@@ -60,7 +60,7 @@ def test_the_same_sound_at_2_0_and_2_1_seconds_gets_the_same_tags(trained, tmp_p
         for seconds in (2.0, 2.1):
             paths.append(tmp_path / f"{index}-{seconds}.wav")
             soundfile.write(paths[-1], waveform[: int(seconds * 16000)], 16000, subtype="PCM_16")
-        short, long = (tag.tag_file(trained, str(p)) for p in paths)
+        short, long = (engine.tag_file(trained, str(p)) for p in paths)
         np.testing.assert_allclose(short.clip, long.clip, atol=0.05, rtol=0)
         right += set(np.flatnonzero(short.clip > 0.5)) == set(np.flatnonzero(target))
         compared += 1
@@ -96,7 +96,7 @@ def test_an_event_crossing_window_joins_is_one_event(tmp_path):
     waveform[int(1.2 * 16000): int(3.8 * 16000)] += 0.3 * rng.standard_normal(int(2.6 * 16000)).astype(np.float32)
     path = tmp_path / "loud.wav"
     soundfile.write(path, waveform, 16000, subtype="FLOAT")
-    tags = tag.tag_file(trained, str(path))
+    tags = engine.tag_file(trained, str(path))
     assert tags.frame.shape == (70, 1)
     events = detect_events(tags.frame, tags.frame_seconds, ("loud",), str(path), clip_probs=tags.clip)
     # within a frame and a half: the 64 ms STFT window spreads the sound's edges into the neighbouring frame

@@ -1,5 +1,6 @@
 """`fastsca.Tagger`: the README's Python API run as printed, waveforms (numpy or torch, mono or multichannel, any
 rate) tagged as the same samples in a file, files in bulk with bad ones skipped, and one-line errors."""
+import json
 import re
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import torch
 import fastsca
 from fastsca.events import detect_events
 from fastsca.hub import save_pretrained_from_checkpoint
-from fastsca.inference import load_trained_model
-from fastsca.tag import StreamConfig, tag_file
+from fastsca.frontend import log_mel
+from fastsca.inference import CheckpointError, load_trained_model
+from fastsca.tagging.engine import StreamConfig, tag_file
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -42,9 +44,9 @@ def tagger(best) -> fastsca.Tagger:
     return fastsca.Tagger.from_pretrained(best)
 
 
-def noise(channels: int, samples: int) -> np.ndarray:
-    """(channels, samples) float32 noise with a tone in it."""
-    rng = np.random.default_rng()
+def noise(channels: int, samples: int, seed: int = 25) -> np.ndarray:
+    """(channels, samples) float32 noise with a tone in it, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
     tone = 0.3 * np.sin(2 * np.pi * rng.uniform(300, 3000) * np.arange(samples) / 16000)
     return (0.1 * rng.standard_normal((channels, samples)) + tone).astype(np.float32)
 
@@ -73,6 +75,11 @@ def test_readme_example_runs_as_printed(best, tmp_path, monkeypatch, capsys):
     assert result.events == detect_events(tags.frame, 0.1, LABELS, "waveform", clip_probs=tags.clip)
     lines = "".join(f"{e.onset:.1f}-{e.offset:.1f} s  {e.label}  {e.score:.2f}\n" for e in result.events)
     assert capsys.readouterr().out == f"{top}\n{lines}"
+    assert namespace["pipeline"] == [{"label": label, "score": score} for label, score in top]
+    assert [r.name for r in namespace["results"]] == ["waveform[0]", "waveform[1]"]
+    # 1e-6: the batch's windows run in one forward pass, whose float32 sums may differ in the last bit
+    np.testing.assert_allclose(namespace["results"][1].clip, result.clip, atol=1e-6, rtol=0)
+    assert result.embedding.shape == (8,) and result.frame_embeddings.shape == (15, 8)
 
 
 @pytest.mark.parametrize("channels, rate", [(1, 16000), (2, 22050), (3, 8000)])
@@ -128,12 +135,16 @@ def test_files_in_bulk_skip_the_bad_ones(tagger, tmp_path):
 
 
 @pytest.mark.parametrize("audio, rate, message", [
-    (np.ones((2, 16000, 1), np.float32), 16000, "must be (samples,) or (channels, samples)"),
+    (np.ones((2, 2, 16000, 1), np.float32), 16000, "must be (samples,) or (channels, samples)"),
     (np.zeros(0, np.float32), 16000, "must be (samples,) or (channels, samples) with samples in it"),
     (np.ones((16000, 2), np.float32), 16000, "has more channels than samples"),
-    (np.ones(16000, np.float32), 0, "sample_rate must be a positive integer"),
-    (np.ones(16000, np.float32), 16000.5, "sample_rate must be a positive integer"),
-    (np.ones(16000, np.float32), True, "sample_rate must be a positive integer"),
+    (np.ones((2, 16000, 1), np.float32), 16000, "has more channels than samples"),   # a batch of 2: each checked
+    (np.ones(16000, np.float32), 0, "sample_rate must be a whole number of Hz from 1 to 768000, got 0"),
+    (np.ones(16000, np.float32), -16000, "sample_rate must be a whole number of Hz from 1 to 768000, got -16000"),
+    (np.ones(16000, np.float32), 1e12, "sample_rate must be a whole number of Hz from 1 to 768000, got 1000000000000"),
+    (np.ones(16000, np.float32), 16000.5, "sample_rate must be a whole number of Hz"),
+    (np.ones(16000, np.float32), True, "sample_rate must be a whole number of Hz"),
+    ([np.ones(16000, np.float32)], -1, "sample_rate must be a whole number of Hz"),             # a batch too
     (np.ones(16000, np.float32), None, "give the waveform's sample_rate"),
     (np.array(["a", "b"]), 16000, "must hold float or integer samples"),
 ])
@@ -158,3 +169,73 @@ def test_a_long_file_is_streamed_in_blocks(best, tagger, tmp_path):
     assert in_blocks.frame.shape == (450, len(LABELS)) and in_blocks.seconds == 45.0
     np.testing.assert_allclose(in_blocks.frame, whole.frame, atol=1e-5, rtol=0)
     np.testing.assert_allclose(in_blocks.clip, whole.clip, atol=1e-5, rtol=0)
+
+
+def test_embeddings_are_the_heads_frame_features_and_their_attention_weighted_mean(tagger, best):
+    waveform = noise(1, 16000, seed=281)[0]                       # exactly one 1 s window
+    result = tagger(waveform, 16000)
+    model = load_trained_model(best).model
+    features = {}
+    model.pooling.register_forward_hook(lambda m, inputs, out: features.__setitem__("x", inputs[0]))
+    with torch.no_grad():
+        model(log_mel(torch.from_numpy(waveform.astype(np.float64))[None], tagger.trained.log_mel).float())
+        x = features["x"][0]                                        # (T', C)
+        weight = torch.softmax(model.pooling.attention(x), dim=0).mean(dim=1)   # eq. 2's weights, over classes
+    assert result.frame_embeddings.shape == (10, 8) and result.embedding.shape == (8,)
+    # 1e-5: the streamed log-mel and the clip's agree to float32 rounding, not bit for bit
+    np.testing.assert_allclose(result.frame_embeddings, x.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(result.embedding, (weight[:, None] * x).sum(dim=0).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_embeddings_of_a_long_file_are_stitched_like_the_frames(tagger, best):
+    result = tagger(noise(2, 47_123, seed=282), 16000)           # 2.95 s: three windows
+    assert result.frame_embeddings.shape == (result.frame.shape[0], 8) == (29, 8)
+    x = torch.from_numpy(result.frame_embeddings)                   # (T', C)
+    with torch.no_grad():                                           # eq. 2's weights over the whole file
+        weight = torch.softmax(tagger.trained.model.pooling.attention(x), dim=0).mean(dim=1)
+    # 1e-6: the same float32 sums, in another order
+    np.testing.assert_allclose(result.embedding, (weight[:, None] * x).sum(dim=0).numpy(), atol=1e-6, rtol=1e-6)
+    without = fastsca.Tagger.from_pretrained(best, embeddings=False)(noise(2, 47_123, seed=282), 16000)
+    assert without.embedding is None and without.frame_embeddings is None
+    np.testing.assert_array_equal(without.frame, result.frame)
+
+
+def test_a_batch_is_tagged_as_each_waveform_alone(tagger):
+    batch = noise(3, 21_001, seed=283)                            # (N, samples): three mono clips
+    alone = [tagger(waveform, 22050) for waveform in batch]
+    for results in (tagger.batch(batch, 22050), tagger(list(batch), 22050), tagger(batch[:, None], 22050)):
+        assert [r.name for r in results] == ["waveform[0]", "waveform[1]", "waveform[2]"]
+        for got, want in zip(results, alone):   # 1e-6: one forward pass for all the clips' windows instead of
+            # one per clip: the convolutions' float32 sums differ in the last bit (6e-8 seen)
+            np.testing.assert_allclose(got.clip, want.clip, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(got.frame, want.frame, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(got.embedding, want.embedding, atol=1e-6, rtol=1e-6)
+
+
+def test_pipeline_style_results(tagger):
+    result = tagger(noise(1, 19_000, seed=284)[0], 16000)
+    pipeline = result.as_pipeline(top_k=3)
+    assert pipeline == [{"label": label, "score": score} for label, score in result.top_k(3)]
+    assert [p["score"] for p in pipeline] == sorted((float(p) for p in result.clip), reverse=True)[:3]
+    assert tagger(np.zeros(16000, np.float32), 16000).as_pipeline() == []   # digital silence: no label
+
+
+def test_bfloat16_and_float16_tensors_are_tagged_as_their_float32_values(tagger):
+    waveform = torch.from_numpy(noise(2, 17_003, seed=285))
+    for dtype in (torch.bfloat16, torch.float16):
+        low = waveform.to(dtype)
+        np.testing.assert_array_equal(tagger(low, 16000).clip, tagger(low.float().numpy(), 16000).clip)
+
+
+@pytest.mark.parametrize("field, value", [("n_mels", 32), ("clip_samples", 24000)])
+def test_a_model_folder_whose_front_end_disagrees_with_its_weights_is_one_line(best, tmp_path, field, value):
+    folder = save_pretrained_from_checkpoint(best, tmp_path / "edited")
+    config = json.loads((folder / "config.json").read_text())
+    config["log_mel"][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    frames, mels = (60, 64) if field == "clip_samples" else (40, 32)
+    with pytest.raises(CheckpointError) as error:
+        fastsca.Tagger.from_pretrained(folder)
+    assert str(error.value) == (f"{folder}: its front end makes {frames} frames x {mels} mel bins per window but its "
+                                f"network takes 40 x 64; the model folder was edited or mixed from two models: write "
+                                f"it again with `python -m fastsca.hub CKPT --out FOLDER`")

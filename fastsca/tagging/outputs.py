@@ -1,5 +1,6 @@
-"""Where `fastsca.tag` writes: the figures' names, checked folders, atomic writes, and a standard output that a
-closed pipe silences instead of ending the run."""
+"""Where `fastsca.tag` writes: the figures' names, checked folders, the locks that keep two runs from writing the
+same files, and a standard output that a closed pipe silences instead of ending the run."""
+import fcntl
 import os
 import sys
 import tempfile
@@ -64,6 +65,22 @@ def check_writable_folder(folder: Path, option: str) -> None:
                          f"folder") from None
 
 
+def take_lock(lock_path: Path, what: str, advice: str) -> int:
+    """An exclusive lock on `lock_path` (created if needed), held until the returned descriptor is closed or the
+    process ends, so no stale lock is ever left; ValueError (one line) when another run holds it."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        raise ValueError(f"{what}: cannot write beside it ({error.strerror or error}); give a writable path") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ValueError(f"{what}: another fastsca.tag run is writing it (locked: {lock_path}); wait for that run "
+                         f"to finish, or {advice}") from None
+    return fd
+
+
 class Console:
     """Standard output that a closed pipe (`... | head -n 1`) silences instead of ending the run with a traceback:
     printing stops quietly, as Unix tools do, and the files asked for (--table, --events, --plot) are
@@ -75,6 +92,8 @@ class Console:
     def print(self, text: str) -> None:
         if self.closed:
             return
+        encoding = sys.stdout.encoding or "utf-8"   # a file name's undecodable bytes are shown escaped
+        text = text.encode(encoding, "backslashreplace").decode(encoding)
         try:
             tqdm.write(text, file=sys.stdout)   # clears the progress bars on stderr first, then redraws them
             sys.stdout.flush()

@@ -1,14 +1,17 @@
 """Long audio in bounded memory: blocks of samples -> a continuous log-mel -> overlapping model windows.
 
 `read_blocks` decodes a file (a path, or an open binary file such as an archive member) block by block
-with soundfile, mixes to mono and resamples with soxr's streaming resampler. `LogMelStream` turns those
-blocks into the file's log-mel frames as one continuous sequence: frame j is centred on sample j x hop
-and sees its neighbours' samples; only the file's two ends are padded (the front end's `pad_mode`),
-exactly as `frontend.log_mel` pads a clip.
+with soundfile, mixes it to mono as the packer does (`fastsca.audio.downmix`: the channels' mean, or
+the loudest channel where the mean cancels; decided block by block) and resamples it with soxr's
+streaming resampler. `LogMelStream` turns those blocks into the file's log-mel frames as one continuous
+sequence: frame j is centred on sample j x hop and sees its neighbours' samples; only the file's two
+ends are padded (the front end's `pad_mode`), exactly as `frontend.log_mel` pads a clip.
 `WindowCutter` cuts the frames into model windows that overlap by about `overlap` of a window; the
 last window is aligned to the file's end, so no window holds padding. `WindowPlan.join` says where one
 window hands over to the next: each keeps the output frames nearest its middle, where it sees context on both sides.
 """
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -18,7 +21,7 @@ import soundfile
 import soxr
 import torch
 
-from fastsca.audio import AudioError, check_whole
+from fastsca.audio import AudioError, check_whole, downmix
 from fastsca.frontend import LogMelConfig, log_mel
 
 # Log-mel frames computed per STFT call: 4000 frames (100 s at 40 frames/s) is ~66 MB of float64
@@ -30,6 +33,17 @@ def source_name(source: "str | Path | BinaryIO") -> str:
     """What messages call an audio source: a path as given, or an open file's `name` (an archive member's
     "ARCHIVE/MEMBER")."""
     return str(source) if isinstance(source, (str, Path)) else str(getattr(source, "name", "audio"))
+
+
+def _openable(path: "str | Path") -> str | bytes:
+    """The path as soundfile can open it: soundfile encodes a name strictly, so a name with bytes that are not
+    in the file system's encoding (a folder copied from another system; os.fsdecode's surrogate escapes) is
+    passed as those bytes."""
+    try:
+        str(path).encode(sys.getfilesystemencoding())
+        return str(path)
+    except UnicodeEncodeError:
+        return os.fsencode(path)
 
 
 def audio_info(path: "str | Path | BinaryIO"):
@@ -47,7 +61,7 @@ def audio_info(path: "str | Path | BinaryIO"):
     else:
         path.seek(0)
     try:
-        return soundfile.info(str(path) if isinstance(path, (str, Path)) else path)
+        return soundfile.info(_openable(path) if isinstance(path, (str, Path)) else path)
     except (soundfile.SoundFileError, RuntimeError, OSError) as error:
         raise AudioError(f"{name}: cannot decode audio ({error}); re-download or re-encode the file "
                          f"(wav, flac, ogg or mp3)") from None
@@ -71,7 +85,7 @@ def read_blocks(path: "str | Path | BinaryIO", sample_rate: int, block_seconds: 
     if not isinstance(path, (str, Path)):
         path.seek(0)
     try:
-        blocks = soundfile.blocks(str(path) if isinstance(path, (str, Path)) else path,
+        blocks = soundfile.blocks(_openable(path) if isinstance(path, (str, Path)) else path,
                                   blocksize=max(1, int(block_seconds * file_rate)), dtype="float32", always_2d=True)
         for block in blocks:
             if not np.isfinite(block).all():
@@ -79,7 +93,7 @@ def read_blocks(path: "str | Path | BinaryIO", sample_rate: int, block_seconds: 
                 raise AudioError(f"{name}: sample {bad} ({bad / file_rate:.3f} s) is NaN or infinite; "
                                  f"repair or re-encode the file")
             position += len(block)
-            mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+            mono = downmix(block)
             yield resampler.resample_chunk(mono) if resampler is not None else mono
         check_whole(name, info, position)
         if resampler is not None:
