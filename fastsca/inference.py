@@ -14,7 +14,6 @@ import torch
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.model import ATSCA, build_model
-from fastsca.tagging.result import TagResult
 
 CHECKPOINT_FORMAT = "fastsca-checkpoint/1"
 
@@ -107,12 +106,3 @@ def load_trained_model(path: str | Path, device: torch.device = torch.device("cp
         raise CheckpointError(f"{path}: {len(trained.label_names)} label names for a model of {classes} classes; "
                               f"the file was edited or damaged: {advice}")
     return trained
-
-
-# What fastsca/plot.py reads a file's result as: the one result type (fastsca/tagging/result.py) and its ranking.
-FileTags = TagResult
-
-
-def top_k(tags: TagResult, label_names: tuple[str, ...], k: int) -> list[tuple[str, float]]:
-    """`tags.top_k(k)`, as fastsca/plot.py calls it (`label_names` are the ones `tags` carries)."""
-    return tags.top_k(k)

@@ -24,7 +24,8 @@ import torch                      # noqa: E402
 from fastsca.builtin_classes import is_builtin_label_set                # noqa: E402
 from fastsca.events import Event, EventConfig, stored_event_config   # noqa: E402
 from fastsca.frontend import LogMelConfig, _hz_to_mel                 # noqa: E402
-from fastsca.inference import FileTags, TrainedModel, top_k           # noqa: E402
+from fastsca.inference import TrainedModel                            # noqa: E402
+from fastsca.tagging.result import TagResult                          # noqa: E402
 
 # Log-mel colour range: the loudest 80 dB, as librosa's specshow does; quieter bins are one colour.
 DB_RANGE = 80.0
@@ -37,11 +38,11 @@ HZ_TICKS = (500, 1000, 2000, 4000, 8000)   # lower ones crowd together on the me
 CONSTANT_SPREAD = 0.1
 
 
-def _event_rows(tags: FileTags, trained: TrainedModel, k: int, events: list[Event],
+def _event_rows(tags: TagResult, trained: TrainedModel, k: int, events: list[Event],
                 reference: list[tuple[float, float, str]] | None) -> list[str]:
     """Classes to draw event bars for: the top k, then any other class with an event in the range."""
     view = tags.view
-    rows = [name for name, _ in top_k(tags, trained.label_names, k)]
+    rows = [name for name, _ in tags.top_k(k)]
     inside = [e.label for e in events if e.offset > view.start and e.onset < view.end]
     inside += [label for onset, offset, label in reference or () if offset > view.start and onset < view.end]
     for label in inside:
@@ -50,7 +51,7 @@ def _event_rows(tags: FileTags, trained: TrainedModel, k: int, events: list[Even
     return rows[:MAX_EVENT_ROWS]
 
 
-def plot_tags(tags: FileTags, trained: TrainedModel, k: int, path: Path, events: list[Event] = (),
+def plot_tags(tags: TagResult, trained: TrainedModel, k: int, path: Path, events: list[Event] = (),
               reference: list[tuple[float, float, str]] | None = None, file_format: str | None = None,
               event_config: EventConfig | None = None) -> None:
     """Write the figure for `tags` (which must carry a view) to `path`; the format is `file_format` ("png",
@@ -67,7 +68,7 @@ def plot_tags(tags: FileTags, trained: TrainedModel, k: int, path: Path, events:
         plt.close(fig)   # also on a failed write: a batch would otherwise keep every figure open
 
 
-def _figure(tags: FileTags, trained: TrainedModel, k: int, events: list[Event],
+def _figure(tags: TagResult, trained: TrainedModel, k: int, events: list[Event],
             reference: list[tuple[float, float, str]] | None, event_config: EventConfig | None) -> plt.Figure:
     """The figure's panels (see the module docstring)."""
     config, view = trained.model.config, tags.view
@@ -77,7 +78,7 @@ def _figure(tags: FileTags, trained: TrainedModel, k: int, events: list[Event],
                              gridspec_kw={"height_ratios": heights}, constrained_layout=True)
     synthetic = ("\nclasses: the built-in synthetic test signals (train/synth.py), not real-world sounds"
                  if is_builtin_label_set(trained.label_names) else "")
-    fig.suptitle(f"{Path(tags.path).name} ({tags.seconds:.1f} s{', digital silence' if tags.silent else ''}): "
+    fig.suptitle(f"{Path(tags.name).name} ({tags.seconds:.1f} s{', digital silence' if tags.silent else ''}): "
                  f"model {config.name!r}, step {trained.step}; {view.start:g}-{view.end:g} s{synthetic}", fontsize=12)
     letters = iter("abcdefghij")
     _log_mel_panel(fig, axes[0], view, trained.log_mel, next(letters))
@@ -136,7 +137,7 @@ def _attention_panels(fig: plt.Figure, axes, view, trained: TrainedModel, letter
         fig.colorbar(image, ax=ax, label="weight (0-1)", pad=0.01)
 
 
-def _probability_panel(ax: plt.Axes, tags: FileTags, trained: TrainedModel, names: list[str], colours: dict,
+def _probability_panel(ax: plt.Axes, tags: TagResult, trained: TrainedModel, names: list[str], colours: dict,
                        events: EventConfig, stored: bool, letter: str) -> None:
     """The top classes' frame probabilities, each with its onset threshold; the legend marks gated classes."""
     view = tags.view

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from fastsca.builtin_classes import is_builtin_label_set
 from fastsca.events import EventConfig, read_reference
 from fastsca.hub import load_pretrained
 from fastsca.tagging.batch import EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, tag_all, write_events
@@ -141,6 +142,9 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     pretrained = load_pretrained(args.checkpoint, device)
     check_front_end(pretrained.trained, args.checkpoint)
     label_names = pretrained.trained.label_names
+    if is_builtin_label_set(label_names) and not args.quiet:
+        print("note: this model was trained on the built-in set: its classes are synthetic test signals "
+              "(train/synth.py), not real-world sounds", file=sys.stderr)
     # --threshold for every class, else the model's per-class thresholds (0.5 where it has none)
     events_config = EventConfig(threshold=args.threshold) if args.threshold is not None else pretrained.events
     events_config.onset_thresholds(label_names)

@@ -10,7 +10,8 @@ import pytest
 
 from fastsca.events import EventConfig
 from fastsca.frontend import mel_filterbank
-from fastsca.inference import FileTags, PlotView, load_trained_model
+from fastsca.inference import load_trained_model
+from fastsca.tagging.result import PlotView, TagResult
 from fastsca.plot import _figure, plot_tags
 from train import checkpoint
 from fastsca.builtin_classes import CLASS_NAMES
@@ -27,7 +28,7 @@ def trained(tmp_path_factory):
     return load_trained_model(path)
 
 
-def file_tags(trained, block_7: np.ndarray | None = None) -> FileTags:
+def file_tags(trained, block_7: np.ndarray | None = None) -> TagResult:
     """3.7 s of made-up tags: frames at 10 Hz, masks for blocks 6 and 7 (block 7's as given), clip probabilities
     0.9, 0.8, 0.2 for classes a, b, c (c below a 0.3 gate) and less for the others."""
     rng = np.random.default_rng(SEED)
@@ -36,7 +37,7 @@ def file_tags(trained, block_7: np.ndarray | None = None) -> FileTags:
     maps = {"block 6": block_6, "block 7": block_7 if block_7 is not None else rng.uniform(0, 1, (frames, 4))}
     view = PlotView(start=0.0, end=3.7, log_mel=rng.uniform(-80, 0, (148, n_mels)).astype(np.float32),
                     spatial_maps=maps)
-    return FileTags(path="walk.wav", seconds=3.7, clip=np.array([0.9, 0.8, 0.2, 0.1, 0.05]),
+    return TagResult(name="walk.wav", seconds=3.7, label_names=trained.label_names, clip=np.array([0.9, 0.8, 0.2, 0.1, 0.05]),
                     frame=rng.uniform(0, 1, (frames, len(LABELS))).astype(np.float32), frame_seconds=0.1,
                     silent=False, view=view)
 
@@ -98,9 +99,9 @@ def test_thresholds_and_the_clip_gate_are_drawn(trained):
 def test_the_builtin_classes_are_named_synthetic(trained, tmp_path):
     assert "synthetic" not in _figure(file_tags(trained), trained, 3, [], None, None).get_suptitle()
     builtin = replace(trained, label_names=CLASS_NAMES[:len(LABELS)])
-    fig = _figure(file_tags(trained), builtin, 3, [], None, None)
+    fig = _figure(file_tags(builtin), builtin, 3, [], None, None)
     assert fig.get_suptitle().endswith("\nclasses: the built-in synthetic test signals (train/synth.py), not "
                                        "real-world sounds")
     plt.close("all")
-    plot_tags(file_tags(trained), builtin, 3, tmp_path / "figure.svg")
+    plot_tags(file_tags(builtin), builtin, 3, tmp_path / "figure.svg")
     assert "synthetic test signals" in (tmp_path / "figure.svg").read_text()

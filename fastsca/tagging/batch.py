@@ -139,7 +139,7 @@ def _draw(run: BatchRun, item: Input, tags: TagResult, plot: Path, result: dict)
     try:
         plot.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(plot, lambda tmp: plot_tags(tags, run.trained, run.config.top_k, tmp, tags.events, truth,
-                                                      file_format=plot.suffix[1:]))
+                                                      file_format=plot.suffix[1:], event_config=run.events_config))
         result["plot"] = str(plot)
     except OSError as error:
         run.report.add("unwritten", f"{item.name}: cannot write the figure {plot} ({error.strerror or error}); "

@@ -51,11 +51,6 @@ class TagResult:
     """The log-mel and attention maps over a figure's range, when a figure was asked for."""
 
     @property
-    def path(self) -> str:
-        """`name`, under the word fastsca/plot.py reads."""
-        return self.name
-
-    @property
     def analysed_seconds(self) -> float:
         """Seconds of audio the frame probabilities cover (the file's last partial output frame is left out)."""
         return len(self.frame) * self.frame_seconds
