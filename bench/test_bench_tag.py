@@ -22,7 +22,7 @@ from fastsca.frontend import LogMelConfig
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
 from fastsca.tag import EVENT_REACH_SECONDS, tag_file
-from train.config import PROFILES
+from train.profiles import PROFILES
 
 # Written a minute at a time, so making the file does not itself hold an hour of samples.
 WRITE_BLOCK_SECONDS = 60

@@ -8,7 +8,7 @@ settings stored in the file (docs/deploy.md). The outputs are `clip` (batch, K) 
 input_frames, because the local branch of spatial attention (eq. 6) has a learned weight per input
 frame (T -> T/r): a longer file is cut into windows, as `fastsca.tag` cuts it.
 
-Both carry the reference attention path (`ModelConfig(fused_attention=False)`) with the checkpoint's
+Both carry the reference attention path (`RunOptions(fused_attention=False)`) with the checkpoint's
 weights: the fused ops (`fastsca::attention_*`) have no ONNX translation, and a torch.export program
 holding them would run only where fastsca is installed. The two paths give the same outputs
 (tests/test_attention.py). After writing, the command runs the ONNX file with onnxruntime against
@@ -21,7 +21,7 @@ import json
 import logging
 import sys
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from fastsca.atomic import write_atomically
 from fastsca.hub import load_pretrained
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 
 INPUT_NAME = "log_mel"
 OUTPUT_NAMES = ("clip", "frame")
@@ -50,7 +51,7 @@ class ExportableModel(nn.Module):
 
     def __init__(self, trained: TrainedModel) -> None:
         super().__init__()
-        self.model = build_model(replace(trained.model.config, fused_attention=False))
+        self.model = build_model(trained.model.config, RunOptions(fused_attention=False))
         self.model.load_state_dict(trained.model.state_dict())
         self.eval()
 

@@ -22,7 +22,8 @@ import train.sweep
 from fastsca.config import POOLING_PLANS, PRESETS
 from train import checkpoint
 from train.cli import model_config, profile_defaults
-from train.config import COMPILE_MODES, PROFILES
+from fastsca.run_options import COMPILE_MODES, PROFILE_RUN_OPTIONS
+from train.profiles import PROFILES
 
 from test_checkpoint import tiny_config, tiny_payload
 from test_train_run import tiny_args

@@ -77,7 +77,7 @@ def test_no_recipe_keeps_the_profile_config(tmp_path, builtin_dir):
     args = train.run.parse_args(argv)
     assert apply(args) == (args, None)
     config, _ = train.run.build_config(args, "cpu", cuda=False)
-    # the cpu profile's values (train/config.py) and the flags' defaults, as they were before recipes existed
+    # the cpu profile's values (train/profiles.py) and the flags' defaults, as they were before recipes existed
     run = RunConfig(out=str(tmp_path / "run"), profile="cpu", steps=600, epochs=None, eval_every=100, log_every=5,
                     patience=0, seed=0, compile=False, compile_backend="inductor", compile_mode="default",
                     channels_last=False, threads=1, resume=False, checkpoint_minutes=5.0, init=None, freeze_blocks=0)

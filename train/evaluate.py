@@ -14,7 +14,6 @@ import argparse
 import csv
 import os
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from fastsca.events import EventConfig, ReferenceReport, stored_event_config
 from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
 from fastsca.metrics import TaggingMetrics, tagging_metrics
+from fastsca.run_options import RunOptions, options_for_device
 from train import distributed, holdout, localisation
 from train.cli import Limit, check_numbers
 from train.holdout import SubsetIndex
@@ -33,21 +33,24 @@ from train.synth import SynthConfig, ensure_builtin
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 on CPU (where the tests check resumes bit for bit)."""
-    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """The device's default autocast (fastsca/run_options.py): bf16 on CUDA; plain fp32 on CPU (where the tests
+    check resumes bit for bit)."""
+    return options_for_device(device).autocast(device)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device,
-             frames: list | None = None) -> tuple[TaggingMetrics, int]:
+def evaluate(model: torch.nn.Module, loader, device: torch.device, frames: list | None = None,
+             options: RunOptions | None = None) -> tuple[TaggingMetrics, int]:
     """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
-    number of clips they cover. Given a list `frames`, it receives the gathered (N, T', K) frame
-    probabilities and (N, K) clip probabilities, for localisation scores (train/localisation.py)."""
+    number of clips they cover, its forward passes at the precision of `options` (None: the device's default).
+    Given a list `frames`, it receives the gathered (N, T', K) frame probabilities and (N, K) clip probabilities,
+    for localisation scores (train/localisation.py)."""
+    precision = options.autocast(device) if options is not None else autocast(device)
     was_training = model.training
     model.eval()
     scores, targets = [], []
     for log_mel, target in loader:
-        with autocast(device):
+        with precision:
             output = model(log_mel)
         scores.append(output.clip.float())
         if frames is not None:
