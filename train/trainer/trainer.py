@@ -230,9 +230,13 @@ def warmup_warning(config: TrainConfig, total_steps: int) -> str | None:
     warmup = config.optim.warmup_steps
     if warmup <= total_steps:
         return None
-    return (f"warning: the warm-up ({warmup} steps) is longer than the run ({total_steps} steps), so the learning "
-            f"rate never reaches its peak --lr {config.optim.lr:g} (it ends at {config.optim.lr * total_steps / warmup:.3g}); "
-            f"give fewer --warmup-steps or more --steps")
+    return (f"warning: the warm-up ({_steps(warmup)}) is longer than the run ({_steps(total_steps)}), so the learning "
+            f"rate never reaches its peak --lr {config.optim.lr:g} (it ends at "
+            f"{config.optim.lr * total_steps / warmup:.3g}); give fewer --warmup-steps or more --steps")
+
+
+def _steps(count: int) -> str:
+    return f"{count} step{'' if count == 1 else 's'}"
 
 
 def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: int, validation_clips: int) -> str:
