@@ -2,10 +2,10 @@
 
 Takes the same model options as `python -m train.run` (fastsca/model_options.py), so it shows the model a run
 builds: `--profile cpu` the narrow one the default CPU run trains (the built-in set's 10 classes, 2 s clips),
-`--profile gpu` (the default here) the preset as it is, on 10 s clips, with AudioSet's 527 classes. Prints, per block, its output shape, where attention sits
-(arrangement and the T x F map it sees), parameter counts (total and attention's share) and forward
-GFLOPs per clip (multiply-adds x 2 of convolutions and matrix products, counted by
-torch.utils.flop_counter on the reference path; elementwise ops are not counted, as is customary).
+`--profile gpu` (the default here) the preset as it is, on 10 s clips, with AudioSet's 527 classes. Prints, per
+block, its output shape, where attention sits (arrangement and the T x F map it sees), parameter counts (total
+and attention's share) and forward GFLOPs per clip (multiply-adds x 2 of convolutions and matrix products,
+counted by torch.utils.flop_counter on the reference path; elementwise ops are not counted, as is customary).
 """
 import argparse
 from dataclasses import dataclass

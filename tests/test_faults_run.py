@@ -14,6 +14,7 @@ import torch
 
 import train.run
 import train.step
+import train.trainer.flags
 from fastsca import tag
 from train import checkpoint, evaluate, holdout
 from train.cli import check_numbers
@@ -52,7 +53,7 @@ def test_every_numeric_option_at_its_extremes(dest, extreme, tmp_path, monkeypat
     def no_data(*_):
         raise AssertionError(f"{option} {value} was not refused before the data")
 
-    monkeypatch.setattr(train.run, "_data_paths", no_data)
+    monkeypatch.setattr(train.trainer.flags, "_data_paths", no_data)
     with pytest.raises(SystemExit) as stopped:
         train.run.main(args)
     assert stopped.value.code == 2

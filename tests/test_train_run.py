@@ -61,7 +61,7 @@ def test_run_learns_and_writes_checkpoints(full_run):
     assert latest["best_step"] == best["step"] == torch.load(full_run / "best.pt", weights_only=True)["step"]
     assert latest["config"]["model"]["pools"] == ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1))
     assert latest["label_names"] == list(BUILTIN.class_names)
-    assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run", "events"}
+    assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run", "options", "events"}
     for key in ("model", "optimizer", "scheduler", "loader", "rng", "epoch"):
         assert key in latest
     losses = [r["loss"] for r in records(full_run, "train")]

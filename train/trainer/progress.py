@@ -97,7 +97,9 @@ class Progress:
         self.total_steps = step
 
     def close(self) -> None:
+        """Stop the status line and close the bar (again: nothing)."""
         if self.compile_status is not None:
             self.compile_status.close()
         if self.bar is not None:
             self.bar.close()
+        self.compile_status = self.bar = None

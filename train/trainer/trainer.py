@@ -41,6 +41,7 @@ class Trainer:
         self.config, self.train_path, self.eval_path, self.ctx, self.stop = config, train_path, eval_path, ctx, stop
         self.out = check_out(config.run, ctx.is_main)
         self.exits = ExitStack()
+        self.progress: Progress | None = None
 
     def __enter__(self) -> "Trainer":
         try:
@@ -51,6 +52,8 @@ class Trainer:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.progress is not None:   # the compile status's thread too, where the first step failed
+            self.progress.close()
         self.exits.close()
 
     def _set_up(self) -> None:
