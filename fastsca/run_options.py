@@ -9,6 +9,7 @@ field here, with its default in those tables, and the model reads it from the ob
 """
 from contextlib import nullcontext
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 
@@ -92,6 +93,7 @@ def resolve_run_options(given: dict, profile: str, cuda: bool) -> RunOptions:
     return RunOptions(**chosen)
 
 
+@lru_cache(maxsize=None)   # asked at every training step (train/evaluate.py's `autocast`)
 def options_for_device(device: torch.device) -> RunOptions:
     """The options a run on `device` gets from --profile auto and no flag: what inference runs a model with."""
     cuda = device.type == "cuda"

@@ -1,11 +1,13 @@
 """The command lines a user meets first: --help of every `python -m` entry point, describe's model options
 (the same as train.run's), and the plain-language errors of bad flags."""
 import argparse
+import re
 import subprocess
 import sys
 from dataclasses import fields
 
 import pytest
+import torch
 
 import bench.bill
 import bench.gpu_report
@@ -144,6 +146,23 @@ def test_run_options_come_from_flag_then_recipe_then_profile_then_device(cuda):
     assert resolve_run_options(given, "cpu", cuda) == RunOptions(**given)
 
 
+@pytest.mark.parametrize("options, words", [
+    (dict(compile_mode="fast"), "compile_mode must be one of default, reduce-overhead"),
+    (dict(precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+])
+def test_bad_run_options_are_one_line(options, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        RunOptions(**options)
+
+
+def test_run_options_autocast_at_their_precision():
+    x = torch.randn(3, 5)
+    with RunOptions(precision="bf16").autocast(torch.device("cpu")):
+        assert (x @ x.T).dtype == torch.bfloat16
+    with RunOptions(precision="fp32").autocast(torch.device("cpu")):
+        assert (x @ x.T).dtype == torch.float32
+
+
 def test_compile_mode_help_says_what_each_mode_does(capsys):
     with pytest.raises(SystemExit):
         train.run.main(["--help"])
@@ -249,7 +268,9 @@ def test_a_compiled_run_says_it_is_compiling_and_where_the_cache_is(tmp_path, ca
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     train.run.main(tiny_args(tmp_path / "out", tmp_path / "builtin", 3, "--eval-every", "3", "--compile",
                              "--compile-backend", "eager"))
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert re.search(r"compiling the model \(first step\): \d\d:\d\d", captured.err)   # the status line
     assert f"compiling the model in the first step (a minute or more); a later run of the same model and shapes " \
            f"reuses Inductor's cache in {tmp_path / 'inductor'}" in out
     assert out.index("compiling the model") < out.index("first step: ") < out.index("(includes compilation)")
