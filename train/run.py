@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_options(parser)
     _add_data_options(parser)
-    _add_run_options(parser)
+    _add_output_and_length_options(parser)
     _add_schedule_options(parser)
     _add_execution_options(parser)
     return parser.parse_args(argv)
@@ -95,7 +95,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         f"{profile_defaults('builtin_eval')})")
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_output_and_length_options(parser: argparse.ArgumentParser) -> None:
     """Output, resume, length and batching."""
     arg = parser.add_argument
     arg("--out", help="output folder (default: runs/PRESET-PROFILE)")
