@@ -48,6 +48,7 @@ from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
 from fastsca.config import POOLING_PLANS, ModelConfig
 from fastsca.frontend import LogMelConfig
+from fastsca.run_options import RunOptions
 
 OPS = ("channel_pool", "local_fc", "spatial_squeeze", "gate")
 MODES = ("forward", "backward", "full")
@@ -462,12 +463,12 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     if case.provider not in TRAIN_PROVIDERS:
         raise ValueError(f"unknown training provider {case.provider!r}; valid: {', '.join(TRAIN_PROVIDERS)}")
     sizes = TRAIN_SIZES[env.scale]
-    overrides = dict(fused_attention=case.provider in FUSED_PROVIDERS, input_frames=sizes["input_frames"],
-                     num_classes=sizes["num_classes"])
+    overrides = dict(input_frames=sizes["input_frames"], num_classes=sizes["num_classes"])
     if sizes["channels"] is not None:
         overrides["channels"] = sizes["channels"]
     layout = torch.channels_last if env.cuda else torch.contiguous_format   # as train.run
-    model = build_model(case.model, **overrides).to(env.device, memory_format=layout)
+    model = build_model(case.model, RunOptions(fused_attention=case.provider in FUSED_PROVIDERS), **overrides)
+    model = model.to(env.device, memory_format=layout)
     optimizer = _optimizer(model)
     config = model.config
     # Log-mel-like input (dB values around -50) and sparse multi-hot targets, as AudioSet's.
@@ -544,7 +545,7 @@ def _prepare_loader(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         # persistent ones): outside the timed region. Each timed call is one whole epoch.
         yield Prepared(fn=epoch, device=env.device, items=clips, host_timed=True, warmup_calls=1, min_reps=3,
                        info={"clips_per_epoch": clips, "workers": LOADER_WORKERS,
-                             "clip_seconds": log_mel.clip_samples / log_mel.sample_rate})
+                             "clip_seconds": log_mel.clip_seconds})
     finally:
         close()
 

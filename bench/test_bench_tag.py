@@ -21,8 +21,9 @@ from fastsca.events import detect_events
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 from fastsca.tagging.engine import EVENT_REACH_SECONDS, Asked, tag_file
-from train.config import PROFILES
+from train.profiles import PROFILES
 
 # Written a minute at a time, so making the file does not itself hold an hour of samples.
 WRITE_BLOCK_SECONDS = 60
@@ -33,10 +34,11 @@ def cpu_profile_model() -> TrainedModel:
     profile = PROFILES["cpu"]
     log_mel = LogMelConfig(clip_samples=round(profile.clip_seconds * 16000))
     config = ModelConfig.from_name("at-sca-3", num_classes=10, input_frames=log_mel.frames,
-                                   channels=profile.channels, fused_attention=False)
+                                   channels=profile.channels)
     torch.manual_seed(0)
     names = tuple(f"class-{k}" for k in range(10))
-    return TrainedModel(model=build_model(config).eval(), log_mel=log_mel, label_names=names, step=0, configs={})
+    return TrainedModel(model=build_model(config, RunOptions(fused_attention=False)).eval(), log_mel=log_mel,
+                        label_names=names, step=0, configs={})
 
 
 def write_long_wav(path: Path, seconds: int, sample_rate: int = 16000) -> Path:
@@ -82,7 +84,7 @@ def test_tag_long_file(benchmark, tmp_path, seconds, plot):
     benchmark.group = "tag"
     elapsed = benchmark.stats.stats.max
     # suite, provider and mode give it a row of the run's summary table (bench/conftest.py); the model
-    # runs its reference attention (fused_attention=False), hence 'eager'.
+    # runs its reference attention (RunOptions(fused_attention=False)), hence 'eager'.
     benchmark.extra_info.update(suite="tag", provider="eager", mode=f"{seconds} s file{', --plot' if plot else ''}")
     benchmark.extra_info.update(audio_seconds=seconds, seconds_per_hour=round(elapsed * 3600 / seconds, 2),
                                 peak_rss_mb=round(peak_rss_mb(), 1), rss_before_mb=round(before, 1),

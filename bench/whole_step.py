@@ -41,6 +41,7 @@ from bench.step_recorder import StepRecording, record_step
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
 from fastsca.config import ModelConfig
+from fastsca.run_options import RunOptions
 from train.loss import clip_bce
 
 
@@ -65,10 +66,11 @@ STEPS = ("reference", "fastsca")
 
 def build(step: str, batch: int, channels: tuple[int, ...] | None, frames: int, classes: int):
     """(compiled loss function, compiled optimiser step, model, inputs) of one kind of step."""
-    overrides = dict(fused_attention=step == "fastsca", num_classes=classes, input_frames=frames)
+    overrides = dict(num_classes=classes, input_frames=frames)
     if channels is not None:
         overrides["channels"] = channels
-    model = build_model("at-sca-3", **overrides).to(memory_format=torch.channels_last).train()
+    model = build_model("at-sca-3", RunOptions(fused_attention=step == "fastsca"), **overrides)
+    model = model.to(memory_format=torch.channels_last).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
 
     def loss_of(log_mel, target):

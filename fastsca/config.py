@@ -51,8 +51,6 @@ class ModelConfig:
     pool_logit_clamp: float | None = None
     """None: eq. 2 exactly (a max-subtracted softmax needs no clamp). A number clamps the attention-pooling
     logits to +-it, only so that checkpoints trained that way (they stored 10.0) load as they were trained."""
-    fused_attention: bool = True
-    """Use the fused Triton ops (kernels/) on CUDA; False runs the plain PyTorch reference everywhere."""
     name: str = field(default="custom", compare=False)
     """Preset name this config came from, for logs and checkpoints."""
 

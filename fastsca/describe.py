@@ -1,14 +1,14 @@
 """`python -m fastsca.describe PRESET [--profile cpu] [--channels ...] [--pooling-plan ...]`: a model's anatomy.
 
 Takes the same model options as `python -m train.run` (fastsca/model_options.py), so it shows the model a run
-builds: `--profile cpu` the narrow one the default CPU run trains, `--profile gpu` (the default here)
-the preset as it is, on 10 s clips. Prints, per block, its output shape, where attention sits
-(arrangement and the T x F map it sees), parameter counts (total and attention's share) and forward
-GFLOPs per clip (multiply-adds x 2 of convolutions and matrix products, counted by
-torch.utils.flop_counter on the reference path; elementwise ops are not counted, as is customary).
+builds: `--profile cpu` the narrow one the default CPU run trains (the built-in set's 10 classes, 2 s clips),
+`--profile gpu` (the default here) the preset as it is, on 10 s clips, with AudioSet's 527 classes. Prints, per
+block, its output shape, where attention sits (arrangement and the T x F map it sees), parameter counts (total
+and attention's share) and forward GFLOPs per clip (multiply-adds x 2 of convolutions and matrix products,
+counted by torch.utils.flop_counter on the reference path; elementwise ops are not counted, as is customary).
 """
 import argparse
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -16,7 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastsca.config import PRESETS, ModelConfig
 from fastsca.model import build_model
 from fastsca.model_options import add_model_options, input_frames, model_config, preset_help
-from fastsca.profiles import MODEL_PROFILES, profile_values, resolve_profile
+from fastsca.profiles import AUDIOSET_CLASSES, BUILTIN_CLASSES, MODEL_PROFILES, profile_values, resolve_profile
+from fastsca.run_options import RunOptions
+
+DEFAULT_CLASSES = {"cpu": BUILTIN_CLASSES, "gpu": AUDIOSET_CLASSES}
+"""Classes K shown when --num-classes is not given: what the default CPU run trains (the built-in set), and the
+paper's model (AudioSet) for the gpu profile."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,7 @@ def _parameter_count(module: torch.nn.Module) -> int:
 def describe(preset: str | ModelConfig) -> list[BlockReport]:
     """Per-block reports of one forward pass of a single clip through a preset (by name) or a config."""
     config = ModelConfig.from_name(preset) if isinstance(preset, str) else preset
-    model = build_model(replace(config, fused_attention=False)).eval()   # the flop counter sees the reference
+    model = build_model(config, RunOptions(fused_attention=False)).eval()   # the flop counter sees the reference
     config = model.config
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [block.register_forward_hook(lambda mod, inp, out, i=i: shapes.__setitem__(f"block{i + 1}", tuple(out.shape)))
@@ -96,17 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(parser, profile_default="gpu")
     parser.add_argument("--clip-seconds", type=float, help=f"clip length, which sets the input frames (default: "
                         f"the profile's: {profile_values(MODEL_PROFILES, 'clip_seconds', ' s')}; a run on packed data: 10 s)")
-    parser.add_argument("--num-classes", type=int, default=527, help="classes K, which train.run takes from its data's labels "
-                        "(default: %(default)s, AudioSet's)")
+    parser.add_argument("--num-classes", type=int, help="classes K, which train.run takes from its data's labels "
+                        f"(default: the profile's: cpu: {BUILTIN_CLASSES}, the built-in set's, which the default run "
+                        f"trains; gpu: {AUDIOSET_CLASSES}, AudioSet's)")
     return parser
 
 
 def model_from_args(args: argparse.Namespace) -> ModelConfig:
     """The model the parsed options describe, built as train.run builds it (fastsca/model_options.py)."""
-    profile, _ = resolve_profile(args.profile, torch.cuda.is_available())
-    clip_seconds = args.clip_seconds if args.clip_seconds is not None else MODEL_PROFILES[profile].clip_seconds
-    return model_config(args, args.preset, profile, num_classes=args.num_classes,
-                        input_frames=input_frames(clip_seconds))
+    profile = MODEL_PROFILES[resolve_profile(args.profile, torch.cuda.is_available())[0]]
+    clip_seconds = args.clip_seconds if args.clip_seconds is not None else profile.clip_seconds
+    num_classes = args.num_classes if args.num_classes is not None else DEFAULT_CLASSES[profile.name]
+    return model_config(args, args.preset, profile, num_classes=num_classes, input_frames=input_frames(clip_seconds))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,7 @@ a learned weight per input frame (T -> T/r): a longer file is cut into windows, 
 An existing target is replaced only when this command wrote it, or with --overwrite; the model being exported
 never is.
 
-Both carry the reference attention path (`ModelConfig(fused_attention=False)`) with the checkpoint's
+Both carry the reference attention path (`RunOptions(fused_attention=False)`) with the checkpoint's
 weights: the fused ops (`fastsca::attention_*`) have no ONNX translation, and a torch.export program
 holding them would run only where fastsca is installed. The two paths give the same outputs
 (tests/test_attention.py). After writing, the command runs the ONNX file with onnxruntime against
@@ -27,7 +27,7 @@ import logging
 import sys
 import warnings
 import zipfile
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from fastsca.frontend import log_mel
 from fastsca.hub import FOLDER_FILES, load_pretrained
 from fastsca.inference import TrainedModel
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 
 INPUT_NAME = "log_mel"
 WAVEFORM_NAME = "waveform"
@@ -61,7 +62,7 @@ class ExportableModel(nn.Module):
     def __init__(self, trained: TrainedModel, waveform: bool = False) -> None:
         super().__init__()
         self.front_end = LogMelModule(trained.log_mel) if waveform else nn.Identity()
-        self.model = build_model(replace(trained.model.config, fused_attention=False))
+        self.model = build_model(trained.model.config, RunOptions(fused_attention=False))
         self.model.load_state_dict(trained.model.state_dict())
         self.eval()
 

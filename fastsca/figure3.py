@@ -174,7 +174,7 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     """Write the figure for `clip` to `out` (PNG)."""
     config, lm = model.model.config, model.log_mel
     blocks = config.attention_blocks
-    seconds = lm.clip_samples / lm.sample_rate
+    seconds = lm.clip_seconds
     mel = log_mel(torch.from_numpy(clip.waveform)[None], lm)                  # (1, 1, T, F)
     base_maps, _ = capture(baseline.model, mel, blocks)
     maps, frame = capture(model.model, mel, blocks)

@@ -45,6 +45,11 @@ class LogMelConfig:
     pad_mode: str = "reflect"
     """Padding of the centred frames at the clip edges: reflect (DALI's default) or constant (zeros)."""
 
+    @property
+    def clip_seconds(self) -> float:
+        """Duration of one clip in seconds (clip_samples / sample_rate)."""
+        return self.clip_samples / self.sample_rate
+
     def __post_init__(self) -> None:
         if self.n_fft < self.window_length:
             raise ValueError(f"n_fft ({self.n_fft}) must be >= window_length ({self.window_length})")

@@ -30,9 +30,10 @@ from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.events import EventConfig, stored_event_config
 from fastsca.frontend import LogMelConfig
-from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
+from fastsca.inference import CheckpointError, TrainedModel, current_model_fields, load_trained_model
 from fastsca.model import build_model
 from fastsca.model_card import LIBRARY_LINE, TrainingFacts, model_card
+from fastsca.run_options import options_for_device
 from fastsca.text_files import read_text
 
 PRETRAINED_FORMAT = "fastsca-pretrained/1"
@@ -244,7 +245,7 @@ def load_folder(folder: str | Path, device: torch.device = torch.device("cpu")) 
                               f"format field; another library's model?); give a folder written by "
                               f"`python -m fastsca.hub`")
     try:
-        model_config = _config_fields(ModelConfig, config["model"], folder, "model")
+        model_config = _config_fields(ModelConfig, current_model_fields(config["model"]), folder, "model")
         log_mel = _config_fields(LogMelConfig, config["log_mel"], folder, "log_mel")
         events = _config_fields(EventConfig, config["events"], folder, "events")
         label_names, label_mids = tuple(config["label_names"]), tuple(config["label_mids"])
@@ -270,7 +271,7 @@ def load_folder(folder: str | Path, device: torch.device = torch.device("cpu")) 
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PretrainedError(f"{folder / WEIGHTS_NAME}: not readable safetensors ({reason}); the file is damaged "
                               f"or truncated: download or write it again") from None
-    model = build_model(model_config)
+    model = build_model(model_config, options_for_device(device))
     if mismatch := _weights_mismatch(model, weights):
         raise PretrainedError(f"{folder / WEIGHTS_NAME}: its weights do not fit the model of {CONFIG_NAME} "
                               f"({mismatch}); the two files come from different models: write the folder again "

@@ -2,7 +2,8 @@
 
 A checkpoint is a dict saved with torch.save; this module reads the parts inference needs: the model's
 weights and config, the front-end config and the label names. It is read with `weights_only=True`, so a
-checkpoint from an untrusted source cannot run code when loaded.
+checkpoint from an untrusted source cannot run code when loaded. A model config stored by an older fastsca
+with fields that are no longer the model's (`RETIRED_MODEL_FIELDS`) is read without them.
 """
 import pickle
 import zipfile
@@ -14,8 +15,12 @@ import torch
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.model import ATSCA, build_model
+from fastsca.run_options import options_for_device
 
 CHECKPOINT_FORMAT = "fastsca-checkpoint/1"
+RETIRED_MODEL_FIELDS = ("fused_attention",)
+"""Fields older checkpoints and model folders stored in the model config that no longer describe the model
+(fused attention is a run option now: fastsca/run_options.py); dropped when read."""
 
 
 class CheckpointError(ValueError):
@@ -35,6 +40,11 @@ def _head(path: Path) -> bytes:
             return handle.read(8)
     except OSError:
         return b""
+
+
+def current_model_fields(saved: dict) -> dict:
+    """A stored model config dict without the `RETIRED_MODEL_FIELDS`."""
+    return {name: value for name, value in saved.items() if name not in RETIRED_MODEL_FIELDS}
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -61,6 +71,8 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a fastsca training checkpoint (no {CHECKPOINT_FORMAT!r} format "
                               f"field); use best.pt or latest.pt as written by `python -m train.run`")
+    if isinstance(payload.get("config"), dict) and isinstance(payload["config"].get("model"), dict):
+        payload["config"]["model"] = current_model_fields(payload["config"]["model"])
     return payload
 
 
@@ -81,13 +93,14 @@ class TrainedModel:
 
 
 def load_trained_model(path: str | Path, device: torch.device = torch.device("cpu")) -> TrainedModel:
-    """The model saved in a training checkpoint, ready for inference on `device`; a hand-edited checkpoint (an
+    """The model saved in a training checkpoint, ready for inference on `device` (with the fused attention ops
+    on CUDA, the reference elsewhere: fastsca/run_options.py's `options_for_device`); a hand-edited checkpoint (an
     entry missing, a config that does not build, weights of another shape, labels of another count) is a
     one-line CheckpointError."""
     payload = read_checkpoint(path)
     advice = "use best.pt or latest.pt as written by `python -m train.run`"
     try:
-        model = build_model(ModelConfig(**payload["config"]["model"]))
+        model = build_model(ModelConfig(**payload["config"]["model"]), options_for_device(device))
         model.load_state_dict(payload["model"])
         trained = TrainedModel(model=model.to(device).eval(),
                                log_mel=LogMelConfig(**payload["config"]["log_mel"]),

@@ -1,6 +1,7 @@
 """The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL attention pooling.
 
-`build_model(name_or_config)` makes any preset of fastsca.config. Input log-mel (B, 1, T, F) with
+`build_model(name_or_config, options)` makes any preset of fastsca.config, run as `options` say
+(fastsca/run_options.py: the fused attention ops or the reference). Input log-mel (B, 1, T, F) with
 T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and frame-level
 probabilities (B, T', K) at 10 Hz for the default 400-frame input.
 """
@@ -14,6 +15,7 @@ from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
 from fastsca.backbone import ResidualBlock
 from fastsca.config import ModelConfig
 from fastsca.pooling import AttentionPooling
+from fastsca.run_options import RunOptions
 
 
 class TaggingOutput(NamedTuple):
@@ -26,10 +28,11 @@ class TaggingOutput(NamedTuple):
 class ATSCA(nn.Module):
     """Residual CNN with attention in its last `attention_depth` blocks and attention pooling."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, options: RunOptions = RunOptions()) -> None:
         super().__init__()
         self.config = config
-        ops = FUSED_OPS if config.fused_attention else REFERENCE_OPS
+        self.options = options
+        ops = FUSED_OPS if options.fused_attention else REFERENCE_OPS
         self.input_norm = nn.BatchNorm2d(config.n_mels)   # PANNs' bn0: one BatchNorm per mel bin
         blocks, in_channels = [], 1
         for index, (channels, pool, (time_steps, freq_bins)) in enumerate(
@@ -53,12 +56,12 @@ class ATSCA(nn.Module):
         return TaggingOutput(clip, frame)
 
 
-def build_model(name_or_config: str | ModelConfig, **overrides) -> ATSCA:
-    """An AT-SCA model from a preset name (with optional field overrides) or a ModelConfig."""
+def build_model(name_or_config: str | ModelConfig, options: RunOptions = RunOptions(), **overrides) -> ATSCA:
+    """An AT-SCA model from a preset name (with optional field overrides) or a ModelConfig, run as `options` say."""
     if isinstance(name_or_config, str):
         config = ModelConfig.from_name(name_or_config, **overrides)
     elif overrides:
         config = replace(name_or_config, **overrides)
     else:
         config = name_or_config
-    return ATSCA(config)
+    return ATSCA(config, options)

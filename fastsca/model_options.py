@@ -1,15 +1,18 @@
 """The model flags shared by `python -m train.run` and `python -m fastsca.describe`.
 
-`add_model_options` gives both the same flags (--profile, --channels, --pooling-plan, --fused-attention)
-and `model_config` turns them into the `ModelConfig` a run builds, so `describe` shows the very model a
-training run trains. The help texts read each profile's value from fastsca/profiles.py, so they never
+`add_model_options` gives both the same flags (--profile, --channels, --pooling-plan) and `model_config`
+turns them into the `ModelConfig` a run builds, so `describe` shows the very model a training run trains
+(how it runs, e.g. fused attention, is not the model: fastsca/run_options.py). The help texts read each profile's value from fastsca/profiles.py, so they never
 drift from it.
 """
 import argparse
 
 from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
 from fastsca.frontend import LogMelConfig
-from fastsca.profiles import MODEL_PROFILES, PROFILE_NAMES, profile_values
+from fastsca.profiles import MODEL_PROFILES, PROFILE_NAMES, ModelProfile, profile_values
+
+DEFAULT_PRESET = "at-sca-3"
+"""The preset a training run builds when none is named (and no --init gives one)."""
 
 
 def preset_help() -> str:
@@ -28,9 +31,9 @@ def channel_list(text: str) -> tuple[int, ...]:
 
 
 def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "auto") -> None:
-    """--profile, --channels, --pooling-plan and --fused-attention, with the same meaning wherever they appear."""
+    """--profile, --channels and --pooling-plan, with the same meaning wherever they appear."""
     parser.add_argument("--profile", choices=PROFILE_NAMES, default=profile_default,
-                        help=f"hardware defaults (fastsca/profiles.py, train/config.py): cpu (narrow blocks, short "
+                        help=f"hardware defaults (fastsca/profiles.py, train/profiles.py): cpu (narrow blocks, short "
                              f"built-in clips), gpu (the preset as it is, 10 s clips), auto (gpu where CUDA is "
                              f"available, else cpu) (default: {profile_default})")
     parser.add_argument("--channels", type=channel_list, metavar="C1,...,C7",
@@ -42,19 +45,12 @@ def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "a
                              + "; ".join(f"{name} {' '.join(f'{t}x{f}' for t, f in plan)}"
                                          for name, plan in POOLING_PLANS.items())
                              + f" (default: the preset's, {ModelConfig().pooling_plan})")
-    parser.add_argument("--fused-attention", action=argparse.BooleanOptionalAction,
-                        help="run each attention module as the fused ops of kernels/ (Triton on CUDA, the same passes "
-                             "in PyTorch on CPU) instead of step by step; the weights are the same either way, so a "
-                             f"checkpoint resumes and loads with or without it (default: the profile's: "
-                             f"{profile_values(MODEL_PROFILES, 'fused_attention')})")
 
 
-def model_config(args: argparse.Namespace, preset: str, profile: str, **fields) -> ModelConfig:
-    """The preset with the model options of `args` and the defaults of resolved `profile` (cpu or gpu);
-    `fields` (num_classes, input_frames, ...) override the rest."""
-    defaults = MODEL_PROFILES[profile]
-    overrides = {"channels": args.channels or defaults.channels or ModelConfig.from_name(preset).channels,
-                 "fused_attention": defaults.fused_attention if args.fused_attention is None else args.fused_attention,
+def model_config(args: argparse.Namespace, preset: str, profile: ModelProfile, **fields) -> ModelConfig:
+    """The preset with the model options of `args` and the defaults of the resolved `profile`; `fields`
+    (num_classes, input_frames, ...) override the rest."""
+    overrides = {"channels": args.channels or profile.channels or ModelConfig.from_name(preset).channels,
                  **fields}
     if args.pooling_plan is not None:
         overrides["pools"] = POOLING_PLANS[args.pooling_plan]

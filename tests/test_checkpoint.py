@@ -1,4 +1,5 @@
 """Checkpoints: atomic writes, RNG round trips, weights_only loading, and one-line errors for wrong files or configs."""
+import json
 import random
 from dataclasses import replace
 
@@ -8,10 +9,12 @@ import torch
 
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
+from fastsca.hub import load_pretrained, save_pretrained_from_checkpoint
 from fastsca.inference import CheckpointError, load_trained_model, read_checkpoint
 from fastsca.model import build_model
 from train import checkpoint
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from train.finetune import read_init
 from train.loader import LoaderConfig
 from train.optim import build_optimizer, build_scheduler
 from train.shards import ShardWriter
@@ -21,7 +24,7 @@ LABELS = ("a", "b", "c", "d", "e")
 
 def tiny_config(preset: str = "at-sca-3", **data) -> TrainConfig:
     model = ModelConfig.from_name(preset, num_classes=len(LABELS), input_frames=40,
-                                  channels=(4, 4, 8, 8, 8, 8, 8), fused_attention=False)
+                                  channels=(4, 4, 8, 8, 8, 8, 8))
     return TrainConfig(model=model, log_mel=LogMelConfig(clip_samples=16000), data=DataConfig(**data),
                        optim=OptimConfig(warmup_steps=2), run=RunConfig(steps=10))
 
@@ -135,6 +138,25 @@ def test_a_checkpoint_from_before_folds_and_fine_tuning_still_resumes(tmp_path):
     del payload["config"]["run"]["freeze_blocks"], payload["config"]["run"]["init"], payload["data_fingerprints"]
     checkpoint.save(path, payload)
     assert checkpoint.load_for_resume(path, tiny_config())["step"] == 1
+
+
+def test_a_checkpoint_that_stored_fused_attention_in_its_model_loads_everywhere(tmp_path):
+    """Before fused attention became a run option (fastsca/run_options.py) it was a ModelConfig field, which
+    checkpoints and model folders stored with the model; they are read without it."""
+    path = tmp_path / "latest.pt"
+    payload = tiny_payload(tiny_config())
+    payload["config"]["model"]["fused_attention"] = True
+    payload["config"].pop("options")   # older checkpoints had none
+    checkpoint.save(path, payload)
+    assert "fused_attention" not in read_checkpoint(path)["config"]["model"]
+    assert checkpoint.load_for_resume(path, tiny_config())["step"] == 1   # resumes
+    assert load_trained_model(path).model.config == tiny_config().model   # tags, evaluates, exports
+    assert read_init(str(path)).model == tiny_config().model   # fine-tunes
+    folder = save_pretrained_from_checkpoint(path, tmp_path / "pretrained")
+    config = json.loads((folder / "config.json").read_text())
+    config["model"]["fused_attention"] = False
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_pretrained(folder).trained.model.config == tiny_config().model
 
 
 def write_shard(path, targets: np.ndarray) -> str:

@@ -38,7 +38,7 @@ def test_profiles_take_their_model_defaults_from_fastsca():
     from dataclasses import fields
 
     from fastsca.profiles import MODEL_PROFILES, ModelProfile
-    from train.config import PROFILES
+    from train.profiles import PROFILES
     assert list(PROFILES) == list(MODEL_PROFILES)
     for name, profile in PROFILES.items():
         assert {f.name: getattr(profile, f.name) for f in fields(ModelProfile)} == vars(MODEL_PROFILES[name])

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from fastsca.inference import load_trained_model
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 from train import distributed
 from train.evaluate import evaluate
 from train.loader import LoaderConfig, LogMelLoader
@@ -54,10 +55,10 @@ def _strided_grads(model: torch.nn.Module) -> list[str]:
 def test_gradients_arrive_with_their_parameters_strides():
     """The local branch's w1 when T // r = 1: its gradient's size-1 dimension comes back strided otherwise."""
     torch.manual_seed(0)
-    model = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8),
-                        fused_attention=False)
-    twin = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8),
-                       fused_attention=False)
+    model = build_model("at-sca-2", RunOptions(fused_attention=False), num_classes=5, input_frames=40,
+                        channels=(4, 4, 8, 8, 8, 8, 8))
+    twin = build_model("at-sca-2", RunOptions(fused_attention=False), num_classes=5, input_frames=40,
+                       channels=(4, 4, 8, 8, 8, 8, 8))
     twin.load_state_dict(model.state_dict())
     distributed.match_grad_strides(model)
     log_mel = torch.randn(3, 1, 40, 64)

@@ -1,9 +1,12 @@
 """Evaluation: the metrics of a model over a loader, the table, the one-line form and per-class CSV, and the
 CLI's errors."""
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from fastsca.inference import load_trained_model
 from fastsca.metrics import tagging_metrics
 from fastsca.model import build_model
 from train import checkpoint, evaluate
@@ -13,8 +16,7 @@ from test_checkpoint import tiny_config, tiny_payload
 
 
 def test_evaluate_equals_metrics_of_the_model_outputs():
-    model = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8),
-                        fused_attention=False)
+    model = build_model("at-sca-2", num_classes=5, input_frames=40, channels=(4, 4, 8, 8, 8, 8, 8))
     batches = [(torch.randn(n, 1, 40, 64), (torch.rand(n, 5) > 0.6).float()) for n in (7, 7, 3)]
     metrics, clips = evaluate.evaluate(model, batches, torch.device("cpu"))
     assert model.training   # put back as it was
@@ -83,3 +85,32 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, other_labels_split, case, mess
     lines = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ")
     assert message in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["folder", "hub"])
+def test_a_model_folder_or_hub_id_evaluates_as_its_checkpoint(kind, full_run, tmp_path, monkeypatch, capsys):
+    from test_finetune import as_reference
+    split, _ = evaluate.run_eval_split(load_trained_model(full_run / "best.pt"), str(full_run / "best.pt"))
+    evaluate.main(["--checkpoint", str(full_run / "best.pt"), "--data", split, "--out", str(tmp_path / "ckpt")])
+    expected = capsys.readouterr().out.splitlines()[1:5]   # the table: mAP, mAUC, d-prime, excluded classes
+    reference = as_reference(kind, full_run, monkeypatch)
+    evaluate.main(["--checkpoint", reference, "--data", split, "--out", str(tmp_path / kind)])
+    assert capsys.readouterr().out.splitlines()[1:5] == expected
+    assert (tmp_path / kind / "per_class_metrics.csv").read_text() == \
+        (tmp_path / "ckpt" / "per_class_metrics.csv").read_text()
+    # a folder or Hub id names no split of its own, and a Hub id no folder to write into
+    missing = ["--data", split] if kind == "hub" else ["--out", str(tmp_path / kind)]
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--checkpoint", reference, *missing])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2
+    assert ("give --out DIR" if kind == "hub" else "does not name the split its run was evaluated on") in line
+
+
+def test_a_model_folder_writes_its_tables_beside_it(full_run, tmp_path, capsys):
+    folder = tmp_path / "run" / "pretrained"
+    shutil.copytree(full_run / "pretrained", folder)
+    split, _ = evaluate.run_eval_split(load_trained_model(full_run / "best.pt"), str(full_run / "best.pt"))
+    evaluate.main(["--checkpoint", str(folder), "--data", split])
+    assert f"per-class metrics: {tmp_path / 'run' / 'per_class_metrics.csv'}" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "labels.csv", "model.safetensors"]

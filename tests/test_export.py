@@ -20,6 +20,7 @@ from fastsca.export_frontend import LogMelModule
 from fastsca.frontend import log_mel
 from fastsca.inference import load_trained_model
 from fastsca.profiles import MODEL_PROFILES
+from fastsca.run_options import RunOptions
 from train import checkpoint
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -97,10 +98,10 @@ def test_metadata_travels_with_both_files(exported):
 
 def test_a_fused_checkpoint_exports_the_reference_path_with_its_weights(exported):
     trained = exported["trained"]
-    fused = replace(trained, model=type(trained.model)(replace(trained.model.config, fused_attention=True)).eval())
+    fused = replace(trained, model=type(trained.model)(trained.model.config, RunOptions(fused_attention=True)).eval())
     fused.model.load_state_dict(trained.model.state_dict())
     exportable = ExportableModel(fused)
-    assert not exportable.model.config.fused_attention
+    assert not exportable.model.options.fused_attention
     mel = torch.randn(3, 1, 40, 64) * 20 - 40
     with torch.no_grad():
         for got, want in zip(exportable(mel), fused.model(mel)):

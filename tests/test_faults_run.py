@@ -14,10 +14,12 @@ import torch
 
 import train.run
 import train.step
+import train.trainer.flags
 from fastsca import tag
-from train import checkpoint, evaluate
+from train import checkpoint, evaluate, holdout
 from train.cli import check_numbers
-from train.run import NUMBER_LIMITS, parse_args
+from train.run import parse_args
+from train.trainer.flags import NUMBER_LIMITS
 
 from test_faults import crash_at, one_line
 from test_train_run import records, tiny_args
@@ -51,7 +53,7 @@ def test_every_numeric_option_at_its_extremes(dest, extreme, tmp_path, monkeypat
     def no_data(*_):
         raise AssertionError(f"{option} {value} was not refused before the data")
 
-    monkeypatch.setattr(train.run, "_data_paths", no_data)
+    monkeypatch.setattr(train.trainer.flags, "_data_paths", no_data)
     with pytest.raises(SystemExit) as stopped:
         train.run.main(args)
     assert stopped.value.code == 2
@@ -157,13 +159,13 @@ def test_other_data_under_the_same_name_is_refused_and_moved_data_accepted(full_
 
 def test_sigterm_before_the_first_step_writes_a_resumable_checkpoint(tmp_path, builtin_dir, monkeypatch, capsys):
     out = tmp_path / "run"
-    split_run = train.run.holdout.split_run
+    split_run = holdout.split_run
 
     def split_then_signal(*args):
         os.kill(os.getpid(), signal.SIGTERM)   # during start-up: the data is being opened
         return split_run(*args)
 
-    monkeypatch.setattr(train.run.holdout, "split_run", split_then_signal)
+    monkeypatch.setattr(holdout, "split_run", split_then_signal)
     with pytest.raises(SystemExit) as stopped:
         train.run.main(tiny_args(out, builtin_dir, 4))
     monkeypatch.undo()

@@ -13,6 +13,7 @@ from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CHECKPOINT_FORMAT
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 from train.shards import ShardWriter
 
 LOG_MEL = LogMelConfig(clip_samples=24000)          # 1.5 s: 60 frames, 15 x 4 maps at the attention blocks
@@ -22,10 +23,9 @@ SEED = 3
 
 
 def _checkpoint(path, preset: str) -> torch.nn.Module:
-    config = ModelConfig.from_name(preset, channels=CHANNELS, num_classes=len(LABELS), input_frames=LOG_MEL.frames,
-                                   fused_attention=False)
+    config = ModelConfig.from_name(preset, channels=CHANNELS, num_classes=len(LABELS), input_frames=LOG_MEL.frames)
     torch.manual_seed(SEED)
-    model = build_model(config)
+    model = build_model(config, RunOptions(fused_attention=False))
     with torch.no_grad():   # unit-scale attention weights, so the masks and channel weights are far from 0.5
         for name, p in model.named_parameters():
             if ".attention." in name:
@@ -38,7 +38,7 @@ def _checkpoint(path, preset: str) -> torch.nn.Module:
 @pytest.mark.parametrize("arrangement", ["sca", "cps", "csa"])
 def test_capture_holds_each_attention_block(arrangement):
     model = build_model(ModelConfig(arrangement=arrangement, attention_depth=2, channels=CHANNELS, num_classes=3,
-                                    input_frames=60, fused_attention=False)).eval()
+                                    input_frames=60), RunOptions(fused_attention=False)).eval()
     mel = torch.randn(1, 1, 60, 64)
     found, frame = figure3.capture(model, mel, model.config.attention_blocks)
     assert sorted(found) == [5, 6] and frame.shape == (15, 3)

@@ -1,4 +1,4 @@
-"""Fine-tuning (`train.run --init CKPT`): the model comes from the checkpoint, a new head for a new label set,
+"""Fine-tuning (`train.run --init MODEL`, MODEL a checkpoint, a model folder or a Hub id): the model comes from it, a new head for a new label set,
 frozen blocks stay as trained, a model flag that disagrees is one line, `--resume` stays exact, and a
 pretrained start reaches a validation mAP in fewer steps than a start from scratch.
 
@@ -16,6 +16,7 @@ import torch
 
 import train.run
 import train.step
+from fastsca.hub import load_pretrained
 from train.shards import ShardWriter
 from train.synth import make_clip
 
@@ -119,6 +120,33 @@ def test_same_labels_keep_the_head_and_frozen_blocks_stay(full_run, builtin_dir,
     assert frozen and all(torch.equal(saved[k], tuned[k]) for k in frozen)
     assert not torch.equal(saved["blocks.3.conv1.weight"], tuned["blocks.3.conv1.weight"])
     assert not torch.equal(saved["pooling.tagging.weight"], tuned["pooling.tagging.weight"])
+
+
+def as_reference(kind: str, full_run: Path, monkeypatch) -> str:
+    """full_run's model as `--init` takes it: latest.pt, its model folder, or a Hub id (the Hub answered from that
+    folder, as tests/test_hub.py does)."""
+    if kind == "hub":
+        import huggingface_hub
+        monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                            lambda repo_id, revision=None, allow_patterns=None: str(full_run / "pretrained"))
+        return "someone/at-sca-3"
+    return str(full_run / {"latest": "latest.pt", "folder": "pretrained"}[kind])
+
+
+@pytest.mark.parametrize("kind", ["latest", "folder", "hub"])
+def test_init_takes_every_model_reference(kind, full_run, builtin_dir, tmp_path, monkeypatch, capsys):
+    reference = as_reference(kind, full_run, monkeypatch)
+    out = tmp_path / "run"
+    train.run.main([*tiny_args(out, builtin_dir, 2), "--init", reference, "--freeze-blocks", "7"])
+    printed = capsys.readouterr()
+    assert f"fine-tuning from the weights and head of {reference} (same 10 labels)" in printed.out
+    assert "no such checkpoint" not in printed.err
+    source = load_pretrained(reference).trained.model.state_dict()
+    tuned = torch.load(out / "latest.pt", weights_only=True)["model"]
+    # frozen, so as given (BatchNorm statistics too; only their batch counter, unused with a momentum, counts on)
+    frozen = [k for k in source if k.startswith("blocks.6.") and not k.endswith("num_batches_tracked")]
+    assert frozen and all(torch.equal(source[k], tuned[k]) for k in frozen)
+    assert not torch.equal(source["pooling.tagging.weight"], tuned["pooling.tagging.weight"])   # the head trained
 
 
 @pytest.mark.parametrize("flags, words", [

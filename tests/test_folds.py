@@ -13,8 +13,10 @@ import pytest
 
 import train.run
 from train import evaluate, folds, sweep
+from train.profiles import PROFILES
 from train.shards import ShardWriter
 from train.synth import make_clip
+from train.trainer.flags import build_config
 
 from test_train_run import BUILTIN, records
 
@@ -107,12 +109,12 @@ def test_packed_data_gets_the_mixup_chosen_on_real_recordings(tmp_path):
     """The cpu profile: mixup 0.5 on --data (results/real-audio), none on the built-in set (results/tables)."""
     data = fold_split(tmp_path / "d.h5", [4, 4])
     packed = train.run.parse_args(["--data", str(data), "--fold", "0", "--out", str(tmp_path / "a")])
-    assert train.run.build_config(packed, "cpu", False)[0].data.loader.mixup_alpha == 0.5
+    assert build_config(packed, PROFILES["cpu"], False)[0].data.loader.mixup_alpha == 0.5
     builtin = train.run.parse_args(["--builtin-dir", str(tmp_path / "b"), "--builtin-train", "8", "--builtin-eval",
                                     "4", "--out", str(tmp_path / "c")])
-    assert train.run.build_config(builtin, "cpu", False)[0].data.loader.mixup_alpha == 0.0
+    assert build_config(builtin, PROFILES["cpu"], False)[0].data.loader.mixup_alpha == 0.0
     given = train.run.parse_args(["--data", str(data), "--fold", "0", "--mixup-alpha", "0.2", "--out", str(tmp_path / "d")])
-    assert train.run.build_config(given, "cpu", False)[0].data.loader.mixup_alpha == 0.2
+    assert build_config(given, PROFILES["cpu"], False)[0].data.loader.mixup_alpha == 0.2
 
 
 class FakeTrainer:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from fastsca import PRESETS, build_model
+from fastsca.run_options import RunOptions
 from kernels import LAUNCHES
 
 NARROW = (4, 8, 8, 16, 16, 32, 32)
@@ -20,8 +21,8 @@ def _twin_models(name: str, **overrides) -> tuple[torch.nn.Module, torch.nn.Modu
     of one channel before a BatchNorm is scale-invariant) and both fp32 models return only rounding
     noise for them, O(1) apart relative to their size. The attention ops run the same either way.
     """
-    reference = build_model(name, fused_attention=False, **overrides).eval()
-    fused = build_model(name, fused_attention=True, **overrides).eval()
+    reference = build_model(name, RunOptions(fused_attention=False), **overrides).eval()
+    fused = build_model(name, RunOptions(fused_attention=True), **overrides).eval()
     fused.load_state_dict(reference.state_dict())
     return reference, fused
 

@@ -9,6 +9,7 @@ import torch
 
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.run_options import RunOptions
 from kernels import (LAUNCHES, channel_pool, channel_pool_reference, gate, gate_reference, local_fc, local_fc_reference,
                      spatial_squeeze, spatial_squeeze_reference)
 from kernels.attention import ARRANGEMENTS
@@ -125,8 +126,8 @@ def test_fused_model_matches_reference_on_gpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    reference = build_model("at-sca-3", fused_attention=False).cuda().eval()
-    fused = build_model("at-sca-3", fused_attention=True).cuda().eval()
+    reference = build_model("at-sca-3", RunOptions(fused_attention=False)).cuda().eval()
+    fused = build_model("at-sca-3", RunOptions(fused_attention=True)).cuda().eval()
     fused.load_state_dict(reference.state_dict())
     log_mel = torch.randn(8, 1, 400, 64, device="cuda")
     outs = []
@@ -143,7 +144,7 @@ def test_fused_model_matches_reference_on_gpu(monkeypatch):
 
 def test_compiled_fused_model_runs_the_kernels_in_bf16():
     torch._dynamo.reset()
-    model = build_model("at-sca-3", fused_attention=True).cuda().to(memory_format=torch.channels_last)
+    model = build_model("at-sca-3", RunOptions(fused_attention=True)).cuda().to(memory_format=torch.channels_last)
     compiled = torch.compile(model, fullgraph=True)
     log_mel = torch.randn(32, 1, 400, 64, device="cuda")
     before = LAUNCHES.copy()

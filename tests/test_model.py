@@ -4,11 +4,12 @@ import torch
 
 from fastsca import PRESETS, ModelConfig, build_model
 from fastsca.attention import ChannelAttention, LocalSpatialBranch, REFERENCE_OPS, SpatialAttention
+from fastsca.run_options import RunOptions
 
 
 def _tiny(name: str, **overrides) -> torch.nn.Module:
     """A narrow model of a preset: same structure, cheap on the CPU."""
-    return build_model(name, channels=(4, 8, 8, 16, 16, 32, 32), fused_attention=False, **overrides)
+    return build_model(name, RunOptions(fused_attention=False), channels=(4, 8, 8, 16, 16, 32, 32), **overrides)
 
 
 FAST_PRESETS = ("baseline", "at-sca-3")
@@ -17,7 +18,7 @@ FAST_PRESETS = ("baseline", "at-sca-3")
 
 @pytest.mark.parametrize("name", [n if n in FAST_PRESETS else pytest.param(n, marks=pytest.mark.slow) for n in PRESETS])
 def test_every_preset_runs_forward_and_backward(name):
-    model = build_model(name, fused_attention=False)
+    model = build_model(name, RunOptions(fused_attention=False))
     log_mel = torch.randn(2, 1, 400, 64)
     out = model(log_mel)
     assert out.clip.shape == (2, 527)
@@ -74,7 +75,7 @@ def test_unknown_preset_lists_valid_names():
 
 
 def test_local_branch_is_one_mlp_per_frequency_row():
-    model = build_model("at-s-local-3", fused_attention=False)
+    model = build_model("at-s-local-3", RunOptions(fused_attention=False))
     branches = [m for m in model.modules() if isinstance(m, LocalSpatialBranch)]
     assert [tuple(b.w1.shape) for b in branches] == [(4, 6, 100)] * 3   # H = 4 rows, W/r = 100 // 16
     assert [tuple(b.w2.shape) for b in branches] == [(4, 100, 6)] * 3
@@ -164,13 +165,15 @@ def test_a_checkpoint_loads_with_the_plan_and_clamp_it_was_trained_with(tmp_path
 
     from fastsca.frontend import LogMelConfig
     from fastsca.inference import CHECKPOINT_FORMAT, load_trained_model
-    # what a checkpoint written before the time-freq default and exact eq. 2 holds
+    # what a checkpoint written before the time-freq default and exact eq. 2 holds (fused_attention was then a
+    # model field: read without it)
     old = ModelConfig.from_name("at-sca-3", pooling_plan="six-pool", channels=(4, 8, 8, 16, 16, 32, 32),
-                                num_classes=5, pool_logit_clamp=10.0, fused_attention=False)
-    model = build_model(old)
+                                num_classes=5, pool_logit_clamp=10.0)
+    model = build_model(old, RunOptions(fused_attention=False))
     path = tmp_path / "old.pt"
     torch.save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "step": 1, "label_names": list("abcde"),
-                "config": {"model": asdict(old), "log_mel": asdict(LogMelConfig())}}, path)
+                "config": {"model": {**asdict(old), "fused_attention": False},
+                           "log_mel": asdict(LogMelConfig())}}, path)
     loaded = load_trained_model(path)
     assert loaded.model.config.pooling_plan == "six-pool" and loaded.model.pooling.logit_clamp == 10.0
     log_mel = torch.randn(2, 1, 400, 64)

@@ -16,6 +16,7 @@ import torch
 
 from fastsca.frontend import LogMelConfig
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 from train import distributed
 from train.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
@@ -102,8 +103,8 @@ def test_the_averaged_half_batch_gradient_is_the_whole_batch_gradient_but_for_ba
     normalised with its own mean and variance, and the step differs from the one-process step by far more."""
     torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
     # the model and input shape of the torchrun runs below (1 s clips: 40 frames)
-    model = build_model("at-sca-3", num_classes=10, input_frames=40, channels=tuple(map(int, CHANNELS.split(","))),
-                        fused_attention=False)
+    model = build_model("at-sca-3", RunOptions(fused_attention=False), num_classes=10, input_frames=40,
+                        channels=tuple(map(int, CHANNELS.split(","))))
     log_mel, target = torch.randn(16, 1, 40, 64), (torch.rand(16, 10) < 0.2).float()
 
     def relative_difference() -> float:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.run_options import RunOptions
 from kernels import LAUNCHES
 from kernels.attention import ARRANGEMENTS
 
@@ -42,7 +43,7 @@ scale-invariant."""
 
 
 def _model(fused: bool, state: dict | None) -> torch.nn.Module:
-    model = build_model("at-sca-3", fused_attention=fused, **MODEL)
+    model = build_model("at-sca-3", RunOptions(fused_attention=fused), **MODEL)
     if state is not None:
         model.load_state_dict(state)
     return model.to(memory_format=torch.channels_last).train()

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 import train.run
+from fastsca.run_options import RunOptions
 from test_train_run import BUILTIN, CHANNELS
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.loader import LoaderConfig
+from train.profiles import PROFILES
 from train.recipes import RECIPES, apply, steps_for_clips
+from train.trainer.flags import build_config, clip_schedule
 
 
 def recipe_args(out: Path, builtin_dir: Path, *extra: str) -> list[str]:
@@ -39,7 +42,7 @@ def test_each_recipe_runs_and_flags_win(tmp_path, builtin_dir, capsys):
             "--eval-every, --warmup-steps, --batch-size, --no-compile)") in lines
     assert "schedule at 16 clips per step: 48 clips = 3 steps (48 clips)" in lines
     config = run_config(scratch)
-    assert (config["run"]["steps"], config["run"]["eval_every"], config["run"]["compile"]) == (3, 20, False)
+    assert (config["run"]["steps"], config["run"]["eval_every"], config["options"]["compile"]) == (3, 20, False)
     assert config["data"]["loader"]["batch_size"] == 16 and config["optim"]["warmup_steps"] == 1
     assert (config["data"]["loader"]["mixup_alpha"], config["data"]["loader"]["spec_augment"]) == (1.0, True)
     assert (config["optim"]["lr"], config["data"]["loader"]["sampler"]) == (1e-3, "balanced")
@@ -76,20 +79,22 @@ def test_no_recipe_keeps_the_profile_config(tmp_path, builtin_dir):
             "--builtin-eval", "101", "--builtin-dir", str(builtin_dir), "--out", str(tmp_path / "run")]
     args = train.run.parse_args(argv)
     assert apply(args) == (args, None)
-    config, _ = train.run.build_config(args, "cpu", cuda=False)
-    # the cpu profile's values (train/config.py) and the flags' defaults, as they were before recipes existed
+    config, _ = build_config(args, PROFILES["cpu"], cuda=False)
+    # the cpu profile's values (train/profiles.py) and the flags' defaults, as they were before recipes existed
     run = RunConfig(out=str(tmp_path / "run"), profile="cpu", steps=600, epochs=None, eval_every=100, log_every=5,
-                    patience=0, seed=0, compile=False, compile_backend="inductor", compile_mode="default",
-                    channels_last=False, threads=1, resume=False, checkpoint_minutes=5.0, init=None, freeze_blocks=0)
+                    patience=0, seed=0, threads=1, resume=False, checkpoint_minutes=5.0, init=None, freeze_blocks=0)
+    options = RunOptions(fused_attention=False, compile=False, compile_backend="inductor", compile_mode="default",
+                         channels_last=False, precision="fp32")
     optim = OptimConfig(lr=3e-3, min_lr_ratio=0.01, warmup_steps=30, weight_decay=0.01, betas=(0.9, 0.999),
                         grad_clip=1.0, backbone_lr_scale=1.0)
     loader = LoaderConfig(batch_size=32, sampler="balanced", seed=0, num_workers=1, mixup_alpha=0.0,
                           spec_augment=False)
     data = DataConfig(train_path=None, eval_path=None, validation_fraction=0.1, validation_max_clips=5000,
                       builtin_dir=str(builtin_dir), builtin=BUILTIN, loader=loader, eval_batch_size=64, fold=None)
-    assert config == TrainConfig(model=config.model, log_mel=config.log_mel, data=data, optim=optim, run=run)
-    assert train.run.build_config(train.run.parse_args(argv), "cpu",
-                                  cuda=False, world_size=4)[0] == config   # no clips-seen option: world size moot
+    assert config == TrainConfig(model=config.model, log_mel=config.log_mel, data=data, optim=optim, run=run,
+                                 options=options)
+    assert build_config(train.run.parse_args(argv), PROFILES["cpu"],
+                        cuda=False, world_size=4)[0] == config   # no clips-seen option: world size moot
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -110,21 +115,22 @@ def test_bad_recipe_or_clips_is_one_line(tmp_path, argv, message, capsys):
 
 
 def test_clips_seen_become_steps_exactly():
-    batch, world = random.randint(1, 64), random.randint(1, 8)
-    clips, every, warmup = (random.randint(1, 10**7) for _ in range(3))
+    rng = random.Random(25)
+    batch, world = rng.randint(1, 64), rng.randint(1, 8)
+    clips, every, warmup = (rng.randint(1, 10**7) for _ in range(3))
     args = train.run.parse_args(["--clips", str(clips), "--eval-every-clips", str(every), "--warmup-clips",
                                  str(warmup), "--batch-size", str(batch)])
-    steps, eval_every, warmup_steps = train.run.clip_schedule(args, "cpu", world)
+    steps, eval_every, warmup_steps = clip_schedule(args, PROFILES["cpu"], world)
     for clips_seen, in_steps in ((clips, steps), (every, eval_every), (warmup, warmup_steps)):
         # the fewest steps that see at least that many clips
         assert (in_steps - 1) * batch * world < clips_seen <= in_steps * batch * world
     # a recipe's schedule on 8 processes: 20,000,000 / 1024 = 19531.25, 100,000 / 1024 = 97.66, 800,000 / 1024
     args, _ = apply(train.run.parse_args(["--recipe", "audioset-full"]))
-    assert train.run.clip_schedule(args, "gpu", 8) == (19532, 98, 782)
+    assert clip_schedule(args, PROFILES["gpu"], 8) == (19532, 98, 782)
     assert (steps_for_clips(48, 16), steps_for_clips(49, 16), steps_for_clips(0, 3)) == (3, 4, 0)
     # step flags and the profile's defaults are untouched
-    assert train.run.clip_schedule(train.run.parse_args([]), "gpu", 8) == (3000, 500, 200)
-    assert train.run.clip_schedule(train.run.parse_args(["--epochs", "2"]), "cpu", 1) == (None, 100, 30)
+    assert clip_schedule(train.run.parse_args([]), PROFILES["gpu"], 8) == (3000, 500, 200)
+    assert clip_schedule(train.run.parse_args(["--epochs", "2"]), PROFILES["cpu"], 1) == (None, 100, 30)
 
 
 def test_help_lists_every_recipe(capsys):

@@ -12,6 +12,7 @@ from fastsca.events import detect_events
 from fastsca.frontend import LogMelConfig, log_mel
 from fastsca.inference import TrainedModel
 from fastsca.model import TaggingOutput, build_model
+from fastsca.run_options import RunOptions
 from train.loss import clip_bce
 from train import synth
 from train.synth import SynthConfig, make_clip
@@ -26,8 +27,8 @@ def trained() -> TrainedModel:
     torch.manual_seed(0)
     settings = LogMelConfig(clip_samples=32000)
     config = ModelConfig.from_name("at-sca-3", num_classes=4, input_frames=settings.frames,
-                                   channels=(8, 8, 16, 16, 32, 32, 32), fused_attention=False)
-    model = build_model(config)
+                                   channels=(8, 8, 16, 16, 32, 32, 32))
+    model = build_model(config, RunOptions(fused_attention=False))
     clips = [make_clip(SYNTH, 0, i) for i in range(STEPS * BATCH // 4)]
     mels = log_mel(torch.from_numpy(np.stack([c[0] for c in clips]).astype(np.float32) / 32768), settings)
     targets = torch.from_numpy(np.stack([c[1] for c in clips])).float()
@@ -87,7 +88,7 @@ class LoudnessModel(torch.nn.Module):
 
 def test_an_event_crossing_window_joins_is_one_event(tmp_path):
     settings = LogMelConfig(clip_samples=32000)
-    config = ModelConfig(num_classes=1, input_frames=settings.frames, fused_attention=False)
+    config = ModelConfig(num_classes=1, input_frames=settings.frames)
     trained = TrainedModel(model=LoudnessModel(config).eval(), log_mel=settings, label_names=("loud",), step=0,
                            configs={})
     rng = np.random.default_rng()

@@ -6,10 +6,12 @@ uninterrupted reference run and the built-in set are conftest.py's session fixtu
 """
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,8 @@ import train.step
 from fastsca import tag
 from train import evaluate
 from train.synth import SynthConfig, make_clip
+from train.trainer import progress
+from train.trainer.trainer import warmup_warning
 
 CHANNELS = "8,16,32,64,64,128,128"
 BUILTIN = SynthConfig(clip_seconds=1.0, event_seconds=(0.1, 0.4), n_train=256, n_eval=101)
@@ -57,7 +61,7 @@ def test_run_learns_and_writes_checkpoints(full_run):
     assert latest["best_step"] == best["step"] == torch.load(full_run / "best.pt", weights_only=True)["step"]
     assert latest["config"]["model"]["pools"] == ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1))
     assert latest["label_names"] == list(BUILTIN.class_names)
-    assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run", "events"}
+    assert set(latest["config"]) == {"model", "log_mel", "data", "optim", "run", "options", "events"}
     for key in ("model", "optimizer", "scheduler", "loader", "rng", "epoch"):
         assert key in latest
     losses = [r["loss"] for r in records(full_run, "train")]
@@ -206,7 +210,8 @@ def test_compiled_fused_run_learns_like_the_reference_and_says_so(full_run, buil
     assert [e["step"] for e in evals] == [20, 40] and evals[-1]["mAP"] > 0.5
     assert (out / "latest.pt").is_file() and (out / "best.pt").is_file()
     latest = torch.load(out / "latest.pt", weights_only=True)
-    assert latest["config"]["model"]["fused_attention"] is True and latest["config"]["run"]["compile_mode"] == "default"
+    options = latest["config"]["options"]
+    assert options["fused_attention"] is True and options["compile_mode"] == "default"
     # the same model, data and seed as the uncompiled reference run: the first losses agree
     losses, reference = ([r["loss"] for r in records(run, "train")][:5] for run in (out, full_run))
     np.testing.assert_allclose(losses, reference, rtol=1e-3)
@@ -240,7 +245,34 @@ def test_compile_mode_reaches_torch_compile(tmp_path, builtin_dir, monkeypatch, 
     train.run.main(tiny_args(tmp_path / "out", builtin_dir, 2, "--eval-every", "2", "--compile", "--compile-mode",
                              "max-autotune-no-cudagraphs"))
     assert modes == [("inductor", "max-autotune-no-cudagraphs")]
-    assert "compile inductor (mode max-autotune-no-cudagraphs)" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "compile inductor (mode max-autotune-no-cudagraphs)" in printed.out
+    # the first step shows that it is compiling, with the seconds it has taken
+    assert re.search(r"compiling the model \(first step\): 00:\d\d", printed.err)
+    # 5 warm-up steps (tiny_args) in a 2-step run: the lr ends at 2/5 of its peak
+    assert ("warning: the warm-up (5 steps) is longer than the run (2 steps), so the learning rate never reaches its "
+            "peak --lr 0.003 (it ends at 0.0012); give fewer --warmup-steps or more --steps") in printed.err
+
+
+def test_compile_status_counts_the_seconds_until_closed(monkeypatch, capsys):
+    monkeypatch.setattr(progress, "COMPILE_STATUS_SECONDS", 0.01)
+    redrawn = threading.Event()
+    status = progress.CompileStatus(enabled=True)
+    refresh = status.bar.refresh
+    monkeypatch.setattr(status.bar, "refresh", lambda: (refresh(), redrawn.set()))
+    assert redrawn.wait(timeout=30)   # redrawn from its thread while the caller is busy
+    status.close()
+    assert not status.thread.is_alive()
+    lines = [line for line in re.split(r"[\r\n]", capsys.readouterr().err) if line.strip()]
+    assert len(lines) >= 3 and all(re.fullmatch(r"compiling the model \(first step\): 00:\d\d", line.strip())
+                                   for line in lines)   # drawn on creation, redrawn, and closed
+
+
+def test_no_warning_where_the_warm_up_ends_within_the_run():
+    from test_checkpoint import tiny_config
+    config = tiny_config()   # 2 warm-up steps
+    assert warmup_warning(config, 2) is None and warmup_warning(config, 3) is None   # the peak lr at the last step
+    assert warmup_warning(config, 1).startswith("warning: the warm-up (2 steps) is longer than the run (1 step)")
 
 
 def test_run_writes_its_model_folder_which_tags_as_best_pt(full_run):

@@ -9,7 +9,7 @@ import hashlib
 import random
 import shutil
 import time
-from dataclasses import MISSING, asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 import h5py
@@ -150,10 +150,9 @@ def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             "data_fingerprints": fingerprints}
 
 
-# Loader fields that change how fast batches come, not which: free to differ on resume.
+# Loader fields that change how fast batches come, not which: free to differ on resume (and so may the run's
+# RunOptions, config["options"], which no resume compares).
 EXECUTION_FIELDS = ("num_workers", "dali_threads", "prefetch_batches")
-# ModelConfig fields that choose how the model runs, not its weights: free to differ on resume too.
-MODEL_EXECUTION_FIELDS = ("fused_attention",)
 
 
 def _without_execution(part: dict) -> dict:
@@ -240,13 +239,10 @@ def check_compatible(path: Path, payload: dict, config: TrainConfig, fingerprint
     run's; `fingerprints` are this run's data's (see `make_payload`)."""
     check_contents(path, payload)
     saved = payload["config"]
-    # ModelConfig's equality leaves out the preset name; the execution fields are taken from this run
-    saved_model = replace(ModelConfig(**saved["model"]),
-                          **{name: getattr(config.model, name) for name in MODEL_EXECUTION_FIELDS})
-    if saved_model != config.model:
-        ignored = ("name", *MODEL_EXECUTION_FIELDS)
+    saved_model = ModelConfig(**saved["model"])
+    if saved_model != config.model:   # ModelConfig's equality leaves out the preset name
         differences = ", ".join(d for d in _differences(saved["model"], asdict(config.model))
-                                if d.split(" ", 1)[0] not in ignored)
+                                if d.split(" ", 1)[0] != "name")
         raise CheckpointError(
             f"{path} holds model {saved_model.name!r} but this run builds {config.model.name!r} ({differences}, "
             f"checkpoint vs this run); resume with the checkpoint's --preset/--profile options, or start a new run "

@@ -1,17 +1,15 @@
-"""Command-line pieces of `python -m train.run`.
+"""Command-line checks and help texts of the training entry points (`train.run`, `train.evaluate`).
 
-The model flags (--profile, --channels, --pooling-plan, --fused-attention) are fastsca/model_options.py's,
-which `python -m fastsca.describe` shares, so `describe` shows the very model a training run builds;
+`check_numbers` refuses a numeric option outside its `Limit` (or NaN, or infinite) with one line naming it;
 `profile_defaults` writes each profile's value of a field into a help text ("cpu: 600; gpu: 3000"), read
-from the `Profile` dataclasses so the help never drifts from train/config.py.
+from the `Profile` dataclasses so the help never drifts from train/profiles.py.
 """
 import argparse
 import math
 from dataclasses import dataclass
 
-from fastsca.model_options import add_model_options, model_config, preset_help  # noqa: F401  (train.run's)
-from fastsca.profiles import profile_values, resolve_profile  # noqa: F401  (train.run's)
-from train.config import PROFILES
+from fastsca.profiles import profile_values
+from train.profiles import PROFILES
 
 
 def profile_defaults(field: str, unit: str = "", none: str = "the preset's") -> str:

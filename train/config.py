@@ -1,26 +1,17 @@
 """Training configuration: one frozen dataclass per concern (data, optimiser, run) and the hardware profiles.
 
-The model is `fastsca.config.ModelConfig` and the front end `fastsca.frontend.LogMelConfig`; `TrainConfig`
-bundles all five, and a checkpoint stores each as a dict. A `Profile` holds the defaults that depend on
-the hardware: the `cpu` profile shrinks the model (and, for the built-in set, the clips) so that the default run on a
-2-core CPU finishes in minutes; the `gpu` profile keeps the preset's widths and the paper's 10 s clips.
+The model is `fastsca.config.ModelConfig`, the front end `fastsca.frontend.LogMelConfig` and how the model runs
+(fused attention, compile, memory format, precision) `fastsca.run_options.RunOptions`; `TrainConfig` bundles all
+six, and a checkpoint stores each as a dict. The hardware profiles whose defaults fill the flags left unset are
+train/profiles.py's.
 """
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
-from fastsca.profiles import MODEL_PROFILES, ModelProfile
+from fastsca.run_options import RunOptions
 from train.loader import LoaderConfig
 from train.synth import SynthConfig
-
-COMPILE_MODES: dict[str, str] = {
-    "default": "Inductor's fusions, no CUDA graphs",
-    "reduce-overhead": "plus CUDA graphs, which replay a step's kernels in one launch (CUDA only; more memory)",
-    "max-autotune": "plus CUDA graphs and kernel variants picked by benchmarking (a much longer compile)",
-    "max-autotune-no-cudagraphs": "max-autotune without the CUDA graphs",
-}
-"""torch.compile's `mode` values, each with what it changes (Inductor only; other backends take no mode)."""
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -96,7 +87,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Length, cadence, output and execution of one training run."""
+    """Length, cadence and output of one training run."""
 
     out: str = "runs/default"
     """Output folder: metrics.jsonl, latest.pt, best.pt."""
@@ -114,14 +105,6 @@ class RunConfig:
     """Append the training loss to metrics.jsonl and refresh the progress bar every this many steps."""
     seed: int = 0
     """Seed of the model's initialisation (the loader's sampling and augmentation take it too)."""
-    compile: bool = False
-    """torch.compile the model for training."""
-    compile_backend: str = "inductor"
-    """torch.compile backend."""
-    compile_mode: str = "default"
-    """torch.compile mode, one of COMPILE_MODES; anything but "default" needs the inductor backend."""
-    channels_last: bool = False
-    """Train with the model's weights (and so its activations) in the NHWC channels_last memory format."""
     threads: int | None = None
     """Intra-op CPU threads of each process (torch.set_num_threads); None keeps torch's default."""
     resume: bool = False
@@ -149,73 +132,6 @@ class RunConfig:
             raise ValueError(f"freeze_blocks must be in 0..7 (the backbone has 7 blocks), got {self.freeze_blocks}")
         if not self.checkpoint_minutes > 0:
             raise ValueError(f"checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
-        if self.compile_mode != "default" and self.compile_backend != "inductor":
-            raise ValueError(f"--compile-mode {self.compile_mode} is a mode of the inductor backend; --compile-backend "
-                             f"{self.compile_backend} takes no mode: drop --compile-mode or use the inductor backend")
-
-
-@dataclass(frozen=True)
-class Profile(ModelProfile):
-    """Hardware-dependent defaults; every command-line flag left unset takes its value from here (the model's
-    from fastsca/profiles.py)."""
-
-    builtin_train: int
-    """Clips in the built-in training split."""
-    builtin_eval: int
-    """Clips in the built-in eval split."""
-    batch_size: int
-    """Clips per step on each process."""
-    num_workers: int
-    """Loader worker processes per training process."""
-    steps: int
-    """Optimiser steps of the default run."""
-    eval_every: int
-    """Steps between evaluations."""
-    log_every: int
-    """Steps between log lines."""
-    lr: float
-    """Peak learning rate."""
-    warmup_steps: int
-    """Linear warm-up steps."""
-    mixup_alpha: float
-    """Mixup Beta(alpha, alpha) parameter on the built-in set; 0: no mixup."""
-    packed_mixup_alpha: float
-    """Mixup Beta(alpha, alpha) parameter on packed data (--data: real recordings); 0: no mixup."""
-    spec_augment: bool
-    """SpecAugment time and frequency masks."""
-    weight_decay: float
-    """AdamW's decoupled weight decay."""
-    threads: int | None
-    """Intra-op CPU threads; None keeps torch's default."""
-
-
-PROFILES: dict[str, Profile] = {
-    # The model's defaults are fastsca/profiles.py's (a quarter of the preset's widths, 2 s clips). With packed
-    # data the clips are the data's (10 s): 0.71 GFLOPs per clip, 5x the cost a step.
-    # One intra-op thread: on 2 cores shared with other work, 2 threads ran at 27-174 clips/s (every op
-    # waits at a barrier for whichever thread was descheduled), 1 thread at 119-139 clips/s; the other
-    # core feeds the loader.
-    # No mixup, no SpecAugment, weight decay 0.01: chosen on the validation split of the built-in set, where
-    # at step 200 of 400 validation mAP was 0.983 without them, 0.967 with mixup 0.5 and 0.842 with SpecAugment
-    # (results/tables/regularisation.md). On packed data (real recordings) mixup 0.5 is on: on UrbanSound8K clips,
-    # 3 seeds each, it raised test mAP a little for both at-sca-3 (0.545 +- 0.004 against 0.531 +- 0.040) and the
-    # baseline (0.498 against 0.486) and kept the training loss off zero, while SpecAugment lowered the baseline in
-    # 3 of 3 seeds (results/real-audio/README.md). An evaluation every 100 steps lets best.pt land near the peak.
-    "cpu": Profile(**asdict(MODEL_PROFILES["cpu"]),
-                   builtin_train=2048, builtin_eval=512, batch_size=32, num_workers=1, steps=600,
-                   eval_every=100, log_every=5, lr=3e-3, warmup_steps=30, mixup_alpha=0.0, packed_mixup_alpha=0.5,
-                   spec_augment=False,
-                   weight_decay=0.01, threads=1),
-    # The preset as it is, on the paper's 10 s clips.
-    "gpu": Profile(**asdict(MODEL_PROFILES["gpu"]), builtin_train=8192,
-                   builtin_eval=1024, batch_size=64, num_workers=6, steps=3000, eval_every=500, log_every=20,
-                   lr=1e-3, warmup_steps=200, mixup_alpha=0.0, packed_mixup_alpha=0.0, spec_augment=False,
-                   weight_decay=0.01, threads=None),
-    # (the gpu profile's packed-data mixup is not measured at full width: the AudioSet recipes, train/recipes.py,
-    # set it from the peers' settings)
-}
 
 
 @dataclass(frozen=True)
@@ -232,6 +148,8 @@ class TrainConfig:
     """Optimiser and schedule."""
     run: RunConfig
     """Length, cadence and output."""
+    options: RunOptions = RunOptions()
+    """How the model runs: fused attention, compile, memory format, precision (never the weights)."""
 
     def __post_init__(self) -> None:
         if self.log_mel.frames != self.model.input_frames or self.log_mel.n_mels != self.model.n_mels:

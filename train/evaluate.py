@@ -1,8 +1,9 @@
 """Evaluation: clip scores over a held-out split, gathered across ranks, and the tagging metrics.
 
-`python -m train.evaluate --checkpoint C [--data D] [--out DIR]` prints the metrics table (mAP, mAUC, d',
-excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a checkpoint
-written by `python -m train.run`; without --data it evaluates on the held-out split the run used. With
+`python -m train.evaluate --checkpoint MODEL [--data D] [--out DIR]` prints the metrics table (mAP, mAUC, d',
+excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives) for a model trained by
+`python -m train.run`: best.pt or latest.pt, a model folder (OUT/pretrained) or a Hugging Face Hub id
+(fastsca/hub.py's `load_pretrained`); without --data it evaluates on the held-out split a checkpoint's run used. With
 strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
 segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv, on the
 clips that have strong labels, with the event thresholds the checkpoint stores (chosen per class on its
@@ -14,15 +15,17 @@ import argparse
 import csv
 import os
 import sys
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fastsca.events import EventConfig, ReferenceReport, stored_event_config
-from fastsca.inference import CheckpointError, TrainedModel, load_trained_model
+from fastsca.events import EventConfig, ReferenceReport
+from fastsca.hub import load_pretrained
+from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.metrics import TaggingMetrics, tagging_metrics
+from fastsca.run_options import RunOptions, options_for_device
 from train import distributed, holdout, localisation
 from train.cli import Limit, check_numbers
 from train.holdout import SubsetIndex
@@ -33,21 +36,24 @@ from train.synth import SynthConfig, ensure_builtin
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 on CPU (where the tests check resumes bit for bit)."""
-    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """The device's default autocast (fastsca/run_options.py): bf16 on CUDA; plain fp32 on CPU (where the tests
+    check resumes bit for bit)."""
+    return options_for_device(device).autocast(device)
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device,
-             frames: list | None = None) -> tuple[TaggingMetrics, int]:
+def evaluate(model: torch.nn.Module, loader, device: torch.device, frames: list | None = None,
+             options: RunOptions | None = None) -> tuple[TaggingMetrics, int]:
     """Metrics of `model` over every rank's part of `loader`, gathered (the same on every rank), and the
-    number of clips they cover. Given a list `frames`, it receives the gathered (N, T', K) frame
-    probabilities and (N, K) clip probabilities, for localisation scores (train/localisation.py)."""
+    number of clips they cover, its forward passes at the precision of `options` (None: the device's default).
+    Given a list `frames`, it receives the gathered (N, T', K) frame probabilities and (N, K) clip probabilities,
+    for localisation scores (train/localisation.py)."""
+    precision = options.autocast(device) if options is not None else autocast(device)
     was_training = model.training
     model.eval()
     scores, targets = [], []
     for log_mel, target in loader:
-        with autocast(device):
+        with precision:
             output = model(log_mel)
         scores.append(output.clip.float())
         if frames is not None:
@@ -118,6 +124,9 @@ def write_per_class_csv(path: Path, metrics: TaggingMetrics, label_names: tuple[
 def run_eval_split(trained: TrainedModel, checkpoint_path: str) -> tuple[str, str | SubsetIndex]:
     """(what to call it, what to read) of the held-out split the checkpoint's run evaluated on: its --eval-data,
     fold K of its --data for a `--fold K` run, or the built-in eval split (regenerated if it was removed)."""
+    if "data" not in trained.configs:
+        raise ValueError(f"--checkpoint {checkpoint_path} is a model folder or Hub id, which does not name the split "
+                         f"its run was evaluated on (a checkpoint does): give --data")
     data = trained.configs["data"]
     if data.get("fold") is not None:
         path = data["train_path"]
@@ -138,13 +147,16 @@ def run_eval_split(trained: TrainedModel, checkpoint_path: str) -> tuple[str, st
     return str(eval_path), str(eval_path)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="best.pt or latest.pt written by train.run")
+    parser.add_argument("--checkpoint", required=True, metavar="MODEL",
+                        help="the model: best.pt or latest.pt written by train.run, a model folder (OUT/pretrained) "
+                             "or a Hugging Face Hub id")
     parser.add_argument("--data", help="split to evaluate: a shard .h5 or a folder with index.json "
-                                       "(default: the run's held-out split)")
-    parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder)")
+                                       "(default: the run's held-out split, which a checkpoint names)")
+    parser.add_argument("--out", help="folder for per_class_metrics.csv (default: the checkpoint's folder; beside a "
+                                      "model folder; needed for a Hub id)")
     parser.add_argument("--strong", metavar="STRONG.tsv",
                         help="strong labels (AudioSet layout: segment_id, start, end, label mid; or id, onset, "
                              "offset, display name; the layouts of docs/labels.md) to score localisation on the "
@@ -155,6 +167,30 @@ def main(argv: list[str] | None = None) -> None:
                              "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
+    return parser
+
+
+def default_out(reference: str) -> Path:
+    """Where the CSVs go without --out: the checkpoint's folder, or beside a model folder (never into it)."""
+    path = Path(reference).expanduser()
+    if path.is_file():
+        return path.parent
+    if path.is_dir():
+        return path.resolve().parent
+    raise ValueError(f"--checkpoint {reference}: a Hub id has no folder of its own to write per_class_metrics.csv "
+                     f"into: give --out DIR")
+
+
+def load_model(reference: str, device: torch.device, threshold: float | None) -> tuple[TrainedModel, EventConfig]:
+    """The model a reference names (best.pt, latest.pt, a model folder, a Hub id) and the event settings to score
+    with: --threshold for every class, else the per-class thresholds it stores."""
+    pretrained = load_pretrained(reference, device)
+    events = EventConfig(threshold=threshold) if threshold is not None else pretrained.events
+    return pretrained.trained, events
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_numbers(args, {"batch_size": Limit(1, 4096), "num_workers": Limit(0, 64, why="each is a process")})
@@ -164,65 +200,92 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {error}\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        trained = load_trained_model(args.checkpoint, device)
-        # the per-class thresholds chosen on validation, if stored; --threshold for every class wins
-        events = (EventConfig(threshold=args.threshold) if args.threshold is not None
-                  else stored_event_config(trained.configs))
+        trained, events = load_model(args.checkpoint, device, args.threshold)
         # checked before the work, so an unwritable --out never costs a whole evaluation
-        out = ensure_writable(Path(args.out) if args.out else Path(args.checkpoint).parent)
+        out = ensure_writable(Path(args.out) if args.out else default_out(args.checkpoint))
         data, source = (args.data, args.data) if args.data else run_eval_split(trained, args.checkpoint)
-        config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
-                              drop_last=False)
-        with LogMelLoader(source, config, log_mel=trained.log_mel, device=device) as loader:
-            if tuple(loader.label_names) != trained.label_names:
-                raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
-                                      f"was trained on {_short(trained.label_names)}; evaluate on data with the "
-                                      f"checkpoint's label set")
-            # a localisation fault is reported after the clip metrics, which it never stops
-            report, localisation_error = ReferenceReport(), None
-            try:
-                if isinstance(source, str):
-                    strong = localisation.reference_for_split(source, args.strong, report)
-                elif args.strong:
-                    raise ValueError(f"give the split as --data to score --strong labels on {data}")
-                else:
-                    strong = None
-            except ValueError as error:   # ShardError, TextFileError too
-                strong, localisation_error = None, f"localisation not scored: {error}"
-            frames = [] if strong is not None else None
-            metrics, clips = evaluate(trained.model, loader, device, frames)
-        located = None
-        if strong is not None:
-            frame_seconds = trained.log_mel.clip_samples / trained.log_mel.sample_rate / frames[0].shape[1]
-            try:
-                located = localisation.localisation_metrics(frames[0], strong[0], strong[1], trained.label_names,
-                                                            frame_seconds, events, clip_probs=frames[1])
-            except Exception as error:   # a scoring library's assertion must not hide the clip metrics
-                localisation_error = localisation.fault_text(error)
+        result = score(trained, events, data, source, args, device)
         # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen
-        print(f"{args.checkpoint} (step {trained.step}) on {data}: {clips} clips, "
-              f"{len(trained.label_names)} classes")
-        print(format_table(metrics), flush=True)
-        if strong is not None and report.describe():   # (when reading failed, the error line says why)
-            print(f"note: strong labels {args.strong}: {report.describe()}", file=sys.stderr)
-        if located is not None:
-            print(localisation.format_table(located), flush=True)
-        csv_path = out / "per_class_metrics.csv"
-        write_per_class_csv(csv_path, metrics, trained.label_names)
-        if located is not None:
-            try:
-                localisation.write_per_class_csv(out / "per_class_localisation.csv", located)
-            except OSError as error:
-                raise OutFolderError(describe_os_error(error, f"write {out / 'per_class_localisation.csv'}")) from None
+        print_tables(trained, result, data, args)
+        write_tables(out, trained, result)
     except ValueError as error:   # CheckpointError, ShardError, OutFolderError and the loader's are ValueErrors
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"per-class metrics: {csv_path}")
-    if located is not None:
+    print(f"per-class metrics: {out / 'per_class_metrics.csv'}")
+    if result.located is not None:
         print(f"per-class localisation: {out / 'per_class_localisation.csv'}")
-    if localisation_error is not None:
-        print(f"error: {localisation_error}", file=sys.stderr)
+    if result.localisation_error is not None:
+        print(f"error: {result.localisation_error}", file=sys.stderr)
         sys.exit(2)
+
+
+@dataclass
+class Scores:
+    """What `score` found on a split."""
+
+    metrics: TaggingMetrics
+    """The clip metrics."""
+    clips: int
+    """Clips evaluated."""
+    located: localisation.LocalisationMetrics | None = None
+    """The localisation metrics, where the split has strong labels and scoring worked."""
+    report: ReferenceReport | None = None
+    """What reading the strong labels found (skipped rows, unknown labels)."""
+    localisation_error: str | None = None
+    """Why localisation was not scored, reported after the clip metrics, which it never stops."""
+
+
+def score(trained: TrainedModel, events: EventConfig, data: str, source, args: argparse.Namespace,
+          device: torch.device) -> Scores:
+    """The clip metrics of `trained` on `source`, and its localisation where strong labels are given or packed."""
+    config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
+                          drop_last=False)
+    with LogMelLoader(source, config, log_mel=trained.log_mel, device=device) as loader:
+        if tuple(loader.label_names) != trained.label_names:
+            raise CheckpointError(f"{data} has labels {_short(loader.label_names)} but {args.checkpoint} "
+                                  f"was trained on {_short(trained.label_names)}; evaluate on data with the "
+                                  f"checkpoint's label set")
+        report, localisation_error = ReferenceReport(), None
+        try:
+            if isinstance(source, str):
+                strong = localisation.reference_for_split(source, args.strong, report)
+            elif args.strong:
+                raise ValueError(f"give the split as --data to score --strong labels on {data}")
+            else:
+                strong = None
+        except ValueError as error:   # ShardError, TextFileError too
+            strong, localisation_error = None, f"localisation not scored: {error}"
+        frames = [] if strong is not None else None
+        metrics, clips = evaluate(trained.model, loader, device, frames)
+    result = Scores(metrics=metrics, clips=clips, report=report if strong is not None else None,
+                    localisation_error=localisation_error)
+    if strong is not None:
+        try:
+            result.located = localisation.localisation_metrics(
+                frames[0], strong[0], strong[1], trained.label_names, trained.log_mel.clip_seconds / frames[0].shape[1],
+                events, clip_probs=frames[1])
+        except Exception as error:   # a scoring library's assertion must not hide the clip metrics
+            result.localisation_error = localisation.fault_text(error)
+    return result
+
+
+def print_tables(trained: TrainedModel, result: Scores, data: str, args: argparse.Namespace) -> None:
+    print(f"{args.checkpoint} (step {trained.step}) on {data}: {result.clips} clips, "
+          f"{len(trained.label_names)} classes")
+    print(format_table(result.metrics), flush=True)
+    if result.report is not None and result.report.describe():   # (when reading failed, the error line says why)
+        print(f"note: strong labels {args.strong}: {result.report.describe()}", file=sys.stderr)
+    if result.located is not None:
+        print(localisation.format_table(result.located), flush=True)
+
+
+def write_tables(out: Path, trained: TrainedModel, result: Scores) -> None:
+    write_per_class_csv(out / "per_class_metrics.csv", result.metrics, trained.label_names)
+    if result.located is not None:
+        try:
+            localisation.write_per_class_csv(out / "per_class_localisation.csv", result.located)
+        except OSError as error:
+            raise OutFolderError(describe_os_error(error, f"write {out / 'per_class_localisation.csv'}")) from None
 
 
 def _short(names) -> str:

@@ -23,7 +23,7 @@ import soundfile
 from fastsca.atomic import write_atomically
 from fastsca.events import Event, write_dcase_tsv
 from fastsca.profiles import MODEL_PROFILES
-from train.config import PROFILES
+from train.profiles import PROFILES
 from fastsca.builtin_classes import CLASS_NAMES
 from train.synth import SynthConfig, make_clip
 

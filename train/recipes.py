@@ -1,7 +1,7 @@
 """Named training recipes for `python -m train.run --recipe NAME`, and the clips-seen schedule arithmetic.
 
 A recipe fills the flags the command line left unset; a flag given on the command line wins over the recipe,
-and the recipe wins over the profile's defaults (train/config.py PROFILES), so a run without --recipe is
+and the recipe wins over the profile's defaults (train/profiles.py PROFILES), so a run without --recipe is
 unchanged. Where each value comes from (PANNs, PaSST, EfficientAT, TALNet, or reasoning) is docs/recipes.md.
 Schedules and cadences are in clips seen, which `steps_for_clips` turns into optimiser steps once the batch per
 process and the number of processes are known.

@@ -38,6 +38,7 @@ from fastsca.atomic import write_atomically
 from fastsca.config import ModelConfig
 from fastsca.inference import read_checkpoint
 from fastsca.model import build_model
+from fastsca.run_options import RunOptions
 from train import checkpoint
 from train.shards import ShardError
 
@@ -244,7 +245,7 @@ def run_job(run_dir: Path, command, settings: dict) -> str:
 
 def model_cost(config: ModelConfig) -> tuple[int, float]:
     """(parameters, forward GFLOPs for one clip) of a model config, counted with torch's flop counter."""
-    model = build_model(config, fused_attention=False).eval()
+    model = build_model(config, RunOptions(fused_attention=False)).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 1, config.input_frames, config.n_mels))
     return sum(p.numel() for p in model.parameters()), counter.get_total_flops() / 1e9
