@@ -113,4 +113,4 @@ def test_a_model_folder_writes_its_tables_beside_it(full_run, tmp_path, capsys):
     split, _ = evaluate.run_eval_split(load_trained_model(full_run / "best.pt"), str(full_run / "best.pt"))
     evaluate.main(["--checkpoint", str(folder), "--data", split])
     assert f"per-class metrics: {tmp_path / 'run' / 'per_class_metrics.csv'}" in capsys.readouterr().out
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "labels.csv", "model.safetensors"]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "labels.csv", "model.safetensors"]
