@@ -6,12 +6,12 @@ autograd, and the gate's, the squeeze's and the channel pool's terms of dF are a
 Only the F-sized passes are `torch.library` ops (`fastsca::attention_<pass>`), the only ops this package
 registers: Triton kernels on CUDA (and on CPU under TRITON_INTERPRET=1), one PyTorch expression each
 otherwise (kernels/reference.py's equations where a pass is one). The arrangement comes in as data (a
-fastsca.config.Arrangement: which masks, in what order, how combined); this module reads its flags and
-never its name. The sub-networks on S
-(B, 1, T, F), Z (B, C) and the logits (kernels/subnets.py: global convs and BatchNorm, the local FC,
-the channel MLP, partial-row sums) are plain PyTorch with hand-written backward passes, so
-`torch.compile` traces them into its graph and Inductor fuses them; inside one opaque op they were
-~21 eager launches forward and ~45 backward per module.
+fastsca.config.Arrangement: which masks, in what order, how combined); the unit picks its passes by the
+description's flags, never by its name. The sub-networks on S (B, 1, T, F), Z (B, C) and the logits
+(kernels/subnets.py: global convs and BatchNorm, the local FC, the channel MLP, partial-row sums) are
+plain PyTorch with hand-written backward passes, so `torch.compile` traces them into its graph and
+Inductor fuses them; inside one opaque op they would be ~21 eager launches forward and ~45 backward
+per module (measured).
 
 Bytes of F-sized tensors moved, in units of |F| (reads + writes; the forward's three reads of F and
 one write of F'' are the floor of every arrangement that reads F twice for its two descriptors):
