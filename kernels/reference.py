@@ -4,8 +4,10 @@ The one reference of the project: the model's reference path (fastsca.attention 
 tests, the benchmarks' `eager` and `compile` providers and the fused unit's CPU passes all call it.
 It computes as a user's model would under autocast: every F-sized tensor stays in F's dtype; the
 reductions over F (eqs. 4 and 8) accumulate in fp32 inside the op (`sum(..., dtype=torch.float32)`),
-so no F-sized fp32 tensor is made, forward or backward (tests/test_reference.py checks it). In fp32 it
-is the numerical oracle. The local FC (eq. 6) works on S, a C-th of F: it runs in fp32 whatever the
+so no F-sized fp32 tensor is made, forward or backward (tests/test_reference.py checks it); a sum
+divided by the count, not `mean(..., dtype=torch.float32)`, whose backward divides the broadcast
+gradient and so writes an F-sized fp32 tensor. In fp32 it is the numerical oracle, bitwise equal to
+the means. The local FC (eq. 6) works on S, a C-th of F: it runs in fp32 whatever the
 autocast and returns S's dtype.
 
 `arrangement` is a description with the fields of fastsca.config.Arrangement (spatial, channel,
