@@ -1,17 +1,19 @@
 """The benchmark grid: which cases exist, when each is skipped and why, and how each is prepared.
 
 Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
-- the four fused ops `channel_pool`, `local_fc`, `spatial_squeeze`, `gate` and the whole SCA module
+- the fused unit's three forward passes over F (`pool`, eq. 4; `squeeze`, eq. 8; `gate`, eqs. 7-10: the
+  ops `fastsca::attention_pool`, `_squeeze`, `_gate` as the SCA module calls them) and the whole SCA module
   (eq. 10), at the attention maps of at-sca-1/2/3 under both pooling plans (fastsca/config.py
   POOLING_PLANS: "time-freq", blocks 5-7 at 100x4 with 256/512/512 channels; "six-pool", 256x100x4,
   512x100x2, 512x100x1), with batch 32 and 256, in bf16 (under autocast, as training runs) and fp32
-  on CUDA, fp32 on CPU; providers `eager` (the PyTorch reference), `compile` (torch.compile of the
-  reference), `fused` (the torch.library ops of kernels/, Triton on CUDA), and for the module also
-  `fused_compile` (fused ops inside a compiled module, as training runs it); modes `forward`,
-  `backward` (of a forward done outside the timed region) and `full` (forward + backward). On a CPU
-  the module's fused providers time kernels.attention as it runs there (its F-sized passes one PyTorch
-  expression each), on one map at batch 32; the standalone ops' fused cases skip (they are their
-  reference there);
+  on CUDA, fp32 on CPU; providers `eager` (kernels/reference.py, computing in the map's dtype as a
+  user's model would), `compile` (torch.compile of the reference), `fused` (the pass ops or the fused
+  unit, Triton on CUDA), and for the module also `fused_compile` (the fused unit inside a compiled
+  module, as training runs it); modes `forward`, `backward` (of a forward done outside the timed
+  region) and `full` (forward + backward) for the module, `forward` for the passes (their backward
+  passes run only inside the unit's backward, which the module's modes time). On a CPU the module's
+  fused providers time kernels.attention as it runs there (its F-sized passes one PyTorch expression
+  each), on one map at batch 32; the passes' fused cases skip (they run the reference there);
 - the training step (forward, fp32 BCE, backward, AdamW step) of `baseline` and `at-sca-3`:
   eager, fused, compiled, compiled + fused;
 - the loader: the DALI loader (train/loader.py) against a torch DataLoader computing the same
@@ -21,11 +23,9 @@ and call `prepare`; bench/harness.py does the timing.
 
 Minimal bytes (docs/design.md and docs/kernels.md; |X| = bytes of tensor X, gradients have
 their tensor's size; each input read once, each output written once):
-  channel_pool     fwd |x| + |w| + |S|            bwd |dS| + |dx| (+ |x| + |w| + |dw| with a weight)
-  local_fc         fwd |s| + |W| + |out|           bwd |dout| + |s| + |W| + |ds| + |dW|
-                   (W = w1, b1, w2, b2; tiny: this op is latency-bound, its GB/s is for the record)
-  spatial_squeeze  fwd |x| + |l| + |Z|             bwd |dZ| + |dx| (+ |x| + |l| + |dl| with a logit)
-  gate             fwd |x| + |ls| + |lc| + |out|   bwd |dout| + |x| + |ls| + |lc| + |dx| + |dls| + |dlc|
+  pool             |x| + |S|                      (SCA's pool: no channel weight)
+  squeeze          |x| + |l| + |Z|                (SCA's squeeze: weighted by sigma(logit_s))
+  gate             |x| + |ls| + |lc| + |out|
   SCA module       fwd 4|F|: three reads of F (channel_pool, spatial_squeeze, gate) and one write
                    bwd 5|F|: pass 1 reads dF'' and F (the gate's logit gradients), pass 2 reads F (the
                    squeeze's logit gradient), pass 3 reads dF'' and writes dF; the S-, Z- and
@@ -42,17 +42,24 @@ from typing import Callable, Iterator
 
 import torch
 
-import kernels
+import kernels  # noqa: F401  (registers the fastsca:: pass ops)
 from bench.harness import Prepared, l2_flush
 from fastsca import build_model
-from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.attention import build_attention
 from fastsca.config import POOLING_PLANS, ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.run_options import RunOptions
+from kernels import reference
 
-OPS = ("channel_pool", "local_fc", "spatial_squeeze", "gate")
+PASSES = {
+    "pool": ("attention_pool", reference.channel_pool),
+    "squeeze": ("attention_squeeze", reference.spatial_squeeze),
+    "gate": ("attention_gate", reference.gate),
+}
+"""The fused unit's forward passes over F: suite -> (its op, torch.ops.fastsca.<op>; its reference)."""
 MODES = ("forward", "backward", "full")
-OP_PROVIDERS = ("eager", "compile", "fused")
+PASS_MODES = ("forward",)
+PASS_PROVIDERS = ("eager", "compile", "fused")
 SCA_PROVIDERS = ("eager", "compile", "fused", "fused_compile")
 TRAIN_MODELS = ("baseline", "at-sca-3")
 TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs")
@@ -152,7 +159,7 @@ class Case:
     """One cell of the grid."""
 
     suite: str
-    """An op name, 'sca', 'train_step' or 'loader'."""
+    """A pass (PASSES), 'sca', 'train_step' or 'loader'."""
     provider: str
     mode: str
     """forward / backward / full for kernels and the module; 'step' and 'epoch' otherwise."""
@@ -208,9 +215,9 @@ def map_shapes(env: BenchEnv) -> list[MapShape]:
     return [MapShape(batch, c, t, f, tuple(presets)) for batch in BATCHES for (c, t, f), presets in seen.items()]
 
 
-def op_cases(op: str, env: BenchEnv) -> list[Case]:
-    return [Case(op, provider, mode, shape.batch, shape, dtype=dtype)
-            for shape in map_shapes(env) for dtype in env.dtypes for provider in OP_PROVIDERS for mode in MODES]
+def pass_cases(suite: str, env: BenchEnv) -> list[Case]:
+    return [Case(suite, provider, mode, shape.batch, shape, dtype=dtype)
+            for shape in map_shapes(env) for dtype in env.dtypes for provider in PASS_PROVIDERS for mode in PASS_MODES]
 
 
 def sca_cases(env: BenchEnv) -> list[Case]:
@@ -229,7 +236,8 @@ def loader_cases(env: BenchEnv) -> list[Case]:
 
 
 def all_cases(env: BenchEnv) -> list[Case]:
-    return [case for op in OPS for case in op_cases(op, env)] + sca_cases(env) + train_cases(env) + loader_cases(env)
+    return ([case for suite in PASSES for case in pass_cases(suite, env)] + sca_cases(env) + train_cases(env)
+            + loader_cases(env))
 
 
 def target_maps(env: BenchEnv) -> list[MapShape]:
@@ -278,13 +286,12 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         return "needs CUDA: CUDA graphs (torch.compile mode reduce-overhead) capture CUDA work only"
     if env.cuda or env.smoke:
         return None
-    if case.suite in OPS and case.provider == "fused":
-        return (f"needs CUDA: on CPU the standalone fastsca::{case.suite} runs {case.suite}_reference, so this would "
-                f"time the eager case again (the fused attention's CPU passes are timed by the sca and train_step "
-                f"suites)")
+    if case.suite in PASSES and case.provider == "fused":
+        return (f"needs CUDA: on CPU fastsca::{PASSES[case.suite][0]} runs its reference, so this would time the "
+                f"eager case again (the fused attention's CPU passes are timed by the sca and train_step suites)")
     if env.cpu_all:
         return None
-    if case.suite in OPS:
+    if case.suite in PASSES:
         return (f"needs CUDA: {case.suite} is a GPU kernel, and its reference alone on 2 shared CPU cores says "
                 f"nothing about it; left out to keep the CPU bench to a few minutes "
                 f"(FASTSCA_BENCH_CPU_ALL=1 runs eager and compile anyway)")
@@ -310,29 +317,12 @@ def nbytes(*tensors: torch.Tensor | None) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
-def op_minimal_bytes(op: str, mode: str, args: list) -> int:
-    """The module docstring's formulas, from the op's actual arguments."""
-    if op == "channel_pool":
-        x, w = args
-        s = x.numel() // x.shape[1] * x.element_size()
-        fwd = nbytes(x, w) + s
-        bwd = s + nbytes(x) + (nbytes(x) + 2 * nbytes(w) if w is not None else 0)
-    elif op == "local_fc":
-        s, *weights = args
-        fwd = 2 * nbytes(s) + nbytes(*weights)
-        bwd = 3 * nbytes(s) + 2 * nbytes(*weights)
-    elif op == "spatial_squeeze":
-        x, logit = args
-        z = x.shape[0] * x.shape[1] * x.element_size()
-        fwd = nbytes(x, logit) + z
-        bwd = z + nbytes(x) + (nbytes(x) + 2 * nbytes(logit) if logit is not None else 0)
-    elif op == "gate":
-        x, ls, lc, _ = args
-        fwd = 2 * nbytes(x) + nbytes(ls, lc)
-        bwd = 3 * nbytes(x) + 2 * nbytes(ls, lc)
-    else:
-        raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
-    return {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode]
+def pass_minimal_bytes(suite: str, args: list, out: torch.Tensor) -> int:
+    """The module docstring's formulas, from the pass's actual arguments and output (counted in the map's
+    dtype for every provider: the fused passes write S and Z in fp32, the reference in the map's dtype)."""
+    if suite not in PASSES:
+        raise ValueError(f"unknown pass {suite!r}; valid: {', '.join(PASSES)}")
+    return nbytes(*(a for a in args if isinstance(a, torch.Tensor))) + out.numel() * args[0].element_size()
 
 
 def sca_minimal_bytes(mode: str, x: torch.Tensor) -> int:
@@ -340,27 +330,18 @@ def sca_minimal_bytes(mode: str, x: torch.Tensor) -> int:
     return {"forward": 4, "backward": 5, "full": 9}[mode] * nbytes(x)
 
 
-def _op_args(op: str, shape: MapShape, env: BenchEnv, map_dtype: torch.dtype) -> list:
-    """Random arguments of `op` at `shape` as the SCA module passes them (no channel weight: SCA, not CSA)."""
+def _pass_args(suite: str, shape: MapShape, env: BenchEnv, map_dtype: torch.dtype) -> list:
+    """Random arguments of a pass at `shape` as the SCA module passes them: no channel weight (SCA, not
+    CSA), the squeeze weighted by sigma(logit_s), both logits in fp32 as the unit computes them."""
     b, c, t, f = shape.dims
-
-    def tensor(*size, dtype=map_dtype, scale=1.0):
-        return (torch.randn(*size, device=env.device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
-
-    if op == "channel_pool":
-        return [tensor(b, c, t, f), None]
-    if op == "spatial_squeeze":
-        return [tensor(b, c, t, f), tensor(b, 1, t, f)]
-    if op == "gate":
-        return [tensor(b, c, t, f), tensor(b, 1, t, f), tensor(b, c), False]
-    if op == "local_fc":
-        hidden = max(1, t // ModelConfig().rd_ratio)
-        # Weights stay fp32 as the module's parameters do; S comes in the map's dtype.
-        return [tensor(b, 1, t, f), tensor(f, hidden, t, dtype=torch.float32, scale=t ** -0.5),
-                tensor(f, hidden, dtype=torch.float32, scale=t ** -0.5),
-                tensor(f, t, hidden, dtype=torch.float32, scale=hidden ** -0.5),
-                tensor(f, t, dtype=torch.float32, scale=hidden ** -0.5)]
-    raise ValueError(f"unknown op {op!r}; valid: {', '.join(OPS)}")
+    x = torch.randn(b, c, t, f, device=env.device).to(map_dtype)
+    if suite == "pool":
+        return [x, None]
+    if suite == "squeeze":
+        return [x, torch.randn(b, 1, t, f, device=env.device)]
+    if suite == "gate":
+        return [x, torch.randn(b, 1, t, f, device=env.device), torch.randn(b, c, device=env.device), False]
+    raise ValueError(f"unknown pass {suite!r}; valid: {', '.join(PASSES)}")
 
 
 _COMPILED: dict[tuple, Callable] = {}
@@ -368,11 +349,10 @@ _COMPILED: dict[tuple, Callable] = {}
 one compilation instead of three."""
 
 
-def _compiled_reference(op: str, env: BenchEnv) -> Callable:
-    key = (op, env.compile_backend)
+def _compiled_reference(suite: str, env: BenchEnv) -> Callable:
+    key = (suite, env.compile_backend)
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(getattr(kernels, f"{op}_reference"), fullgraph=True, dynamic=False,
-                                       backend=env.compile_backend)
+        _COMPILED[key] = torch.compile(PASSES[suite][1], fullgraph=True, dynamic=False, backend=env.compile_backend)
     return _COMPILED[key]
 
 
@@ -393,21 +373,21 @@ def _mode_fn(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], mo
 
 
 @contextlib.contextmanager
-def _prepare_op(case: Case, env: BenchEnv) -> Iterator[Prepared]:
-    op = case.suite
-    args = _op_args(op, case.shape, env, case.torch_dtype)
-    if case.provider == "eager":
-        fn = getattr(kernels, f"{op}_reference")
-    elif case.provider == "fused":
-        fn = getattr(kernels, op)
+def _prepare_pass(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    args = _pass_args(case.suite, case.shape, env, case.torch_dtype)
+    op, fn = PASSES[case.suite]
+    if case.provider == "fused":
+        fn = getattr(torch.ops.fastsca, op)
     elif case.provider == "compile":
-        fn = _compiled_reference(op, env)
-    else:
-        raise ValueError(f"unknown op provider {case.provider!r}; valid: {', '.join(OP_PROVIDERS)}")
-    inputs = [a for a in args if isinstance(a, torch.Tensor)]
-    yield Prepared(fn=_mode_fn(lambda: fn(*args), inputs, case.mode), device=env.device,
-                   minimal_bytes=op_minimal_bytes(op, case.mode, args), setup=l2_flush(env.device),
-                   info={"dtype": case.dtype})
+        fn = _compiled_reference(case.suite, env)
+    elif case.provider != "eager":
+        raise ValueError(f"unknown pass provider {case.provider!r}; valid: {', '.join(PASS_PROVIDERS)}")
+    if case.mode not in PASS_MODES:
+        raise ValueError(f"unknown pass mode {case.mode!r}; valid: {', '.join(PASS_MODES)}")
+    with torch.no_grad():
+        out = fn(*args)
+    yield Prepared(fn=lambda: fn(*args), device=env.device, minimal_bytes=pass_minimal_bytes(case.suite, args, out),
+                   setup=l2_flush(env.device), info={"dtype": case.dtype})
 
 
 def _sca_module(case: Case, env: BenchEnv) -> tuple[torch.nn.Module, Callable]:
@@ -416,10 +396,11 @@ def _sca_module(case: Case, env: BenchEnv) -> tuple[torch.nn.Module, Callable]:
     if key not in _COMPILED:
         config = ModelConfig.from_name(TARGET_PRESET)
         _, channels, time, freq = case.shape.dims
-        ops = FUSED_OPS if case.provider in FUSED_PROVIDERS else REFERENCE_OPS
-        module = build_attention("sca", channels, time, freq, config.spatial_global, config.spatial_local,
-                                 config.rd_ratio, config.global_mid_channels, config.global_kernel_size,
-                                 ops).to(env.device)
+        module = build_attention(arrangement="sca", channels=channels, time_steps=time, freq_bins=freq,
+                                 use_global=config.spatial_global, use_local=config.spatial_local,
+                                 rd_ratio=config.rd_ratio, global_mid_channels=config.global_mid_channels,
+                                 global_kernel_size=config.global_kernel_size,
+                                 fused=case.provider in FUSED_PROVIDERS).to(env.device)
         run = module
         if case.provider in COMPILED_PROVIDERS:
             run = torch.compile(module, fullgraph=True, dynamic=False, backend=env.compile_backend)
@@ -550,7 +531,7 @@ def _prepare_loader(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         close()
 
 
-PREPARERS = {**{op: _prepare_op for op in OPS}, "sca": _prepare_sca, "train_step": _prepare_train_step,
+PREPARERS = {**{suite: _prepare_pass for suite in PASSES}, "sca": _prepare_sca, "train_step": _prepare_train_step,
              "loader": _prepare_loader}
 
 

@@ -6,7 +6,7 @@ timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's
 first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
 training-mode BatchNorm, AdamW) for plain torch.compile of the reference against fastsca's, each with
 and without CUDA graphs (mode reduce-overhead), then the other training steps (clips/s and peak memory),
-the loader, the rest of the module grid and the four ops. Cases that would start after the time
+the loader, the rest of the module grid and the three forward passes. Cases that would start after the time
 budget are recorded as skipped. It writes `<out-dir>/<date>-<device>.json` and `.md` after every case
 (a cut-off run still leaves its numbers) and prints the markdown at the end.
 
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=None,
                         help="folder for the loader's generated HDF5 set (default: a temporary folder, removed after)")
     parser.add_argument("--suites", default=None,
-                        help="comma-separated suites to run (ops, sca, train_step, loader, or an op name); default all")
+                        help="comma-separated suites to run (passes, sca, train_step, loader, or a pass name); default all")
     return parser.parse_args(argv)
 
 
@@ -90,7 +90,7 @@ def start_guard(case: Case) -> float:
 def selected(case: Case, suites: set[str] | None) -> bool:
     if suites is None:
         return True
-    return case.suite in suites or ("ops" in suites and case.suite in cases.OPS)
+    return case.suite in suites or ("passes" in suites and case.suite in cases.PASSES)
 
 
 def run_case(case: Case, env: BenchEnv) -> dict:
@@ -249,8 +249,8 @@ def render_markdown(report: dict) -> str:
 
     lines += ["", "## SCA module (at-sca-3's config)", ""]
     lines += _table(kernel_header, [kernel_row(r) for r in ok(lambda s: s == "sca")])
-    for op in cases.OPS:
-        rows = ok(lambda s, op=op: s == op)
+    for suite, (op, _) in cases.PASSES.items():
+        rows = ok(lambda s, suite=suite: s == suite)
         if rows:
             lines += ["", f"## `{op}`", ""] + _table(kernel_header, [kernel_row(r) for r in rows])
     lines += ["", "## Training step (forward, BCE, backward, AdamW)", ""]

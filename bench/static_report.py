@@ -28,7 +28,7 @@ import triton
 import kernels  # noqa: F401  (the ops must be registered before the modules run)
 from bench import gpu_code
 from bench.launches import Launch, Recording, is_f_sized, record
-from fastsca.attention import FUSED_OPS, build_attention
+from fastsca.attention import build_attention
 from fastsca.config import POOLING_PLANS, ModelConfig
 
 PRESETS = ("at-sca-3", "at-csa-3", "at-cps-3")
@@ -45,7 +45,7 @@ FLOORS = {"sca": (4, 5), "csa": (4, 5), "cps": (4, 4)}
 descriptors and the gate each read F once, the gate writes F'' once (C//S's independent S and Z could
 share one read, but the issue holds it to 3 reads + 1 write too). Backward: pass 1 reads dF'' and F
 (the gate's logit gradients); SCA needs F once more for the squeeze's logit gradient (its dZ comes
-from pass 1's channel gradient), CSA for the channel weight's gradient through channel_pool (its dS
+from pass 1's channel gradient), CSA for the channel weight's gradient through the channel pool (its dS
 comes from pass 1's spatial gradient); the last pass reads dF'' and writes dF with every term summed
 in registers. C//S has no second read: 2 + 2."""
 SMALL_GRID_FRACTION = 1.0
@@ -99,9 +99,10 @@ def trace_module(case: ModuleCase, batch: int) -> tuple[Recording, torch.Tensor]
     bf16 runs under CPU bf16 autocast, as training runs under CUDA autocast: the convs and the SE MLP
     produce bf16 logits, the map arrives in bf16; the module's parameters stay fp32."""
     config = ModelConfig.from_name(case.preset)
-    module = build_attention(config.arrangement, case.channels, case.time, case.freq, config.spatial_global,
-                             config.spatial_local, config.rd_ratio, config.global_mid_channels,
-                             config.global_kernel_size, FUSED_OPS)
+    module = build_attention(arrangement=config.arrangement, channels=case.channels, time_steps=case.time,
+                             freq_bins=case.freq, use_global=config.spatial_global, use_local=config.spatial_local,
+                             rd_ratio=config.rd_ratio, global_mid_channels=config.global_mid_channels,
+                             global_kernel_size=config.global_kernel_size, fused=True)
     dtype = DTYPES[case.dtype]
     x = torch.empty((batch, case.channels, case.time, case.freq), dtype=dtype,
                     memory_format=LAYOUTS[case.layout]).requires_grad_()

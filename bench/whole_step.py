@@ -39,7 +39,7 @@ from bench.inductor_cpu import inductor_triton_on_cpu
 from bench.launches import Launch
 from bench.step_recorder import StepRecording, record_step
 from fastsca import build_model
-from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.attention import build_attention
 from fastsca.config import ModelConfig
 from fastsca.run_options import RunOptions
 from train.loss import clip_bce
@@ -100,11 +100,13 @@ def record_module(step: str, batch: int, channels: int, time_steps: int, freq_bi
     """One at-sca-3 attention module (SCA), compiled, forward and backward on a bf16 channels_last map in
     training mode, as it runs inside the step: every launch recorded."""
     config = ModelConfig.from_name("at-sca-3")
-    ops = FUSED_OPS if step == "fastsca" else REFERENCE_OPS
     with inductor_triton_on_cpu():
-        module = build_attention(config.arrangement, channels, time_steps, freq_bins, config.spatial_global,
-                                 config.spatial_local, config.rd_ratio, config.global_mid_channels,
-                                 config.global_kernel_size, ops).to(memory_format=torch.channels_last).train()
+        module = build_attention(arrangement=config.arrangement, channels=channels, time_steps=time_steps,
+                                 freq_bins=freq_bins, use_global=config.spatial_global,
+                                 use_local=config.spatial_local, rd_ratio=config.rd_ratio,
+                                 global_mid_channels=config.global_mid_channels,
+                                 global_kernel_size=config.global_kernel_size,
+                                 fused=step == "fastsca").to(memory_format=torch.channels_last).train()
         x = torch.randn(batch, channels, time_steps, freq_bins, dtype=torch.bfloat16)
         x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
 

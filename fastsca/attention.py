@@ -1,52 +1,23 @@
 """Spatial and channel-wise attention (paper §3, eqs. 4-10) in every arrangement of §3.3.
 
 Blocks: `GlobalSpatialBranch` (eq. 5), `LocalSpatialBranch` (eq. 6), `SpatialAttention` (eqs. 4, 7),
-`ChannelAttention` (eqs. 8-9), and the arrangements that compose them: spatial only (AT-S), channel
-only (AT-C), SCA (eq. 10), CSA and the parallel C//S. The heavy steps over the feature map F run
-through four ops (`AttentionOps`): their PyTorch references, or, fused, the whole arrangement as
+`ChannelAttention` (eqs. 8-9), and `Attention`, which composes them as its arrangement
+(fastsca.config.Arrangement: which masks, in what order, how combined) says. It runs either the
+reference (kernels/reference.py, the equations in plain PyTorch) or, fused, the whole arrangement as
 one autograd unit (`kernels.attention`) whose forward reads F three times and writes it once (F', the
 spatially weighted map, is never materialised) and whose backward writes dF once; only its F-sized
-passes are opaque ops, the sub-networks between them are traced by torch.compile (docs/kernels.md
-gives the bytes of each arrangement). Differences from the paper: none in the
-maths; the module returns F'' = M_c * M_s * F in one gate instead of two successive products (equal
-in exact arithmetic).
+passes are opaque ops, the sub-networks between them are traced by torch.compile (docs/kernels.md gives
+the bytes of each arrangement). Differences from the paper: none in the maths; the module returns
+F'' = M_c * M_s * F in one gate instead of two successive products (equal in exact arithmetic).
 """
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 from torch import nn
 
 import kernels
-from kernels.attention import ARRANGEMENTS, AttentionParams
+from fastsca.config import Arrangement, arrangement_of
+from kernels import reference
+from kernels.attention import AttentionParams
 from kernels.subnets import ChannelParams, GlobalParams, LocalParams
-
-
-@dataclass(frozen=True)
-class AttentionOps:
-    """The four feature-map ops an attention arrangement is made of (see kernels/), and the fused whole."""
-
-    channel_pool: Callable
-    local_fc: Callable
-    spatial_squeeze: Callable
-    gate: Callable
-    unit: Callable | None = None
-    """The whole arrangement as one autograd unit (kernels.attention), or None to run the four ops step by step."""
-
-
-REFERENCE_OPS = AttentionOps(
-    channel_pool=kernels.channel_pool_reference,
-    local_fc=kernels.local_fc_reference,
-    spatial_squeeze=kernels.spatial_squeeze_reference,
-    gate=kernels.gate_reference,
-)
-FUSED_OPS = AttentionOps(
-    channel_pool=kernels.channel_pool,
-    local_fc=kernels.local_fc,
-    spatial_squeeze=kernels.spatial_squeeze,
-    gate=kernels.gate,
-    unit=kernels.attention,
-)
 
 
 class GlobalSpatialBranch(nn.Module):
@@ -92,11 +63,9 @@ class LocalSpatialBranch(nn.Module):
         time_steps: int,
         freq_bins: int,
         rd_ratio: int,
-        ops: AttentionOps,
     ) -> None:
         super().__init__()
         hidden = max(1, time_steps // rd_ratio)
-        self.ops = ops
         self.w1 = nn.Parameter(torch.empty(freq_bins, hidden, time_steps))   # W_{f,1}: (T/r, T) per row
         self.b1 = nn.Parameter(torch.empty(freq_bins, hidden))
         self.w2 = nn.Parameter(torch.empty(freq_bins, time_steps, hidden))   # W_{f,2}: (T, T/r) per row
@@ -111,7 +80,7 @@ class LocalSpatialBranch(nn.Module):
             nn.init.uniform_(bias, -bound, bound)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
-        return self.ops.local_fc(s, self.w1, self.b1, self.w2, self.b2)  # (B, 1, T, F)
+        return reference.local_fc(s, self.w1, self.b1, self.w2, self.b2)  # (B, 1, T, F)
 
     def unit_params(self) -> LocalParams:
         """The tensors the fused unit takes for this branch."""
@@ -130,14 +99,13 @@ class SpatialAttention(nn.Module):
         rd_ratio: int,
         global_mid_channels: int,
         global_kernel_size: int,
-        ops: AttentionOps,
     ) -> None:
         super().__init__()
         branches = []
         if use_global:
             branches.append(GlobalSpatialBranch(global_mid_channels, global_kernel_size))
         if use_local:
-            branches.append(LocalSpatialBranch(time_steps, freq_bins, rd_ratio, ops))
+            branches.append(LocalSpatialBranch(time_steps, freq_bins, rd_ratio))
         self.branches = nn.ModuleList(branches)
 
     @property
@@ -175,31 +143,30 @@ class ChannelAttention(nn.Module):
         return ChannelParams(self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
-class Arrangement(nn.Module):
-    """An attention arrangement: its spatial and channel parts (either may be None) and the ops it runs.
+class Attention(nn.Module):
+    """The attention module of one residual block: its arrangement, its spatial and channel parts (None
+    where the arrangement has no such mask), and whether it runs fused.
 
-    `reference` spells the arrangement out step by step; with a fused unit, forward runs the same
-    maths as one autograd node (so F gets one gradient, written once).
+    The reference path spells the arrangement out with kernels/reference.py; the fused path runs the
+    same maths as one autograd node (so F gets one gradient, written once).
     """
-
-    name: str
-    """The arrangement's name, one of kernels.attention.ARRANGEMENTS."""
 
     def __init__(
         self,
+        arrangement: Arrangement,
         spatial: SpatialAttention | None,
         channel: ChannelAttention | None,
-        ops: AttentionOps,
+        fused: bool,
     ) -> None:
         super().__init__()
-        if channel is not None and not isinstance(channel.act, nn.ReLU) and ops.unit is not None:
-            raise ValueError("the fused attention unit implements the channel MLP with ReLU; use the reference ops")
-        self.spatial, self.channel, self.ops = spatial, channel, ops
+        if channel is not None and not isinstance(channel.act, nn.ReLU) and fused:
+            raise ValueError("the fused attention unit implements the channel MLP with ReLU; use fused=False")
+        self.arrangement, self.spatial, self.channel, self.fused = arrangement, spatial, channel, fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        if self.ops.unit is None:
-            return self.reference(x)
-        out, mean, var = self.ops.unit(x, self.name, self.unit_params(), self.training)
+        if not self.fused:
+            return reference.attention(x, self.arrangement, self.spatial, self.channel)   # eqs. 4-10
+        out, mean, var = kernels.attention(x, self.arrangement, self.unit_params(), bn_training=self.training)
         glob = self.spatial.global_branch if self.spatial is not None else None
         if glob is not None and self.training:
             glob.update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
@@ -216,71 +183,9 @@ class Arrangement(nn.Module):
             bn_eps=glob.bn.eps if glob is not None else 1e-5,
         )
 
-    def reference(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class SpatialOnly(Arrangement):
-    """AT-S: F'' = sigma(logit_s(mean_c F)) * F."""
-
-    name = "spatial"
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        logit_s = self.spatial(self.ops.channel_pool(x, None))           # eqs. 4-7
-        return self.ops.gate(x, logit_s, None, False)
-
-
-class ChannelOnly(Arrangement):
-    """AT-C: F'' = sigma(logit_c(mean_tf F)) * F."""
-
-    name = "channel"
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # eqs. 8-9
-        return self.ops.gate(x, None, logit_c, False)
-
-
-class SpatialThenChannel(Arrangement):
-    """SCA, eq. 10: F' = M_s * F, F'' = M_c(F') * F'; Z is squeezed from F' without writing F'."""
-
-    name = "sca"
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        logit_s = self.spatial(self.ops.channel_pool(x, None))           # (B, 1, T, F)
-        logit_c = self.channel(self.ops.spatial_squeeze(x, logit_s))     # (B, C), Z from F'
-        return self.ops.gate(x, logit_s, logit_c, False)
-
-
-class ChannelThenSpatial(Arrangement):
-    """CSA: F' = M_c(F) * F, F'' = M_s(F') * F'; S is the mean of the channel-weighted map."""
-
-    name = "csa"
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        logit_c = self.channel(self.ops.spatial_squeeze(x, None))        # (B, C)
-        logit_s = self.spatial(self.ops.channel_pool(x, torch.sigmoid(logit_c)))  # S from F'
-        return self.ops.gate(x, logit_s, logit_c, False)
-
-
-class ParallelChannelSpatial(Arrangement):
-    """C//S: both masks from F, F'' = sigma(logit_s + logit_c) * F (§3.3)."""
-
-    name = "cps"
-
-    def reference(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C, T, F)
-        logit_s = self.spatial(self.ops.channel_pool(x, None))
-        logit_c = self.channel(self.ops.spatial_squeeze(x, None))
-        return self.ops.gate(x, logit_s, logit_c, True)
-
-
-ARRANGEMENT_REGISTRY: dict[str, type[Arrangement]] = {
-    cls.name: cls for cls in (SpatialOnly, ChannelOnly, SpatialThenChannel, ChannelThenSpatial, ParallelChannelSpatial)
-}
-if tuple(ARRANGEMENT_REGISTRY) != ARRANGEMENTS:   # the names are defined once, in kernels.attention
-    raise ImportError(f"fastsca.attention: registry {tuple(ARRANGEMENT_REGISTRY)} != kernels.attention {ARRANGEMENTS}")
-
 
 def build_attention(
+    *,
     arrangement: str,
     channels: int,
     time_steps: int,
@@ -290,14 +195,13 @@ def build_attention(
     rd_ratio: int,
     global_mid_channels: int,
     global_kernel_size: int,
-    ops: AttentionOps,
-) -> Arrangement:
-    """The attention module of one residual block, by arrangement name."""
-    if arrangement not in ARRANGEMENT_REGISTRY:
-        raise ValueError(f"unknown attention arrangement {arrangement!r}; valid: {', '.join(ARRANGEMENT_REGISTRY)}")
+    fused: bool,
+) -> Attention:
+    """The attention module of one residual block, by arrangement name (fastsca.config.ATTENTION_ARRANGEMENTS)."""
+    described = arrangement_of(arrangement)
     spatial = None
-    if arrangement != "channel":
+    if described.spatial:
         spatial = SpatialAttention(time_steps, freq_bins, use_global, use_local, rd_ratio,
-                                   global_mid_channels, global_kernel_size, ops)
-    channel = ChannelAttention(channels, rd_ratio) if arrangement != "spatial" else None
-    return ARRANGEMENT_REGISTRY[arrangement](spatial, channel, ops)
+                                   global_mid_channels, global_kernel_size)
+    channel = ChannelAttention(channels, rd_ratio) if described.channel else None
+    return Attention(described, spatial, channel, fused)

@@ -1,14 +1,92 @@
-"""Model configuration of AT-SCA and the named presets for every row of the paper's Tables 1 and 2.
+"""Model configuration of AT-SCA, the attention arrangements of §3.3 as data, and the named presets for every
+row of the paper's Tables 1 and 2.
 
 Choices the paper leaves open (channel widths, the pooling plan, the global branch's middle width, where
 attention sits in a block) are fields here; docs/model.md says which default was chosen for each and why.
 """
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
-from kernels.attention import ARRANGEMENTS as ATTENTION_ARRANGEMENTS
+
+class Order(Enum):
+    """Which attention mask is computed first when an arrangement has both (§3.3)."""
+
+    SPATIAL_FIRST = "spatial-first"
+    """SCA (eq. 10): M_s from F, then M_c from F' = M_s * F."""
+    CHANNEL_FIRST = "channel-first"
+    """CSA: M_c from F, then M_s from F' = M_c * F."""
+    PARALLEL = "parallel"
+    """C//S, and every one-branch arrangement: each mask from F."""
+
+
+class Combine(Enum):
+    """How the two masks gate F."""
+
+    PRODUCT = "product"
+    """F'' = M_c * M_s * F (eqs. 7, 9, 10); a missing mask is 1."""
+    SUM = "sum"
+    """C//S: F'' = sigma(logit_s + logit_c) * F, the logits added before one sigmoid."""
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """One attention arrangement of §3.3 as data: which branches, in what order, how combined. Both the
+    reference (kernels/reference.py) and the fused unit (kernels/attention.py) read it."""
+
+    name: str
+    """The name configs and checkpoints use (ModelConfig.arrangement)."""
+    spatial: bool
+    """Has the spatial mask M_s (eqs. 4-7)."""
+    channel: bool
+    """Has the channel mask M_c (eqs. 8-9)."""
+    order: Order = Order.PARALLEL
+    """Which mask comes first; PARALLEL where there is one mask or both come from F."""
+    combine: Combine = Combine.PRODUCT
+    """How the masks gate F."""
+
+    def __post_init__(self) -> None:
+        if not (self.spatial or self.channel):
+            raise ValueError(f"arrangement {self.name!r} needs the spatial or the channel mask")
+        if self.order is not Order.PARALLEL and not (self.spatial and self.channel):
+            raise ValueError(f"arrangement {self.name!r}: order {self.order.value} needs both masks")
+        if self.combine is Combine.SUM and not (self.spatial and self.channel and self.order is Order.PARALLEL):
+            raise ValueError(f"arrangement {self.name!r}: combine sum needs both masks in parallel")
+
+    @property
+    def squeeze_gated(self) -> bool:
+        """Z is squeezed from M_s * F (spatial first): eq. 8 weighted by sigma(logit_s)."""
+        return self.order is Order.SPATIAL_FIRST
+
+    @property
+    def pool_weighted(self) -> bool:
+        """S is pooled from M_c * F (channel first): eq. 4 weighted by sigma(logit_c)."""
+        return self.order is Order.CHANNEL_FIRST
+
+    @property
+    def additive(self) -> bool:
+        """The logits are added before one sigmoid (C//S)."""
+        return self.combine is Combine.SUM
+
+
+ATTENTION_ARRANGEMENTS: dict[str, Arrangement] = {a.name: a for a in (
+    Arrangement("spatial", spatial=True, channel=False),
+    Arrangement("channel", spatial=False, channel=True),
+    Arrangement("sca", spatial=True, channel=True, order=Order.SPATIAL_FIRST),
+    Arrangement("csa", spatial=True, channel=True, order=Order.CHANNEL_FIRST),
+    Arrangement("cps", spatial=True, channel=True, combine=Combine.SUM),
+)}
+"""The arrangements of §3.3, the one place they are defined: spatial only (AT-S), channel only (AT-C), SCA
+(eq. 10), CSA, and the parallel C//S."""
 
 ARRANGEMENTS = ("none", *ATTENTION_ARRANGEMENTS)
-"""A block's attention: none, or one of the arrangements of §3.3 (named once, in kernels.attention)."""
+"""A block's attention: none, or one of ATTENTION_ARRANGEMENTS."""
+
+
+def arrangement_of(name: str) -> Arrangement:
+    """The arrangement called name; ValueError listing the valid names otherwise."""
+    if name not in ATTENTION_ARRANGEMENTS:
+        raise ValueError(f"unknown attention arrangement {name!r}; valid: {', '.join(ATTENTION_ARRANGEMENTS)}")
+    return ATTENTION_ARRANGEMENTS[name]
 
 POOLING_PLANS: dict[str, tuple[tuple[int, int], ...]] = {
     "time-freq": ((2, 2), (2, 2), (1, 2), (1, 2), (1, 1), (1, 1), (1, 1)),
@@ -61,7 +139,8 @@ class ModelConfig:
             raise ValueError(f"channels has {len(self.channels)} blocks but pools has {len(self.pools)}")
         if self.arrangement != "none" and not 1 <= self.attention_depth <= len(self.channels):
             raise ValueError(f"attention_depth must be in 1..{len(self.channels)}, got {self.attention_depth}")
-        if self.arrangement in ("spatial", "sca", "csa", "cps") and not (self.spatial_global or self.spatial_local):
+        if self.arrangement != "none" and arrangement_of(self.arrangement).spatial and not (
+                self.spatial_global or self.spatial_local):
             raise ValueError("spatial attention needs spatial_global or spatial_local (or both)")
         if self.pool_logit_clamp is not None and not self.pool_logit_clamp > 0:
             raise ValueError(f"pool_logit_clamp must be None or > 0, got {self.pool_logit_clamp}")

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
+from fastsca.attention import build_attention
 from fastsca.backbone import ResidualBlock
 from fastsca.config import ModelConfig
 from fastsca.pooling import AttentionPooling
@@ -32,7 +32,6 @@ class ATSCA(nn.Module):
         super().__init__()
         self.config = config
         self.options = options
-        ops = FUSED_OPS if options.fused_attention else REFERENCE_OPS
         self.input_norm = nn.BatchNorm2d(config.n_mels)   # PANNs' bn0: one BatchNorm per mel bin
         blocks, in_channels = [], 1
         for index, (channels, pool, (time_steps, freq_bins)) in enumerate(
@@ -40,9 +39,17 @@ class ATSCA(nn.Module):
             attention = nn.Identity()
             if index in config.attention_blocks:
                 attention = build_attention(
-                    config.arrangement, channels, time_steps, freq_bins,
-                    config.spatial_global, config.spatial_local, config.rd_ratio,
-                    config.global_mid_channels, config.global_kernel_size, ops)
+                    arrangement=config.arrangement,
+                    channels=channels,
+                    time_steps=time_steps,
+                    freq_bins=freq_bins,
+                    use_global=config.spatial_global,
+                    use_local=config.spatial_local,
+                    rd_ratio=config.rd_ratio,
+                    global_mid_channels=config.global_mid_channels,
+                    global_kernel_size=config.global_kernel_size,
+                    fused=options.fused_attention,
+                )
             blocks.append(ResidualBlock(in_channels, channels, attention, pool))
             in_channels = channels
         self.blocks = nn.Sequential(*blocks)

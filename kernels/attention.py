@@ -3,12 +3,15 @@
 `AttentionUnit` (a torch.autograd.Function) runs an arrangement's forward and its backward. F has one
 consumer in the autograd graph and gets one gradient, written once: no F-sized tensor is summed by
 autograd, and the gate's, the squeeze's and the channel pool's terms of dF are added in registers.
-Only the F-sized passes are `torch.library` ops (`fastsca::attention_<pass>`): Triton kernels on CUDA
-(and on CPU under TRITON_INTERPRET=1), one PyTorch expression each otherwise. The sub-networks on S
-(B, 1, T, F), Z (B, C) and the logits (kernels/subnets.py: global convs and BatchNorm, the local FC,
-the channel MLP, partial-row sums) are plain PyTorch with hand-written backward passes, so
-`torch.compile` traces them into its graph and Inductor fuses them; inside one opaque op they were
-~21 eager launches forward and ~45 backward per module.
+Only the F-sized passes are `torch.library` ops (`fastsca::attention_<pass>`), the only ops this package
+registers: Triton kernels on CUDA (and on CPU under TRITON_INTERPRET=1), one PyTorch expression each
+otherwise (kernels/reference.py's equations where a pass is one). The arrangement comes in as data (a
+fastsca.config.Arrangement: which masks, in what order, how combined); the unit picks its passes by the
+description's flags, never by its name. The sub-networks on S (B, 1, T, F), Z (B, C) and the logits
+(kernels/subnets.py: global convs and BatchNorm, the local FC, the channel MLP, partial-row sums) are
+plain PyTorch with hand-written backward passes, so `torch.compile` traces them into its graph and
+Inductor fuses them; inside one opaque op they would be ~21 eager launches forward and ~45 backward
+per module (measured).
 
 Bytes of F-sized tensors moved, in units of |F| (reads + writes; the forward's three reads of F and
 one write of F'' are the floor of every arrangement that reads F twice for its two descriptors):
@@ -33,21 +36,30 @@ The first backward pass completes one logit gradient per program and leaves K fp
 the other (|F| / 16 bytes in bf16, not counted above), which the second F pass adds as it reads them:
 no extra launch. C//S has no second F pass: its (B, K, N) partials are summed by one small torch op.
 """
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 
-from kernels.channel_pool import channel_pool_forward, channel_pool_logit_grad, channel_pool_reference
+from kernels import reference
+from kernels.channel_pool import channel_pool_forward, channel_pool_logit_grad
 from kernels.common import check_map, output_format, use_triton
-from kernels.gate import (gate_factors, gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows,
-                          gate_reference, logit_grad_partials)
-from kernels.spatial_squeeze import spatial_squeeze_forward, spatial_squeeze_logit_grad, spatial_squeeze_reference
+from kernels.gate import (gate_forward, gate_input_grad, gate_logit_grad_columns, gate_logit_grad_rows,
+                          logit_grad_partials)
+from kernels.spatial_squeeze import spatial_squeeze_forward, spatial_squeeze_logit_grad
 from kernels.subnets import (ChannelParams, GlobalParams, LocalParams, channel_backward, channel_forward,
                              global_backward, global_forward, local_backward, local_forward)
 
-ARRANGEMENTS = ("spatial", "channel", "sca", "csa", "cps")
-"""The arrangements of §3.3, the one place their names are defined (fastsca.config and fastsca.attention
-import them): spatial only (AT-S), channel only (AT-C), SCA (eq. 10), CSA, and the parallel C//S."""
+
+class ArrangementFlags(Protocol):
+    """What the unit reads of an arrangement (fastsca.config.Arrangement has these; kernels/ imports nothing
+    of fastsca)."""
+
+    name: str
+    spatial: bool          # has the spatial mask
+    channel: bool          # has the channel mask
+    squeeze_gated: bool    # Z is squeezed from sigma(logit_s) * F (SCA)
+    pool_weighted: bool    # S is pooled from sigma(logit_c) * F (CSA)
+    additive: bool         # F'' = sigma(logit_s + logit_c) * F (C//S)
 
 
 class AttentionParams(NamedTuple):
@@ -59,11 +71,42 @@ class AttentionParams(NamedTuple):
     bn_eps: float = 1e-5
 
 
+class Saved(NamedTuple):
+    """What the forward keeps for the backward; an absent one is an empty fp32 tensor."""
+
+    s: torch.Tensor          # S (B, 1, T, F) fp32
+    logit_s: torch.Tensor    # (B, 1, T, F) fp32
+    z: torch.Tensor          # Z (B, C) fp32
+    logit_c: torch.Tensor    # (B, C) fp32
+    bn_mean: torch.Tensor    # (M,) the global branch's BatchNorm batch mean (or running mean in eval)
+    bn_var: torch.Tensor     # (M,) its biased variance
+
+
+class Gradients(NamedTuple):
+    """The backward's results."""
+
+    x: torch.Tensor             # dF, in F's layout
+    params: AttentionParams     # None for absent branches and for the running statistics
+
+
 # ---- the F-sized passes: Triton on CUDA (CPU under TRITON_INTERPRET=1), plain PyTorch otherwise ----
+
+def _gate_factors(x, spatial_logit, channel_logit, additive):
+    """The gate of eqs. 7/9/10 (or sigmoid(s + c) for C//S) and d gate / d logit_s, d logit_c over the gate,
+    in fp32 (the CPU backward passes)."""
+    s = spatial_logit.float() if spatial_logit is not None else None
+    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
+    if additive:
+        gate = torch.sigmoid(s + c)
+        return gate, 1 - gate, 1 - gate
+    sig_s = torch.sigmoid(s) if s is not None else torch.ones((), device=x.device)
+    sig_c = torch.sigmoid(c) if c is not None else torch.ones((), device=x.device)
+    return sig_s * sig_c, 1 - sig_s, 1 - sig_c
+
 
 def _gate_parts(grad, x, spatial_logit, channel_logit, additive):
     """dout * x * gate, and d gate / d logit_s, d logit_c over gate, in fp32 (plain PyTorch)."""
-    gate, ds_factor, dc_factor = gate_factors(x, spatial_logit, channel_logit, additive)
+    gate, ds_factor, dc_factor = _gate_factors(x, spatial_logit, channel_logit, additive)
     return grad.float() * x.float() * gate, ds_factor, dc_factor
 
 
@@ -72,7 +115,7 @@ def _pool_op(x: torch.Tensor, channel_weight: torch.Tensor | None) -> torch.Tens
     """S (B, 1, T, F) fp32 = mean over C of F, channel-weighted for CSA (eq. 4)."""
     if use_triton(x):
         return channel_pool_forward(x, channel_weight, torch.float32)
-    return channel_pool_reference(x.float(), channel_weight).contiguous()
+    return reference.channel_pool(x.float(), channel_weight).contiguous()
 
 
 @_pool_op.register_fake
@@ -85,7 +128,7 @@ def _squeeze_op(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> torch.Te
     """Z (B, C) fp32 = mean over T, F of F, weighted by sigma(logit_s) for SCA (eq. 8)."""
     if use_triton(x):
         return spatial_squeeze_forward(x, spatial_logit, torch.float32)
-    return spatial_squeeze_reference(x.float(), spatial_logit).contiguous()
+    return reference.spatial_squeeze(x.float(), spatial_logit).contiguous()
 
 
 @_squeeze_op.register_fake
@@ -96,10 +139,11 @@ def _(x, spatial_logit):
 @torch.library.custom_op("fastsca::attention_gate", mutates_args=())
 def _gate_op(x: torch.Tensor, spatial_logit: torch.Tensor | None, channel_logit: torch.Tensor | None,
              additive: bool) -> torch.Tensor:
-    """F'' = gate * F in F's layout (eqs. 7, 9, 10)."""
+    """F'' = gate * F in F's layout (eqs. 7, 9, 10), the gate in fp32."""
     if use_triton(x):
-        return gate_forward(x, spatial_logit, channel_logit, additive)
-    return gate_reference(x, spatial_logit, channel_logit, additive).contiguous(memory_format=output_format(x))
+        return gate_forward(x, spatial_logit, channel_logit, additive=additive)
+    out = reference.gate(x.float(), spatial_logit, channel_logit, additive).to(x.dtype)
+    return out.contiguous(memory_format=output_format(x))
 
 
 @_gate_op.register_fake
@@ -128,7 +172,7 @@ def _rows_op(grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor | 
     """Backward pass 1 by channel rows (reads dF'' and F): (dlogit_c (B, C) fp32, the gate's share of
     dlogit_s as K partial rows (B, K, N) fp32; K = 0 without a spatial logit)."""
     if use_triton(x):
-        return gate_logit_grad_rows(grad, x, spatial_logit, channel_logit, additive)
+        return gate_logit_grad_rows(grad, x, spatial_logit, channel_logit, additive=additive)
     dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
     k = _partial_rows(grad, x, spatial_logit, True)
     parts = _as_partials((dgate * ds_factor).sum(dim=1).flatten(1) if k else None, x, k, x.shape[2] * x.shape[3])
@@ -148,7 +192,7 @@ def _columns_op(grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor
     """Backward pass 1 by spatial columns (reads dF'' and F): (dlogit_s (B, 1, T, F) fp32, the gate's
     share of dlogit_c as J partial rows (B, J, C) fp32; J = 0 without a channel logit)."""
     if use_triton(x):
-        return gate_logit_grad_columns(grad, x, spatial_logit, channel_logit, additive)
+        return gate_logit_grad_columns(grad, x, spatial_logit, channel_logit, additive=additive)
     dgate, ds_factor, dc_factor = _gate_parts(grad, x, spatial_logit, channel_logit, additive)
     j = _partial_rows(grad, x, channel_logit, False)
     parts = _as_partials((dgate * dc_factor).sum(dim=(2, 3)) if j else None, x, j, x.shape[1])
@@ -200,10 +244,14 @@ def _input_grad_op(grad: torch.Tensor, like: torch.Tensor, spatial_logit: torch.
                    channel_logit: torch.Tensor | None, additive: bool, squeeze_grad: torch.Tensor | None,
                    squeeze_gated: bool, pool_grad: torch.Tensor | None, pool_weighted: bool) -> torch.Tensor:
     """The last backward pass (reads dF'', writes dF in like's layout): the gate's term plus the
-    squeeze's (given dZ) and the channel pool's (given dS), added in registers."""
+    squeeze's (given dZ) and the channel pool's (given dS), added in registers. An additive (C//S) gate
+    comes with neither a gated squeeze nor a weighted pool (its masks both come from F)."""
+    if additive and (squeeze_gated or pool_weighted):
+        raise ValueError("attention_input_grad: an additive gate has no gated squeeze and no weighted pool")
     if use_triton(like):
-        return gate_input_grad(grad, like, spatial_logit, channel_logit, additive, squeeze_grad, squeeze_gated,
-                               pool_grad, pool_weighted)
+        return gate_input_grad(grad, like, spatial_logit, channel_logit, additive=additive,
+                               squeeze_grad=squeeze_grad, squeeze_gated=squeeze_gated,
+                               pool_grad=pool_grad, pool_weighted=pool_weighted)
     n = like.shape[2] * like.shape[3]
     ones = torch.ones((), device=like.device)
     sig_s = torch.sigmoid(spatial_logit.float()) if spatial_logit is not None else ones
@@ -255,58 +303,60 @@ def _spatial_backward(grad, s, params: AttentionParams, mean, var, training):
     return ds, glob_grads, local_grads
 
 
-def _forward(x, arrangement, params: AttentionParams, training):
-    """(F'', S, logit_s, Z, logit_c, BN mean, BN var); absent ones are empty (B, 0) tensors."""
+def _forward(x, arrangement: ArrangementFlags, params: AttentionParams, training) -> tuple[torch.Tensor, Saved]:
+    """(F'', what the backward needs)."""
     ops = torch.ops.fastsca
     # Distinct empty tensors: each is a separate output or saved tensor of the autograd node.
-    s, logit_s, z, logit_c, mean, var = (x.new_empty((0,), dtype=torch.float32) for _ in range(6))
-    if arrangement == "csa":                                 # Z from F, then S from M_c * F
+    s, logit_s, z, logit_c, mean, var = (x.new_empty((0,), dtype=torch.float32) for _ in Saved._fields)
+    if arrangement.pool_weighted:                            # CSA: Z from F, then S from M_c * F
         z = ops.attention_squeeze(x, None)
         logit_c = channel_forward(z, params.channel)
         s = ops.attention_pool(x, torch.sigmoid(logit_c))
         logit_s, mean, var = _spatial_forward(s, params, training)
     else:
-        if arrangement != "channel":                         # S from F
+        if arrangement.spatial:                              # S from F
             s = ops.attention_pool(x, None)
             logit_s, mean, var = _spatial_forward(s, params, training)
-        if arrangement != "spatial":                         # Z from M_s * F (SCA) or F
-            z = ops.attention_squeeze(x, logit_s if arrangement == "sca" else None)
+        if arrangement.channel:                              # Z from M_s * F (SCA) or F
+            z = ops.attention_squeeze(x, logit_s if arrangement.squeeze_gated else None)
             logit_c = channel_forward(z, params.channel)
-    out = ops.attention_gate(x, logit_s if arrangement != "channel" else None,
-                             logit_c if arrangement != "spatial" else None, arrangement == "cps")
-    return out, s, logit_s, z, logit_c, mean, var
+    out = ops.attention_gate(x, logit_s if arrangement.spatial else None, logit_c if arrangement.channel else None,
+                             additive=arrangement.additive)
+    return out, Saved(s, logit_s, z, logit_c, mean, var)
 
 
-def _backward(grad, x, arrangement, params: AttentionParams, saved, training):
-    """(dF, AttentionParams of gradients: None for absent branches and for the running statistics)."""
+def _backward(grad, x, arrangement: ArrangementFlags, params: AttentionParams, saved: Saved, training) -> Gradients:
+    """dF and the sub-networks' gradients. Pass 1 runs by channel rows where the channel logit's gradient
+    feeds a second pass or the spatial one is not needed (SCA, C//S, AT-C), else by spatial columns."""
     ops = torch.ops.fastsca
-    s, logit_s, z, logit_c, mean, var = saved
-    spatial_logit = logit_s if arrangement != "channel" else None
-    channel_logit = logit_c if arrangement != "spatial" else None
-    additive = arrangement == "cps"
+    spatial_logit = saved.logit_s if arrangement.spatial else None
+    channel_logit = saved.logit_c if arrangement.channel else None
     dz = ds = glob_grads = local_grads = channel_grads = None
-    if arrangement in ("sca", "cps", "channel"):
+    if arrangement.channel and not arrangement.pool_weighted:
         # Pass 1 by channel rows: dlogit_c complete, the gate's share of dlogit_s as partial rows.
-        dlogit_c, parts = ops.attention_rows(grad, x, spatial_logit, channel_logit, additive)
-        dz, *grads = channel_backward(dlogit_c, z, params.channel)
+        dlogit_c, parts = ops.attention_rows(grad, x, spatial_logit, channel_logit, additive=arrangement.additive)
+        dz, *grads = channel_backward(dlogit_c, saved.z, params.channel)
         channel_grads = ChannelParams(*grads)
-        if arrangement != "channel":
-            if arrangement == "sca":   # pass 2 reads F: the squeeze's share of dlogit_s
-                dlogit_s = ops.attention_squeeze_logit_grad(x, logit_s, dz, parts)
+        if arrangement.spatial:
+            if arrangement.squeeze_gated:   # pass 2 reads F: the squeeze's share of dlogit_s
+                dlogit_s = ops.attention_squeeze_logit_grad(x, saved.logit_s, dz, parts)
             else:
-                dlogit_s = parts.sum(dim=1).view_as(logit_s)
-            ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, params, mean, var, training)
+                dlogit_s = parts.sum(dim=1).view_as(saved.logit_s)
+            ds, glob_grads, local_grads = _spatial_backward(dlogit_s, saved.s, params, saved.bn_mean, saved.bn_var,
+                                                            training)
     else:
         # Pass 1 by spatial columns: dlogit_s complete, the gate's share of dlogit_c as partial rows.
-        dlogit_s, parts = ops.attention_columns(grad, x, spatial_logit, channel_logit, additive)
-        ds, glob_grads, local_grads = _spatial_backward(dlogit_s, s, params, mean, var, training)
-        if arrangement == "csa":       # pass 2 reads F: the pool's share of dlogit_c
-            dlogit_c = ops.attention_pool_logit_grad(x, logit_c, ds, parts)
-            dz, *grads = channel_backward(dlogit_c, z, params.channel)
+        dlogit_s, parts = ops.attention_columns(grad, x, spatial_logit, channel_logit, additive=arrangement.additive)
+        ds, glob_grads, local_grads = _spatial_backward(dlogit_s, saved.s, params, saved.bn_mean, saved.bn_var,
+                                                        training)
+        if arrangement.pool_weighted:       # pass 2 reads F: the pool's share of dlogit_c
+            dlogit_c = ops.attention_pool_logit_grad(x, saved.logit_c, ds, parts)
+            dz, *grads = channel_backward(dlogit_c, saved.z, params.channel)
             channel_grads = ChannelParams(*grads)
-    dx = ops.attention_input_grad(grad, x, spatial_logit, channel_logit, additive, dz, arrangement == "sca",
-                                  ds, arrangement == "csa")
-    return dx, AttentionParams(glob_grads, local_grads, channel_grads, params.bn_eps)
+    dx = ops.attention_input_grad(grad, x, spatial_logit, channel_logit, additive=arrangement.additive,
+                                  squeeze_grad=dz, squeeze_gated=arrangement.squeeze_gated,
+                                  pool_grad=ds, pool_weighted=arrangement.pool_weighted)
+    return Gradients(dx, AttentionParams(glob_grads, local_grads, channel_grads, params.bn_eps))
 
 
 _BRANCH_TYPES = (GlobalParams, LocalParams, ChannelParams)
@@ -341,43 +391,47 @@ class AttentionUnit(torch.autograd.Function):
     def forward(ctx, x, arrangement, training, bn_eps, present, *tensors):
         params = _unflatten(present, tensors, bn_eps)
         with torch.autocast(x.device.type, enabled=False):   # the sub-networks run in fp32 whatever the autocast
-            out, *saved = _forward(x, arrangement, params, training)
+            out, saved = _forward(x, arrangement, params, training)
         _, kept = _flatten(_without_running_stats(params))
         ctx.arrangement, ctx.training, ctx.bn_eps, ctx.present = arrangement, training, bn_eps, present
         ctx.kept = [t is not None for t in kept]
-        ctx.save_for_backward(x, *[t for t in kept if t is not None], *saved)
-        mean, var = saved[-2:]
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+        ctx.save_for_backward(x, *saved, *[t for t in kept if t is not None])
+        ctx.mark_non_differentiable(saved.bn_mean, saved.bn_var)
+        return out, saved.bn_mean, saved.bn_var
 
     @staticmethod
     def backward(ctx, grad, _mean_grad, _var_grad):
         x, *rest = ctx.saved_tensors
-        stored, saved = iter(rest[:len(rest) - 6]), rest[len(rest) - 6:]
+        saved, stored = Saved(*rest[:len(Saved._fields)]), iter(rest[len(Saved._fields):])
         tensors = [next(stored) if kept else None for kept in ctx.kept]
         params = _unflatten(ctx.present, tensors, ctx.bn_eps)
         with torch.autocast(x.device.type, enabled=False):
-            dx, grads = _backward(grad, x, ctx.arrangement, params, saved, ctx.training)
-        _, flat_grads = _flatten(grads)
+            grads = _backward(grad, x, ctx.arrangement, params, saved, ctx.training)
+        _, flat_grads = _flatten(grads.params)
         flat_grads = [g.to(t.dtype) if g is not None else None for g, t in zip(flat_grads, tensors)]
-        return (dx, None, None, None, None, *flat_grads)
+        return (grads.x, None, None, None, None, *flat_grads)
 
 
-def _check(x: torch.Tensor, arrangement: str, params: AttentionParams) -> None:
+_FLAGS = ArrangementFlags.__annotations__
+
+
+def _check(x: torch.Tensor, arrangement: ArrangementFlags, params: AttentionParams) -> None:
     check_map("attention", x)
-    if arrangement not in ARRANGEMENTS:
-        raise ValueError(f"attention: unknown arrangement {arrangement!r}; valid: {', '.join(ARRANGEMENTS)}")
+    missing = [flag for flag in _FLAGS if not hasattr(arrangement, flag)]
+    if missing:
+        raise ValueError(f"attention: arrangement must describe the arrangement (a fastsca.config.Arrangement), "
+                         f"got {type(arrangement).__name__} without {', '.join(missing)}")
     if not isinstance(params, AttentionParams):
         raise ValueError(f"attention: params must be an AttentionParams, got {type(params).__name__}")
-    spatial, channel = arrangement != "channel", arrangement != "spatial"
-    if spatial and params.glob is None and params.local is None:
-        raise ValueError(f"attention: arrangement {arrangement!r} needs the global or the local spatial branch")
-    if channel and params.channel is None:
-        raise ValueError(f"attention: arrangement {arrangement!r} needs the channel MLP (AttentionParams.channel)")
-    if not spatial and (params.glob is not None or params.local is not None):
-        raise ValueError("attention: arrangement 'channel' takes no spatial branch")
-    if not channel and params.channel is not None:
-        raise ValueError("attention: arrangement 'spatial' takes no channel MLP")
+    name = arrangement.name
+    if arrangement.spatial and params.glob is None and params.local is None:
+        raise ValueError(f"attention: arrangement {name!r} needs the global or the local spatial branch")
+    if arrangement.channel and params.channel is None:
+        raise ValueError(f"attention: arrangement {name!r} needs the channel MLP (AttentionParams.channel)")
+    if not arrangement.spatial and (params.glob is not None or params.local is not None):
+        raise ValueError(f"attention: arrangement {name!r} takes no spatial branch")
+    if not arrangement.channel and params.channel is not None:
+        raise ValueError(f"attention: arrangement {name!r} takes no channel MLP")
     _, c, t, f = x.shape
     if params.local is not None and tuple(params.local.b2.shape) != (f, t):
         raise ValueError(f"attention: the local branch is built for (T, F) = {tuple(params.local.b2.shape[::-1])}, "
@@ -388,10 +442,11 @@ def _check(x: torch.Tensor, arrangement: str, params: AttentionParams) -> None:
 
 
 def attention(
-    x: torch.Tensor,            # (B, C, T, F)
-    arrangement: str,           # one of ARRANGEMENTS
-    params: AttentionParams,    # the arrangement's sub-networks
-    bn_training: bool,          # BatchNorm of the global branch normalises with batch statistics
+    x: torch.Tensor,                 # (B, C, T, F)
+    arrangement: ArrangementFlags,   # which masks, in what order, how combined
+    params: AttentionParams,         # the arrangement's sub-networks
+    *,
+    bn_training: bool,               # BatchNorm of the global branch normalises with batch statistics
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The arrangement's whole module as one autograd unit. Returns (F'' in x's layout, and the global
     branch's BatchNorm mean and biased variance, empty without it, for the running statistics)."""

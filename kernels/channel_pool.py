@@ -1,16 +1,15 @@
-"""Cross-channel average pooling, eq. 4: S = mean over C of F (optionally channel-weighted, for CSA).
+"""Cross-channel average pooling, eq. 4, as the fused unit's passes over F (kernels/attention.py).
 
-Forward reads F once and writes the small S; backward writes dF once and reads F only when there
-is a channel weight to differentiate (CSA). The op `fastsca::channel_pool` runs these kernels on
-CUDA (and on CPU under TRITON_INTERPRET=1) and `channel_pool_reference` otherwise.
+Forward (`attention_pool`): S = mean over C of F, channel-weighted for CSA; reads F once and writes the
+small S. CSA's second backward pass (`attention_pool_logit_grad`): the channel logit's gradient through
+the weighted pool, reading F once more. kernels/reference.py's `channel_pool` is the reference.
 """
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fold_groups, group_sum, grouped_index,
-                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
-                            use_triton)
+from kernels.common import (LAUNCHES, channel_sum, fold_groups, group_sum, grouped_index, load_grouped, load_vector,
+                            plane, row_group, space_sum)
 
 # Forward: one program per (32 spatial columns, batch row), looping over all C. A reduction over C
 # needs the whole channel range in one program (no atomics, deterministic); 32 columns keep enough
@@ -19,13 +18,13 @@ from kernels.common import (LAUNCHES, channel_sum, check_channel, check_map, fol
 FORWARD_BLOCK_N = 32
 # 64 channels per step: a 2048-value tile, 8 per thread at 8 warps.
 FORWARD_BLOCK_C = 64
-# Backward: one program per (32 channels, batch row), looping over N; C / 32 * B = 256-4096 programs
-# at the real shapes, and the weight gradient (a reduction over N) completes inside the program.
+# CSA's logit-gradient pass: one program per (32 channels, batch row), looping over N; C / 32 * B =
+# 256-4096 programs at the real shapes, and the gradient (a reduction over N) completes inside the program.
 BACKWARD_BLOCK_C = 32
 # 64 columns per step: the same 2048-value tile as the forward.
 BACKWARD_BLOCK_N = 64
 # 8 warps: 8 values per thread. ptxas (sm_90, bf16, NCHW) at 4 warps / 8 warps: forward 72 / 39
-# registers, backward 96 / 60; fewer registers let more programs share an SM and hide DRAM latency.
+# registers; fewer registers let more programs share an SM and hide DRAM latency.
 NUM_WARPS = 8
 
 
@@ -55,25 +54,6 @@ def channel_pool_forward_kernel(
             acc += x
         total = fold_groups(tl.sum(acc, axis=0), offs_n, N, G, BLOCK_N)
     tl.store(s_ptr + b * ssb + offs_n, (total * inv_c).to(s_ptr.dtype.element_ty), mask=offs_n < N)
-
-
-@triton.jit
-def channel_pool_backward_kernel(
-    x_ptr, w_ptr, ds_ptr, dx_ptr, dw_ptr, sxb, swb, sdsb, sdxb, inv_c,
-    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DX_CL: tl.constexpr,
-    HAS_W: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dx[b, c, n] = w[b, c] dS[b, n] / C and dw[b, c] = 1/C sum_n x dS; grid (cdiv(C, BLOCK_C), B)."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    w = load_vector(w_ptr, b, offs_c, C, swb, 1, HAS_W) * inv_c
-    for n0 in range(0, N, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        ds = load_vector(ds_ptr, b, offs_n, N, sdsb, 1, True)
-        store_plane(dx_ptr, w[:, None] * ds[None, :], b, sdxb, offs_c, offs_n, C, N, DX_CL)
-    if HAS_W:
-        dw = space_sum(x_ptr, ds_ptr, b, sxb, sdsb, offs_c, C, N, X_CL, True, False, BLOCK_C, BLOCK_N) * inv_c
-        tl.store(dw_ptr + b * C + offs_c, dw.to(dw_ptr.dtype.element_ty), mask=offs_c < C)
 
 
 @triton.jit
@@ -140,32 +120,6 @@ def channel_pool_forward(
     return s
 
 
-def channel_pool_backward(
-    grad: torch.Tensor,                   # (B, 1, T, F), dL/dS
-    x: torch.Tensor,                      # (B, C, T, F)
-    channel_weight: torch.Tensor | None,  # (B, C) or None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel: (dx in x's layout, dw; dw is empty when channel_weight is None)."""
-    batch, channels, time, freq = x.shape
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    dw = torch.empty((batch, channels) if channel_weight is not None else (0,),
-                     device=x.device, dtype=channel_weight.dtype if channel_weight is not None else x.dtype)
-    if dx.numel() == 0:
-        return dx, dw.zero_()
-    x, sxb, x_cl = plane(x)
-    dx_arg, sdxb, dx_cl = plane(dx)
-    grad = grad.contiguous()
-    w = channel_weight.contiguous() if channel_weight is not None else x
-    n = time * freq
-    channel_pool_backward_kernel[(triton.cdiv(channels, BACKWARD_BLOCK_C), batch)](
-        x, w, grad, dx_arg, dw, sxb, channels if channel_weight is not None else 0, n, sdxb, 1.0 / channels,
-        C=channels, N=n, X_CL=x_cl, DX_CL=dx_cl,
-        HAS_W=channel_weight is not None, BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
-    )
-    LAUNCHES["channel_pool_backward"] += 1
-    return dx, dw
-
-
 def channel_pool_logit_grad(
     x: torch.Tensor,              # (B, C, T, F)
     channel_logit: torch.Tensor,  # (B, C); the pool's channel weight is sigmoid(channel_logit)
@@ -189,79 +143,3 @@ def channel_pool_logit_grad(
     )
     LAUNCHES["channel_pool_logit_grad"] += 1
     return dl
-
-
-def _check(x: torch.Tensor, channel_weight: torch.Tensor | None) -> None:
-    check_map("channel_pool", x)
-    check_channel("channel_pool", "channel_weight", channel_weight, x)
-
-
-@torch.library.custom_op("fastsca::channel_pool", mutates_args=())
-def _channel_pool_op(x: torch.Tensor, channel_weight: torch.Tensor | None) -> torch.Tensor:
-    _check(x, channel_weight)
-    if use_triton(x):
-        return channel_pool_forward(x, channel_weight)
-    return channel_pool_reference(x, channel_weight).contiguous()
-
-
-@_channel_pool_op.register_fake
-def _(x, channel_weight):
-    _check(x, channel_weight)
-    return x.new_empty((x.shape[0], 1, x.shape[2], x.shape[3]))
-
-
-@torch.library.custom_op("fastsca::channel_pool_backward", mutates_args=())
-def _channel_pool_backward_op(
-    grad: torch.Tensor, x: torch.Tensor, channel_weight: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if use_triton(x):
-        return channel_pool_backward(grad, x, channel_weight)
-    # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
-    channels = x.shape[1]
-    g = grad.float() / channels                                          # (B, 1, T, F)
-    w = channel_weight.float()[:, :, None, None] if channel_weight is not None else torch.ones((), device=x.device)
-    dx = (w * g).to(x.dtype).expand(x.shape).contiguous(memory_format=output_format(x))
-    if channel_weight is None:
-        return dx, x.new_empty((0,))
-    return dx, (x.float() * g).sum(dim=(2, 3)).to(channel_weight.dtype)
-
-
-@_channel_pool_backward_op.register_fake
-def _(grad, x, channel_weight):
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    if channel_weight is None:
-        return dx, x.new_empty((0,))
-    return dx, channel_weight.new_empty(channel_weight.shape)
-
-
-def _setup_context(ctx, inputs, output):
-    x, channel_weight = inputs
-    ctx.save_for_backward(x, channel_weight)
-
-
-def _backward(ctx, grad):
-    x, channel_weight = ctx.saved_tensors
-    dx, dw = torch.ops.fastsca.channel_pool_backward(grad, x, channel_weight)
-    return dx, dw if channel_weight is not None else None
-
-
-_channel_pool_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def channel_pool(
-    x: torch.Tensor,                      # (B, C, T, F)
-    channel_weight: torch.Tensor | None,  # (B, C) or None
-) -> torch.Tensor:                        # (B, 1, T, F)
-    """Eq. 4 as the fused op: the Triton kernels on CUDA, channel_pool_reference on CPU."""
-    return torch.ops.fastsca.channel_pool(x, channel_weight)
-
-
-def channel_pool_reference(
-    x: torch.Tensor,                      # (B, C, T, F)
-    channel_weight: torch.Tensor | None,  # (B, C) or None
-) -> torch.Tensor:                        # (B, 1, T, F)
-    """S[b, 0, t, f] = 1/C * sum_c w[b, c] * x[b, c, t, f], accumulated in fp32."""
-    xf = x.float()
-    if channel_weight is not None:
-        xf = xf * channel_weight.float()[:, :, None, None]
-    return xf.mean(dim=1, keepdim=True).to(x.dtype)

@@ -17,7 +17,7 @@ import triton.language as tl
 from triton import knobs
 
 LAUNCHES: Counter = Counter()
-"""Host launches per kernel ("gate_forward", "gate_backward", ...): lets tests prove the Triton path ran."""
+"""Host launches per kernel ("gate_forward", "gate_input_grad", ...): lets tests prove the Triton path ran."""
 
 _INTERPRETED = bool(knobs.runtime.interpret)
 """Triton picks interpreter or compiler when a kernel is decorated, i.e. when this package is imported;
@@ -97,22 +97,6 @@ def check_map(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: x must be floating point, got {x.dtype}")
 
 
-def check_spatial(name: str, arg: str, logit: torch.Tensor | None, x: torch.Tensor) -> None:
-    """ValueError unless logit is None or a (B, 1, T, F) map on x's device."""
-    b, _, t, f = x.shape
-    if logit is not None and (tuple(logit.shape) != (b, 1, t, f) or logit.device != x.device):
-        raise ValueError(f"{name}: {arg} must have shape (B, 1, T, F) = {(b, 1, t, f)} on {x.device}, "
-                         f"got {tuple(logit.shape)} on {logit.device}")
-
-
-def check_channel(name: str, arg: str, weight: torch.Tensor | None, x: torch.Tensor) -> None:
-    """ValueError unless weight is None or a (B, C) tensor on x's device."""
-    b, c = x.shape[:2]
-    if weight is not None and (tuple(weight.shape) != (b, c) or weight.device != x.device):
-        raise ValueError(f"{name}: {arg} must have shape (B, C) = {(b, c)} on {x.device}, "
-                         f"got {tuple(weight.shape)} on {weight.device}")
-
-
 @triton.jit
 def plane_offsets(offs_c, offs_n, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """[BLOCK_C, BLOCK_N] element offsets of a (C, N) plane, and the in-map mask."""
@@ -128,14 +112,6 @@ def load_plane(ptr, b, stride_b, offs_c, offs_n, C: tl.constexpr, N: tl.constexp
     """A [BLOCK_C, BLOCK_N] fp32 tile of plane b of a (B, C, N) map (see `plane`), zero outside the map."""
     offs, mask = plane_offsets(offs_c, offs_n, C, N, CHANNELS_LAST)
     return tl.load(ptr + b * stride_b + offs, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def store_plane(ptr, value, b, stride_b, offs_c, offs_n, C: tl.constexpr, N: tl.constexpr,
-                CHANNELS_LAST: tl.constexpr):
-    """Store a [BLOCK_C, BLOCK_N] fp32 tile into plane b of a (B, C, N) map, in the map's dtype."""
-    offs, mask = plane_offsets(offs_c, offs_n, C, N, CHANNELS_LAST)
-    tl.store(ptr + b * stride_b + offs, value.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit

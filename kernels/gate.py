@@ -1,22 +1,21 @@
-"""Sigmoid-gated rescaling, eqs. 7, 9 and 10.
+"""Sigmoid-gated rescaling, eqs. 7, 9 and 10, as the fused unit's passes over F (kernels/attention.py).
 
 Sequential (SCA, CSA):  out = sigma(logit_s) * sigma(logit_c) * F   (a missing logit gates with 1)
 Parallel (C//S):        out = sigma(logit_s + logit_c) * F
-Forward reads F once and writes F'' once. The backward is two passes every arrangement's backward
-(kernels/attention.py) is built from: the logit gradients (reads dF'' and F, by channel rows or by
-spatial columns: one gradient completes per program, the other leaves fp32 partial rows), and the
-input gradient (reads dF'', writes dF, adding the squeeze's and the channel pool's terms). The op
-`fastsca::gate` runs these kernels on CUDA (and on CPU under TRITON_INTERPRET=1) and `gate_reference`
-otherwise; its own backward sums the partial rows with one small torch op.
+Forward (`attention_gate`) reads F once and writes F'' once. Every arrangement's backward is built from
+two passes here: the logit gradients (`attention_rows` / `attention_columns`: reads dF'' and F, by
+channel rows or by spatial columns; one gradient completes per program, the other leaves fp32 partial
+rows), and the input gradient (`attention_input_grad`: reads dF'', writes dF, adding the squeeze's and
+the channel pool's terms). kernels/reference.py's `gate` is the reference.
 """
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, check_channel, check_map, check_spatial, fold_groups, group_sum, grouped_index,
-                            load_grouped, load_plane, load_vector, output_format, plane, row_group, use_triton)
+from kernels.common import (LAUNCHES, fold_groups, group_sum, grouped_index, load_grouped, load_plane, load_vector,
+                            output_format, plane, row_group)
 
-# Elementwise kernels (forward, and the input gradient in kernels/attention.py) walk each (C, N) plane
+# Elementwise kernels (forward, and the input gradient) walk each (C, N) plane
 # flat, as Inductor does: 2048 values per program at 8 warps are 8 per thread, one 16-byte access in
 # bf16 (two in fp32) whatever N is; C * N / 2048 * B programs (>= 3200 at B = 256).
 FLAT_BLOCK = 2048
@@ -270,6 +269,7 @@ def gate_forward(
     x: torch.Tensor,                     # (B, C, T, F)
     spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
     channel_logit: torch.Tensor | None,  # (B, C) or None
+    *,
     additive: bool,
 ) -> torch.Tensor:                       # (B, C, T, F), in x's layout
     """Launch the forward kernel."""
@@ -295,6 +295,7 @@ def gate_logit_grad_rows(
     x: torch.Tensor,                     # (B, C, T, F)
     spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
     channel_logit: torch.Tensor,         # (B, C)
+    *,
     additive: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch gate_logit_grad_rows_kernel: (dchannel_logit (B, C) fp32, spatial partials (B, K, N) fp32,
@@ -322,6 +323,7 @@ def gate_logit_grad_columns(
     x: torch.Tensor,                     # (B, C, T, F)
     spatial_logit: torch.Tensor,         # (B, 1, T, F)
     channel_logit: torch.Tensor | None,  # (B, C) or None
+    *,
     additive: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch gate_logit_grad_columns_kernel: (dspatial_logit (B, 1, T, F) fp32, channel partials (B, J, C)
@@ -349,11 +351,12 @@ def gate_input_grad(
     like: torch.Tensor,                  # (B, C, T, F): dx gets its shape, dtype and layout
     spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
     channel_logit: torch.Tensor | None,  # (B, C) or None
+    *,
     additive: bool,
-    squeeze_grad: torch.Tensor | None = None,  # (B, C) dL/dZ of a squeeze of this map, or None
-    squeeze_gated: bool = False,               # the squeeze was weighted by sigma(spatial_logit) (SCA)
-    pool_grad: torch.Tensor | None = None,     # (B, 1, T, F) dL/dS of a channel pool of this map, or None
-    pool_weighted: bool = False,               # the pool was weighted by sigma(channel_logit) (CSA)
+    squeeze_grad: torch.Tensor | None,   # (B, C) dL/dZ of a squeeze of this map, or None
+    squeeze_gated: bool,                 # the squeeze was weighted by sigma(spatial_logit) (SCA)
+    pool_grad: torch.Tensor | None,      # (B, 1, T, F) dL/dS of a channel pool of this map, or None
+    pool_weighted: bool,                 # the pool was weighted by sigma(channel_logit) (CSA)
 ) -> torch.Tensor:                             # (B, C, T, F) in like's layout
     """Launch gate_input_grad_kernel. A gradient in another layout than like is copied once into it."""
     batch, channels, time, freq = like.shape
@@ -376,140 +379,3 @@ def gate_input_grad(
     )
     LAUNCHES["gate_input_grad"] += 1
     return dx
-
-
-def gate_backward(
-    grad: torch.Tensor,                  # (B, C, T, F), dL/dout
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-    channel_logit: torch.Tensor | None,  # (B, C) or None
-    additive: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The standalone op's backward: (dx in x's layout, dspatial_logit, dchannel_logit); absent logits get
-    empty grads. The arrangements' backward (kernels/attention.py) uses the passes directly instead."""
-    ds, dc = x.new_empty((0,)), x.new_empty((0,))
-    if channel_logit is not None:
-        dc, parts = gate_logit_grad_rows(grad, x, spatial_logit, channel_logit, additive)
-        dc = dc.to(channel_logit.dtype)
-        if spatial_logit is not None:
-            ds = parts.sum(dim=1).view(spatial_logit.shape).to(spatial_logit.dtype)
-    elif spatial_logit is not None:
-        ds, _ = gate_logit_grad_columns(grad, x, spatial_logit, None, additive)
-        ds = ds.to(spatial_logit.dtype)
-    return gate_input_grad(grad, x, spatial_logit, channel_logit, additive), ds, dc
-
-
-def _check(x, spatial_logit, channel_logit, additive) -> None:
-    check_map("gate", x)
-    check_spatial("gate", "spatial_logit", spatial_logit, x)
-    check_channel("gate", "channel_logit", channel_logit, x)
-    if additive and (spatial_logit is None or channel_logit is None):
-        raise ValueError("gate: additive (C//S) gating needs both a spatial and a channel logit")
-
-
-@torch.library.custom_op("fastsca::gate", mutates_args=())
-def _gate_op(
-    x: torch.Tensor, spatial_logit: torch.Tensor | None, channel_logit: torch.Tensor | None, additive: bool,
-) -> torch.Tensor:
-    _check(x, spatial_logit, channel_logit, additive)
-    if use_triton(x):
-        return gate_forward(x, spatial_logit, channel_logit, additive)
-    return gate_reference(x, spatial_logit, channel_logit, additive).contiguous(memory_format=output_format(x))
-
-
-@_gate_op.register_fake
-def _(x, spatial_logit, channel_logit, additive):
-    _check(x, spatial_logit, channel_logit, additive)
-    return torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-
-
-def gate_factors(x: torch.Tensor, spatial_logit: torch.Tensor | None, channel_logit: torch.Tensor | None,
-                 additive: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gate of eqs. 7/9/10 (or sigmoid(s + c) for C//S) and d gate / d logit_s, d logit_c over the gate,
-    in fp32 plain PyTorch: the backward references share it."""
-    s = spatial_logit.float() if spatial_logit is not None else None
-    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
-    if additive:
-        gate = torch.sigmoid(s + c)
-        return gate, 1 - gate, 1 - gate
-    sig_s = torch.sigmoid(s) if s is not None else torch.ones((), device=x.device)
-    sig_c = torch.sigmoid(c) if c is not None else torch.ones((), device=x.device)
-    return sig_s * sig_c, 1 - sig_s, 1 - sig_c
-
-
-@torch.library.custom_op("fastsca::gate_backward", mutates_args=())
-def _gate_backward_op(
-    grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor | None,
-    channel_logit: torch.Tensor | None, additive: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    if use_triton(x):
-        return gate_backward(grad, x, spatial_logit, channel_logit, additive)
-    # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
-    gate, ds_factor, dc_factor = gate_factors(x, spatial_logit, channel_logit, additive)
-    g = grad.float()
-    dx = (g * gate).to(x.dtype).contiguous(memory_format=output_format(x))
-    dgate = g * x.float() * gate
-    ds = x.new_empty((0,))
-    if spatial_logit is not None:
-        ds = (dgate * ds_factor).sum(dim=1, keepdim=True).to(spatial_logit.dtype).contiguous()
-    dc = x.new_empty((0,))
-    if channel_logit is not None:
-        dc = (dgate * dc_factor).sum(dim=(2, 3)).to(channel_logit.dtype)
-    return dx, ds, dc
-
-
-@_gate_backward_op.register_fake
-def _(grad, x, spatial_logit, channel_logit, additive):
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    ds = (torch.empty_like(spatial_logit, memory_format=torch.contiguous_format) if spatial_logit is not None
-          else x.new_empty((0,)))
-    dc = (torch.empty_like(channel_logit, memory_format=torch.contiguous_format) if channel_logit is not None
-          else x.new_empty((0,)))
-    return dx, ds, dc
-
-
-def _setup_context(ctx, inputs, output):
-    x, spatial_logit, channel_logit, additive = inputs
-    ctx.save_for_backward(x, spatial_logit, channel_logit)
-    ctx.additive = additive
-
-
-def _backward(ctx, grad):
-    x, spatial_logit, channel_logit = ctx.saved_tensors
-    dx, ds, dc = torch.ops.fastsca.gate_backward(grad, x, spatial_logit, channel_logit, ctx.additive)
-    return (dx, ds if spatial_logit is not None else None, dc if channel_logit is not None else None, None)
-
-
-_gate_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def gate(
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-    channel_logit: torch.Tensor | None,  # (B, C) or None
-    additive: bool,
-) -> torch.Tensor:                       # (B, C, T, F)
-    """Eqs. 7, 9, 10 as the fused op: the Triton kernels on CUDA, gate_reference on CPU."""
-    return torch.ops.fastsca.gate(x, spatial_logit, channel_logit, additive)
-
-
-def gate_reference(
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-    channel_logit: torch.Tensor | None,  # (B, C) or None
-    additive: bool,
-) -> torch.Tensor:                       # (B, C, T, F)
-    """Rescale x by the spatial and channel gates, computed in fp32."""
-    s = spatial_logit.float() if spatial_logit is not None else None
-    c = channel_logit.float()[:, :, None, None] if channel_logit is not None else None
-    if additive:
-        if s is None or c is None:
-            raise ValueError("gate_reference: additive (C//S) gating needs both a spatial and a channel logit")
-        weight = torch.sigmoid(s + c)
-    else:
-        weight = torch.ones((), device=x.device)
-        if s is not None:
-            weight = weight * torch.sigmoid(s)
-        if c is not None:
-            weight = weight * torch.sigmoid(c)
-    return (x.float() * weight).to(x.dtype)

@@ -1,18 +1,17 @@
-"""Channel descriptor of the spatially weighted map, eq. 8: Z = mean over (T, F) of sigma(logit_s) * F.
+"""The channel descriptor of eq. 8 as the fused unit's passes over F (kernels/attention.py).
 
-With no spatial logit it is the plain SE squeeze of F. F' = sigma(logit_s) * F is never written:
-forward reads F once and writes the small Z; backward reads F once (only for the logit gradient)
-and writes dF once, recomputing sigma(logit_s) instead of storing F'. The op
-`fastsca::spatial_squeeze` runs these kernels on CUDA (and on CPU under TRITON_INTERPRET=1) and
-`spatial_squeeze_reference` otherwise.
+Forward (`attention_squeeze`): Z = mean over (T, F) of sigma(logit_s) * F (the plain SE squeeze without
+a logit); F' = sigma(logit_s) * F is never written: F is read once and the small Z written. SCA's second
+backward pass (`attention_squeeze_logit_grad`): the spatial logit's gradient through the gated squeeze,
+reading F once more and recomputing sigma(logit_s) instead of storing F'. kernels/reference.py's
+`spatial_squeeze` is the reference.
 """
 import torch
 import triton
 import triton.language as tl
 
-from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fold_groups, group_sum, grouped_index,
-                            load_grouped, load_vector, output_format, plane, row_group, space_sum, store_plane,
-                            use_triton)
+from kernels.common import (LAUNCHES, channel_sum, fold_groups, group_sum, grouped_index, load_grouped, load_vector,
+                            plane, row_group, space_sum)
 
 # Forward: one program per (32 channels, batch row), looping over N = T * F (<= 400 at the real
 # shapes: at most 7 steps), so Z[b, c] completes in one program without atomics; C / 32 * B gives
@@ -20,13 +19,13 @@ from kernels.common import (LAUNCHES, channel_sum, check_map, check_spatial, fol
 FORWARD_BLOCK_C = 32
 # 64 columns per step: a 2048-value tile (8 per thread at 8 warps); 128 B of bf16 per NCHW row.
 FORWARD_BLOCK_N = 64
-# Backward: the logit gradient reduces over C, so one program per (32 columns, batch row) loops over
-# C; 32 columns rather than 64 double the programs at N = 100 (128 at B = 32, one per SM).
+# SCA's logit-gradient pass reduces over C, so one program per (32 columns, batch row) loops over C;
+# 32 columns rather than 64 double the programs at N = 100 (128 at B = 32, one per SM).
 BACKWARD_BLOCK_N = 32
 # 64 channels per step: the same 2048-value tile as the forward.
 BACKWARD_BLOCK_C = 64
 # 8 warps: 8 values per thread. ptxas (sm_90, bf16, NCHW) at 4 warps / 8 warps: forward 80 / 57
-# registers, backward 66 / 40; fewer registers let more programs share an SM and hide DRAM latency.
+# registers; fewer registers let more programs share an SM and hide DRAM latency.
 NUM_WARPS = 8
 
 
@@ -55,27 +54,6 @@ def spatial_squeeze_forward_kernel(
             total = group_sum(x * gate[None, :], offs_m, N, j)
             tl.store(z_ptr + b * C + offs_r * G + j, (total * inv_n).to(z_ptr.dtype.element_ty),
                      mask=offs_r < C // G)
-
-
-@triton.jit
-def spatial_squeeze_backward_kernel(
-    x_ptr, l_ptr, dz_ptr, dx_ptr, dl_ptr, sxb, sdxb, inv_n,
-    C: tl.constexpr, N: tl.constexpr, X_CL: tl.constexpr, DX_CL: tl.constexpr,
-    HAS_L: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """dx = dZ[b, c] sigma(l[b, n]) / N, dl = sigma'(l) / N sum_c dZ x; grid (cdiv(N, BLOCK_N), B)."""
-    b = tl.program_id(1).to(tl.int64)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    gate = load_vector(l_ptr, b, offs_n, N, N, 1, HAS_L)
-    if HAS_L:
-        gate = tl.sigmoid(gate)
-        total = channel_sum(x_ptr, dz_ptr, b, sxb, C, offs_n, C, N, X_CL, True, BLOCK_C, BLOCK_N)
-        dl = gate * (1.0 - gate) * total * inv_n
-        tl.store(dl_ptr + b * N + offs_n, dl.to(dl_ptr.dtype.element_ty), mask=offs_n < N)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        dz = load_vector(dz_ptr, b, offs_c, C, C, 1, True) * inv_n
-        store_plane(dx_ptr, dz[:, None] * gate[None, :], b, sdxb, offs_c, offs_n, C, N, DX_CL)
 
 
 @triton.jit
@@ -137,31 +115,6 @@ def spatial_squeeze_forward(
     return z
 
 
-def spatial_squeeze_backward(
-    grad: torch.Tensor,                  # (B, C), dL/dZ
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel: (dx in x's layout, dlogit; dlogit is empty when spatial_logit is None)."""
-    batch, channels, time, freq = x.shape
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    dl = (torch.empty_like(spatial_logit, memory_format=torch.contiguous_format) if spatial_logit is not None
-          else x.new_empty((0,)))
-    n = time * freq
-    if dx.numel() == 0:
-        return dx, dl.zero_()
-    x, sxb, x_cl = plane(x)
-    dx_arg, sdxb, dx_cl = plane(dx)
-    logit = spatial_logit.contiguous() if spatial_logit is not None else x
-    spatial_squeeze_backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK_N), batch)](
-        x, logit, grad.contiguous(), dx_arg, dl, sxb, sdxb, 1.0 / n,
-        C=channels, N=n, X_CL=x_cl, DX_CL=dx_cl,
-        HAS_L=spatial_logit is not None, BLOCK_C=BACKWARD_BLOCK_C, BLOCK_N=BACKWARD_BLOCK_N, num_warps=NUM_WARPS,
-    )
-    LAUNCHES["spatial_squeeze_backward"] += 1
-    return dx, dl
-
-
 def spatial_squeeze_logit_grad(
     x: torch.Tensor,              # (B, C, T, F)
     spatial_logit: torch.Tensor,  # (B, 1, T, F)
@@ -185,81 +138,3 @@ def spatial_squeeze_logit_grad(
     )
     LAUNCHES["spatial_squeeze_logit_grad"] += 1
     return dl
-
-
-def _check(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> None:
-    check_map("spatial_squeeze", x)
-    check_spatial("spatial_squeeze", "spatial_logit", spatial_logit, x)
-
-
-@torch.library.custom_op("fastsca::spatial_squeeze", mutates_args=())
-def _spatial_squeeze_op(x: torch.Tensor, spatial_logit: torch.Tensor | None) -> torch.Tensor:
-    _check(x, spatial_logit)
-    if use_triton(x):
-        return spatial_squeeze_forward(x, spatial_logit)
-    return spatial_squeeze_reference(x, spatial_logit).contiguous()
-
-
-@_spatial_squeeze_op.register_fake
-def _(x, spatial_logit):
-    _check(x, spatial_logit)
-    return x.new_empty(x.shape[:2])
-
-
-@torch.library.custom_op("fastsca::spatial_squeeze_backward", mutates_args=())
-def _spatial_squeeze_backward_op(
-    grad: torch.Tensor, x: torch.Tensor, spatial_logit: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if use_triton(x):
-        return spatial_squeeze_backward(grad, x, spatial_logit)
-    # The reference's backward in plain PyTorch (autograd cannot run inside a custom op's body).
-    n = x.shape[2] * x.shape[3]
-    g = grad.float()[:, :, None, None] / n                              # (B, C, 1, 1)
-    if spatial_logit is None:
-        dx = g.to(x.dtype).expand(x.shape).contiguous(memory_format=output_format(x))
-        return dx, x.new_empty((0,))
-    gate = torch.sigmoid(spatial_logit.float())                         # (B, 1, T, F)
-    dx = (g * gate).to(x.dtype).contiguous(memory_format=output_format(x))
-    dl = gate * (1 - gate) * (g * x.float()).sum(dim=1, keepdim=True)
-    return dx, dl.to(spatial_logit.dtype).contiguous()
-
-
-@_spatial_squeeze_backward_op.register_fake
-def _(grad, x, spatial_logit):
-    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype, memory_format=output_format(x))
-    if spatial_logit is None:
-        return dx, x.new_empty((0,))
-    return dx, torch.empty_like(spatial_logit, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    x, spatial_logit = inputs
-    ctx.save_for_backward(x, spatial_logit)
-
-
-def _backward(ctx, grad):
-    x, spatial_logit = ctx.saved_tensors
-    dx, dl = torch.ops.fastsca.spatial_squeeze_backward(grad, x, spatial_logit)
-    return dx, dl if spatial_logit is not None else None
-
-
-_spatial_squeeze_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-def spatial_squeeze(
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-) -> torch.Tensor:                       # (B, C)
-    """Eq. 8 as the fused op: the Triton kernels on CUDA, spatial_squeeze_reference on CPU."""
-    return torch.ops.fastsca.spatial_squeeze(x, spatial_logit)
-
-
-def spatial_squeeze_reference(
-    x: torch.Tensor,                     # (B, C, T, F)
-    spatial_logit: torch.Tensor | None,  # (B, 1, T, F) or None
-) -> torch.Tensor:                       # (B, C)
-    """Z[b, c] = 1/(T*F) * sum_{t,f} sigma(logit_s[b, 0, t, f]) * x[b, c, t, f], accumulated in fp32."""
-    xf = x.float()
-    if spatial_logit is not None:
-        xf = xf * torch.sigmoid(spatial_logit.float())
-    return xf.mean(dim=(2, 3)).to(x.dtype)

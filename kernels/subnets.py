@@ -1,7 +1,7 @@
 """The attention's small sub-networks as plain functions with hand-written backward passes, in fp32.
 
 Global spatial branch (eq. 5: conv5x5 -> BatchNorm -> ReLU -> conv5x5), local spatial branch (eq. 6:
-`local_fc`) and the channel MLP (eq. 9: Linear -> ReLU -> Linear). They act on S (B, 1, T, F) and
+kernels/reference.py's `local_fc`) and the channel MLP (eq. 9: Linear -> ReLU -> Linear). They act on S (B, 1, T, F) and
 Z (B, C), a C-th and an N-th of F, so their cost is launches, not bytes: they are plain PyTorch, which
 torch.compile traces into its graph and Inductor fuses. They run inside the arrangement's autograd unit
 (kernels/attention.py), whose backward autograd does not see into: hence the explicit backward,
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from kernels.local_fc import local_fc_backward_reference, local_fc_reference
+from kernels import reference
 
 
 class GlobalParams(NamedTuple):
@@ -95,12 +95,20 @@ def global_backward(grad, s, p: GlobalParams, mean, var, training: bool, eps: fl
 
 def local_forward(s, p: LocalParams):
     """Eq. 6 on S (B, 1, T, F) fp32, in plain PyTorch (batched matmuls Inductor sees)."""
-    return local_fc_reference(s, *p).float()
+    return reference.local_fc(s, *p).float()
 
 
 def local_backward(grad, s, p: LocalParams):
-    """Gradients of eq. 6 given dL/dlogit: (dS, dw1, db1, dw2, db2), fp32."""
-    return local_fc_backward_reference(grad, s, *(w.float() for w in p))
+    """Gradients of eq. 6 given dL/dlogit (B, 1, T, F): (dS, dw1, db1, dw2, db2), fp32."""
+    w1, b1, w2, _ = (w.float() for w in p)
+    rows = s[:, 0].float().transpose(1, 2)                                      # (B, F, T)
+    dout = grad[:, 0].float().transpose(1, 2)                                   # (B, F, T)
+    pre = torch.einsum("bft,fht->bfh", rows, w1) + b1                           # (B, F, H)
+    dpre = torch.einsum("bft,fth->bfh", dout, w2) * (pre > 0)                   # (B, F, H)
+    ds = torch.einsum("bfh,fht->bft", dpre, w1).transpose(1, 2).unsqueeze(1)    # (B, 1, T, F)
+    grads = (ds, torch.einsum("bfh,bft->fht", dpre, rows), dpre.sum(dim=0),
+             torch.einsum("bft,bfh->fth", dout, torch.relu(pre)), dout.sum(dim=0))
+    return tuple(g.contiguous() for g in grads)
 
 
 def channel_forward(z, p: ChannelParams):

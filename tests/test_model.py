@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from fastsca import PRESETS, ModelConfig, build_model
-from fastsca.attention import ChannelAttention, LocalSpatialBranch, REFERENCE_OPS, SpatialAttention
+from fastsca.attention import ChannelAttention, LocalSpatialBranch, SpatialAttention
 from fastsca.run_options import RunOptions
 
 
@@ -144,7 +144,9 @@ def _explicit_arrangement(arrangement, x, spatial: SpatialAttention, channel: Ch
 @pytest.mark.parametrize("arrangement", ["sca", "csa", "cps"])
 def test_arrangements_follow_section_3_3(arrangement):
     from fastsca.attention import build_attention
-    module = build_attention(arrangement, 37, 100, 3, True, True, 16, 8, 5, REFERENCE_OPS).eval()
+    module = build_attention(arrangement=arrangement, channels=37, time_steps=100, freq_bins=3, use_global=True,
+                             use_local=True, rd_ratio=16, global_mid_channels=8, global_kernel_size=5,
+                             fused=False).eval()
     x = torch.randn(2, 37, 100, 3)
     expected = _explicit_arrangement(arrangement, x, module.spatial, module.channel)
     torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
