@@ -35,6 +35,7 @@ from fastsca.frontend import LogMelConfig
 from fastsca.hub import save_pretrained_from_checkpoint
 from fastsca.inference import CheckpointError
 from fastsca.model import build_model
+from fastsca.training_compile import compile_for_training
 from train import checkpoint, distributed, finetune, holdout, localisation
 from train.cli import (Limit, add_model_options, check_numbers, model_config, preset_help, profile_defaults,
                        resolve_profile)
@@ -374,8 +375,8 @@ def train(config: TrainConfig, train_path: str, eval_path: str, ctx: distributed
                 print(f"fine-tuning from the {started_from}; {finetune.describe_freeze(model)}", flush=True)
 
         # a backend other than inductor only ever gets mode "default" (RunConfig), which torch.compile keeps to itself
-        train_model = (torch.compile(model, backend=run.compile_backend, mode=run.compile_mode) if run.compile
-                       else model)
+        train_model = (compile_for_training(model, run.compile_backend, run.compile_mode, config.model.fused_attention)
+                       if run.compile else model)
         if ctx.world_size > 1:
             distributed.match_grad_strides(model)
             train_model = DistributedDataParallel(train_model,
