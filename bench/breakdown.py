@@ -9,7 +9,8 @@ bench/inductor_cpu.py sets `descriptive_names = "torch"`, e.g. `triton_red_fused
    convolutions (kernel size `attention_kernel`) as attention; a matmul producing the class dimension as head +
    loss, any other matmul (the reference's channel MLP) as attention;
 4. Inductor's kernels by name: MaxPool2d (max-pool fwd / bwd), softmax or a tensor with the class dimension
-   (head + loss; a Linear without it is the reference attention's channel MLP), the attention's own functions (ATTENTION_MARKERS), then BatchNorm (BN_MARKERS;
+   (head + loss; a Linear without it is the reference attention's channel MLP), the attention's own functions
+   (ATTENTION_MARKERS), then BatchNorm (BN_MARKERS;
    forward: reductions are BN stats, pointwise kernels BN apply + ReLU + add; backward: reductions are BN bwd
    reductions, pointwise kernels BN/ReLU/add bwd pointwise), then ReLU/add alone likewise, then Conv2d (the bf16
    casts of the weights: conv fwd; of their gradients: conv wgrad); what is left is the attention's plain-torch
@@ -22,7 +23,8 @@ CATEGORIES = ("front end", "conv fwd", "conv dgrad", "conv wgrad", "BN stats", "
               "head+loss", "non-finite check", "clipping", "optimiser", "other")
 EAGER_PHASES = {"front end": "front end", "loss": "head+loss", "non-finite check": "non-finite check",
                 "clipping": "clipping", "optimiser": "optimiser"}
-HEAD_MARKERS = ("softmax", "binary_cross_entropy", "clamp")
+HEAD_MARKERS = ("softmax", "binary_cross_entropy", "clamp", "Linear_mean")
+"""The head's work: its softmax and clamp, the BCE, and the mean over bins that feeds its Linears."""
 ATTENTION_MARKERS = ("einsum", "sigmoid", "attention", "channel_pool", "spatial_squeeze", "gate", "local_fc",
                      "mean_mul")
 """Functions only the attention calls (the head's sigmoid is caught before, with its Linear)."""

@@ -1,7 +1,8 @@
 """`python -m bench.gpu_report [--cpu-smoke] [--out-dir bench/results] [--budget-s 480]`: the whole grid in one call.
 
 On a GPU machine (one call of at most 9 minutes on an H100) it measures the copy-bandwidth ceiling,
-then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
+profiles train.run's step of both models at batch 256 with torch.profiler by bench.whole_step's categories and
+sets it against that count's newest estimate (bench/step_profile.py; `--no-step-profile` skips it), then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
 timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
 first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
 training-mode BatchNorm, AdamW) for plain torch.compile of the reference against fastsca's, each with

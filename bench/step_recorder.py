@@ -6,7 +6,8 @@ Inside `record_step()`:
 - each kernel of fastsca's F-sized passes is recorded the same way (bench/launches.py);
 - each aten call the generated code makes (extern convolutions and matmuls, fallback ops, the aten work
   inside fastsca's ops) is recorded with its FLOPs (torch.utils.flop_counter's formulas) and bytes
-  (inputs + outputs), and gets outputs of the right shape and strides computed by FakeTensorMode (the layouts torch.compile planned with), without
+  (inputs + outputs), and gets outputs of the right shape and strides computed by FakeTensorMode (the layouts
+  torch.compile planned with), without
   computing: so a step at batch 256 and full width costs what compiling it costs, and its buffers stay
   untouched (no memory is committed for them).
 The dispatch mode is entered only around the generated code's own calls (`CompiledFxGraph.__call__`), so
@@ -174,6 +175,9 @@ class _NoCompute(TorchDispatchMode):
             flops = int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=meta_out))
         launches = launches_of(name, [t.numel() for t in args[0]]) if is_multi_tensor(name) else 1
         detail = _convolution_detail(args, "forward") if name == "convolution" else {}
+        if name in ("mm", "addmm", "bmm"):   # the shapes tell the head's matmuls (the class dimension) from others
+            outputs = [t for t in tree_leaves(meta_out) if isinstance(t, torch.Tensor)]
+            detail = {"shapes": [list(t.shape) for t in [*inputs, *outputs]]}
         self.recording.aten.append(AtenCall(str(func), phase, flops, _tensor_bytes(inputs), _tensor_bytes(written),
                                             inside, in_graph, launches, detail))
 

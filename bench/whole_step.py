@@ -22,6 +22,7 @@ counted as if serial).
 import argparse
 import contextlib
 import json
+import math
 import platform
 import sys
 import time
@@ -38,12 +39,12 @@ from triton.language.extra.cuda import libdevice as cuda_libdevice
 
 import kernels  # noqa: F401  (registers the fastsca ops)
 from bench import breakdown, gpu_code
-from bench.step_report import markdown
 from bench.front_end import dali_rows, device_front_end
 from bench.inductor_cpu import inductor_triton_on_cpu
 from bench.launches import Launch
-from bench.pricing import GPUS, LAUNCH_US, PRICES, Gpu, datasheet_us  # noqa: F401  (Gpu, LAUNCH_US: bench.bill)
+from bench.pricing import GPUS, PRICES, Gpu
 from bench.step_recorder import StepRecording, record_step
+from bench.step_report import markdown
 from fastsca import build_model
 from fastsca.attention import FUSED_OPS, REFERENCE_OPS, build_attention
 from fastsca.config import ModelConfig
@@ -197,7 +198,7 @@ def launch_rows(recording: StepRecording, arch: int, sass: bool, progress: bool 
                      "phase": call.phase, "programs": None, "flops": call.flops,
                      "bytes": call.read_bytes + call.written_bytes, "launches": call.launches,
                      "in_graph": call.in_graph, "detail": call.detail,
-                     "touches_classes": classes in call.detail.get("shape", ())})
+                     "touches_classes": any(classes in shape for shape in call.detail.get("shapes", ()))})
     rows += [dict(row) for row in recording.front_end_rows]
     for row in rows:
         row["category"] = breakdown.category(row, attention_kernel)
@@ -256,9 +257,15 @@ def build_report(batch: int, arch: int, sass: bool, channels=None, frames: int =
 def refresh(report: dict, attention_kernel: int = 5) -> dict:
     """An earlier report with its rows re-categorised (bench/breakdown.py) and every step re-summed and re-priced
     (bench/pricing.py): what changing a rule or a price needs, without recording or compiling again."""
+    config = ModelConfig.from_name("at-sca-3")
+    frames_out = config.input_frames // math.prod(p[0] for p in config.pools)
+    # one of the head's two Linears, (B T', C) -> (B T', K), forward or backward
+    head_flops = 2 * report["batch"] * frames_out * config.channels[-1] * config.num_classes
     steps = {}
     for step, rows in report["launches"].items():
         for row in rows:
+            if row["kind"] == "extern" and "mm" in row["name"] and "shapes" not in (row.get("detail") or {}):
+                row["touches_classes"] = row["flops"] == head_flops   # rows recorded before shapes were kept
             row["category"] = breakdown.category(row, attention_kernel)
         steps[step] = summarise(step, rows, report["batch"])
     return {**report, "steps": steps}

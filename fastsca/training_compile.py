@@ -27,7 +27,8 @@ class CheapBytesInductor:
         from torch._inductor.compile_fx import compile_fx
         from torch._inductor.decomposition import select_decomp_table
 
-        table = {op: fn for op, fn in select_decomp_table().items() if getattr(op, "overloadpacket", None) not in DROPPED_DECOMPOSITIONS}
+        table = {op: fn for op, fn in select_decomp_table().items()
+                 if getattr(op, "overloadpacket", None) not in DROPPED_DECOMPOSITIONS}   # HOPs have no packet
         return compile_fx(graph, example_inputs, config_patches=list_mode_options(self.mode), decompositions=table)
 
 
