@@ -128,3 +128,14 @@ def test_bad_arguments_get_a_one_line_error(argv, message, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and "Traceback" not in error
+
+
+def test_a_committed_report_re_prices_to_its_own_figures():
+    """--from-json re-categorises and re-sums the stored rows: on an unchanged rule set it gives the same report."""
+    from bench import whole_step
+
+    path = REPO / "bench/results/2026-12-06-sm90-whole-step-b64.json"
+    stored = json.loads(path.read_text())
+    refreshed = whole_step.refresh(json.loads(path.read_text()))
+    assert refreshed["steps"] == stored["steps"]
+    assert refreshed["launches"] == stored["launches"]
