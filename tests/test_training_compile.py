@@ -15,12 +15,15 @@ SEED = 29
 
 @pytest.fixture(autouse=True)
 def fresh_compiles():
-    """Each compile from scratch: a cached graph of the other backend must not stand in for this one's."""
+    """Each compile from scratch: a cached graph of the other backend must not stand in for this one's. With
+    dynamic threads the baseline's scatter-add stays an extern `scatter_reduce_` whatever torch's thread count
+    (with one thread Inductor would inline it as a loop, and the code would not say "scatter")."""
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
-    with inductor_config.patch(fx_graph_cache=False), functorch_config.patch(enable_autograd_cache=False):
+    with (inductor_config.patch({"fx_graph_cache": False, "cpp.dynamic_threads": True}),
+          functorch_config.patch(enable_autograd_cache=False)):
         yield
     torch._dynamo.reset()
 
