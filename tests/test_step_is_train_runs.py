@@ -14,6 +14,7 @@ def test_train_run_binds_the_same_training_step():
     assert train.run.training_step is train.step.training_step
 
 
+@pytest.mark.slow   # a 2-step run on the tiny built-in set (its generation shared with tests/test_train_run.py)
 def test_train_run_calls_training_step(tmp_path, builtin_dir, monkeypatch):
     from test_train_run import tiny_args
 
