@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.whole_step import GPUS, LAUNCH_US, Gpu
+from bench.pricing import GPUS, LAUNCH_US, Gpu
 from train.shards import ShardIndex, ShardWriter
 
 SAMPLE_RATE = 16000
@@ -63,10 +63,12 @@ convolutions at at-sca-3's channel counts (64-2048) and 64 mel bins: an assumpti
 
 
 def step_ms(launches: list[dict], gpu: Gpu, scenario: Scenario) -> float:
-    """Sum over launches of max(bytes / bandwidth, FLOPs / peak) under the scenario, plus LAUNCH_US each."""
+    """Sum over rows of max(bytes / bandwidth, FLOPs / peak) under the scenario, plus LAUNCH_US per kernel (a row
+    of a multi-tensor op holds several)."""
     bandwidth = gpu.bytes_per_s * scenario.bandwidth_share
     flops = gpu.bf16_flops_per_s * scenario.flops_share
-    return sum(max(row["bytes"] / bandwidth, row["flops"] / flops) * 1e3 + LAUNCH_US * 1e-3 for row in launches)
+    return sum(max(row["bytes"] / bandwidth, row["flops"] / flops) * 1e3 + row.get("launches", 1) * LAUNCH_US * 1e-3
+               for row in launches)
 
 
 def measure_reader(clips: int = 600, reads: int = 3000, seed: int = 0) -> float:

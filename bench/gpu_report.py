@@ -1,7 +1,8 @@
 """`python -m bench.gpu_report [--cpu-smoke] [--out-dir bench/results] [--budget-s 480]`: the whole grid in one call.
 
 On a GPU machine (one call of at most 9 minutes on an H100) it measures the copy-bandwidth ceiling,
-then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
+profiles train.run's step of both models at batch 256 with torch.profiler by bench.whole_step's categories and
+sets it against that count's newest estimate (bench/step_profile.py; `--no-step-profile` skips it), then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
 timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
 first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
 training-mode BatchNorm, AdamW) for plain torch.compile of the reference against fastsca's, each with
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases, harness
+from bench import cases, harness, step_profile
 from bench.cases import BenchEnv, Case
 
 # The copy-bandwidth buffer: 2 GiB read + 2 GiB written on a GPU, ~80x the H100's L2.
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     parser.add_argument("--data-dir", default=None,
                         help="folder for the loader's generated HDF5 set (default: a temporary folder, removed after)")
+    parser.add_argument("--step-profile", action=argparse.BooleanOptionalAction, default=True,
+                        help="profile train.run's step of both models by category against bench.whole_step's "
+                             "estimate, before the grid (CUDA only; default on)")
     parser.add_argument("--suites", default=None,
                         help="comma-separated suites to run (passes, sca, train_step, loader, or a pass name); default all")
     return parser.parse_args(argv)
@@ -266,6 +270,11 @@ def render_markdown(report: dict) -> str:
     lines += _table(["provider", "batch", "clips/epoch", "s/epoch", "clips/s"],
                     [[r["provider"], r["batch"], r.get("clips_per_epoch"), r["time_ms"] / 1e3, r.get("clips_per_s")]
                      for r in ok(lambda s: s == "loader")])
+    if report.get("step_profile", {}).get("error"):
+        lines += ["", f"## train.run's step by category: failed ({report['step_profile']['error']})"]
+    elif report.get("step_profile"):
+        lines += ["", f"## train.run's step by category, batch {step_profile.PROFILE_BATCH}", ""]
+        lines += [step_profile.section_markdown(report["step_profile"])]
     failed = [r for r in records if r["status"] == "error"]
     if failed:
         lines += ["", "## Failed cases", ""]
@@ -290,6 +299,19 @@ def output_stem(env: dict, smoke: bool, device: torch.device) -> str:
     else:   # the CPU run of this report; <date>-cpu-Ncore.md is the pytest-benchmark summary (bench.summarize)
         name = f"cpu-{env['cpu_count']}core-report"
     return f"{env['date']}-{name}"
+
+
+def profile_step(device_name: str, steps: int = 5) -> dict:
+    """bench/step_profile.py's measured-against-estimated section for both steps; an error is recorded, not raised."""
+    gpu = "H200 SXM" if "H200" in device_name else "H100 SXM"
+    try:
+        profiled = {step: step_profile.measure(step, step_profile.PROFILE_BATCH, steps) for step in ("reference",
+                                                                                                     "fastsca")}
+        estimate = step_profile.latest_estimate(Path(__file__).parent / "results")
+        return step_profile.section(profiled, estimate, gpu, steps)
+    except Exception as error:  # noqa: BLE001  (the grid still runs)
+        print(f"step profile failed: {type(error).__name__}: {error}", flush=True)
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
 
 
 def write(report: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
@@ -330,6 +352,9 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     try:
         report["copy_bandwidth"] = harness.copy_bandwidth(env.device, COPY_BYTES[env.scale])
         print(f"copy bandwidth: {report['copy_bandwidth']['gbps']:.1f} GB/s", flush=True)
+        if args.step_profile and env.cuda:
+            report["step_profile"] = profile_step(info["device"])
+            save()
         grid = sorted((c for c in cases.all_cases(env) if selected(c, suites)), key=lambda case: priority(case, env))
         for index, case in enumerate(grid):
             elapsed = time.perf_counter() - started

@@ -6,6 +6,14 @@ run them. Three things ask for an active GPU driver or CUDA's libdevice and are 
 `torch.utils._triton.triton_backend` (None) and `triton_hash_with_backend` (a constant), and the
 `libdevice` that generated kernels import from Inductor's runtime helpers, pointed at `tl.math` plus
 `@triton.jit` stand-ins for the few functions `tl.math` lacks. Checked with torch 2.13 + Triton 3.9.
+
+Where Inductor lowers differently for a CPU device, the CUDA lowering is asked for meanwhile:
+- a scatter-add (torch 2.13's max-pool backward decomposition) becomes Triton's atomic-add kernel, as on CUDA,
+  not the CPU's extern `scatter_reduce_` (`cpp.fallback_scatter_reduce_sum` off);
+- reductions are split as for an H100: the device reports its 132 SMs, 2048 threads per SM and 32-thread
+  warps (DeviceProperties), not the host's cores.
+Kernels are named after the torch modules and functions they fuse (`triton.descriptive_names = "torch"`), which
+bench/breakdown.py reads; names change no code.
 """
 import contextlib
 import os
@@ -65,11 +73,27 @@ class _CpuLibdevice:
         raise AttributeError(f"bench.inductor_cpu: no CPU stand-in for libdevice.{name}")
 
 
+H100_SMS = 132
+"""Streaming multiprocessors of an H100 SXM (and H200): what Inductor sizes its split reductions by."""
+H100_THREADS_PER_SM = 2048
+
+
+def _as_h100(create):
+    """DeviceProperties.create with a CPU device reporting an H100's SM count, threads per SM and warp size."""
+    def create_for(device):
+        props = create(device)
+        if props.type != "cpu":
+            return props
+        return props._replace(multi_processor_count=H100_SMS,
+                                   max_threads_per_multi_processor=H100_THREADS_PER_SM, warp_size=32)
+    return create_for
+
+
 @contextlib.contextmanager
 def inductor_triton_on_cpu():
     """Inductor emits (and, under TRITON_INTERPRET=1, runs) Triton kernels for CPU tensors meanwhile."""
     import torch._inductor.config as inductor_config
-    from torch._inductor.runtime import triton_compat, triton_helpers
+    from torch._inductor.runtime import hints, triton_compat, triton_helpers
 
     libdevice = _CpuLibdevice()
     with contextlib.ExitStack() as stack:
@@ -78,7 +102,10 @@ def inductor_triton_on_cpu():
         stack.enter_context(mock.patch("torch.utils._triton.triton_hash_with_backend", lambda: "CPU-TRITON-INTERPRET"))
         stack.enter_context(mock.patch.object(triton_helpers, "libdevice", libdevice))
         stack.enter_context(mock.patch.object(triton_compat, "libdevice", libdevice))
-        stack.enter_context(inductor_config.patch(cpu_backend="triton"))
+        stack.enter_context(inductor_config.patch({"cpu_backend": "triton", "cpp.fallback_scatter_reduce_sum": False,
+                                                   "triton.descriptive_names": "torch"}))
+        create = hints.DeviceProperties.create
+        stack.enter_context(mock.patch.object(hints.DeviceProperties, "create", _as_h100(create)))
         torch._dynamo.reset()
         try:
             yield

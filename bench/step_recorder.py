@@ -6,12 +6,23 @@ Inside `record_step()`:
 - each kernel of fastsca's F-sized passes is recorded the same way (bench/launches.py);
 - each aten call the generated code makes (extern convolutions and matmuls, fallback ops, the aten work
   inside fastsca's ops) is recorded with its FLOPs (torch.utils.flop_counter's formulas) and bytes
-  (inputs + outputs), and gets outputs of the right shape and strides computed by FakeTensorMode (the layouts torch.compile planned with), without
+  (inputs + outputs), and gets outputs of the right shape and strides computed by FakeTensorMode (the layouts
+  torch.compile planned with), without
   computing: so a step at batch 256 and full width costs what compiling it costs, and its buffers stay
   untouched (no memory is committed for them).
 The dispatch mode is entered only around the generated code's own calls (`CompiledFxGraph.__call__`), so
-Dynamo, AOTAutograd and Inductor compile as usual. Values are meaningless; shapes, strides, dtypes,
-launch counts and grids are those of the real step.
+Dynamo, AOTAutograd and Inductor compile as usual; with `eager=True` it is active for the whole block, so the
+eager work around the compiled graphs (the loss, clipping, the optimiser) is recorded too, with the mode
+declaring `ignore_compile_internals` so that Dynamo still compiles under it. Values are meaningless; shapes,
+strides, dtypes, launch counts and grids are those of the real step.
+
+Two extern calls are recorded as what CUDA launches rather than as one aten call: `convolution_backward` as
+cuDNN's separate dgrad and wgrad kernels, each reading grad_out (FLOPs from the same formula, per output), and
+each multi-tensor op (`_foreach_*`, fused AdamW) as multi_tensor_apply's launches (bench/multi_tensor.py).
+One is left out: after the compiled backward, AccumulateGrad clones a gradient when more references to it exist
+than it expects, and under the recording mode they do, so it copies each gradient where a real step hands the
+tensor over (torch.profiler on a real compiled CPU step shows no copy under AccumulateGrad): those eager
+`copy_` calls of the backward are not recorded.
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -26,6 +37,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.flop_counter import flop_registry
 
 from bench import launches as project_launches
+from bench.multi_tensor import is_multi_tensor, launches_of
 
 PROJECT_OP_NAMESPACE = project_launches.PROJECT_OP_NAMESPACE
 _FREE_OPS = ("empty", "new_empty", "empty_strided", "new_empty_strided", "detach", "alias", "lift_fresh",
@@ -56,6 +68,12 @@ class AtenCall:
     written_bytes: int
     inside_project_op: bool
     """Made by the body of a fastsca op (a launch torch.compile cannot see)."""
+    in_graph: bool = True
+    """Made by a compiled graph's generated code (replayed in a CUDA graph under mode reduce-overhead), not eager."""
+    launches: int = 1
+    """Kernels it launches on CUDA (several for a multi-tensor op)."""
+    detail: dict = field(default_factory=dict)
+    """For a convolution: c_in, c_out, kernel (kh, kw) and role (forward, dgrad, wgrad)."""
 
 
 @dataclass
@@ -68,6 +86,11 @@ class StepRecording:
     aten: list[AtenCall] = field(default_factory=list)
     project_ops: list[tuple[str, str]] = field(default_factory=list)
     """(op, phase) of every fastsca op the generated code called."""
+    front_end_rows: list[dict] = field(default_factory=list)
+    """Priced rows of the front end's work no dispatch mode sees (DALI's kernels: bench/front_end.py)."""
+    graph_phase: dict[str, str] = field(default_factory=dict)
+    """Phase a compiled graph's launches take when it starts in the phase of the key (e.g. the backward graph
+    starts in the loss's eager backward); the phase stays so after it."""
 
     @property
     def phase(self) -> str:
@@ -102,6 +125,11 @@ class _NoCompute(TorchDispatchMode):
         super().__init__()
         self.recording = recording
         self.depth = 0   # > 0 inside a fastsca op's body
+        self.graphs = 0   # > 0 inside a compiled graph's generated code
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True   # Dynamo compiles under this mode (it would run the model eagerly otherwise)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -128,18 +156,64 @@ class _NoCompute(TorchDispatchMode):
             out = tree_map(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
                            if isinstance(t, torch.Tensor) else t, meta_out)
             written = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self._record(func, args, kwargs, inputs, written, meta_out)
+        return out if func._schema.returns else None   # in-place foreach and fused ops return nothing
+
+    def _record(self, func, args, kwargs, inputs, written, meta_out) -> None:
+        phase, inside, in_graph = self.recording.phase, self.depth > 0, self.graphs > 0
+        name = func.overloadpacket.__name__
+        if name == "copy_" and not in_graph and phase == "backward":
+            return   # AccumulateGrad's clone: an artefact of the recording (see the module docstring)
+        if name == "convolution_backward":
+            for call in _convolution_backward_calls(str(func), args, meta_out, phase, inside, in_graph):
+                self.recording.aten.append(call)
+            return
+        if name in ("_fused_adamw_", "_fused_adam_"):   # grads are declared mutable (unscaling) but not written
+            written = [t for t in tree_leaves((args[0], args[2], args[3])) if isinstance(t, torch.Tensor)]
         flops = 0
         if func.overloadpacket in flop_registry:
             flops = int(flop_registry[func.overloadpacket](*args, **kwargs, out_val=meta_out))
-        self.recording.aten.append(AtenCall(str(func), self.recording.phase, flops, _tensor_bytes(inputs),
-                                            _tensor_bytes(written), self.depth > 0))
-        return out
+        launches = launches_of(name, [t.numel() for t in args[0]]) if is_multi_tensor(name) else 1
+        detail = _convolution_detail(args, "forward") if name == "convolution" else {}
+        if name in ("mm", "addmm", "bmm"):   # the shapes tell the head's matmuls (the class dimension) from others
+            outputs = [t for t in tree_leaves(meta_out) if isinstance(t, torch.Tensor)]
+            detail = {"shapes": [list(t.shape) for t in [*inputs, *outputs]]}
+        self.recording.aten.append(AtenCall(str(func), phase, flops, _tensor_bytes(inputs), _tensor_bytes(written),
+                                            inside, in_graph, launches, detail))
+
+
+def _convolution_detail(args, role: str) -> dict:
+    """c_in, c_out, kernel and role of a convolution from its (input, weight, ...) or backward arguments."""
+    weight = args[1] if role == "forward" else args[2]
+    c_out, c_in_per_group, *kernel = weight.shape
+    return {"c_in": int(c_in_per_group), "c_out": int(c_out), "kernel": [int(k) for k in kernel], "role": role}
+
+
+def _convolution_backward_calls(op, args, meta_out, phase, inside, in_graph) -> list[AtenCall]:
+    """cuDNN's dgrad and wgrad of one convolution_backward: each reads grad_out, dgrad the weight (writes
+    grad_input), wgrad the input (writes grad_weight and any grad_bias)."""
+    grad_out, x, weight = args[0], args[1], args[2]
+    mask = list(args[10])
+    calls = []
+    for role, wanted, reads, outputs in (("dgrad", [True, False, False], [grad_out, weight], [0]),
+                                         ("wgrad", [False, True, mask[2]], [grad_out, x], [1, 2])):
+        if not any(mask[i] for i in outputs):
+            continue
+        own = [a and b for a, b in zip(mask, wanted)]
+        flops = int(flop_registry[torch.ops.aten.convolution_backward](*args[:10], own, out_val=meta_out))
+        written = [meta_out[i] for i in outputs if mask[i] and meta_out[i] is not None]
+        calls.append(AtenCall(f"{op}:{role}", phase, flops, _tensor_bytes(reads), sum(
+            t.numel() * t.element_size() for t in written), inside, in_graph, 1, _convolution_detail(args, role)))
+    return calls
 
 
 @contextlib.contextmanager
-def record_step():
-    """Within: compiled steps run with every launch recorded and none executed (see the module docstring).
-    Set `recording.phase` ('forward', 'backward', 'optimizer') before each part of the step."""
+def record_step(eager: bool = False):
+    """Within: compiled steps run with every launch recorded and none executed (see the module docstring);
+    with `eager`, the eager aten work in the block too. Set `recording.phase` before each part of the step."""
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
+
     recording = StepRecording()
     mode = _NoCompute(recording)
 
@@ -148,13 +222,24 @@ def record_step():
         recording.inductor.append(InductorLaunch(self, launch_args, tuple(int(g) for g in grid), recording.phase))
 
     def run_generated(self, inputs):
-        with mode:
-            return saved_call(self, inputs)
+        recording.phase = recording.graph_phase.get(recording.phase, recording.phase)
+        mode.graphs += 1
+        try:
+            if eager:   # the mode is already active
+                return saved_call(self, inputs)
+            with mode:
+                return saved_call(self, inputs)
+        finally:
+            mode.graphs -= 1
 
     saved_run, saved_call = CachingAutotuner.run, CompiledFxGraph.__call__
     CachingAutotuner.run, CompiledFxGraph.__call__ = capture, run_generated
     try:
-        with project_launches.capture_launches(recording.project_recording):
+        # the backward compiles with the forward, not lazily inside the recorded backward
+        with (project_launches.capture_launches(recording.project_recording),
+              functorch_config.patch(force_non_lazy_backward_lowering=True),
+              dynamo_config.patch(inline_torch_dispatch_torch_compile=False),
+              mode if eager else contextlib.nullcontext()):
             yield recording
     finally:
         CachingAutotuner.run, CompiledFxGraph.__call__ = saved_run, saved_call

@@ -244,3 +244,22 @@ def test_pytest_bench_ends_with_the_summary_table(tmp_path):
     assert "| fused | sca B32-C256x100x4 fp32 forward |" in markdown
     tail = done.stdout[done.stdout.rindex("short test summary info"):]
     assert markdown in tail, "the summary comes after pytest's own short summary"
+
+
+def test_the_step_profile_section_sets_a_fake_profile_against_the_committed_estimate():
+    from bench import step_profile
+
+    estimate = step_profile.latest_estimate(REPO / "bench/results")
+    assert estimate["batch"] == step_profile.PROFILE_BATCH
+    kernels = {"reference": [("sm90_xmma_wgrad_implicit_gemm_bf16", 300.0), ("triton_poi_fused_MaxPool2d_3", 9.0)],
+               "fastsca": [("sm90_xmma_wgrad_implicit_gemm_bf16", 290.0), ("gate_forward_kernel", 11.0)]}
+    part = step_profile.section({step: k * 3 for step, k in kernels.items()}, estimate, "H100 SXM", steps=3)
+    for step in ("reference", "fastsca"):
+        rows = {r["category"]: r for r in part["steps"][step]}
+        estimated = {e["category"]: e for e in estimate["steps"][step]["H100 SXM breakdown"]}
+        assert set(rows) == set(estimated) | {"attention", "max-pool fwd", "conv wgrad"}
+        wgrad = rows["conv wgrad"]
+        assert wgrad["measured_launches"] == 1 and wgrad["estimated_us"] == estimated["conv wgrad"]["derated"]
+        assert wgrad["measured_us"] == kernels[step][0][1]
+    text = step_profile.section_markdown(part)
+    assert f"estimate of {estimate['date']} (H100 SXM, derated)" in text and "| fastsca: category |" in text

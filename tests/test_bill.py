@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bench.bill import BYTES_PER_CLIP, SCENARIOS, Scenario, bill, step_ms
-from bench.whole_step import GPUS, LAUNCH_US, Gpu
+from bench.pricing import GPUS, LAUNCH_US, Gpu
 
 STEP_REPORT = Path(__file__).parents[1] / "bench/results/2026-12-02-sm90-whole-step-b256.json"
 

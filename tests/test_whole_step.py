@@ -1,12 +1,14 @@
-"""bench/whole_step.py: one compiled training step recorded launch by launch, plain torch.compile vs fastsca.
+"""bench/whole_step.py: train.run's step recorded launch by launch, plain torch.compile vs fastsca.
 
-A narrow at-sca-3 (odd widths, 7 x 4 attention maps, batch 3) goes through the same machinery as the
-committed batch-256 report: Inductor's Triton code for CPU tensors, nothing executed, every launch
-recorded, every kernel compiled for sm_90. The counts that do not depend on Inductor's fusion choices
-are asserted exactly. Runs in a subprocess: this session's `kernels` is decorated for the interpreter
-(tests/conftest.py), where nothing can be compiled for sm_90.
+A narrow at-sca-3 (odd widths, 7 x 4 attention maps, batch 3, 7 classes) goes through the same machinery as the
+committed reports: Inductor's Triton code for CPU tensors with CUDA's lowering, nothing executed, every launch
+recorded, every kernel compiled for sm_90, the eager loss, check, clipping and optimiser recorded too. The figures
+that follow from the counting rules and the model alone are asserted exactly, each worked out here from the model.
+Runs in a subprocess: this session's `kernels` is decorated for the interpreter (tests/conftest.py), where nothing
+can be compiled for sm_90.
 """
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,16 +17,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RUNNER = """
+CHANNELS, FRAMES, CLASSES, BATCH = (3, 5, 8, 11, 13, 21, 37), 28, 7, 3
+RUNNER = f"""
 import json
 from bench import whole_step as w
-report = w.build_report(3, 90, sass=False, channels=(3, 5, 8, 11, 13, 21, 37), frames=28, classes=7,
+report = w.build_report({BATCH}, 90, sass=False, channels={CHANNELS}, frames={FRAMES}, classes={CLASSES},
                         module_maps=[(37, 7, 4)])
-print(json.dumps({"steps": report["steps"], "modules": report["modules"], "launches": report["launches"]}))
+print(json.dumps({{"steps": report["steps"], "modules": report["modules"], "launches": report["launches"]}}))
 """
 CONVOLUTIONS = 7 * 3 + 3 * 2
-"""Forward convolutions: seven blocks of conv1, conv2 and the 1x1 shortcut, and the global branch's two
-5x5 convs in each of the three attention blocks; each has one convolution_backward."""
+"""Forward convolutions: seven blocks of conv1, conv2 and the 1x1 shortcut, and the global branch's two 5x5 convs
+in each of the three attention blocks; each has a dgrad (every input needs its gradient) and a wgrad."""
+POOLED_INPUTS = [(3, 28, 64), (5, 14, 32), (8, 7, 16), (11, 7, 8)]
+"""(C, T, F) at the input of the narrow model's four max-pools: (2, 2), (2, 2), (1, 2), (1, 2)."""
 
 
 @pytest.fixture(scope="module")
@@ -32,42 +37,77 @@ def report() -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     done = subprocess.run([sys.executable, "-c", RUNNER], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1200)
+                          timeout=1500)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _parameter_groups() -> tuple[int, int]:
+    """Tensors in AdamW's decay group (2+ dims) and in its no-decay group, of the narrow model."""
+    from fastsca import build_model
+
+    model = build_model("at-sca-3", channels=CHANNELS, num_classes=CLASSES, input_frames=FRAMES)
+    dims = [p.dim() for p in model.parameters()]
+    return sum(d >= 2 for d in dims), sum(d < 2 for d in dims)
+
+
+def _launches(rows: list[dict], **match) -> int:
+    return sum(r.get("launches", 1) for r in rows if all(r.get(k) == v for k, v in match.items()))
+
+
 @pytest.mark.slow
-def test_both_steps_are_recorded_and_every_kernel_compiles(report):
+def test_every_kernel_compiles_and_every_part_of_the_step_is_there(report):
     for step, rows in report["launches"].items():
         errors = [r for r in rows if "compile_error" in r]
         assert not errors, f"{step}: {errors[:3]}"
-        assert all(r["bytes"] > 0 for r in rows if r["kind"] != "extern" or "convolution" in r["name"]), step
-        assert {r["phase"] for r in rows} == {"forward", "backward", "optimizer"}
-        ops = [r["name"] for r in rows if r["kind"] == "extern"]
-        assert ops.count("aten.convolution.default") == CONVOLUTIONS
-        assert ops.count("aten.convolution_backward.default") == CONVOLUTIONS
+        assert {r["phase"] for r in rows} == {"front end", "forward", "loss", "non-finite check", "backward",
+                                              "clipping", "optimiser"}
+        roles = [r["detail"]["role"] for r in rows if r["kind"] == "extern" and "role" in (r.get("detail") or {})]
+        assert [roles.count(role) for role in ("forward", "dgrad", "wgrad")] == [CONVOLUTIONS] * 3, step
 
 
 @pytest.mark.slow
-def test_fastsca_launches_exactly_its_passes_and_nothing_hidden(report):
+def test_the_eager_parts_launch_what_the_counting_rules_say(report):
+    decay, no_decay = _parameter_groups()
+    everything = decay + no_decay
+    # fused AdamW: per group ceil(n / 36) multi-tensor kernels (every tensor under one 65,536-element chunk) and
+    # ceil(n / 110) for the step counters' foreach add
+    optimiser = sum(math.ceil(n / 36) + math.ceil(n / 110) for n in (decay, no_decay))
+    # clip_grad_norm_: foreach norm (+ its clean-up), stack, norm, + eps, reciprocal, x max_norm, clamp, foreach mul
+    clipping = math.ceil(everything / 110) + 1 + 6 + math.ceil(everything / 110)
+    for step, rows in report["launches"].items():
+        assert _launches(rows, phase="optimiser") == optimiser, step
+        assert _launches(rows, phase="clipping") == clipping, step
+        assert _launches(rows, phase="non-finite check") == 8, step   # == 0, isfinite's 5 ops, &, masked_fill_
+        assert _launches(rows, phase="front end", kind="dali") == 9, step
+        assert _launches(rows, phase="front end", kind="extern") == 2, step   # transpose-and-cut, targets' cast
+        clone = next(r for r in rows if r["phase"] == "front end" and "clone" in r["name"])
+        assert clone["bytes"] == 2 * BATCH * FRAMES * 64 * 4
+
+
+@pytest.mark.slow
+def test_the_max_pool_backward_is_bf16_on_fastsca_and_an_fp32_scatter_on_the_reference(report):
+    full = sum(BATCH * c * t * f for c, t, f in POOLED_INPUTS)
+    pools = {step: [r for r in rows if r["category"] == "max-pool bwd"] for step, rows in report["launches"].items()}
+    assert len(pools["fastsca"]) == len(POOLED_INPUTS)            # Inductor's lowering: one kernel a pool
+    assert sum(r.get("fp32_stored", 0) for r in pools["fastsca"]) == 0
+    # the decomposition: a zero fill, the atomic scatter-add, and the kernel that reads the buffer back (fused with
+    # the ReLU and BN backward after it): each stores a full-resolution fp32 tensor
+    assert len(pools["reference"]) == 3 * len(POOLED_INPUTS)
+    assert sum(r.get("fp32_stored", 0) for r in pools["reference"]) == 3 * 4 * full
+
+
+@pytest.mark.slow
+def test_fastsca_launches_exactly_its_passes_and_fewer_kernels(report):
     rows = report["launches"]["fastsca"]
     ours = [(r["name"], r["phase"]) for r in rows if r["kind"] == "fastsca"]
     sca = {"forward": ["channel_pool_forward_kernel", "spatial_squeeze_forward_kernel", "gate_forward_kernel"],
            "backward": ["gate_logit_grad_rows_kernel", "spatial_squeeze_logit_grad_kernel", "gate_input_grad_kernel"]}
     assert sorted(ours) == sorted((name, phase) for phase, names in sca.items() for name in names * 3)
     assert not [r for r in rows if r["kind"] == "aten in fastsca op"]   # no eager launches inside the ops
-    assert not [r for r in report["launches"]["reference"] if r["kind"] == "fastsca"]
-
-
-@pytest.mark.slow
-def test_fastsca_launches_no_more_kernels_than_plain_compile(report):
     steps = report["steps"]
     for phase in ("forward", "backward"):
         assert steps["fastsca"]["launches_by_phase"][phase] < steps["reference"]["launches_by_phase"][phase], phase
-    assert steps["fastsca"]["launches_by_phase"]["optimizer"] == steps["reference"]["launches_by_phase"]["optimizer"]
-    for gpu in ("H100 SXM", "H200 SXM"):
-        assert steps["fastsca"][f"{gpu} ms"] > 0 and steps["reference"][f"{gpu} ms"] > 0
 
 
 @pytest.mark.slow
@@ -88,3 +128,14 @@ def test_bad_arguments_get_a_one_line_error(argv, message, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert message in error and "Traceback" not in error
+
+
+def test_a_committed_report_re_prices_to_its_own_figures():
+    """--from-json re-categorises and re-sums the stored rows: on an unchanged rule set it gives the same report."""
+    from bench import whole_step
+
+    path = REPO / "bench/results/2026-12-06-sm90-whole-step-b64.json"
+    stored = json.loads(path.read_text())
+    refreshed = whole_step.refresh(json.loads(path.read_text()))
+    assert refreshed["steps"] == stored["steps"]
+    assert refreshed["launches"] == stored["launches"]

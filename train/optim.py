@@ -1,4 +1,9 @@
-"""AdamW with decoupled weight decay on weight matrices and kernels only, and a warm-up + cosine schedule."""
+"""AdamW with decoupled weight decay on weight matrices and kernels only, and a warm-up + cosine schedule.
+
+On CUDA the step is torch's fused AdamW (`fused=True`: one multi-tensor kernel per group and chunk of
+tensors, the fastest correct implementation torch offers); elsewhere torch's default (for-loop or foreach),
+so a CPU run resumes bit-exact. The state dict is the same either way: a checkpoint loads across.
+"""
 import math
 
 import torch
@@ -14,10 +19,17 @@ def _decay_groups(params: list[nn.Parameter], config: OptimConfig, lr: float) ->
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "pooling.") -> torch.optim.AdamW:
+def fused_on(params: list[nn.Parameter]) -> bool:
+    """Whether AdamW runs fused: all parameters on CUDA (torch's fused kernels there are the fastest)."""
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "pooling.",
+                    fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model`, weight decay as `_decay_groups`; with a
     config.backbone_lr_scale other than 1, the parameters outside the head (names not starting with
-    `head_prefix`) learn at lr x that scale, in groups after the head's (so the first group's lr is the peak)."""
+    `head_prefix`) learn at lr x that scale, in groups after the head's (so the first group's lr is the peak).
+    `fused`: None decides by device (`fused_on`); bench.whole_step asks for True to count CUDA's step on CPU."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if config.backbone_lr_scale == 1.0:   # two groups, as checkpoints written before the scale existed hold
         groups = _decay_groups([p for _, p in named], config, config.lr)
@@ -25,7 +37,25 @@ def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "p
         groups = (_decay_groups([p for name, p in named if name.startswith(head_prefix)], config, config.lr)
                   + _decay_groups([p for name, p in named if not name.startswith(head_prefix)], config,
                                   config.lr * config.backbone_lr_scale))
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    fused = fused_on([p for _, p in named]) if fused is None else fused
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
+    optimizer.register_load_state_dict_post_hook(_keep_implementation(fused or None))
+    return optimizer
+
+
+def _keep_implementation(fused: bool | None):
+    """A load_state_dict post-hook: torch takes `fused`/`foreach` from the saved groups, so a checkpoint from a
+    CPU run would make a CUDA run unfused and the other way round; keep this device's choice, and put each step
+    count where that implementation wants it (on the parameter's device fused, else on the host)."""
+    def hook(optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["fused"], group["foreach"] = fused, None
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    device = p.device if fused else torch.device("cpu")
+                    state["step"] = state["step"].to(device=device, dtype=torch.float32)
+    return hook
 
 
 def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from fastsca.events import EventConfig
 from fastsca.model import build_model
+from fastsca.training_compile import compile_for_training
 from train import checkpoint, distributed, finetune, holdout, localisation
 from train.config import TrainConfig
 from train.loader import LoaderConfig, LogMelLoader
@@ -119,7 +120,8 @@ class Trainer:
         options = self.config.options
         # a backend other than inductor only ever gets mode "default" (RunOptions), which torch.compile keeps to itself
         if options.compile:
-            model = torch.compile(model, backend=options.compile_backend, mode=options.compile_mode)
+            model = compile_for_training(model, options.compile_backend, options.compile_mode,
+                                         fused=options.fused_attention)
         if self.ctx.world_size > 1:
             distributed.match_grad_strides(self.model)
             device = self.ctx.device
