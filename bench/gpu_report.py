@@ -211,9 +211,9 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
            ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
 
 
-def render_markdown(report: dict) -> str:
+def _environment_and_targets(report: dict) -> list[str]:
+    """The report's opening: the environment, the copy-bandwidth ceiling and the SCA module's targets."""
     env, copy = report["environment"], report.get("copy_bandwidth") or {}
-    records = report["cases"]
     lines = [f"# fastsca benchmarks: {env['device']}, {env['date']}", ""]
     lines += _table(["", ""], [["device", env["device"]], ["mode", report["mode"]], ["torch", env["torch"]],
                                ["triton", env["triton"]], ["DALI", env["dali"] or "not installed"],
@@ -239,6 +239,38 @@ def render_markdown(report: dict) -> str:
     else:
         lines += ["Not measured in this run (they need the fused module on CUDA, the references and the copy "
                   "bandwidth at batch 256)."]
+
+    return lines
+
+
+def _failures_and_profile(report: dict) -> list[str]:
+    """The report's closing: the step profiled by category, and the failed and skipped cases."""
+    records, lines = report["cases"], []
+    if report.get("step_profile", {}).get("error"):
+        lines += ["", f"## train.run's step by category: failed ({report['step_profile']['error']})"]
+    elif report.get("step_profile"):
+        lines += ["", f"## train.run's step by category, batch {step_profile.PROFILE_BATCH}", ""]
+        lines += [step_profile.section_markdown(report["step_profile"])]
+    failed = [r for r in records if r["status"] == "error"]
+    if failed:
+        lines += ["", "## Failed cases", ""]
+        lines += _table(["case", "error"], [[r["id"], r["reason"]] for r in failed])
+    skipped: dict[str, list[dict]] = {}
+    for r in records:
+        if r["status"] == "skipped":
+            skipped.setdefault(r["reason"], []).append(r)
+    if skipped:
+        lines += ["", "## Skipped cases", ""]
+        lines += _table(["cases", "suites", "reason"],
+                        [[len(rs), ", ".join(dict.fromkeys(r["suite"] for r in rs)), reason]
+                         for reason, rs in skipped.items()])
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """The whole report as markdown: environment and targets, each suite's table, the step profile, failures."""
+    records = report["cases"]
+    lines = _environment_and_targets(report)
 
     def ok(suite_test):
         return [r for r in records if r["status"] == "ok" and suite_test(r["suite"])]
@@ -270,24 +302,7 @@ def render_markdown(report: dict) -> str:
     lines += _table(["provider", "batch", "clips/epoch", "s/epoch", "clips/s"],
                     [[r["provider"], r["batch"], r.get("clips_per_epoch"), r["time_ms"] / 1e3, r.get("clips_per_s")]
                      for r in ok(lambda s: s == "loader")])
-    if report.get("step_profile", {}).get("error"):
-        lines += ["", f"## train.run's step by category: failed ({report['step_profile']['error']})"]
-    elif report.get("step_profile"):
-        lines += ["", f"## train.run's step by category, batch {step_profile.PROFILE_BATCH}", ""]
-        lines += [step_profile.section_markdown(report["step_profile"])]
-    failed = [r for r in records if r["status"] == "error"]
-    if failed:
-        lines += ["", "## Failed cases", ""]
-        lines += _table(["case", "error"], [[r["id"], r["reason"]] for r in failed])
-    skipped: dict[str, list[dict]] = {}
-    for r in records:
-        if r["status"] == "skipped":
-            skipped.setdefault(r["reason"], []).append(r)
-    if skipped:
-        lines += ["", "## Skipped cases", ""]
-        lines += _table(["cases", "suites", "reason"],
-                        [[len(rs), ", ".join(dict.fromkeys(r["suite"] for r in rs)), reason]
-                         for reason, rs in skipped.items()])
+    lines += _failures_and_profile(report)
     return "\n".join(lines) + "\n"
 
 

@@ -170,6 +170,20 @@ def _map(ax, image: np.ndarray, seconds: float, n_mels: int, title: str, cmap: s
     ax.figure.colorbar(shown, ax=ax, pad=0.01, aspect=8)
 
 
+def _events_panel(ax: plt.Axes, events: list, labels: list[str], source: str) -> None:
+    """Panel (a)'s event bars, one row per label."""
+    colours = plt.get_cmap("tab10")
+    for e in events:
+        row = labels.index(e.label)
+        ax.broken_barh([(e.onset, e.offset - e.onset)], (row - 0.4, 0.8), color=colours(row % 10))
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_ylim(-0.6, max(1, len(labels)) - 0.4)
+    ax.invert_yaxis()
+    ax.set_title(f"(a) events: {source}" + ("" if events else " - none"), loc="left", fontsize=9)
+    ax.grid(axis="x", alpha=0.3)
+    ax.figure.colorbar(plt.cm.ScalarMappable(), ax=ax, pad=0.01, aspect=8).ax.set_visible(False)   # as wide as the maps
+
+
 def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> None:
     """Write the figure for `clip` to `out` (PNG)."""
     config, lm = model.model.config, model.log_mel
@@ -197,17 +211,7 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     _map(axes[0], db, seconds, n_mels, "(a) log-mel spectrogram (dB)", "magma", (db.max() - DB_RANGE, db.max()))
     axes[0].set_ylabel("mel bin")
 
-    ax = axes[1]
-    colours = plt.get_cmap("tab10")
-    for e in events:
-        row = labels.index(e.label)
-        ax.broken_barh([(e.onset, e.offset - e.onset)], (row - 0.4, 0.8), color=colours(row % 10))
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_ylim(-0.6, max(1, len(labels)) - 0.4)
-    ax.invert_yaxis()
-    ax.set_title(f"(a) events: {source}" + ("" if events else " - none"), loc="left", fontsize=9)
-    ax.grid(axis="x", alpha=0.3)
-    fig.colorbar(plt.cm.ScalarMappable(), ax=ax, pad=0.01, aspect=8).ax.set_visible(False)   # same width as the maps
+    _events_panel(axes[1], events, labels, source)
 
     row = 2
     for letter, who, found in (("b", baseline.model.config.name, base_maps), ("c", config.name, maps)):

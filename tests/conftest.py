@@ -8,10 +8,17 @@ path with the `kernel_device` fixture.
 The training tests (test_train_run, test_faults, test_faults_run, test_finetune, test_folds) share one
 tiny built-in set and one uninterrupted reference run per session (`builtin_dir`, `full_run`), so the
 same run is not trained once per file.
+
+Every test starts from the same random state (`seeded`): torch's, numpy's global and Python's `random` are
+seeded from the test's own id, so a test draws the same numbers whichever tests ran before it or beside it,
+and a failure repeats exactly. Generators a test makes itself (`np.random.default_rng(SEED)`) carry their own seed.
 """
 import os
+import random
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +30,15 @@ if not torch.cuda.is_available():
         del os.environ["TRITON_INTERPRET"]
     else:
         os.environ["TRITON_INTERPRET"] = _saved
+
+
+@pytest.fixture(autouse=True)
+def seeded(request) -> None:
+    """Seed torch, numpy's global generator and `random` from the test's id (stable across runs and orders)."""
+    seed = zlib.crc32(request.node.nodeid.encode())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 @pytest.fixture

@@ -94,6 +94,7 @@ def _assert_same_gradients(reference, fused, terms: int, atol: float, rtol: floa
                                    msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("arrangement", ARRANGEMENTS)
 @pytest.mark.parametrize("shape, layout", MAPS)
@@ -232,6 +233,7 @@ def test_only_the_passes_are_registered():
     assert registered == set(PASSES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arrangement", ARRANGEMENTS)
 def test_attention_compiles_without_graph_break(kernel_device, arrangement):
     torch.manual_seed(3)

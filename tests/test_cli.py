@@ -250,6 +250,7 @@ def test_zero_clip_seconds_names_the_flag(tmp_path, capsys):
                                                                "fewer frames than the model pools), got 0"]
 
 
+@pytest.mark.slow
 def test_a_missing_eval_split_from_the_checkpoint_says_so(tmp_path, monkeypatch, capsys):
     path = tmp_path / "run" / "best.pt"
     path.parent.mkdir()

@@ -172,6 +172,7 @@ def test_converts_panns_and_mp3_rows_into_shards(converted):
                       (f"Y{ytids[0]}", "shard_00004.h5", "duplicate")]
 
 
+@pytest.mark.slow
 def test_parallel_output_equals_serial(converted, tmp_path):
     root = converted[0]
     summary = convert(config(root, out=str(tmp_path / "parallel"), workers=2))

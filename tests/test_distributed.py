@@ -34,6 +34,7 @@ def _collectives(rank: int, world_size: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_collectives_with_unequal_counts():
     world_size = 3
     with mp.Manager() as manager:
@@ -52,6 +53,7 @@ def _strided_grads(model: torch.nn.Module) -> list[str]:
     return [name for name, p in model.named_parameters() if p.grad.stride() != p.stride()]
 
 
+@pytest.mark.slow
 def test_gradients_arrive_with_their_parameters_strides():
     """The local branch's w1 when T // r = 1: its gradient's size-1 dimension comes back strided otherwise."""
     torch.manual_seed(0)

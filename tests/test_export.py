@@ -61,17 +61,20 @@ def assert_all_agree(exported, mel: torch.Tensor) -> None:
     assert want[0].shape == (len(mel), len(LABELS)) and want[1].shape == (len(mel), 10, len(LABELS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_random_log_mels_at_any_batch(exported, batch):
     assert_all_agree(exported, torch.randn(batch, 1, 40, 64) * 20 - 40)
 
 
+@pytest.mark.slow
 def test_a_synthetic_clip(exported):
     t = torch.arange(16000, dtype=torch.float64) / 16000
     chirp = 0.3 * torch.sin(2 * torch.pi * (200 + 3000 * t) * t) + 0.01 * torch.randn(16000, dtype=torch.float64)
     assert_all_agree(exported, log_mel(chirp[None], exported["trained"].log_mel))
 
 
+@pytest.mark.slow
 def test_a_real_clip(exported):
     if not REAL_AUDIO.is_dir():
         pytest.skip(f"{REAL_AUDIO} is absent (the shared real-audio clips)")

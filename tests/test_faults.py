@@ -71,7 +71,7 @@ def bad_out(kind: str, tmp_path: Path) -> tuple[Path, str]:
 
 
 def write_wav(path: Path, seconds: float, rate: int = 16000, subtype: str = "PCM_16") -> np.ndarray:
-    wave = (0.1 * np.random.default_rng().standard_normal(int(seconds * rate))).astype(np.float32)
+    wave = (0.1 * np.random.default_rng(42084).standard_normal(int(seconds * rate))).astype(np.float32)
     soundfile.write(path, wave, rate, subtype=subtype)
     return wave
 
@@ -127,7 +127,7 @@ def assert_gone_within(pids: list[int], seconds: float) -> None:
 def test_truncated_file_is_refused(tmp_path, ext, subtype):
     path = tmp_path / f"clip.{ext}"
     write_wav(path, 6.0, subtype=subtype)
-    keep = int(np.random.default_rng().integers(20000, 60000))
+    keep = int(np.random.default_rng(55358).integers(20000, 60000))
     truncate(path, keep)
     with pytest.raises(TruncatedAudioError, match=r"truncated: the header declares 6\.00 s but the file holds") as info:
         load_audio(path)
@@ -136,7 +136,7 @@ def test_truncated_file_is_refused(tmp_path, ext, subtype):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_samples_are_refused(tmp_path, value):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(70248)
     wave = write_wav(tmp_path / "ok.wav", 1.3, subtype="FLOAT")
     count = int(rng.integers(1, 12))
     wave[rng.choice(len(wave), count, replace=False)] = value
@@ -146,6 +146,7 @@ def test_non_finite_samples_are_refused(tmp_path, value):
     assert np.isfinite(load_audio(tmp_path / "ok.wav")).all()
 
 
+@pytest.mark.slow
 def test_tag_reports_damaged_files_and_tags_the_rest(tmp_path):
     path = tmp_path / "model.pt"
     checkpoint.save(path, tiny_payload(tiny_config()))
@@ -254,7 +255,7 @@ def test_pack_on_a_full_disk_is_one_line_and_keeps_finished_shards(tmp_path, mon
 
 def tiny_split(path: Path, clips: int = 12) -> Path:
     """A shard of random 1 s clips labelled with LABELS (every class with a positive and a negative)."""
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(72139)
     target = rng.integers(0, 2, (clips, len(LABELS))).astype(np.uint8)
     target[0], target[1] = 1, 0
     with ShardWriter(path, tuple(f"/x/{n}" for n in LABELS), LABELS, 16000, 16000) as writer:
@@ -272,6 +273,7 @@ def eval_inputs(tmp_path) -> tuple[Path, Path]:
     return path, tiny_split(tmp_path / "eval.h5")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "read-only"])
 def test_evaluate_checks_its_out_before_the_work(eval_inputs, tmp_path, kind, monkeypatch, capsys):
     path, split = eval_inputs
@@ -288,6 +290,7 @@ def test_evaluate_checks_its_out_before_the_work(eval_inputs, tmp_path, kind, mo
     assert line.startswith(f"error: --out {out}") and words in line
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_full_disk_prints_the_metrics_and_leaves_no_partial_csv(eval_inputs, monkeypatch, capsys):
     path, split = eval_inputs
 
@@ -326,6 +329,7 @@ def edit_checkpoint(payload: dict, edit: str) -> str:
     return f"3 label names for a model of {len(LABELS)} classes"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["model", "config", "label_names", "step", "class count in config",
                                   "class count in labels"])
 def test_evaluate_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, capsys):
@@ -349,7 +353,7 @@ def test_tag_with_a_hand_edited_checkpoint_is_one_line(eval_inputs, edit, tmp_pa
     edited = tmp_path / "edited.pt"
     torch.save(payload, edited)
     clip = tmp_path / "clip.wav"
-    soundfile.write(clip, np.random.default_rng().standard_normal(16000).astype(np.float32) * 0.1, 16000)
+    soundfile.write(clip, np.random.default_rng(92477).standard_normal(16000).astype(np.float32) * 0.1, 16000)
     with pytest.raises(SystemExit) as stopped:
         tag.main([str(clip), "--checkpoint", str(edited)])
     assert stopped.value.code == 2
@@ -385,6 +389,7 @@ def crash_at(monkeypatch, step: int, action=None) -> None:
     monkeypatch.setattr(train.step, "clip_bce", loss)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "read-only"])
 def test_run_into_an_unusable_out_is_one_line(tmp_path, builtin_dir, kind, capsys):
     out, words = bad_out(kind, tmp_path)
@@ -427,11 +432,12 @@ def test_a_second_run_into_a_held_out_is_refused(tmp_path, builtin_dir, capsys):
         pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_with_128_plus_its_number_after_a_checkpoint(tmp_path, builtin_dir, signum, monkeypatch,
                                                                       capsys):
     out = tmp_path / "run"
-    step = int(np.random.default_rng().integers(3, 8))
+    step = int(np.random.default_rng(44871).integers(3, 8))
     crash_at(monkeypatch, step, lambda: os.kill(os.getpid(), signum))
     with pytest.raises(SystemExit) as stopped:
         train.run.main(tiny_args(out, builtin_dir))
@@ -440,6 +446,7 @@ def test_a_signal_stops_with_128_plus_its_number_after_a_checkpoint(tmp_path, bu
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == step
 
 
+@pytest.mark.slow
 def test_checkpoints_come_on_a_time_cadence(tmp_path, builtin_dir, monkeypatch):
     out = tmp_path / "run"
     crash_at(monkeypatch, 7)
@@ -519,6 +526,7 @@ def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, tmp_path,
     assert line.startswith(f"error: {out / 'latest.pt'}") and words in line
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(tmp_path, builtin_dir,
                                                                                    monkeypatch, capsys):
     out = tmp_path / "run"
@@ -544,6 +552,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 5
 
 
+@pytest.mark.slow
 def test_a_shard_truncated_during_training_stops_the_run(tmp_path, builtin_dir, monkeypatch, capsys):
     data = tmp_path / "data"
     data.mkdir()
@@ -634,7 +643,7 @@ def test_kill_9_of_a_run_ends_its_workers_and_frees_its_out(tmp_path, builtin_di
 def test_kill_9_of_pack_ends_its_workers(tmp_path):
     args = pack_tree(tmp_path, {"seed": None})
     source = tmp_path / "source.flac"
-    soundfile.write(source, 0.1 * np.random.default_rng().standard_normal(441000), 44100)
+    soundfile.write(source, 0.1 * np.random.default_rng(38737).standard_normal(441000), 44100)
     ytids = [f"clip{i:05d}" for i in range(4000)]   # many symlinks to one 10 s 44.1 kHz file: minutes of decoding
     for ytid in ytids:
         (tmp_path / "audio" / f"Y{ytid}.flac").symlink_to(source)

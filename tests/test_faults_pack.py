@@ -230,6 +230,7 @@ def test_a_full_disk_mid_shard_is_one_line_keeps_finished_shards_and_resumes(tmp
     assert ShardIndex.open(tmp_path / "out").counts == (3, 3)
 
 
+@pytest.mark.slow
 def test_a_real_ctrl_c_mid_pack_is_one_line_and_the_same_command_resumes(tmp_path, in_process_pool):
     """SIGINT to the command as a terminal sends it (workers ignore it; the packer stops them)."""
     source = tmp_path / "source.flac"

@@ -75,6 +75,7 @@ def test_predicted_events_are_runs_above_one_half():
     assert events == (figure3.Event(1.0, 2.5, "a"), figure3.Event(4.5, 5.0, "a"), figure3.Event(0.0, 5.0, "b"))
 
 
+@pytest.mark.slow
 def test_draws_all_panels_for_a_clip_of_a_split(tmp_path, capsys):
     _checkpoint(tmp_path / "base.pt", "baseline")
     _checkpoint(tmp_path / "sca.pt", "at-cps-3")
@@ -97,6 +98,7 @@ def test_draws_all_panels_for_a_clip_of_a_split(tmp_path, capsys):
     assert image.shape[0] > image.shape[1] > 600 and image.std() > 20   # a tall figure with drawn content
 
 
+@pytest.mark.slow
 def test_audio_file_with_an_events_csv_and_bad_inputs(tmp_path, capsys):
     _checkpoint(tmp_path / "base.pt", "baseline")
     _checkpoint(tmp_path / "sca.pt", "at-sca-2")

@@ -57,10 +57,11 @@ def test_mel_matrix_matches_librosa(config):
     torch.testing.assert_close(mel_filterbank(config).T, torch.from_numpy(expected), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pad_mode", ["reflect", "constant"])
 def test_log_mel_matches_librosa_on_a_synth_clip(pad_mode):
     config = LogMelConfig(pad_mode=pad_mode)
-    clips = [make_clip(SynthConfig(), 0, int(i))[0] / 32768.0 for i in np.random.default_rng().integers(0, 10**6, 2)]
+    clips = [make_clip(SynthConfig(), 0, int(i))[0] / 32768.0 for i in np.random.default_rng(87504).integers(0, 10**6, 2)]
     out = log_mel(torch.tensor(np.stack(clips), dtype=torch.float32), config)
     assert out.shape == (2, 1, 400, 64) and out.dtype == torch.float32
     for clip, got in zip(clips, out):

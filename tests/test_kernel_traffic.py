@@ -70,6 +70,7 @@ def count_f_traffic(f_numel: int):
         interpreter.InterpretedFunction.run = saved_run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape, layout", MAPS)
 @pytest.mark.parametrize("arrangement", list(FLOORS))
 def test_measured_f_traffic_equals_the_floor(kernel_device, arrangement, shape, layout):

@@ -43,6 +43,7 @@ def matched_rows(log_mels: torch.Tensor, reference: torch.Tensor) -> list[int]:
     return distance.argmin(dim=1).tolist()
 
 
+@pytest.mark.slow
 def test_shapes_labels_and_log_mel_match_the_shards(data):
     path, waveforms, targets, reference = data
     config = LoaderConfig(batch_size=8, sampler="sequential", drop_last=False, num_workers=2)
@@ -64,7 +65,7 @@ def test_shapes_labels_and_log_mel_match_the_shards(data):
 
 
 def test_ten_second_clips_match_librosa(tmp_path):
-    clips = [make_clip(SynthConfig(), 0, int(i)) for i in np.random.default_rng().integers(0, 10**6, 3)]
+    clips = [make_clip(SynthConfig(), 0, int(i)) for i in np.random.default_rng(50852).integers(0, 10**6, 3)]
     with ShardWriter(tmp_path / "ten.h5", CLASS_NAMES[:10], CLASS_NAMES[:10], 16000, 160000) as writer:
         writer.add(np.stack([c[0] for c in clips]), np.stack([c[1] for c in clips]), ["a", "b", "c"])
         writer.commit()
@@ -99,9 +100,10 @@ def test_drop_last_gives_every_rank_the_same_number_of_full_batches(data):
             assert len(loader) == len(mels) == 2 and all(m.shape[0] == 8 for m in mels)   # 22 clips per rank
 
 
+@pytest.mark.slow
 def test_resume_mid_epoch_gives_the_same_next_batches(data):
     config = LoaderConfig(batch_size=8, sampler="balanced", num_workers=2, mixup_alpha=0.4, spec_augment=True,
-                          seed=int(np.random.default_rng().integers(1000)))
+                          seed=int(np.random.default_rng(74558).integers(1000)))
     with LogMelLoader(data[0], config, FRONT_END) as loader:
         loader.set_epoch(2)
         expected = list(loader)

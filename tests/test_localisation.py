@@ -36,7 +36,7 @@ def random_reference(rng, clips: int, names: tuple[str, ...], frames: int) -> di
 
 
 def test_perfect_detector_scores_one_and_a_constant_one_scores_chance():
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(50796)
     names, frames = ("a", "b", "c"), 37
     reference = random_reference(rng, 11, names, frames)
     probs = np.zeros((11, frames, 3), np.float32) + rng.uniform(0.0, 0.05, (11, frames, 3)).astype(np.float32)
@@ -58,7 +58,7 @@ def test_perfect_detector_scores_one_and_a_constant_one_scores_chance():
 
 def test_clips_without_strong_labels_are_left_out_and_an_empty_match_is_an_error():
     names = ("a",)
-    probs = np.random.default_rng().uniform(0, 1, (4, 20, 1)).astype(np.float32)
+    probs = np.random.default_rng(85558).uniform(0, 1, (4, 20, 1)).astype(np.float32)
     scored = localisation.localisation_metrics(probs, ["w", "x", "y", "z"], {"y": [(0.0, 1.0, "a")],
                                                                               "z": [(0.5, 1.5, "a")]}, names, 0.1)
     assert scored.clips == 2
@@ -108,7 +108,7 @@ def test_evaluate_cli_scores_localisation_from_a_strong_tsv(tmp_path, strong_spl
 
 def test_progress_text_shows_an_undefined_figure_as_a_dash():
     # with no event detected at all the event F1 is undefined and left out of the summary
-    f1, psds1 = np.random.default_rng().uniform(size=2)
+    f1, psds1 = np.random.default_rng(12896).uniform(size=2)
     assert localisation.progress_text({"psds1": psds1}) == f"  event F1 -  PSDS1 {psds1:.3f}"
     assert localisation.progress_text({"event_f1": f1, "psds1": psds1}) == f"  event F1 {f1:.3f}  PSDS1 {psds1:.3f}"
     assert localisation.progress_text({}) == ""

@@ -143,6 +143,7 @@ def test_class_folders_pack_with_a_label_list(tmp_path, in_process_pool, capsys)
         tmp_path / "classes.txt")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REAL_AUDIO.is_dir(), reason="../shared/real-audio is absent (387 UrbanSound8K clips)")
 def test_the_real_urbansound8k_clips_pack_with_one_command(tmp_path, in_process_pool, capsys):
     main(["--manifest", str(REAL_AUDIO / "labels.csv"), "--audio-dir", str(REAL_AUDIO / "clips"),

@@ -152,6 +152,7 @@ def test_arrangements_follow_section_3_3(arrangement):
     torch.testing.assert_close(module(x), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_at_sca_3_matches_eager():
     model = _tiny("at-sca-3").eval()
     log_mel = torch.randn(2, 1, 400, 64)

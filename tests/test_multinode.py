@@ -74,6 +74,7 @@ def builtin_files(builtin_dir):
     return ensure_builtin(builtin_dir, BUILTIN)
 
 
+@pytest.mark.slow
 def test_two_ranks_batches_are_the_halves_of_the_one_process_batch(builtin_files):
     """The sampler deals the global order out round-robin: at every step rank r's 8 clips are rows r::2 of the
     one-process run's 16, so the 2 x 8 run trains on exactly the 16-clip run's global batches."""

@@ -79,6 +79,7 @@ def packed(packed_once, tmp_path):
     return tmp_path, originals, summary
 
 
+@pytest.mark.slow
 def test_pack_writes_shards_index_and_report(packed):
     root, originals, summary = packed
     out = root / "out"
@@ -131,6 +132,7 @@ def test_strong_labels_are_stored_per_shard(packed):
         assert handle["strong_clip"][:].tolist() == [1] and handle["strong_label"][:].tolist() == [2]
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_redoes_an_interrupted_shard(packed):
     root = packed[0]
     out = root / "out"
@@ -188,6 +190,7 @@ def test_truncated_shard_gives_a_clear_error(packed):
         ShardIndex.open(packed[0] / "audio")
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path, capsys):
     make_tree(tmp_path)
     args = ["--csv", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "labels.csv"),

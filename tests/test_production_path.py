@@ -144,6 +144,7 @@ def _module_twins(arrangement, shape):
     return [m.to(memory_format=torch.channels_last).train() for m in modules]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["torch", "triton"])
 @pytest.mark.parametrize("arrangement", list(ATTENTION_ARRANGEMENTS))
 def test_compiled_unit_in_bf16_matches_the_fp32_reference(path, arrangement, monkeypatch):

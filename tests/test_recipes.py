@@ -32,6 +32,7 @@ def run_config(out: Path) -> dict:
     return torch.load(out / "latest.pt", weights_only=True)["config"]
 
 
+@pytest.mark.slow
 def test_each_recipe_runs_and_flags_win(tmp_path, builtin_dir, capsys):
     scratch = tmp_path / "balanced"
     train.run.main(recipe_args(scratch, builtin_dir, "--recipe", "audioset-balanced", "--clips", "48",

@@ -77,6 +77,7 @@ def _preset_kernels(report: dict) -> list[dict]:
     return [k for k in report["kernels"] if k["map"] != odd]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(PRESET_CASES))
 def test_every_kernel_compiles_without_spills(compiled, arch):
     kernels = compiled[arch]["kernels"]
@@ -213,6 +214,7 @@ def tooling(tmp_path_factory) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_recorded_launches_compile_to_the_expected_widths(tooling):
     """n divisible by 16 lets Triton prove 16-byte alignment (128-bit accesses); an odd n leaves scalars."""
     for row in tooling["copy"]:

@@ -3,6 +3,7 @@ import pytest
 
 import train.run
 import train.step
+import train.trainer.trainer
 from bench import whole_step
 
 
@@ -10,8 +11,8 @@ class Counted(Exception):
     """Raised by the stand-in once the counted step has called training_step (nothing to compile after)."""
 
 
-def test_train_run_binds_the_same_training_step():
-    assert train.run.training_step is train.step.training_step
+def test_the_trainer_binds_the_same_training_step():
+    assert train.trainer.trainer.training_step is train.step.training_step
 
 
 @pytest.mark.slow   # a 2-step run on the tiny built-in set (its generation shared with tests/test_train_run.py)
@@ -25,7 +26,7 @@ def test_train_run_calls_training_step(tmp_path, builtin_dir, monkeypatch):
         calls.append(kwargs.get("step", args[-1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train.run, "training_step", counting)
+    monkeypatch.setattr(train.trainer.trainer, "training_step", counting)
     train.run.main(tiny_args(tmp_path / "run", builtin_dir, 2))
     assert calls == [1, 2]
 

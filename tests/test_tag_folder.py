@@ -38,7 +38,7 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 
 def test_a_folder_is_walked_and_same_names_stay_apart(model, tmp_path, capsys):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(39254)
     root = tmp_path / "music"
     lengths = music_folder(root, rng)
     table, out, figures = tmp_path / "tags.tsv", tmp_path / "events", tmp_path / "figs"
@@ -65,7 +65,7 @@ def test_a_folder_is_walked_and_same_names_stay_apart(model, tmp_path, capsys):
 
 
 def test_a_resumed_run_skips_finished_files_and_cuts_a_half_written_row(model, tmp_path, capsys, monkeypatch):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(2796)
     root = tmp_path / "music"
     music_folder(root, rng)
     table, out = tmp_path / "tags.csv", tmp_path / "events"
@@ -92,7 +92,7 @@ def test_a_resumed_run_skips_finished_files_and_cuts_a_half_written_row(model, t
 
 
 def test_a_table_written_with_other_options_is_refused(model, tmp_path, capsys):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(56634)
     soundfile.write(tmp_path / "a.wav", (0.1 * rng.standard_normal(16000)).astype(np.float32), 16000)
     table = tmp_path / "t.csv"
     tag.main([str(tmp_path / "a.wav"), "--checkpoint", model, "--table", str(table), "--top-k", "2"])
@@ -114,7 +114,7 @@ def test_a_table_written_with_other_options_is_refused(model, tmp_path, capsys):
 @pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz"])
 def test_an_archive_is_read_member_by_member_without_unpacking(model, tmp_path, kind, capsys):
     import shutil
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(63321)
     root = tmp_path / "music"
     lengths = music_folder(root, rng)
     (root / "broken.wav").write_bytes(rng.bytes(500))
@@ -139,7 +139,7 @@ def test_an_archive_is_read_member_by_member_without_unpacking(model, tmp_path, 
 
 
 def test_ctrl_c_keeps_the_finished_rows_and_says_how_to_resume(model, tmp_path, capsys, monkeypatch):
-    rng = np.random.default_rng()
+    rng = np.random.default_rng(55695)
     root = tmp_path / "music"
     music_folder(root, rng)
     table = tmp_path / "tags.csv"
