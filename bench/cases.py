@@ -424,17 +424,17 @@ def _prepare_sca(case: Case, env: BenchEnv) -> Iterator[Prepared]:
                    info={"dtype": case.dtype, "autocast": case.dtype == "bf16"})
 
 
-def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+def _optimiser(model: torch.nn.Module) -> torch.optim.Optimizer:
     """Training's AdamW (train/optim.py). train.config imports the DALI loader: where DALI is missing
     (the GPU machines' image) the same two parameter groups are built here."""
     try:
         from train.config import OptimConfig
-        from train.optim import build_optimizer
+        from train.optim import build_optimiser
     except ImportError:
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.01},
                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=1e-3)
-    return build_optimizer(model, OptimConfig())
+    return build_optimiser(model, OptimConfig())
 
 
 @contextlib.contextmanager
@@ -450,7 +450,7 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     layout = torch.channels_last if env.cuda else torch.contiguous_format   # as train.run
     model = build_model(case.model, RunOptions(fused_attention=case.provider in FUSED_PROVIDERS), **overrides)
     model = model.to(env.device, memory_format=layout)
-    optimizer = _optimizer(model)
+    optimiser = _optimiser(model)
     config = model.config
     # Log-mel-like input (dB values around -50) and sparse multi-hot targets, as AudioSet's.
     log_mel = (torch.randn(case.batch, 1, config.input_frames, config.n_mels, device=env.device) * 20 - 50
@@ -465,11 +465,11 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         with autocast(env.device, torch.bfloat16 if env.cuda else torch.float32):
             output = run(log_mel)
         loss = clip_bce(output.clip, target)
-        optimizer.zero_grad(set_to_none=True)
+        optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimiser.step()
 
-    # Three warm-up steps: compile forward, compile backward, then the optimizer's first step
+    # Three warm-up steps: compile forward, compile backward, then the optimiser's first step
     # allocates its state; the timed steps after that are steady. CUDA graphs record on a later call.
     warmup = 5 if case.provider in CUDAGRAPH_PROVIDERS else 3
     yield Prepared(fn=step, device=env.device, items=case.batch, warmup_calls=warmup,

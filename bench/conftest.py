@@ -5,7 +5,7 @@ and the one summary table the run ends with.
 collect bench/ (pyproject's testpaths). The JSON of `--benchmark-json` carries, per case, the
 minimal bytes, achieved GB/s, clips/s and peak memory in `extra_info`, and the library versions and
 device in `machine_info`. After pytest-benchmark's tables (one per group) and pytest's own summary,
-the run prints one markdown table (bench.summarize.render_summary: provider, case, median, speed-up
+the run prints one markdown table (bench.summarise.render_summary: provider, case, median, speed-up
 over eager and over torch.compile of the reference, GB/s or clips/s) and writes it to
 `--bench-summary` (default: summary.md in pytest-benchmark's .benchmarks folder).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cases, harness, summarize
+from bench import cases, harness, summarise
 
 STARTED = pytest.StashKey[float]()
 SUMMARY_PATH = ".benchmarks/summary.md"
@@ -67,10 +67,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 def pytest_terminal_summary(terminalreporter, config):
     result = yield
     session = getattr(config, "_benchmarksession", None)   # pytest-benchmark's; absent under -p no:benchmark
-    run = summarize.session_run(session.benchmarks if session is not None else [])
+    run = summarise.session_run(session.benchmarks if session is not None else [])
     if run["benchmarks"]:
         elapsed = time.perf_counter() - config.stash[STARTED]
-        markdown = summarize.render_summary(run, harness.environment(cases.BenchEnv.detect().device), elapsed)
+        markdown = summarise.render_summary(run, harness.environment(cases.BenchEnv.detect().device), elapsed)
         path = Path(config.getoption("--bench-summary", SUMMARY_PATH))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(markdown)

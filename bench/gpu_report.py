@@ -311,7 +311,7 @@ def output_stem(env: dict, smoke: bool, device: torch.device) -> str:
         name = "cpu-smoke"
     elif device.type == "cuda":
         name = harness.slug(env["device"])
-    else:   # the CPU run of this report; <date>-cpu-Ncore.md is the pytest-benchmark summary (bench.summarize)
+    else:   # the CPU run of this report; <date>-cpu-Ncore.md is the pytest-benchmark summary (bench.summarise)
         name = f"cpu-{env['cpu_count']}core-report"
     return f"{env['date']}-{name}"
 

@@ -88,12 +88,12 @@ def measure(step: str, batch: int, steps: int = 5, warmup: int = 3, mode: str = 
     from fastsca.training_compile import compile_for_training
     from train import step as train_step
     from train.config import OptimConfig
-    from train.optim import build_optimizer
+    from train.optim import build_optimiser
 
     device = torch.device("cuda")
     inductor_config.triton.descriptive_names = "torch"
     model = build_model("at-sca-3", fused_attention=step == "fastsca").to(device).to(memory_format=torch.channels_last)
-    optimiser = build_optimizer(model, OptimConfig())
+    optimiser = build_optimiser(model, OptimConfig())
     train_model = compile_for_training(model.train(), "inductor", mode, fused=step == "fastsca")
     watch = train_step.NonFiniteWatch.on(device)
     db = torch.randn(batch, model.config.n_mels, model.config.input_frames + 1, device=device)

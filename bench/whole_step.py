@@ -53,7 +53,7 @@ from fastsca.run_options import RunOptions
 from fastsca.training_compile import compile_for_training
 from train import step as train_step
 from train.config import OptimConfig
-from train.optim import build_optimizer
+from train.optim import build_optimiser
 from train.profiles import PROFILES
 
 STEPS = ("reference", "fastsca")
@@ -69,7 +69,7 @@ def build(step: str, batch: int, channels: tuple[int, ...] | None, frames: int, 
     if overrides["channels"] is None:
         del overrides["channels"]
     model = build_model("at-sca-3", RunOptions(fused_attention=step == "fastsca"), **overrides).to(memory_format=torch.channels_last).train()
-    optimiser = build_optimizer(model, OptimConfig(), fused=True)
+    optimiser = build_optimiser(model, OptimConfig(), fused=True)
     _steady_state(optimiser)
     return model, compile_for_training(model, "inductor", "default", fused=step == "fastsca"), optimiser
 

@@ -167,20 +167,20 @@ class Attention(nn.Module):
         if not self.fused:
             return reference.attention(x, self.arrangement, self.spatial, self.channel)   # eqs. 4-10
         out, mean, var = kernels.attention(x, self.arrangement, self.unit_params(), bn_training=self.training)
-        glob = self.spatial.global_branch if self.spatial is not None else None
-        if glob is not None and self.training:
-            glob.update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
+        global_branch = self.spatial.global_branch if self.spatial is not None else None
+        if global_branch is not None and self.training:
+            global_branch.update_running_stats(mean, var, x.shape[0] * x.shape[2] * x.shape[3])
         return out
 
     def unit_params(self) -> AttentionParams:
         """The sub-networks as the fused unit takes them."""
-        glob = self.spatial.global_branch if self.spatial is not None else None
+        global_branch = self.spatial.global_branch if self.spatial is not None else None
         local = self.spatial.local_branch if self.spatial is not None else None
         return AttentionParams(
-            glob=glob.unit_params() if glob is not None else None,
+            global_branch=global_branch.unit_params() if global_branch is not None else None,
             local=local.unit_params() if local is not None else None,
             channel=self.channel.unit_params() if self.channel is not None else None,
-            bn_eps=glob.bn.eps if glob is not None else 1e-5,
+            bn_eps=global_branch.bn.eps if global_branch is not None else 1e-5,
         )
 
 

@@ -65,7 +65,7 @@ class ArrangementFlags(Protocol):
 class AttentionParams(NamedTuple):
     """The sub-networks of one arrangement (None where a branch is absent) and its BatchNorm epsilon."""
 
-    glob: GlobalParams | None
+    global_branch: GlobalParams | None
     local: LocalParams | None
     channel: ChannelParams | None
     bn_eps: float = 1e-5
@@ -281,8 +281,8 @@ PASSES = ("attention_pool", "attention_squeeze", "attention_gate", "attention_ro
 def _spatial_forward(s, params: AttentionParams, training):
     """logit_s = global(S) + local(S) (eq. 7 before the sigmoid), with the BatchNorm statistics used."""
     logit, mean, var = torch.zeros_like(s), s.new_empty((0,)), s.new_empty((0,))
-    if params.glob is not None:
-        branch, mean, var = global_forward(s, params.glob, training, params.bn_eps)
+    if params.global_branch is not None:
+        branch, mean, var = global_forward(s, params.global_branch, training, params.bn_eps)
         logit = logit + branch
     if params.local is not None:
         logit = logit + local_forward(s, params.local)
@@ -292,8 +292,8 @@ def _spatial_forward(s, params: AttentionParams, training):
 def _spatial_backward(grad, s, params: AttentionParams, mean, var, training):
     """(dS, the global branch's GlobalParams of gradients or None, the local branch's LocalParams or None)."""
     ds, glob_grads, local_grads = torch.zeros_like(s), None, None
-    if params.glob is not None:
-        d, dw1, dbn_w, dbn_b, dw2, db2 = global_backward(grad, s, params.glob, mean, var, training, params.bn_eps)
+    if params.global_branch is not None:
+        d, dw1, dbn_w, dbn_b, dw2, db2 = global_backward(grad, s, params.global_branch, mean, var, training, params.bn_eps)
         glob_grads = GlobalParams(dw1, dbn_w, dbn_b, None, None, dw2, db2)
         ds = ds + d
     if params.local is not None:
@@ -364,7 +364,7 @@ _BRANCH_TYPES = (GlobalParams, LocalParams, ChannelParams)
 
 def _flatten(params: AttentionParams) -> tuple[tuple[bool, bool, bool], list[torch.Tensor | None]]:
     """(which branches are present, their tensors in field order): autograd.Function takes flat tensors."""
-    branches = (params.glob, params.local, params.channel)
+    branches = (params.global_branch, params.local, params.channel)
     return tuple(b is not None for b in branches), [t for b in branches if b is not None for t in b]
 
 
@@ -379,9 +379,9 @@ def _unflatten(present, tensors, bn_eps) -> AttentionParams:
 def _without_running_stats(params: AttentionParams) -> AttentionParams:
     """params with BatchNorm's running statistics dropped: buffers the module updates in place after the
     forward (the backward uses the statistics the forward returned instead)."""
-    if params.glob is None:
+    if params.global_branch is None:
         return params
-    return params._replace(glob=params.glob._replace(running_mean=None, running_var=None))
+    return params._replace(global_branch=params.global_branch._replace(running_mean=None, running_var=None))
 
 
 class AttentionUnit(torch.autograd.Function):
@@ -424,11 +424,11 @@ def _check(x: torch.Tensor, arrangement: ArrangementFlags, params: AttentionPara
     if not isinstance(params, AttentionParams):
         raise ValueError(f"attention: params must be an AttentionParams, got {type(params).__name__}")
     name = arrangement.name
-    if arrangement.spatial and params.glob is None and params.local is None:
+    if arrangement.spatial and params.global_branch is None and params.local is None:
         raise ValueError(f"attention: arrangement {name!r} needs the global or the local spatial branch")
     if arrangement.channel and params.channel is None:
         raise ValueError(f"attention: arrangement {name!r} needs the channel MLP (AttentionParams.channel)")
-    if not arrangement.spatial and (params.glob is not None or params.local is not None):
+    if not arrangement.spatial and (params.global_branch is not None or params.local is not None):
         raise ValueError(f"attention: arrangement {name!r} takes no spatial branch")
     if not arrangement.channel and params.channel is not None:
         raise ValueError(f"attention: arrangement {name!r} takes no channel MLP")

@@ -184,15 +184,15 @@ def _metadata(stats, name: str, extra_info: dict, durations: list[float]):
 def test_summary_table_has_its_columns_and_a_row_per_provider(tmp_path):
     """The table `pytest bench/` ends with: the six columns, one row per provider of each case that ran,
     speed-ups against the eager and compiled references of the same case (none where there are none);
-    `python -m bench.summarize RUN.json` ends with the same table."""
+    `python -m bench.summarise RUN.json` ends with the same table."""
     import torch
 
-    from bench import cases, harness, summarize
+    from bench import cases, harness, summarise
 
     environment = {"device": "AMD EPYC", "date": "2026-12-02", "torch": "2.13.0+cpu", "triton": "3.9.0",
                    "cpu_count": 2, "torch_threads": 1, "load_average": "2.0 2.0 2.0"}
-    run = summarize.session_run(_fake_session())
-    markdown = summarize.render_summary(run, environment, 12.0)
+    run = summarise.session_run(_fake_session())
+    markdown = summarise.render_summary(run, environment, 12.0)
     assert "e+" not in markdown, "no exponents in the figures"
     lines = markdown.splitlines()
     assert lines[0] == "# fastsca benchmark summary: AMD EPYC, 2026-12-02"
@@ -225,7 +225,7 @@ def test_summary_table_has_its_columns_and_a_row_per_provider(tmp_path):
 
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps({**run, "machine_info": {"fastsca": harness.environment(torch.device("cpu"))}}))
-    summarize.main([str(run_json), "--out", str(tmp_path / "run.md")])
+    summarise.main([str(run_json), "--out", str(tmp_path / "run.md")])
     assert (tmp_path / "run.md").read_text().splitlines()[-len(table):] == table
 
 

@@ -16,7 +16,7 @@ from train import checkpoint
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.finetune import read_init
 from train.loader import LoaderConfig
-from train.optim import build_optimizer, build_scheduler
+from train.optim import build_optimiser, build_scheduler
 from train.shards import ShardWriter
 
 LABELS = ("a", "b", "c", "d", "e")
@@ -31,13 +31,13 @@ def tiny_config(preset: str = "at-sca-3", **data) -> TrainConfig:
 
 def tiny_payload(config: TrainConfig) -> dict:
     model = build_model(config.model)
-    optimizer = build_optimizer(model, config.optim)
-    scheduler = build_scheduler(optimizer, config.optim, 10)
+    optimiser = build_optimiser(model, config.optim)
+    scheduler = build_scheduler(optimiser, config.optim, 10)
     model(torch.randn(2, 1, 40, 64)).clip.sum().backward()
-    optimizer.step()
+    optimiser.step()
     scheduler.step()
     state = checkpoint.TrainState(step=1, best_map=0.25)
-    return checkpoint.make_payload(model, optimizer, scheduler, [{"sampler": {"epoch": 0, "position": 2}}],
+    return checkpoint.make_payload(model, optimiser, scheduler, [{"sampler": {"epoch": 0, "position": 2}}],
                                    [checkpoint.rng_state()], state, 0, config, LABELS)
 
 

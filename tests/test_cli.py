@@ -12,7 +12,7 @@ import torch
 import bench.bill
 import bench.gpu_report
 import bench.static_report
-import bench.summarize
+import bench.summarise
 import fastsca.describe
 import fastsca.export
 import fastsca.figure3
@@ -41,7 +41,7 @@ from test_train_run import tiny_args
 ENTRY_POINTS = {
     "train.run": train.run.main, "train.pack": train.pack.main, "train.evaluate": train.evaluate.main,
     "fastsca.tag": fastsca.tag.main, "fastsca.describe": fastsca.describe.main,
-    "bench.gpu_report": bench.gpu_report.main, "bench.summarize": bench.summarize.main,
+    "bench.gpu_report": bench.gpu_report.main, "bench.summarise": bench.summarise.main,
     "bench.static_report": bench.static_report.main, "fastsca.figure3": fastsca.figure3.main,
     "train.sweep": train.sweep.main, "train.folds": train.folds.main, "train.convert": train.convert.main,
     "fastsca.hub": fastsca.hub.main, "fastsca.export": fastsca.export.main, "bench.bill": bench.bill.main,

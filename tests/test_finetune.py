@@ -178,14 +178,14 @@ def test_freeze_without_init_is_one_line(builtin_dir, tmp_path, capsys):
 def test_backbone_lr_scale_gives_the_backbone_a_fraction_of_the_lr():
     from fastsca.model import build_model
     from train.config import OptimConfig
-    from train.optim import build_optimizer, build_scheduler
+    from train.optim import build_optimiser, build_scheduler
 
     scale = float(np.random.default_rng(49345).uniform(0.01, 0.9))
     model = build_model("at-sca-1", channels=(4, 4, 8, 8, 8, 8, 8), num_classes=3, input_frames=40)
-    optimizer = build_optimizer(model, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale))
-    scheduler = build_scheduler(optimizer, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale), 10)
+    optimiser = build_optimiser(model, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale))
+    scheduler = build_scheduler(optimiser, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale), 10)
     head = {id(p) for p in model.pooling.parameters()}
-    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
+    for group, lr in zip(optimiser.param_groups, scheduler.get_last_lr()):
         in_head = {id(p) in head for p in group["params"]}
         assert len(in_head) == 1 and lr == pytest.approx(2e-3 if in_head == {True} else 2e-3 * scale)
-    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    assert sum(len(g["params"]) for g in optimiser.param_groups) == len(list(model.parameters()))

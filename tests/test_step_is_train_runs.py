@@ -34,9 +34,9 @@ def test_train_run_calls_training_step(tmp_path, builtin_dir, monkeypatch):
 def test_bench_whole_step_counts_training_step(monkeypatch):
     calls = []
 
-    def stand_in(train_model, parameters, optimizer, log_mel, target, grad_clip, watch, step):
-        calls.append((tuple(log_mel.shape), tuple(target.shape), grad_clip, step, type(optimizer).__name__,
-                      optimizer.defaults["fused"]))
+    def stand_in(train_model, parameters, optimiser, log_mel, target, grad_clip, watch, step):
+        calls.append((tuple(log_mel.shape), tuple(target.shape), grad_clip, step, type(optimiser).__name__,
+                      optimiser.defaults["fused"]))
         raise Counted
 
     monkeypatch.setattr(train.step, "training_step", stand_in)

@@ -32,14 +32,14 @@ def trained() -> TrainedModel:
     clips = [make_clip(SYNTH, 0, i) for i in range(STEPS * BATCH // 4)]
     mels = log_mel(torch.from_numpy(np.stack([c[0] for c in clips]).astype(np.float32) / 32768), settings)
     targets = torch.from_numpy(np.stack([c[1] for c in clips])).float()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
         batch = torch.randint(len(clips), (BATCH,), generator=generator)
         loss = clip_bce(model(mels[batch]).clip, targets[batch])
-        optimizer.zero_grad(set_to_none=True)
+        optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimiser.step()
     return TrainedModel(model=model.eval(), log_mel=settings, label_names=SYNTH.class_names, step=STEPS, configs={})
 
 

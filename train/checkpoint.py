@@ -129,7 +129,7 @@ def copy(source: Path, target: Path) -> None:
     _write_atomically(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
-def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def make_payload(model: torch.nn.Module, optimiser: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, loader_states: list[dict], rng_states: list[dict],
                  state: TrainState, epoch: int, config: TrainConfig, label_names: tuple[str, ...],
                  fingerprints: dict | None = None, events: dict | None = None) -> dict:
@@ -139,7 +139,7 @@ def make_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     EventConfig as a dict: the per-class thresholds chosen on validation) goes in as config["events"]."""
     return {"format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": optimiser.state_dict(),
             "scheduler": scheduler.state_dict(),
             "loader": loader_states,
             "rng": rng_states,

@@ -24,7 +24,7 @@ def fused_on(params: list[nn.Parameter]) -> bool:
     return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "pooling.",
+def build_optimiser(model: nn.Module, config: OptimConfig, head_prefix: str = "pooling.",
                     fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters of `model`, weight decay as `_decay_groups`; with a
     config.backbone_lr_scale other than 1, the parameters outside the head (names not starting with
@@ -38,20 +38,20 @@ def build_optimizer(model: nn.Module, config: OptimConfig, head_prefix: str = "p
                   + _decay_groups([p for name, p in named if not name.startswith(head_prefix)], config,
                                   config.lr * config.backbone_lr_scale))
     fused = fused_on([p for _, p in named]) if fused is None else fused
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
-    optimizer.register_load_state_dict_post_hook(_keep_implementation(fused or None))
-    return optimizer
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
+    optimiser.register_load_state_dict_post_hook(_keep_implementation(fused or None))
+    return optimiser
 
 
 def _keep_implementation(fused: bool | None):
     """A load_state_dict post-hook: torch takes `fused`/`foreach` from the saved groups, so a checkpoint from a
     CPU run would make a CUDA run unfused and the other way round; keep this device's choice, and put each step
     count where that implementation wants it (on the parameter's device fused, else on the host)."""
-    def hook(optimizer: torch.optim.Optimizer) -> None:
-        for group in optimizer.param_groups:
+    def hook(optimiser: torch.optim.Optimizer) -> None:
+        for group in optimiser.param_groups:
             group["fused"], group["foreach"] = fused, None
             for p in group["params"]:
-                state = optimizer.state.get(p, {})
+                state = optimiser.state.get(p, {})
                 if "step" in state:
                     device = p.device if fused else torch.device("cpu")
                     state["step"] = state["step"].to(device=device, dtype=torch.float32)
@@ -67,7 +67,7 @@ def lr_factor(step: int, config: OptimConfig, total_steps: int) -> float:
     return config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig,
+def build_scheduler(optimiser: torch.optim.Optimizer, config: OptimConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step schedule; its state (the step count) goes into checkpoints."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, config, total_steps))

@@ -38,7 +38,7 @@ class NonFiniteWatch:
 
 
 def training_step(train_model: torch.nn.Module, parameters: list[torch.nn.Parameter],
-                  optimizer: torch.optim.Optimizer, log_mel: torch.Tensor, target: torch.Tensor,
+                  optimiser: torch.optim.Optimizer, log_mel: torch.Tensor, target: torch.Tensor,
                   grad_clip: float, watch: NonFiniteWatch, step: int) -> torch.Tensor:
     """Step `step` (1-based) on one batch: log_mel (B, 1, T, F), target (B, K); returns the loss (on the device).
 
@@ -55,9 +55,9 @@ def training_step(train_model: torch.nn.Module, parameters: list[torch.nn.Parame
         watch.record(None, step)
         raise NonFiniteOutput(f"step {step}: the clip probabilities are not finite") from error
     watch.record(loss, step)
-    optimizer.zero_grad(set_to_none=True)
+    optimiser.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
-    optimizer.step()
+    optimiser.step()
     return loss

@@ -43,10 +43,10 @@ class Checkpointer:
     """Writes and reads one run's checkpoints; `model` is the plain module (not its compiled or DDP wrapper)."""
 
     def __init__(self, out: Path, config: TrainConfig, ctx: distributed.Context, fingerprints: dict,
-                 guard: DivergenceGuard, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 guard: DivergenceGuard, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, train_loader) -> None:
         self.out, self.config, self.ctx, self.fingerprints, self.guard = out, config, ctx, fingerprints, guard
-        self.model, self.optimizer, self.scheduler, self.train_loader = model, optimizer, scheduler, train_loader
+        self.model, self.optimiser, self.scheduler, self.train_loader = model, optimiser, scheduler, train_loader
         self.latest = out / "latest.pt"
         self.best = out / "best.pt"
         self.cadence = checkpoint.Cadence(config.run.checkpoint_minutes)
@@ -60,7 +60,7 @@ class Checkpointer:
                                   f"has {self.ctx.world_size}; resume with torchrun --nproc_per_node="
                                   f"{len(payload['loader'])} (or without torchrun for 1)")
         checkpoint.load_state(self.model, payload["model"], self.latest, "model")
-        checkpoint.load_state(self.optimizer, payload["optimizer"], self.latest, "optimizer")
+        checkpoint.load_state(self.optimiser, payload["optimizer"], self.latest, "optimizer")
         checkpoint.load_state(self.scheduler, payload["scheduler"], self.latest, "scheduler")
         self.train_loader.load_state_dict(payload["loader"][self.ctx.rank])
         checkpoint.set_rng_state(payload["rng"][self.ctx.rank])
@@ -75,7 +75,7 @@ class Checkpointer:
             # every epoch has len(train_loader) steps, so this is the epoch the loader is in
             epoch = state.step // len(self.train_loader)
             checkpoint.save(self.latest, checkpoint.make_payload(
-                self.model, self.optimizer, self.scheduler, loader_states, rng_states, state, epoch, self.config,
+                self.model, self.optimiser, self.scheduler, loader_states, rng_states, state, epoch, self.config,
                 tuple(self.train_loader.label_names), self.fingerprints, asdict(events)))
         self.guard.saved(state.step)
         self.cadence.reset()

@@ -24,7 +24,7 @@ from train import checkpoint, distributed, finetune, holdout, localisation
 from train.config import TrainConfig
 from train.loader import LoaderConfig, LogMelLoader
 from train.metrics_log import MetricsLog
-from train.optim import build_optimizer, build_scheduler
+from train.optim import build_optimiser, build_scheduler
 from train.shards import ShardIndex
 from train.signals import StopRequest
 from train.step import NonFiniteOutput, training_step
@@ -70,7 +70,7 @@ class Trainer:
         self.guard = DivergenceGuard(self.model, self.config.optim, self.total_steps, self.out / "latest.pt", device,
                                      saved_step=None)
         self.checkpointer = Checkpointer(self.out, self.config, self.ctx, self.fingerprints, self.guard, self.model,
-                                         self.optimizer, self.scheduler, self.train_loader)
+                                         self.optimiser, self.scheduler, self.train_loader)
         self.state, events = checkpoint.TrainState(), EventConfig()
         if run.resume:
             self.state, events = self.checkpointer.resume()
@@ -112,8 +112,8 @@ class Trainer:
         if self.config.options.channels_last:   # before the optimiser, whose moments then take the weights' layout
             self.model = self.model.to(memory_format=torch.channels_last)
         self.parameters = list(self.model.parameters())
-        self.optimizer = build_optimizer(self.model, self.config.optim)
-        self.scheduler = build_scheduler(self.optimizer, self.config.optim, self.total_steps)
+        self.optimiser = build_optimiser(self.model, self.config.optim)
+        self.scheduler = build_scheduler(self.optimiser, self.config.optim, self.total_steps)
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What runs the forward: the model, compiled and DDP-wrapped as the run's options and processes say."""
@@ -177,7 +177,7 @@ class Trainer:
     def step(self, log_mel: torch.Tensor, target: torch.Tensor) -> None:
         """One optimiser step, the schedule's step, and the progress (a 'train' line where one is due)."""
         try:
-            loss = training_step(self.train_model, self.parameters, self.optimizer, log_mel, target,
+            loss = training_step(self.train_model, self.parameters, self.optimiser, log_mel, target,
                                  self.config.optim.grad_clip, self.guard.watch, self.state.step + 1)
         except NonFiniteOutput:
             self.guard.check(self.state.step, weights=False)

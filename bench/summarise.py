@@ -1,4 +1,4 @@
-"""`python -m bench.summarize RUN.json [--out FILE.md] [--runtime-s S]`: markdown of a pytest-benchmark run.
+"""`python -m bench.summarise RUN.json [--out FILE.md] [--runtime-s S]`: markdown of a pytest-benchmark run.
 
 Turns the JSON of `pytest bench/ --benchmark-only --benchmark-json=RUN.json` into the same tables as
 `python -m bench.gpu_report` (ratios against eager and compiled references, GB/s, clips/s, memory),
@@ -54,7 +54,7 @@ def skipped_records(records: list[dict], env: cases.BenchEnv) -> list[dict]:
     return out
 
 
-def summarize(run: dict, runtime_s: float | None) -> dict:
+def summarise(run: dict, runtime_s: float | None) -> dict:
     environment = run.get("machine_info", {}).get("fastsca", {})
     device = torch.device("cuda" if environment.get("device_type") == "cuda" else "cpu")
     env = cases.BenchEnv(device)
@@ -141,14 +141,14 @@ def render_summary(run: dict, environment: dict, elapsed_s: float | None = None)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.summarize", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.summarise", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", help="JSON written by pytest --benchmark-json")
     parser.add_argument("--out", default=None, help="markdown file to write (default: print only)")
     parser.add_argument("--runtime-s", type=float, default=None, help="wall time of the pytest run, for the header")
     parser.add_argument("--notes", default=None, help="a markdown paragraph appended under '## Notes'")
     args = parser.parse_args(argv)
     run = json.loads(Path(args.run).read_text())
-    markdown = gpu_report.render_markdown(summarize(run, args.runtime_s))
+    markdown = gpu_report.render_markdown(summarise(run, args.runtime_s))
     if args.notes:
         markdown += f"\n## Notes\n\n{args.notes.strip()}\n"
     markdown += "\n## Summary\n\n" + "\n".join(summary_table(records_from_pytest(run))) + "\n"
