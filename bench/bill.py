@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.pricing import GPUS, LAUNCH_US, Gpu
-from train.shards import ShardIndex, ShardWriter
+from train.data.shards import ShardIndex, ShardWriter
 
 SAMPLE_RATE = 16000
 CLIP_SECONDS = 10
 BYTES_PER_CLIP = SAMPLE_RATE * CLIP_SECONDS * 2
-"""Raw int16 samples of one packed clip (train/shards.py); targets and names add under 0.2 %."""
+"""Raw int16 samples of one packed clip (train/data/shards.py); targets and names add under 0.2 %."""
 
 AUDIOSET_SETS = {
     "balanced train": 22_160,
@@ -73,7 +73,7 @@ def step_ms(launches: list[dict], gpu: Gpu, scenario: Scenario) -> float:
 
 def measure_reader(clips: int = 600, reads: int = 3000, seed: int = 0) -> float:
     """Clips per second one process reads from an HDF5 shard of 10 s clips in random order (page cache warm):
-    the per-sample work of a DALI reader worker (train/dali_source.py) before the GPU computes the log-mel."""
+    the per-sample work of a DALI reader worker (train/data/dali_source.py) before the GPU computes the log-mel."""
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "clips.h5"

@@ -16,7 +16,7 @@ Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
   each), on one map at batch 32; the passes' fused cases skip (they run the reference there);
 - the training step (forward, fp32 BCE, backward, AdamW step) of `baseline` and `at-sca-3`:
   eager, fused, compiled, compiled + fused;
-- the loader: the DALI loader (train/loader.py) against a torch DataLoader computing the same
+- the loader: the DALI loader (train/data/loader.py) against a torch DataLoader computing the same
   log-mel with librosa, over the same HDF5 shard, with the same two worker processes.
 The pytest suites (bench/test_bench_*.py) and `python -m bench.gpu_report` both iterate these cases
 and call `prepare`; bench/harness.py does the timing.
@@ -481,7 +481,7 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
 
 def loader_data(env: BenchEnv) -> tuple[Path, LogMelConfig]:
     """The built-in set the loader cases read (generated once per data folder) and its front end."""
-    from train.synth import SynthConfig, ensure_builtin
+    from train.data.synth import SynthConfig, ensure_builtin
 
     if env.smoke:
         synth = SynthConfig(n_classes=5, clip_seconds=1.0, n_train=16, n_eval=1, max_events=2, event_seconds=(0.2, 0.8))
@@ -497,7 +497,7 @@ def _prepare_loader(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     path, log_mel = loader_data(env)
     batch = case.batch
     if case.provider == "dali":
-        from train.loader import LoaderConfig, LogMelLoader
+        from train.data.loader import LoaderConfig, LogMelLoader
 
         loader = LogMelLoader(path, LoaderConfig(batch_size=batch, sampler="shuffle", seed=0,
                                                  num_workers=LOADER_WORKERS, drop_last=True),

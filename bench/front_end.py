@@ -1,5 +1,5 @@
 """The front end of train.run's GPU step, counted: DALI's log-mel priced from its bytes, then the torch work on the
-device (train/loader.py's transpose and cut, the targets' cast, mixup and SpecAugment where the profile has them).
+device (train/data/loader.py's transpose and cut, the targets' cast, mixup and SpecAugment where the profile has them).
 
 DALI's spectrogram, mel filter bank and dB are not torch ops, so nothing here can record them; `dali_rows` prices
 them from the bytes each DALI GPU operator must move, one kernel per operator except the spectrogram (three:
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fastsca.frontend import LogMelConfig
-from train.augment import SpecAugmentConfig, mixup, spec_augment
+from train.data.augment import SpecAugmentConfig, mixup, spec_augment
 
 AUGMENT_SEED = 0
 """Seed of the augmentations' draws (how much they mask or mix changes no launch and no byte)."""
@@ -41,7 +41,7 @@ def dali_rows(batch: int, log_mel: LogMelConfig, classes: int) -> list[dict]:
 
 def device_front_end(db: torch.Tensor, target: torch.Tensor, frames: int, mixup_alpha: float,
                      spec_augment_on: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """train/loader.py's torch work on one DALI batch: db (B, M, T + 1) fp32, target (B, K) uint8 ->
+    """train/data/loader.py's torch work on one DALI batch: db (B, M, T + 1) fp32, target (B, K) uint8 ->
     log-mel (B, 1, T, M) and float targets, mixed and masked as the profile asks."""
     log_mel = db[:, None, :, :frames].transpose(2, 3).contiguous()   # (B, 1, T, F)
     target = target.float()

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastsca.frontend import LogMelConfig
-from train.shards import ShardIndex
+from train.data.shards import ShardIndex
 
 
 class LibrosaLogMelDataset(Dataset):

@@ -1,4 +1,4 @@
-"""Loader clips/s: the DALI loader (train/loader.py) vs a torch DataLoader computing the log-mel with librosa,
+"""Loader clips/s: the DALI loader (train/data/loader.py) vs a torch DataLoader computing the log-mel with librosa,
 over the same generated HDF5 shard, each with 2 worker processes; skipped where DALI is not installed."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""The classes of the built-in synthetic set (train/synth.py generates their audio): named here, in the model
+"""The classes of the built-in synthetic set (train/data/synth.py generates their audio): named here, in the model
 layer, so that a figure or a tag listing can say a model was trained on synthetic test signals."""
 
 CLASS_NAMES = ("tone", "up-chirp", "down-chirp", "noise-burst", "click-train", "harmonic-stack",

@@ -1,6 +1,6 @@
 """Log-mel front end (TALNet's, which the paper's backbone builds on) and its plain-torch reference.
 
-`LogMelConfig` holds the front-end settings shared by the DALI loader (train/loader.py) and
+`LogMelConfig` holds the front-end settings shared by the DALI loader (train/data/loader.py) and
 `log_mel`, the reference used to tag single files and to check the loader. The defaults are
 docs/design.md's ("Front end"): 16 kHz, periodic Hann 1024, FFT 1024, hop 400, centred frames with reflect padding
 (what DALI's `fn.spectrogram(reflect_padding=True)` does, which is numpy's and librosa's "reflect"),

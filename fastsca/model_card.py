@@ -3,7 +3,7 @@ use and its limitations, in the Hugging Face Hub's layout (YAML front matter, th
 
 The facts come from the training checkpoint (`TrainingFacts.from_checkpoint`: its data settings, the step of its
 best validation mAP) and from the `test` record that train.run appends to metrics.jsonl beside it; a figure the
-run did not record is said to be missing, never guessed. A model trained on the built-in set (train/synth.py)
+run did not record is said to be missing, never guessed. A model trained on the built-in set (train/data/synth.py)
 is said to know synthetic test signals only, so that its tags on real audio are read as such.
 """
 import json
@@ -71,7 +71,7 @@ def _data_lines(trained: TrainedModel, facts: TrainingFacts) -> list[str]:
     """The training data section's lines."""
     if is_builtin(facts):
         synth = facts.data["builtin"]
-        return [f"The built-in synthetic set of fastsca (train/synth.py): {synth['n_train']} training clips of "
+        return [f"The built-in synthetic set of fastsca (train/data/synth.py): {synth['n_train']} training clips of "
                 f"{synth['clip_seconds']:g} s, 1-{synth['max_events']} synthetic events each over pink or brown noise, "
                 f"with a validation split held out of them; {synth['n_eval']} test clips. Its classes are synthetic "
                 f"test signals, not real-world sounds: {', '.join(trained.label_names)}."]

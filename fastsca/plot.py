@@ -76,7 +76,7 @@ def _figure(tags: TagResult, trained: TrainedModel, k: int, events: list[Event],
     heights = [3.0] + [1.4] * max(1, len(view.spatial_maps)) + [2.6, 0.45 * len(rows) + 0.9]
     fig, axes = plt.subplots(len(heights), 1, figsize=(12, sum(heights) + 1.4), sharex=True,
                              gridspec_kw={"height_ratios": heights}, constrained_layout=True)
-    synthetic = ("\nclasses: the built-in synthetic test signals (train/synth.py), not real-world sounds"
+    synthetic = ("\nclasses: the built-in synthetic test signals (train/data/synth.py), not real-world sounds"
                  if is_builtin_label_set(trained.label_names) else "")
     fig.suptitle(f"{Path(tags.name).name} ({tags.seconds:.1f} s{', digital silence' if tags.silent else ''}): "
                  f"model {config.name!r}, step {trained.step}; {view.start:g}-{view.end:g} s{synthetic}", fontsize=12)

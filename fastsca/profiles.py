@@ -11,7 +11,7 @@ PROFILE_NAMES = ("auto", "cpu", "gpu")
 """What --profile takes: a profile by name, or auto (gpu where CUDA is available, else cpu)."""
 
 BUILTIN_CLASSES = 10
-"""Classes of the built-in synthetic set (train/synth.py's SynthConfig), which a run without --data trains."""
+"""Classes of the built-in synthetic set (train/data/synth.py's SynthConfig), which a run without --data trains."""
 AUDIOSET_CLASSES = 527
 """Classes of AudioSet, the paper's data."""
 

@@ -144,7 +144,7 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     label_names = pretrained.trained.label_names
     if is_builtin_label_set(label_names) and not args.quiet:
         print("note: this model was trained on the built-in set: its classes are synthetic test signals "
-              "(train/synth.py), not real-world sounds", file=sys.stderr)
+              "(train/data/synth.py), not real-world sounds", file=sys.stderr)
     # --threshold for every class, else the model's per-class thresholds (0.5 where it has none)
     events_config = EventConfig(threshold=args.threshold) if args.threshold is not None else pretrained.events
     events_config.onset_thresholds(label_names)

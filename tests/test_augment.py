@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.augment import SpecAugmentConfig, mixup, spec_augment
+from train.data.augment import SpecAugmentConfig, mixup, spec_augment
 
 
 def batch(b: int = 6, t: int = 37, f: int = 11, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,9 +15,9 @@ from fastsca.model import build_model
 from train import checkpoint
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from train.finetune import read_init
-from train.loader import LoaderConfig
+from train.data.loader import LoaderConfig
 from train.optim import build_optimiser, build_scheduler
-from train.shards import ShardWriter
+from train.data.shards import ShardWriter
 
 LABELS = ("a", "b", "c", "d", "e")
 

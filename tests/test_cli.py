@@ -33,7 +33,7 @@ from train import checkpoint
 from train.cli import profile_defaults
 from train.profiles import PROFILES
 from train.recipes import apply as apply_recipe
-from train.synth import SynthConfig
+from train.data.synth import SynthConfig
 
 from test_checkpoint import tiny_config, tiny_payload
 from test_train_run import tiny_args
@@ -232,7 +232,7 @@ def test_run_parser_imports_no_training_code():
         assert f"'{heavy}'" not in loaded, heavy
     code = "import sys, train.run; print(sorted(m for m in sys.modules if m.startswith('train.')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
-        == str(["train.cli", "train.profiles", "train.recipes", "train.run", "train.sampler"])
+        == str(["train.cli", "train.profiles", "train.recipes", "train.run", "train.data.sampler"])
 
 
 def test_describe_bad_model_option_is_a_usage_error(capsys):

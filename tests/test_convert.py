@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from train import convert_layouts
+from train.data import convert_layouts
 from train.convert import ConvertConfig, convert, main
-from train.convert_layouts import RowReader, SourceError, clip_name, open_source
-from train.csv_meta import read_labels
-from train.shards import ShardIndex, ShardWriter
+from train.data.convert_layouts import RowReader, SourceError, clip_name, open_source
+from train.data.csv_meta import read_labels
+from train.data.shards import ShardIndex, ShardWriter
 
 AUDIOSET = Path(__file__).parents[2] / "shared" / "audioset"
 LABELS = 'index,mid,display_name\n0,/m/a,"Alpha"\n1,/m/b,"Beta, b"\n2,/t/c,"Gamma"\n'

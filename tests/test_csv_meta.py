@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from train.csv_meta import LabelSet, MetadataError, read_labels, read_segments, read_strong
+from train.data.csv_meta import LabelSet, MetadataError, read_labels, read_segments, read_strong
 
 AUDIOSET = Path(__file__).parents[2] / "shared" / "audioset"
 needs_audioset = pytest.mark.skipif(not (AUDIOSET / "eval_segments.csv").exists(),

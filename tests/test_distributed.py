@@ -15,7 +15,7 @@ from fastsca.model import build_model
 from fastsca.run_options import RunOptions
 from train import distributed
 from train.evaluate import evaluate
-from train.loader import LoaderConfig, LogMelLoader
+from train.data.loader import LoaderConfig, LogMelLoader
 
 from test_train_run import records, tiny_args
 

@@ -10,7 +10,7 @@ from fastsca.inference import load_trained_model
 from fastsca.metrics import tagging_metrics
 from fastsca.model import build_model
 from train import checkpoint, evaluate
-from train.synth import SynthConfig, ensure_builtin
+from train.data.synth import SynthConfig, ensure_builtin
 
 from test_checkpoint import tiny_config, tiny_payload
 

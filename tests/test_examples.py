@@ -11,7 +11,7 @@ import pytest
 import soundfile
 
 from train.examples import PLOT_INDICES, builtin_config, main
-from train.synth import CLASS_NAMES, SynthConfig, make_clip
+from train.data.synth import CLASS_NAMES, SynthConfig, make_clip
 
 COUNT = 3
 

@@ -31,9 +31,9 @@ import train.step
 from fastsca.audio import AudioError, TruncatedAudioError, load_audio
 from fastsca import tag
 from train import checkpoint, evaluate, pack
-from train.out_folder import RunLock
-from train.shards import ShardIndex, ShardWriter
-from train.synth import SynthConfig, ensure_builtin
+from train.data.out_folder import RunLock
+from train.data.shards import ShardIndex, ShardWriter
+from train.data.synth import SynthConfig, ensure_builtin
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
 from test_train_run import BUILTIN, records, tiny_args
@@ -413,7 +413,7 @@ def test_run_with_an_unwritable_builtin_dir_is_one_line(tmp_path, capsys):
 def test_a_second_run_into_a_held_out_is_refused(tmp_path, builtin_dir, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from train.out_folder import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
+                               "from train.data.out_folder import RunLock; lock = RunLock(Path(sys.argv[1])).__enter__(); "
                                "print('held', flush=True); time.sleep(120)", str(out)],
                               stdout=subprocess.PIPE, text=True)
     try:

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from test_manifest import in_process_pool, write_tone  # noqa: F401  (a fixture)
-from train.out_folder import RunLock
+from train.data.out_folder import RunLock
 from train.pack import main
-from train.shards import ShardIndex
+from train.data.shards import ShardIndex
 
 
 def run_pack(capsys, args: list[str]) -> tuple[int, str, str]:

@@ -21,8 +21,8 @@ import pytest
 import train.run
 from fastsca.events import ReferenceReport, clean_events, read_reference
 from train import checkpoint, evaluate, localisation, pack
-from train.csv_meta import MetadataError, read_labels, read_segments, read_strong
-from train.shards import ShardWriter
+from train.data.csv_meta import MetadataError, read_labels, read_segments, read_strong
+from train.data.shards import ShardWriter
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
 from test_faults import one_line

@@ -23,9 +23,9 @@ import soundfile
 
 from test_manifest import in_process_pool, write_tone  # noqa: F401  (a fixture)
 from train import pack as pack_module
-from train.manifest import AudioFiles, read_manifest
+from train.data.manifest import AudioFiles, read_manifest
 from train.pack import _decode, main
-from train.shards import ShardIndex, ShardWriter
+from train.data.shards import ShardIndex, ShardWriter
 
 RATE = 16000
 

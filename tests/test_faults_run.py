@@ -16,7 +16,8 @@ import train.run
 import train.step
 import train.trainer.flags
 from fastsca import tag
-from train import checkpoint, evaluate, holdout
+from train import checkpoint, evaluate
+from train.data import holdout
 from train.cli import check_numbers
 from train.run import parse_args
 from train.trainer.flags import NUMBER_LIMITS

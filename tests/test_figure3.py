@@ -15,7 +15,7 @@ from fastsca.inference import CHECKPOINT_FORMAT
 from fastsca.model import build_model
 from fastsca.run_options import RunOptions
 from kernels import reference
-from train.shards import ShardWriter
+from train.data.shards import ShardWriter
 
 LOG_MEL = LogMelConfig(clip_samples=24000)          # 1.5 s: 60 frames, 15 x 4 maps at the attention blocks
 CHANNELS = (4, 8, 8, 16, 16, 24, 24)

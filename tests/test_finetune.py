@@ -3,7 +3,7 @@ frozen blocks stay as trained, a model flag that disagrees is one line, `--resum
 pretrained start reaches a validation mAP in fewer steps than a start from scratch.
 
 The pretrained checkpoint is conftest.py's `full_run` (40 steps on the tiny built-in set's 10 classes); the
-fine-tuning set comes from the same generator (train/synth.py) with all 12 of its classes and other clips.
+fine-tuning set comes from the same generator (train/data/synth.py) with all 12 of its classes and other clips.
 """
 import os
 import signal
@@ -17,8 +17,8 @@ import torch
 import train.run
 import train.step
 from fastsca.hub import load_pretrained
-from train.shards import ShardWriter
-from train.synth import make_clip
+from train.data.shards import ShardWriter
+from train.data.synth import make_clip
 
 from test_train_run import BUILTIN, CHANNELS, records, tiny_args
 

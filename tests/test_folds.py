@@ -14,8 +14,8 @@ import pytest
 import train.run
 from train import evaluate, folds, sweep
 from train.profiles import PROFILES
-from train.shards import ShardWriter
-from train.synth import make_clip
+from train.data.shards import ShardWriter
+from train.data.synth import make_clip
 from train.trainer.flags import build_config
 
 from test_train_run import BUILTIN, records

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fastsca.frontend import LogMelConfig, context_windows, log_mel, mel_filterbank
-from train.synth import SynthConfig, make_clip
+from train.data.synth import SynthConfig, make_clip
 
 librosa = pytest.importorskip("librosa")
 

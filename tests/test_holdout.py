@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from fastsca.frontend import LogMelConfig
-from train.holdout import SubsetIndex, holdout_split, split_run
-from train.loader import LoaderConfig, LogMelLoader
-from train.shards import ShardError, ShardIndex, ShardWriter
+from train.data.holdout import SubsetIndex, holdout_split, split_run
+from train.data.loader import LoaderConfig, LogMelLoader
+from train.data.shards import ShardError, ShardIndex, ShardWriter
 
 
 def _members(targets: np.ndarray) -> list[np.ndarray]:

@@ -176,7 +176,7 @@ def test_model_card_gives_the_runs_data_and_metrics(checkpoints, tmp_path):
     (run / "metrics.jsonl").write_text(f"{json.dumps(test)}\n{json.dumps(other)}\n{{cut by a cra")
     card = (save_pretrained_from_checkpoint(run / "best.pt", tmp_path / "model") / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: fastsca\npipeline_tag: audio-classification\n")
-    assert "The built-in synthetic set of fastsca (train/synth.py)" in card
+    assert "The built-in synthetic set of fastsca (train/data/synth.py)" in card
     assert f"not real-world sounds: {', '.join(LABELS)}." in card
     assert "Chosen at step 0 on validation mAP (0.2500)." in card   # tiny_payload's best_map
     assert "On the test split (37 clips)" in card and "| mAP | 0.6123 |" in card and "| d' | 1.2500 |" in card

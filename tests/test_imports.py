@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-WORKER_MODULES = ["train.pack", "train.convert", "train.dali_source", "fastsca.audio", "fastsca.text_files"]
+WORKER_MODULES = ["train.pack", "train.convert", "train.data.dali_source", "fastsca.audio", "fastsca.text_files"]
 
 
 @pytest.mark.parametrize("module", WORKER_MODULES)

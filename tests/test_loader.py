@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from fastsca.frontend import LogMelConfig, log_mel
-from train.loader import LoaderConfig, LogMelLoader
-from train.shards import ShardError, ShardWriter
-from train.synth import CLASS_NAMES, SynthConfig, ensure_builtin, make_clip
+from train.data.loader import LoaderConfig, LogMelLoader
+from train.data.shards import ShardError, ShardWriter
+from train.data.synth import CLASS_NAMES, SynthConfig, ensure_builtin, make_clip
 
 from test_frontend import assert_db_close, librosa_log_mel
 

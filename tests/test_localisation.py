@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from train import evaluate, localisation
-from train.synth import SynthConfig, ensure_builtin
+from train.data.synth import SynthConfig, ensure_builtin
 
 from test_checkpoint import tiny_config, tiny_payload
 
@@ -89,7 +89,7 @@ def test_packed_strong_labels_are_read(strong_split):
 @pytest.mark.slow
 def test_evaluate_cli_scores_localisation_from_a_strong_tsv(tmp_path, strong_split, capsys):
     from train import checkpoint
-    from train.synth import CLASS_NAMES
+    from train.data.synth import CLASS_NAMES
     path = tmp_path / "latest.pt"
     payload = tiny_payload(tiny_config())
     payload["label_names"] = list(CLASS_NAMES[:5])

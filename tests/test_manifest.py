@@ -9,10 +9,10 @@ import pytest
 import soundfile
 
 from train import pack as pack_module
-from train.csv_meta import MetadataError
-from train.manifest import AudioFiles, read_folder, read_manifest
+from train.data.csv_meta import MetadataError
+from train.data.manifest import AudioFiles, read_folder, read_manifest
 from train.pack import PackConfig, main, pack
-from train.shards import ShardIndex
+from train.data.shards import ShardIndex
 
 REAL_AUDIO = Path(__file__).parents[2] / "shared" / "real-audio"
 

@@ -18,10 +18,10 @@ from fastsca.frontend import LogMelConfig
 from fastsca.model import build_model
 from fastsca.run_options import RunOptions
 from train import distributed
-from train.loader import LoaderConfig, LogMelLoader
+from train.data.loader import LoaderConfig, LogMelLoader
 from train.loss import clip_bce
-from train.shards import ShardIndex
-from train.synth import ensure_builtin
+from train.data.shards import ShardIndex
+from train.data.synth import ensure_builtin
 
 from test_train_run import BUILTIN, CHANNELS, records, tiny_args
 

@@ -11,7 +11,7 @@ import soundfile
 
 from test_manifest import in_process_pool  # noqa: F401  (a fixture)
 from train.pack import PackConfig, main, pack
-from train.shards import ShardError, ShardIndex
+from train.data.shards import ShardError, ShardIndex
 
 LABELS = 'index,mid,display_name\n0,/m/a,"Alpha"\n1,/m/b,"Beta, b"\n2,/t/c,"Gamma"\n'
 # ytid: (file name or None, rate, seconds, channels, tone Hz, labels)

@@ -100,7 +100,7 @@ def test_the_builtin_classes_are_named_synthetic(trained, tmp_path):
     assert "synthetic" not in _figure(file_tags(trained), trained, 3, [], None, None).get_suptitle()
     builtin = replace(trained, label_names=CLASS_NAMES[:len(LABELS)])
     fig = _figure(file_tags(builtin), builtin, 3, [], None, None)
-    assert fig.get_suptitle().endswith("\nclasses: the built-in synthetic test signals (train/synth.py), not "
+    assert fig.get_suptitle().endswith("\nclasses: the built-in synthetic test signals (train/data/synth.py), not "
                                        "real-world sounds")
     plt.close("all")
     plot_tags(file_tags(builtin), builtin, 3, tmp_path / "figure.svg")

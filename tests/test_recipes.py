@@ -14,7 +14,7 @@ import train.run
 from fastsca.run_options import RunOptions
 from test_train_run import BUILTIN, CHANNELS
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from train.loader import LoaderConfig
+from train.data.loader import LoaderConfig
 from train.profiles import PROFILES
 from train.recipes import RECIPES, apply, steps_for_clips
 from train.trainer.flags import build_config, clip_schedule

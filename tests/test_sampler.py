@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from train.sampler import ClipSampler, balanced_order
+from train.data.sampler import ClipSampler, balanced_order
 
 
 def imbalanced_members(sizes: list[int]) -> tuple[int, list[np.ndarray]]:

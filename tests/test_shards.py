@@ -1,8 +1,8 @@
-"""train.shards: per-clip folds and groups round-trip through shards and an index; older shards read as unknown."""
+"""train.data.shards: per-clip folds and groups round-trip through shards and an index; older shards read as unknown."""
 import h5py
 import numpy as np
 
-from train.shards import ShardIndex, ShardWriter, write_index
+from train.data.shards import ShardIndex, ShardWriter, write_index
 
 
 def write_shard(path, clips, folds=None, groups=None):

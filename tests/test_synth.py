@@ -3,8 +3,8 @@ import h5py
 import numpy as np
 import pytest
 
-from train.shards import ShardIndex
-from train.synth import CLASS_NAMES, SynthConfig, _make_clips, ensure_builtin, make_clip
+from train.data.shards import ShardIndex
+from train.data.synth import CLASS_NAMES, SynthConfig, _make_clips, ensure_builtin, make_clip
 
 SMALL = SynthConfig(n_classes=12, clip_seconds=2.0, n_train=70, n_eval=9, event_seconds=(0.3, 1.0), seed=7)
 

@@ -14,8 +14,8 @@ from fastsca.inference import TrainedModel
 from fastsca.model import TaggingOutput, build_model
 from fastsca.run_options import RunOptions
 from train.loss import clip_bce
-from train import synth
-from train.synth import SynthConfig, make_clip
+from train.data import synth
+from train.data.synth import SynthConfig, make_clip
 
 SYNTH = SynthConfig(n_classes=4, clip_seconds=2.0, event_seconds=(0.4, 1.2), max_events=2)
 STEPS, BATCH = 120, 32

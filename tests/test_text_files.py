@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastsca.text_files import TextFileError, read_text
-from train.csv_meta import MetadataError, read_segments
+from train.data.csv_meta import MetadataError, read_segments
 
 TEXT = "# comment\nYTID,start_seconds,end_seconds,positive_labels\n--PJHxphWEs, 30.000, 40.000, \"/m/09x0r,/t/dd00088\"\r\nabc_é, 0.0, 10.0, \"/m/0\"\n"
 

@@ -25,7 +25,7 @@ import train.run
 import train.step
 from fastsca import tag
 from train import evaluate
-from train.synth import SynthConfig, make_clip
+from train.data.synth import SynthConfig, make_clip
 from train.trainer import progress
 from train.trainer.trainer import warmup_warning
 

@@ -21,8 +21,8 @@ from fastsca.config import ModelConfig
 from fastsca.inference import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint
 from train.config import DataConfig, OptimConfig, TrainConfig
 from train.optim import lr_factor
-from train.out_folder import OutFolderError, describe_os_error
-from train.shards import TARGET_READ_ROWS, ShardIndex
+from train.data.out_folder import OutFolderError, describe_os_error
+from train.data.shards import TARGET_READ_ROWS, ShardIndex
 
 # What a resume reads from a checkpoint, besides the TrainState fields.
 RESUME_KEYS = ("model", "optimizer", "scheduler", "loader", "rng", "config", "label_names")

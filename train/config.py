@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.run_options import RunOptions
-from train.loader import LoaderConfig
-from train.synth import SynthConfig
+from train.data.loader import LoaderConfig
+from train.data.synth import SynthConfig
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -23,7 +23,7 @@ class DataConfig:
     """Test split, evaluated once at the end with best.pt and reported apart; None: the built-in eval split."""
     validation_fraction: float = 0.1
     """Share of the training split held out (by the seed, every class present) for periodic evaluation,
-    early stopping and best.pt; train/holdout.py."""
+    early stopping and best.pt; train/data/holdout.py."""
     validation_max_clips: int = 5000
     """At most this many validation clips (10 % of AudioSet's 2 M training clips would take too long)."""
     builtin_dir: str = "~/.cache/fastsca"

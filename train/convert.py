@@ -2,7 +2,7 @@
 [SOURCE.h5 ...] --labels class_labels_indices.csv --out OUTDIR [--layout panns|mp3] [--shard-size 20000]
 [--workers N] [--overwrite]`.
 
-Sources are PANNs' packed waveform files or PaSST/EfficientAT's mp3-in-HDF5 files (train/convert_layouts.py
+Sources are PANNs' packed waveform files or PaSST/EfficientAT's mp3-in-HDF5 files (train/data/convert_layouts.py
 says what each holds); the layout is found from each file's datasets. Every row becomes a 16 kHz int16 10 s
 clip (soxr HQ, cut or zero-padded, as train.pack does for audio files) named `Y<YTID>` as train.pack names
 clips, with its multi-hot target in the label list's column order. Each source's rows are cut into
@@ -40,12 +40,12 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from train.convert_layouts import LAYOUTS, RowReader, Source, SourceError, labels_sha1, open_source, scan_names
-from train.csv_meta import LabelSet, MetadataError, read_labels
-from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+from train.data.convert_layouts import LAYOUTS, RowReader, Source, SourceError, labels_sha1, open_source, scan_names
+from train.data.csv_meta import LabelSet, MetadataError, read_labels
+from train.data.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
                               ensure_writable)
-from train.parent_death import die_with_parent
-from train.shards import ShardError, ShardWriter, write_index
+from train.data.parent_death import die_with_parent
+from train.data.shards import ShardError, ShardWriter, write_index
 
 PLAN_FILE = "convert_plan.json"
 REPORT_FILE = "convert_report.csv"

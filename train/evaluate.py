@@ -26,13 +26,14 @@ from fastsca.hub import load_pretrained
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.metrics import TaggingMetrics, tagging_metrics
 from fastsca.run_options import RunOptions, options_for_device
-from train import distributed, holdout, localisation
+from train import distributed, localisation
+from train.data import holdout
 from train.cli import Limit, check_numbers
-from train.holdout import SubsetIndex
-from train.loader import LoaderConfig, LogMelLoader
-from train.out_folder import OutFolderError, describe_os_error, ensure_writable
-from train.shards import ShardIndex
-from train.synth import SynthConfig, ensure_builtin
+from train.data.holdout import SubsetIndex
+from train.data.loader import LoaderConfig, LogMelLoader
+from train.data.out_folder import OutFolderError, describe_os_error, ensure_writable
+from train.data.shards import ShardIndex
+from train.data.synth import SynthConfig, ensure_builtin
 
 
 def autocast(device: torch.device):

@@ -1,6 +1,6 @@
 """`python -m train.examples --out examples/`: audio to try the README's tag and plot commands on, from a fresh clone.
 
-It writes clips of the built-in synthetic set (train/synth.py) as the default training run makes them: the
+It writes clips of the built-in synthetic set (train/data/synth.py) as the default training run makes them: the
 first `--count` clips of its test split (`test-000.wav` ...; never seen in training, nor in choosing best.pt),
 `tag-plot.wav` (test clips 0, 1 and 2 joined: the clip of the README's `fastsca.tag --plot` figure) and
 `events.tsv`, every written clip's true events in DCASE's layout (filename, onset, offset, event_label), which
@@ -25,13 +25,13 @@ from fastsca.events import Event, write_dcase_tsv
 from fastsca.profiles import MODEL_PROFILES
 from train.profiles import PROFILES
 from fastsca.builtin_classes import CLASS_NAMES
-from train.synth import SynthConfig, make_clip
+from train.data.synth import SynthConfig, make_clip
 
 PLOT_CLIP = "tag-plot.wav"
 EVENTS_NAME = "events.tsv"
 # The test clips joined into the README figure's clip: between them, seven of the ten default classes.
 PLOT_INDICES = (0, 1, 2)
-TEST_SPLIT = 1   # train/synth.py's split number of the test (eval) split
+TEST_SPLIT = 1   # train/data/synth.py's split number of the test (eval) split
 # Names this command writes, whatever --count: a folder holding only these is one it wrote.
 OWN_NAMES = re.compile(r"test-\d{3,}\.wav|" + re.escape(PLOT_CLIP) + "|" + re.escape(EVENTS_NAME))
 

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fastsca.atomic import write_atomically
-from train.shards import ShardError, ShardIndex
+from train.data.shards import ShardError, ShardIndex
 from train.sweep import (SettingsError, check_runs, mean_std, read_records, report, resuming, run_job,
                          run_settings, write_csv)
 

@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from fastsca.events import EventConfig, ReferenceReport, clean_events, detect_events, read_reference
-from train.shards import ShardIndex
+from train.data.shards import ShardIndex
 
 with warnings.catch_warnings():   # dcase_util (under sed_eval) imports pkg_resources, which warns on import
     warnings.simplefilter("ignore")

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from train.out_folder import OutFolderError, describe_os_error
+from train.data.out_folder import OutFolderError, describe_os_error
 
 FILE_NAME = "metrics.jsonl"
 

@@ -1,17 +1,17 @@
-"""Pack audio into HDF5 shards (train/shards.py): AudioSet downloads, a manifest CSV, or class subfolders.
+"""Pack audio into HDF5 shards (train/data/shards.py): AudioSet downloads, a manifest CSV, or class subfolders.
 
     python -m train.pack --csv SEGMENTS.csv --labels class_labels_indices.csv --audio-dir DIR --out OUT
     python -m train.pack --manifest FILE.csv --audio-dir DIR --out OUT        (ESC-50, UrbanSound8K, FSD50K, generic)
     python -m train.pack --audio-dir DIR --out OUT                            (DIR/<class>/**/*.wav)
 
 AudioSet clips are files named `Y<YTID>.<ext>` (wav, flac, ogg or mp3) anywhere under --audio-dir; names
-with a time suffix (`Y<YTID>_<start>_<end>.wav`) are not matched. Own data is read by train/manifest.py
+with a time suffix (`Y<YTID>_<start>_<end>.wav`) are not matched. Own data is read by train/data/manifest.py
 (its layouts, label lists, folds, groups and splits: docs/data.md). Each row's part of its file (the
-whole file or the CSV's segment, by train/segments.py's rule) is decoded alone (fastsca/audio.py seeks),
+whole file or the CSV's segment, by train/data/segments.py's rule) is decoded alone (fastsca/audio.py seeks),
 mixed to mono, resampled to 16 kHz with soxr's anti-aliasing filter, cut (--fit cut) or windowed (--fit
 window) to --clip-seconds, zero-padded, and stored as int16 with its multi-hot target, fold and group, in
 CSV order, `--shard-size` rows per shard. Rows that name splits go to OUT/<split>/. Decoding runs in
-`--workers` processes, which die with the packer (train/parent_death.py).
+`--workers` processes, which die with the packer (train/data/parent_death.py).
 
 Re-running with the same inputs resumes: a shard is written under a temporary name and renamed when
 complete, finished shards are skipped, an interrupted one is redone (Ctrl-C and a full disk included:
@@ -19,12 +19,12 @@ the partial shard is removed, exit 130 or one error line). OUT/pack_plan.json ho
 share (settings, rows, and each audio file's path under --audio-dir, size and time): other inputs, or
 shards no plan accounts for, are refused, or replaced with `--overwrite`; OUT/.lock keeps a second
 packer out. Rows naming one file however spelt are packed once (other labels merged), and names found in
-two folders are never guessed (train/manifest.py). A missing, undecodable, truncated, silent or
+two folders are never guessed (train/data/manifest.py). A missing, undecodable, truncated, silent or
 out-of-file row is skipped, never fatal; samples beyond full scale are clipped and counted. Every row's
 outcome is recorded in its shard (so it survives resumes) and OUT/pack_report.csv lists them all (clip,
 shard, reason, cut: what part of the file was stored), with a summary line at the end. Packing no clip at
 all is an error, after that report. Errors are one line on stderr (exit 2); Ctrl-C exits 130. A clip
-length train.run could not train on is refused first (train/segments.py).
+length train.run could not train on is refused first (train/data/segments.py).
 """
 import argparse
 import csv
@@ -47,14 +47,14 @@ from tqdm import tqdm
 
 from fastsca.audio import AudioError, TruncatedAudioError, audio_seconds, fit_length, load_audio
 from fastsca.events import ReferenceReport, clean_events
-from train.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
-from train.manifest import (AudioFiles, PackItem, merge_duplicates, read_class_list, read_folder, read_manifest,
+from train.data.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
+from train.data.manifest import (AudioFiles, PackItem, merge_duplicates, read_class_list, read_folder, read_manifest,
                             walk_files)
-from train.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+from train.data.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
                               ensure_writable, remove_outputs)
-from train.parent_death import die_with_parent
-from train.segments import FITS, OutsideFileError, check_clip_length, plan_parts
-from train.shards import ShardError, ShardWriter, clipped_note, to_stored, write_index
+from train.data.parent_death import die_with_parent
+from train.data.segments import FITS, OutsideFileError, check_clip_length, plan_parts
+from train.data.shards import ShardError, ShardWriter, clipped_note, to_stored, write_index
 
 EXTENSIONS = ("wav", "flac", "ogg", "mp3")          # preference order when a clip exists in several
 CLIP_NAME = re.compile(r"^Y(.+)\.(" + "|".join(EXTENSIONS) + r")$", re.IGNORECASE)
@@ -98,7 +98,7 @@ class PackConfig:
     clip_samples: int = 160000
     """Stored samples per clip (cut or zero-padded)."""
     manifests: tuple[Path, ...] = ()
-    """Own-data manifest CSVs (train/manifest.py); with neither these nor csvs, audio_dir's class subfolders."""
+    """Own-data manifest CSVs (train/data/manifest.py); with neither these nor csvs, audio_dir's class subfolders."""
     fit: str = "cut"
     """A file (or segment) longer than the clip: keep its first clip ("cut") or all of it as clips ("window")."""
     overwrite: bool = False

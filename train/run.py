@@ -1,9 +1,9 @@
 """`python -m train.run [--compile] [--preset at-sca-3] [--data D --eval-data E] [--out DIR] [--resume] ...`
 
 Trains an AT-SCA preset with AdamW (warm-up + cosine), bf16 autocast on CUDA, gradient clipping and
-periodic evaluation (mAP, mAUC, d') on a validation split held out of the training data (train/holdout.py);
+periodic evaluation (mAP, mAUC, d') on a validation split held out of the training data (train/data/holdout.py);
 writes OUT/metrics.jsonl, OUT/latest.pt and OUT/best.pt (by validation mAP); the test split (--eval-data)
-is evaluated once, at the end, with best.pt. With no --data it trains on the built-in synthetic set (train/synth.py),
+is evaluated once, at the end, with best.pt. With no --data it trains on the built-in synthetic set (train/data/synth.py),
 generated once into --builtin-dir (default ~/.cache/fastsca). `--profile auto` picks `gpu` (the preset
 as it is, 10 s clips) where CUDA is available and `cpu` (narrow blocks, 2 s built-in clips, a run of a
 few minutes; packed data keeps its 10 s clips) otherwise; see train/config.py. Under
@@ -13,7 +13,7 @@ written every --checkpoint-minutes and before the first step; `--resume` continu
 batch, same losses), recognising its data by content (train/checkpoint.py's fingerprints), not by path. A loss or
 weight that turns NaN or infinite stops the run with a one-line message; latest.pt then holds the last finite state.
 One run at a time owns --out (OUT/.lock). `--fold K` tests on fold K of --data and trains on its other folds
-(train/holdout.py; `python -m train.folds` runs every fold). `--init MODEL` fine-tunes from a trained model
+(train/data/holdout.py; `python -m train.folds` runs every fold). `--init MODEL` fine-tunes from a trained model
 (best.pt, latest.pt, a model folder or a Hub id): its model and front end, a new head where the labels differ (train/finetune.py). `--recipe NAME` fills the options left
 unset with a named recipe's (AudioSet balanced or full, fine-tuning: train/recipes.py, sources in docs/recipes.md);
 `--clips`, `--eval-every-clips` and `--warmup-clips` give the schedule in clips seen. The run itself is
@@ -33,7 +33,7 @@ from fastsca.model_options import DEFAULT_PRESET, add_model_options, preset_help
 from fastsca.run_options import COMPILE_MODES, PROFILE_RUN_OPTIONS
 from train.cli import profile_defaults
 from train.recipes import help_text as recipe_help
-from train.sampler import SAMPLERS
+from train.data.sampler import SAMPLERS
 
 # Only what the parser needs is imported above, so that --help answers at once: the training code (Inductor, the
 # SED scorers, the loaders) is imported by `main` when a run starts.
@@ -169,7 +169,7 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from train import distributed   # the training code, imported once a run starts (see the imports above)
-    from train.out_folder import describe_os_error
+    from train.data.out_folder import describe_os_error
     from train.signals import StopRequest
     ctx = distributed.setup()
     try:
@@ -220,7 +220,7 @@ def configure(args: argparse.Namespace, ctx) -> tuple:
 def run(config, paths: tuple[str, str | None], ctx, stop) -> dict | None:
     """The Trainer's run, holding --out's lock; {"validation": ..., "test": ...}, None when a signal stopped it."""
     from train import distributed
-    from train.out_folder import RunLock
+    from train.data.out_folder import RunLock
     from train.trainer.trainer import Trainer
     out = Path(config.run.out)
     with RunLock(out, enabled=ctx.is_main):

@@ -40,7 +40,7 @@ from fastsca.inference import read_checkpoint
 from fastsca.model import build_model
 from fastsca.run_options import RunOptions
 from train import checkpoint
-from train.shards import ShardError
+from train.data.shards import ShardError
 
 
 @dataclass(frozen=True)

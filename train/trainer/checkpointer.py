@@ -18,7 +18,7 @@ from fastsca.inference import CheckpointError
 from train import checkpoint, distributed
 from train.checkpoint import TrainState
 from train.config import RunConfig, TrainConfig
-from train.out_folder import describe_os_error
+from train.data.out_folder import describe_os_error
 from train.trainer.guard import DivergenceGuard
 
 PRETRAINED_FOLDER = "pretrained"

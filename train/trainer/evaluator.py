@@ -1,7 +1,7 @@
 """The evaluator of a training run: periodic validation, the best model so far, the event thresholds stored with
 it, early stopping, and the test split scored once at the end with best.pt.
 
-Validation is the split held out of the training data (train/holdout.py); best.pt follows its mAP (the latest
+Validation is the split held out of the training data (train/data/holdout.py); best.pt follows its mAP (the latest
 evaluation where no class can be scored). Where the split carries strong labels, localisation is scored too and
 the per-class event thresholds are chosen on it at each better evaluation.
 """

@@ -15,11 +15,11 @@ from fastsca.run_options import resolve_run_options
 from train import finetune
 from train.cli import Limit, check_numbers
 from train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
-from train.loader import LoaderConfig
+from train.data.loader import LoaderConfig
 from train.profiles import Profile
 from train.recipes import steps_for_clips
-from train.shards import ShardIndex
-from train.synth import SynthConfig, ensure_builtin
+from train.data.shards import ShardIndex
+from train.data.synth import SynthConfig, ensure_builtin
 
 # What each numeric option accepts (NaN and infinity never); checked before any work.
 NUMBER_LIMITS: dict[str, Limit] = {

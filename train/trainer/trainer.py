@@ -20,12 +20,13 @@ from tqdm import tqdm
 from fastsca.events import EventConfig
 from fastsca.model import build_model
 from fastsca.training_compile import compile_for_training
-from train import checkpoint, distributed, finetune, holdout, localisation
+from train import checkpoint, distributed, finetune, localisation
+from train.data import holdout
 from train.config import TrainConfig
-from train.loader import LoaderConfig, LogMelLoader
+from train.data.loader import LoaderConfig, LogMelLoader
 from train.metrics_log import MetricsLog
 from train.optim import build_optimiser, build_scheduler
-from train.shards import ShardIndex
+from train.data.shards import ShardIndex
 from train.signals import StopRequest
 from train.step import NonFiniteOutput, training_step
 from train.trainer.checkpointer import Checkpointer, check_out

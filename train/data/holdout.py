@@ -7,7 +7,7 @@ clip for each class, rarest class first, so every class with at least two clips 
 recording each clip was cut from (its groups), whole recordings are held out, so no recording has clips on
 both sides: for a class, its smallest recording first, and then only recordings that fit in the wanted
 size, so the part stays near the fraction asked for (on UrbanSound8K's real clips, where one recording
-gives up to a dozen slices, taking any recording held out 27 % of the training clips for a 10 % request). `SubsetIndex` shows a part as a split of its own, with the interface `train.loader.LogMelLoader`
+gives up to a dozen slices, taking any recording held out 27 % of the training clips for a 10 % request). `SubsetIndex` shows a part as a split of its own, with the interface `train.data.loader.LogMelLoader`
 reads (a `ShardIndex`'s). With a fold (`split_run`), that fold is the test split and the rest is split so.
 """
 import sys
@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from train.shards import ShardError, ShardIndex
+from train.data.shards import ShardError, ShardIndex
 
 
 def say_once(text: str) -> None:

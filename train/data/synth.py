@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from fastsca.builtin_classes import CLASS_NAMES
-from train.parent_death import die_with_parent
-from train.shards import ShardError, ShardIndex, ShardWriter
+from train.data.parent_death import die_with_parent
+from train.data.shards import ShardError, ShardIndex, ShardWriter
 
 # Bump when the generated audio changes, so cached sets made by older code are not reused.
 GENERATOR_VERSION = 1

@@ -26,8 +26,8 @@ import soundfile
 import soxr
 
 from fastsca.audio import AudioError, TruncatedAudioError, fit_length
-from train.csv_meta import LabelSet
-from train.shards import FORMAT, clipped_note, to_stored
+from train.data.csv_meta import LabelSet
+from train.data.shards import FORMAT, clipped_note, to_stored
 
 LAYOUTS = ("panns", "mp3")
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".ogg")

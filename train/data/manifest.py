@@ -12,7 +12,7 @@ Manifest layouts are recognised from the header row (docs/data.md has the detail
   split = split (train/val), "eval" for eval.csv; fname is matched with any audio extension;
 - generic: a file column (file, filename, path or fname) and a label column (label, labels, class or
   category; several labels comma-separated in one quoted field), optional fold, split, group (or
-  recording, source, src_file) and start/end (seconds in the file, honoured as segments: train/segments.py).
+  recording, source, src_file) and start/end (seconds in the file, honoured as segments: train/data/segments.py).
 
 A row's file is looked up as a path under the audio folder, then by its name anywhere below it, then
 (with no extension given) by its stem; a name or stem met in two folders is ambiguous (the row is
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastsca.text_files import TextFileError, open_text
-from train.csv_meta import LabelSet, MetadataError, read_labels
+from train.data.csv_meta import LabelSet, MetadataError, read_labels
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")   # preference order for a bare stem
 FILE_COLUMNS = ("file", "filename", "path", "fname")

@@ -1,6 +1,6 @@
 """The per-sample callable that DALI's parallel `external_source` workers run: clip i of an epoch.
 
-Kept apart from train/loader.py so the spawned workers import only numpy and h5py, not torch
+Kept apart from train/data/loader.py so the spawned workers import only numpy and h5py, not torch
 (spawning a worker that imports torch took 2.5 s instead of 1 s on the 2-core dev box).
 
 DALI pickles the callable once, when the pipeline starts its workers, and calls it with a
@@ -13,8 +13,8 @@ import signal
 
 import numpy as np
 
-from train.parent_death import die_with_parent
-from train.shards import ShardIndex
+from train.data.parent_death import die_with_parent
+from train.data.shards import ShardIndex
 
 
 def order_path(order_prefix: str, dali_epoch: int) -> str:

@@ -1,11 +1,11 @@
 """Log-mel batches from HDF5 shards: a DALI pipeline fed by a parallel external_source.
 
-Data path: a sampler (train/sampler.py) picks this rank's clips; DALI's Python workers (spawned,
+Data path: a sampler (train/data/sampler.py) picks this rank's clips; DALI's Python workers (spawned,
 each opening the shards lazily) read them as int16 waveforms and multi-hot targets
-(train/dali_source.py); DALI computes spectrogram -> mel_filter_bank -> to_decibels on the GPU when
+(train/data/dali_source.py); DALI computes spectrogram -> mel_filter_bank -> to_decibels on the GPU when
 the training device is CUDA (`device_id` = that GPU) and on the CPU otherwise (`device_id=None`);
 the result, mel-major [B, 64, 401], is copied into torch on the training device, transposed and cut
-to [B, 1, 400, 64], then mixed up / SpecAugmented there (train/augment.py). The DALI settings come
+to [B, 1, 400, 64], then mixed up / SpecAugmented there (train/data/augment.py). The DALI settings come
 from `LogMelConfig`, so this agrees with `fastsca.frontend.log_mel` (tests/test_loader.py).
 
 Epochs and resume with DALI's prefetching: the pipeline is built once and reused; each pass over the
@@ -38,10 +38,10 @@ from nvidia.dali.tensors import TensorGPU
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from fastsca.frontend import LogMelConfig, hann_window
-from train.augment import SpecAugmentConfig, mixup, spec_augment
-from train.dali_source import ClipSource, order_path
-from train.sampler import SAMPLERS, ClipSampler
-from train.shards import ShardIndex
+from train.data.augment import SpecAugmentConfig, mixup, spec_augment
+from train.data.dali_source import ClipSource, order_path
+from train.data.sampler import SAMPLERS, ClipSampler
+from train.data.shards import ShardIndex
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class LogMelLoader:
                  device: torch.device = torch.device("cpu"),
                  rank: int = 0,
                  world_size: int = 1) -> None:
-        # or an opened index: a split, or part of one (train/holdout.py's SubsetIndex reads the same way)
+        # or an opened index: a split, or part of one (train/data/holdout.py's SubsetIndex reads the same way)
         self.index = ShardIndex.open(data_path) if isinstance(data_path, (str, Path)) else data_path
         if (self.index.sample_rate, self.index.clip_samples) != (log_mel.sample_rate, log_mel.clip_samples):
             raise ValueError(f"{data_path} holds {_clip_length(self.index.clip_samples, self.index.sample_rate)} "
