@@ -232,7 +232,7 @@ def test_run_parser_imports_no_training_code():
         assert f"'{heavy}'" not in loaded, heavy
     code = "import sys, train.run; print(sorted(m for m in sys.modules if m.startswith('train.')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
-        == str(["train.cli", "train.profiles", "train.recipes", "train.run", "train.data.sampler"])
+        == str(["train.cli", "train.data", "train.data.sampler", "train.profiles", "train.recipes", "train.run"])
 
 
 def test_describe_bad_model_option_is_a_usage_error(capsys):
