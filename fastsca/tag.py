@@ -137,6 +137,7 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
         check_writable_folder(Path(args.plot) if is_folder(args.plot) else Path(args.plot).parent, "--plot")
     if config.out is not None:   # named after the option it comes from
         check_writable_folder(config.out, "--out" if args.out is not None else "--table" if args.table else "--plot")
+        _check_inputs_kept(args, config.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     pretrained = load_pretrained(args.checkpoint, device)
@@ -165,6 +166,16 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     for line in table.repairs if table is not None else []:
         run.report.add("repaired", line)
     return run
+
+
+def _check_inputs_kept(args: argparse.Namespace, out: Path) -> None:
+    """Refuse a run whose events files or report would replace a file it reads (--strong, --labels): with
+    `--out examples/`, `python -m train.examples`'s true events.tsv would become the detected events."""
+    written = {(out / name).resolve() for name in ((*EVENTS_FILES, REPORT_NAME) if args.events else (REPORT_NAME,))}
+    for option, path in (("--strong", args.strong), ("--labels", args.labels)):
+        if path is not None and Path(path).resolve() in written:
+            raise ValueError(f"{option} {path}: this run would write its {Path(path).name} over it; give another "
+                             f"--out")
 
 
 def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | None:

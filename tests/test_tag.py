@@ -257,6 +257,24 @@ def test_outputs_go_where_they_are_named_never_the_current_folder(checkpoints, a
     assert list(work.iterdir()) == []
 
 
+
+def test_events_files_never_replace_the_true_events_they_draw(checkpoints, audio, tmp_path, capsys):
+    """`--out examples/` beside `--strong examples/events.tsv` (train.examples' true events) is refused before any
+    audio is read; another --out takes the same run."""
+    truth = tmp_path / "examples" / "events.tsv"
+    truth.parent.mkdir()
+    truth.write_text("filename\tonset\toffset\tevent_label\nshort.wav\t0.0\t0.2\ta\n")
+    before = truth.read_bytes()
+    asked = [audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events", "--strong", str(truth), "--out"]
+    with pytest.raises(SystemExit) as stopped:
+        tag.main([*asked, str(truth.parent)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --strong {truth}: this run would write its events.tsv over it; give another --out"]
+    assert truth.read_bytes() == before and [p.name for p in truth.parent.iterdir()] == ["events.tsv"]
+    tag.main([*asked, str(tmp_path / "tagged")])
+    assert truth.read_bytes() == before and (tmp_path / "tagged" / "events.tsv").is_file()
+
 def test_quiet_prints_a_summary_instead_of_each_file(checkpoints, audio, tmp_path, capsys):
     table = tmp_path / "tags.csv"
     tag.main([audio["flac"], audio["wav"], audio["same1"], "--checkpoint", checkpoints["at-sca-3"], "--quiet",
