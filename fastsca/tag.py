@@ -26,10 +26,11 @@ import torch
 from fastsca.builtin_classes import is_builtin_label_set
 from fastsca.events import EventConfig, read_reference
 from fastsca.hub import load_pretrained
-from fastsca.tagging.batch import EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, tag_all, write_events
+from fastsca.tagging.batch import (EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, own_files, tag_all,
+                                   write_events)
 from fastsca.tagging.engine import StreamConfig, check_front_end
 from fastsca.tagging.inputs import expand_inputs
-from fastsca.tagging.outputs import check_writable_folder, is_folder, plot_destinations, take_lock
+from fastsca.tagging.outputs import check_own_files, check_writable_folder, is_folder, plot_destinations, take_lock
 from fastsca.tagging.table import ResultTable, table_columns
 
 # The output folder's lock: hidden, so a folder walk passes over it.
@@ -84,7 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              ".csv or .tsv as each file is done; run again with the same table to resume: files already in it "
              "are skipped. An existing file that is not a tag table is refused (see --overwrite)")
     arg("--overwrite", action="store_true",
-        help="replace an existing --table that is not a tag table, or one written with other columns")
+        help="replace an existing --table that is not a tag table, or one written with other columns, and "
+             "events files, a report or figures that fastsca.tag did not write (refused without it)")
     arg("--events", action="store_true",
         help="detect sound events and write OUT/events.tsv (AudioSet strong layout), OUT/events_dcase.tsv and "
              "OUT/events.json")
@@ -125,7 +127,7 @@ def output_folder(args: argparse.Namespace) -> Path | None:
 def _batch_config(args: argparse.Namespace) -> BatchConfig:
     return BatchConfig(top_k=args.top_k, events=args.events, out=output_folder(args),
                        view=(args.start, args.end if args.end is not None else args.start + 60.0), json=args.json,
-                       quiet=args.quiet, embeddings=args.embeddings)
+                       quiet=args.quiet, embeddings=args.embeddings, overwrite=args.overwrite)
 
 
 def _prepare(args: argparse.Namespace) -> BatchRun:
@@ -152,6 +154,8 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     reference = read_reference(args.strong, label_names, label_mids) if args.strong else {}
     out_lock = _lock_output_folder(args, config.out)
     try:
+        if out_lock is not None:
+            _check_output_folder(args, config.out, out_lock)
         table = None
         if args.table is not None:
             check_writable_folder(args.table.parent, "--table")
@@ -174,6 +178,19 @@ def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | Non
         return None
     option = "--out" if args.out is not None else "--table's folder" if args.table is not None else "--plot's folder"
     return take_lock(out / OUT_LOCK_NAME, f"{option} {out}", "give another --out")
+
+
+def _check_output_folder(args: argparse.Namespace, out: Path, out_lock: int) -> None:
+    """ValueError (one line) for an input or --table that is a file this run writes in the output folder, or a
+    file there that fastsca.tag did not write (unless --overwrite)."""
+    names = own_files(args.events)
+    option = "--out" if args.out is not None else "--table's folder" if args.table is not None else "--plot's folder"
+    written = {(out / name).resolve(): name for name in names}
+    for flag, given in (("--table", args.table), ("--strong", args.strong), ("--labels", args.labels)):
+        if given is not None and Path(given).resolve() in written:
+            raise ValueError(f"{flag} {given}: is the {written[Path(given).resolve()]} this run writes in {option} "
+                             f"{out}; give another {flag if flag == '--table' else '--out'}")
+    check_own_files(out, names, out_lock, option, args.overwrite)
 
 
 def _own_outputs(args: argparse.Namespace, out: Path | None) -> list[Path]:
