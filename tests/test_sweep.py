@@ -1,5 +1,6 @@
 """`python -m train.sweep`: every row trained once per seed, the table written, finished runs not retrained."""
 import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -100,3 +101,21 @@ def test_a_run_another_command_started_meanwhile_is_left_to_it(tmp_path, capsys)
     assert capsys.readouterr().out == (f"{tmp_path} holds a run made with other settings or data (started by another "
                                        f"command meanwhile); left to it\n")
     assert not (tmp_path / "sweep.lock").exists()
+
+
+@pytest.mark.parametrize("settings", [None, {"command": ["--steps", "1"], "data": {}}])
+def test_overwrite_never_removes_a_run_folder_holding_files_train_run_did_not_write(tmp_path, settings):
+    """--overwrite trains stale runs again by removing their folders: one that also holds a user's file (with or
+    without a record of its settings) is refused, and the file kept."""
+    run_dir = tmp_path / "fold-3"
+    (run_dir / "pretrained").mkdir(parents=True)
+    (run_dir / "latest.pt").write_bytes(b"a run")
+    (run_dir / "notes.txt").write_text("mine\n")
+    if settings is not None:
+        (run_dir / sweep.SETTINGS_FILE).write_text(json.dumps(settings))
+    with pytest.raises(sweep.SettingsError, match=rf"^{run_dir} holds 'notes.txt', which train.run did not write; "):
+        sweep.check_runs([(run_dir, {"command": ["--steps", "2"], "data": {}})], overwrite=True)
+    assert (run_dir / "notes.txt").read_text() == "mine\n" and (run_dir / "latest.pt").is_file()
+    (run_dir / "notes.txt").unlink()   # only train.run's files left: removed, to be trained again
+    sweep.check_runs([(run_dir, {"command": ["--steps", "2"], "data": {}})], overwrite=True)
+    assert not run_dir.exists()

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,6 +88,9 @@ OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
 SETTINGS_FILE = "settings.json"
 # what a run folder holds besides results: a run made without a settings record but with these only is empty
 BOOKKEEPING = {"sweep.lock", "log.txt"}
+# Every name train.run and this command write in a run folder: a folder holding anything else is never removed.
+RUN_FILES = (*BOOKKEEPING, SETTINGS_FILE, "best.pt", "latest.pt", "*.tmp", "metrics.jsonl", "pretrained",
+             "tensorboard", ".lock", ".torchrun-job", ".torchrun-job.tmp")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -209,6 +213,12 @@ def check_runs(runs: list[tuple[Path, dict]], overwrite: bool) -> None:
         more = f" (and {len(stale) - 1} more)" if len(stale) > 1 else ""
         raise SettingsError(f"{stale[0][0]} {stale[0][1]}{more}: its results would be reported under this command; "
                             f"use another --out, the command that made it, or --overwrite to train it again")
+    for run_dir, _ in stale:
+        foreign = sorted(p.name for p in run_dir.iterdir() if not any(fnmatch(p.name, n) for n in RUN_FILES))
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if foreign[1:] else ""
+            raise SettingsError(f"{run_dir} holds {foreign[0]!r}{more}, which train.run did not write; --overwrite "
+                                f"removes only run folders: move them, or use another --out")
     for run_dir, _ in stale:
         if not claim(run_dir):
             raise SettingsError(f"{run_dir} is being trained by another command; wait for it, or use another --out")
