@@ -119,3 +119,17 @@ def test_overwrite_never_removes_a_run_folder_holding_files_train_run_did_not_wr
     (run_dir / "notes.txt").unlink()   # only train.run's files left: removed, to be trained again
     sweep.check_runs([(run_dir, {"command": ["--steps", "2"], "data": {}})], overwrite=True)
     assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["table2.md", "table2.csv"])
+def test_a_table_it_did_not_write_is_refused_before_training_and_kept(tmp_path, monkeypatch, capsys, name):
+    commands = []
+    monkeypatch.setattr(sweep, "train_logged", lambda command, run_dir: commands.append(command) or 0)
+    monkeypatch.setitem(TABLES, 2, (Row("AT-C", "at-c", "1 layer", (0.378, 0.969, 2.632)),))
+    (tmp_path / name).write_text("# my own table\n")
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main(["--table", "2", "--seeds", "1", "--out", str(tmp_path), "--steps", "5"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path / name} was not written by train.sweep; it was left as it is: use another --out, or "
+        f"--overwrite to replace it\n")
+    assert commands == [] and (tmp_path / name).read_text() == "# my own table\n"
