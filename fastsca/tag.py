@@ -15,10 +15,12 @@ with none of them, the events are printed and no events file is written.
 """
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -159,7 +161,8 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
         table = None
         if args.table is not None:
             check_writable_folder(args.table.parent, "--table")
-            table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite)
+            table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite,
+                                settings=_table_settings(args, pretrained.trained, events_config))
     except ValueError:
         if out_lock is not None:
             os.close(out_lock)
@@ -169,6 +172,17 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     for line in table.repairs if table is not None else []:
         run.report.add("repaired", line)
     return run
+
+
+def _table_settings(args: argparse.Namespace, trained, events_config: EventConfig) -> dict:
+    """What a table's rows depend on besides its columns: the model (a digest of its weights, classes and front
+    end, the same however it is named), the window overlap and, with --events, the event settings."""
+    digest = hashlib.sha256(json.dumps([trained.label_names, asdict(trained.log_mel)]).encode())
+    for name, tensor in trained.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"model": digest.hexdigest(), "overlap": args.overlap,
+            "events": asdict(events_config) if args.events else None}
 
 
 def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | None:

@@ -15,8 +15,11 @@ when a run dies, so no stale lock is left to clear), and the second stops with o
 is repaired before anything is appended: blank lines, rows of the wrong length, rows whose numbers or
 events do not read, and second rows of a file already in it are dropped (the files of dropped rows are
 tagged again; one kept row per file, so no events are lost or doubled), the repaired table is written
-whole (atomically) and each repair is one line in the run's report. File names that are not valid UTF-8
-(a folder copied from another system) are kept byte for byte (surrogate escapes).
+whole (atomically) and each repair is one line in the run's report. The settings its rows were made with
+(the model's weights, the window overlap, the event settings) are kept in its lock file: a run with other
+settings is refused (`--overwrite` replaces the table), so a table never mixes two models' results. File
+names that are not valid UTF-8 (a folder copied from another system) are kept byte for byte (surrogate
+escapes).
 """
 import csv
 import io
@@ -65,11 +68,13 @@ def _row_problem(row: list[str], columns: list[str]) -> str | None:
 class ResultTable:
     """An append-only table of results, resumed (and repaired) if it exists, locked while open."""
 
-    def __init__(self, path: Path, columns: list[str], overwrite: bool = False) -> None:
+    def __init__(self, path: Path, columns: list[str], overwrite: bool = False, settings: dict | None = None) -> None:
         """Open `path`, creating it with `columns` as its header, or resume it (see the module docstring); a
-        table another run holds, a file that is not a tag table (without `overwrite`) or a table of other
-        columns is a one-line ValueError, and the file is left as it was."""
+        table another run holds, a file that is not a tag table (without `overwrite`), a table of other
+        columns or one whose rows were made with other `settings` (a JSON-able dict) is a one-line ValueError,
+        and the file is left as it was."""
         self.path, self.columns = path, columns
+        self.settings = json.loads(json.dumps(settings))
         if path.suffix.lower() not in TABLE_DELIMITERS:
             raise ValueError(f"--table {path}: name it .csv or .tsv (the layout follows the extension)")
         self.delimiter = TABLE_DELIMITERS[path.suffix.lower()]
@@ -101,6 +106,7 @@ class ResultTable:
                              f"it was written with another --top-k, or with/without --events; give another --table, "
                              f"or add --overwrite to replace it")
         kept = self._repaired(rows[1:]) if rows is not None else []
+        self._check_settings(bool(kept) and not overwrite)
         if rows is None or self.repairs or len(whole) < len(text):
             if len(whole) < len(text) and rows is not None:
                 self.repairs.append(f"--table {self.path}: a half-written last row was cut off (that file is tagged "
@@ -109,6 +115,22 @@ class ResultTable:
             write_atomically(self.path, lambda tmp: tmp.write_bytes(body))
         self.rows = [dict(zip(self.columns, row)) for row in kept]
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def _check_settings(self, resumed: bool) -> None:
+        """Refuse rows made with other settings than this run's (the lock file's record; a table without one is
+        taken as it is), then record this run's."""
+        os.lseek(self._lock, 0, os.SEEK_SET)
+        try:
+            recorded = json.loads(os.read(self._lock, 1 << 20) or b"null")
+        except ValueError:
+            recorded = None
+        if resumed and isinstance(recorded, dict) and recorded != self.settings:
+            changed = ", ".join(key for key in sorted(set(recorded) | set(self.settings or {}))
+                                if recorded.get(key) != (self.settings or {}).get(key))
+            raise ValueError(f"--table {self.path}: its rows were made with other settings ({changed}); they would "
+                             f"be mixed with this run's: give another --table, or add --overwrite to replace it")
+        os.ftruncate(self._lock, 0)
+        os.pwrite(self._lock, json.dumps(self.settings).encode(), 0)
 
     def _parse(self, whole: bytes) -> list[list[str]] | None:
         """The rows of a tag table, or None when `whole` is not one (no tag table header)."""
