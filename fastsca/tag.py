@@ -31,7 +31,7 @@ from fastsca.hub import load_pretrained
 from fastsca.tagging.batch import (EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, own_files, tag_all,
                                    write_events)
 from fastsca.tagging.engine import StreamConfig, check_front_end
-from fastsca.tagging.inputs import expand_inputs
+from fastsca.tagging.inputs import expand_inputs, stamp
 from fastsca.tagging.outputs import check_own_files, check_writable_folder, is_folder, plot_destinations, take_lock
 from fastsca.tagging.table import ResultTable, table_columns
 
@@ -207,6 +207,22 @@ def _check_output_folder(args: argparse.Namespace, out: Path, out_lock: int) -> 
     check_own_files(out, names, out_lock, option, args.overwrite)
 
 
+def _refuse_changed_files(run: BatchRun, files: list) -> None:
+    """Exit 2 (one line, the table and locks released) when a file of the resumed table changed since its row
+    was made: the row would stand for other audio."""
+    changed = run.table.changed({item.name: stamp(item) for item in files}) if run.table is not None else []
+    if not changed:
+        return
+    run.reader.close()
+    run.table.close()
+    if run.out_lock is not None:
+        os.close(run.out_lock)
+    print(f"error: --table {run.table.path}: {len(changed)} file(s) in it changed since their rows were made "
+          f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); their rows are not these files' "
+          f"results: give another --table, or add --overwrite to tag every file again", file=sys.stderr)
+    sys.exit(2)
+
+
 def _own_outputs(args: argparse.Namespace, out: Path | None) -> list[Path]:
     """The run's own files and folders, which a folder walk passes over."""
     return (([args.table] if args.table is not None else [])
@@ -222,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     inputs = expand_inputs(args.files, ignore=tuple(_own_outputs(args, run.config.out)))
+    _refuse_changed_files(run, inputs.files)
     for line in inputs.skipped:
         run.report.add("skipped", line)
     if args.events and run.config.out is None:

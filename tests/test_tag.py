@@ -251,9 +251,9 @@ def test_outputs_go_where_they_are_named_never_the_current_folder(checkpoints, a
                       "them"]
     table = tmp_path / "tables" / "tags.csv"
     run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events", "--table", str(table)], capsys)
-    assert sorted(p.name for p in table.parent.iterdir()) == [".fastsca-tag.lock", ".tags.csv.lock", "events.json",
-                                                               "events.tsv", "events_dcase.tsv", "tag-report.txt",
-                                                               "tags.csv"]
+    assert sorted(p.name for p in table.parent.iterdir()) == [".fastsca-tag.lock", ".tags.csv.lock",
+                                                               ".tags.csv.stamps", "events.json", "events.tsv",
+                                                               "events_dcase.tsv", "tag-report.txt", "tags.csv"]
     assert list(work.iterdir()) == []
 
 

@@ -175,3 +175,24 @@ def test_a_table_is_never_resumed_with_another_model_or_overlap(model, tmp_path,
         assert table.read_bytes() == before
     code, results, _ = run_tag(["--checkpoint", str(other), *files, "--table", str(table), "--overwrite"], capsys)
     assert code == 0 and len(results) == 2 and len(table.read_text().splitlines()) == 3
+
+
+def test_a_file_changed_since_its_row_was_made_is_refused_on_resume(model, tmp_path, capsys):
+    """A resumed table skips the files in it by name: one replaced since (other audio under its name) would keep
+    the old file's row, so the run is refused, the table left as it was; --overwrite tags every file again."""
+    rng = np.random.default_rng(17)
+    folder = tmp_path / "in"
+    clips(folder, rng, count=2)
+    table = tmp_path / "t.csv"
+    argv = ["--checkpoint", model, str(folder), "--table", str(table)]
+    assert run_tag(argv, capsys)[0] == 0
+    assert run_tag(argv, capsys)[0] == 0   # nothing changed: resumed, nothing tagged again
+    before = table.read_bytes()
+    soundfile.write(folder / "c1.wav", np.zeros(24_001, np.float32), 16000)   # another recording, the same name
+    code, _, err = run_tag(argv, capsys)
+    assert code == 2 and err == [f"error: --table {table}: 1 file(s) in it changed since their rows were made (c1.wav); "
+                                 f"their rows are not these files' results: give another --table, or add --overwrite "
+                                 f"to tag every file again"]
+    assert table.read_bytes() == before
+    code, results, err = run_tag([*argv, "--overwrite"], capsys)
+    assert code == 0 and [r["file"] for r in results] == ["c0.wav", "c1.wav"] and results[1]["silent"], err

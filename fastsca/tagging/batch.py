@@ -21,7 +21,7 @@ from fastsca.events import (EventConfig, events_as_dicts, reference_for, write_d
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.tagging import engine
 from fastsca.tagging.engine import EVENT_REACH_SECONDS, Asked, StreamConfig
-from fastsca.tagging.inputs import Input, InputReader
+from fastsca.tagging.inputs import Input, InputReader, stamp
 from fastsca.tagging.outputs import FIGURE_CREATOR, Console, check_figure, record_own_files
 from fastsca.tagging.result import TagResult
 from fastsca.tagging.table import ResultTable
@@ -159,6 +159,7 @@ def _draw(run: BatchRun, item: Input, tags: TagResult, plot: Path, result: dict)
 
 def tag_one(run: BatchRun, item: Input, plot: Path | None) -> None:
     """Tag one file and write what was asked for it; every failure is one line, and the batch goes on."""
+    file_stamp = stamp(item)   # before reading: a file changed meanwhile is tagged again next time
     try:
         with run.reader.open(item) as source:
             tags = engine.tag_file(run.trained, source, run.stream, _asked(run, plot), name=item.name)
@@ -173,7 +174,7 @@ def tag_one(run: BatchRun, item: Input, plot: Path | None) -> None:
         _draw(run, item, tags, plot, result)
     if run.table is not None:
         try:
-            run.table.append(result)
+            run.table.append(result, file_stamp)
         except OSError as error:
             run.report.add("unwritten", f"{item.name}: cannot add its row to --table {run.table.path} "
                                         f"({error.strerror or error}); free some space and run again to tag it")
