@@ -73,14 +73,16 @@ def _labels_csv(label_names: tuple[str, ...], label_mids: tuple[str, ...]) -> st
 
 def _is_ours(path: Path) -> bool:
     """Whether an existing file of the model folder's names was written by this module (config.json and README.md
-    say so; the weights and labels.csv count as ours beside them)."""
+    say so; the weights and labels.csv count as ours only beside one of those: alone, they may be a user's)."""
     try:
         text = path.read_text(encoding="utf-8")[:100_000] if path.name in (CONFIG_NAME, CARD_NAME) else ""
     except (OSError, UnicodeDecodeError):
         return False
     if path.name == CONFIG_NAME:
         return f'"format": "{PRETRAINED_FORMAT}"' in text
-    return LIBRARY_LINE in text.split("\n---", 1)[0] if path.name == CARD_NAME else True
+    if path.name == CARD_NAME:
+        return LIBRARY_LINE in text.split("\n---", 1)[0]
+    return any((path.parent / name).is_file() and _is_ours(path.parent / name) for name in (CONFIG_NAME, CARD_NAME))
 
 
 def check_folder(folder: Path, overwrite: bool = False, inputs: tuple[Path, ...] = ()) -> None:

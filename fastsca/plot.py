@@ -53,17 +53,18 @@ def _event_rows(tags: TagResult, trained: TrainedModel, k: int, events: list[Eve
 
 def plot_tags(tags: TagResult, trained: TrainedModel, k: int, path: Path, events: list[Event] = (),
               reference: list[tuple[float, float, str]] | None = None, file_format: str | None = None,
-              event_config: EventConfig | None = None) -> None:
+              event_config: EventConfig | None = None, creator: str | None = None) -> None:
     """Write the figure for `tags` (which must carry a view) to `path`; the format is `file_format` ("png",
     "pdf", "svg"), or follows the extension. `event_config` is what made `events` (its thresholds and gate are
-    drawn); left out, the settings stored with the model are drawn, and the figure says so."""
+    drawn); left out, the settings stored with the model are drawn, and the figure says so. `creator` goes into
+    the figure's metadata (PNG text chunk, PDF and SVG creator)."""
     view = tags.view
     # only what the range shows: a long file's events elsewhere would each be a drawn (clipped) bar
     events = [e for e in events if e.offset > view.start and e.onset < view.end]
     reference = None if reference is None else [r for r in reference if r[1] > view.start and r[0] < view.end]
     fig = _figure(tags, trained, k, events, reference, event_config)
     try:
-        fig.savefig(path, dpi=110, format=file_format)
+        fig.savefig(path, dpi=110, format=file_format, metadata={"Creator": creator} if creator else None)
     finally:
         plt.close(fig)   # also on a failed write: a batch would otherwise keep every figure open
 

@@ -15,10 +15,12 @@ with none of them, the events are printed and no events file is written.
 """
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -26,10 +28,11 @@ import torch
 from fastsca.builtin_classes import is_builtin_label_set
 from fastsca.events import EventConfig, read_reference
 from fastsca.hub import load_pretrained
-from fastsca.tagging.batch import EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, tag_all, write_events
+from fastsca.tagging.batch import (EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, own_files, tag_all,
+                                   write_events)
 from fastsca.tagging.engine import StreamConfig, check_front_end
-from fastsca.tagging.inputs import expand_inputs
-from fastsca.tagging.outputs import check_writable_folder, is_folder, plot_destinations, take_lock
+from fastsca.tagging.inputs import expand_inputs, stamp
+from fastsca.tagging.outputs import check_own_files, check_writable_folder, is_folder, plot_destinations, take_lock
 from fastsca.tagging.table import ResultTable, table_columns
 
 # The output folder's lock: hidden, so a folder walk passes over it.
@@ -84,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              ".csv or .tsv as each file is done; run again with the same table to resume: files already in it "
              "are skipped. An existing file that is not a tag table is refused (see --overwrite)")
     arg("--overwrite", action="store_true",
-        help="replace an existing --table that is not a tag table, or one written with other columns")
+        help="replace an existing --table that is not a tag table, or one written with other columns, and "
+             "events files, a report or figures that fastsca.tag did not write (refused without it)")
     arg("--events", action="store_true",
         help="detect sound events and write OUT/events.tsv (AudioSet strong layout), OUT/events_dcase.tsv and "
              "OUT/events.json")
@@ -125,7 +129,7 @@ def output_folder(args: argparse.Namespace) -> Path | None:
 def _batch_config(args: argparse.Namespace) -> BatchConfig:
     return BatchConfig(top_k=args.top_k, events=args.events, out=output_folder(args),
                        view=(args.start, args.end if args.end is not None else args.start + 60.0), json=args.json,
-                       quiet=args.quiet, embeddings=args.embeddings)
+                       quiet=args.quiet, embeddings=args.embeddings, overwrite=args.overwrite)
 
 
 def _prepare(args: argparse.Namespace) -> BatchRun:
@@ -137,7 +141,6 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
         check_writable_folder(Path(args.plot) if is_folder(args.plot) else Path(args.plot).parent, "--plot")
     if config.out is not None:   # named after the option it comes from
         check_writable_folder(config.out, "--out" if args.out is not None else "--table" if args.table else "--plot")
-        _check_inputs_kept(args, config.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     pretrained = load_pretrained(args.checkpoint, device)
@@ -153,10 +156,13 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     reference = read_reference(args.strong, label_names, label_mids) if args.strong else {}
     out_lock = _lock_output_folder(args, config.out)
     try:
+        if out_lock is not None:
+            _check_output_folder(args, config.out, out_lock)
         table = None
         if args.table is not None:
             check_writable_folder(args.table.parent, "--table")
-            table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite)
+            table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite,
+                                settings=_table_settings(args, pretrained.trained, events_config))
     except ValueError:
         if out_lock is not None:
             os.close(out_lock)
@@ -168,14 +174,15 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
     return run
 
 
-def _check_inputs_kept(args: argparse.Namespace, out: Path) -> None:
-    """Refuse a run whose events files or report would replace a file it reads (--strong, --labels): with
-    `--out examples/`, `python -m train.examples`'s true events.tsv would become the detected events."""
-    written = {(out / name).resolve() for name in ((*EVENTS_FILES, REPORT_NAME) if args.events else (REPORT_NAME,))}
-    for option, path in (("--strong", args.strong), ("--labels", args.labels)):
-        if path is not None and Path(path).resolve() in written:
-            raise ValueError(f"{option} {path}: this run would write its {Path(path).name} over it; give another "
-                             f"--out")
+def _table_settings(args: argparse.Namespace, trained, events_config: EventConfig) -> dict:
+    """What a table's rows depend on besides its columns: the model (a digest of its weights, classes and front
+    end, the same however it is named), the window overlap and, with --events, the event settings."""
+    digest = hashlib.sha256(json.dumps([trained.label_names, asdict(trained.log_mel)]).encode())
+    for name, tensor in trained.model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"model": digest.hexdigest(), "overlap": args.overlap,
+            "events": asdict(events_config) if args.events else None}
 
 
 def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | None:
@@ -185,6 +192,35 @@ def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | Non
         return None
     option = "--out" if args.out is not None else "--table's folder" if args.table is not None else "--plot's folder"
     return take_lock(out / OUT_LOCK_NAME, f"{option} {out}", "give another --out")
+
+
+def _check_output_folder(args: argparse.Namespace, out: Path, out_lock: int) -> None:
+    """ValueError (one line) for an input or --table that is a file this run writes in the output folder, or a
+    file there that fastsca.tag did not write (unless --overwrite)."""
+    names = own_files(args.events)
+    option = "--out" if args.out is not None else "--table's folder" if args.table is not None else "--plot's folder"
+    written = {(out / name).resolve(): name for name in names}
+    for flag, given in (("--table", args.table), ("--strong", args.strong), ("--labels", args.labels)):
+        if given is not None and Path(given).resolve() in written:
+            raise ValueError(f"{flag} {given}: is the {written[Path(given).resolve()]} this run writes in {option} "
+                             f"{out}; give another {flag if flag == '--table' else '--out'}")
+    check_own_files(out, names, out_lock, option, args.overwrite)
+
+
+def _refuse_changed_files(run: BatchRun, files: list) -> None:
+    """Exit 2 (one line, the table and locks released) when a file of the resumed table changed since its row
+    was made: the row would stand for other audio."""
+    changed = run.table.changed({item.name: stamp(item) for item in files}) if run.table is not None else []
+    if not changed:
+        return
+    run.reader.close()
+    run.table.close()
+    if run.out_lock is not None:
+        os.close(run.out_lock)
+    print(f"error: --table {run.table.path}: {len(changed)} file(s) in it changed since their rows were made "
+          f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}); their rows are not these files' "
+          f"results: give another --table, or add --overwrite to tag every file again", file=sys.stderr)
+    sys.exit(2)
 
 
 def _own_outputs(args: argparse.Namespace, out: Path | None) -> list[Path]:
@@ -202,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     inputs = expand_inputs(args.files, ignore=tuple(_own_outputs(args, run.config.out)))
+    _refuse_changed_files(run, inputs.files)
     for line in inputs.skipped:
         run.report.add("skipped", line)
     if args.events and run.config.out is None:

@@ -67,6 +67,24 @@ def test_a_folder_it_did_not_write_is_refused(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine\n" and (out / "test-000.wav").is_file()
 
 
+@pytest.mark.parametrize("name", ["events.tsv", "test-000.wav", "tag-plot.wav"])
+def test_a_users_file_of_one_of_its_names_is_refused_and_kept(tmp_path, name, capsys):
+    """Its names alone do not make a file its own: a user's events.tsv (DCASE layout, other files) or recording
+    named like one of its clips is refused, left byte for byte."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    if name == "events.tsv":
+        (out / name).write_text("filename\tonset\toffset\tevent_label\nstreet.wav\t0.250\t1.500\tsiren\n")
+    else:
+        soundfile.write(out / name, np.random.default_rng(5).integers(-999, 999, 1601, dtype=np.int16), 16000)
+    before = (out / name).read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(out), "--count", "1"])
+    assert exit_info.value.code == 2 and capsys.readouterr().err.startswith(
+        f"error: --out {out}: holds {name}, which train.examples did not write;")
+    assert (out / name).read_bytes() == before and [p.name for p in out.iterdir()] == [name]
+
+
 def test_its_own_folder_is_written_again(examples, capsys):
     before = (examples / "tag-plot.wav").read_bytes()
     main(["--out", str(examples), "--count", "1"])   # fewer clips: the others stay, the written ones are the same

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from test_manifest import in_process_pool, write_tone  # noqa: F401  (a fixture)
-from train.data.out_folder import RunLock
+from train.data.out_folder import OutFolderError, RunLock, check_plan
 from train.pack import main
 from train.data.shards import ShardIndex
 
@@ -186,3 +186,15 @@ def test_other_splits_are_refused_and_overwrite_empties_the_old_split_folders(tm
     assert run_pack(capsys, [*args, "--overwrite"])[0] == 0
     assert sorted(p.name for p in (tmp_path / "out" / "val").iterdir()) == []        # no old shards left to read
     assert ShardIndex.open(tmp_path / "out" / "test").num_clips == 1
+
+
+@pytest.mark.parametrize("damaged", ["", "mine\n", "[1, 2]\n", "\udcff"])
+def test_a_damaged_plan_file_is_another_plan_one_line(tmp_path, damaged):
+    """A plan file that is empty, not JSON, not an object or not UTF-8 is someone else's plan: refused in the
+    usual line (never a JSON parser's message), replaced with --overwrite."""
+    (tmp_path / "pack_plan.json").write_bytes(damaged.encode(errors="surrogateescape"))
+    with pytest.raises(OutFolderError, match=rf"^{tmp_path} holds shards made from other inputs or settings; use a "
+                                             rf"new --out folder, or --overwrite to replace them$"):
+        check_plan(tmp_path, "pack_plan.json", {"rows": 3})
+    check_plan(tmp_path, "pack_plan.json", {"rows": 3}, overwrite=True)
+    check_plan(tmp_path, "pack_plan.json", {"rows": 3})   # now its own plan: resumed

@@ -254,7 +254,8 @@ def test_a_full_disk_is_one_line_per_failure_and_leaves_no_partial_file(model, t
     def table_full_at_row_c(item_result):
         budget[0] = 10 if item_result["file"] == str(files[2]) else 10 ** 9
     real_append = tag_table.ResultTable.append
-    monkeypatch.setattr(tag_table.ResultTable, "append", lambda self, r: (table_full_at_row_c(r), real_append(self, r)))
+    monkeypatch.setattr(tag_table.ResultTable, "append", lambda self, r, *stamp: (table_full_at_row_c(r),
+                                                                                  real_append(self, r, *stamp)))
     code, results, errors = run_tag([*map(str, files), "--checkpoint", model, "--plot", f"{figures}/", "--events",
                                      "--out", str(out), "--table", str(table)], capsys)
     assert code == 2 and [r["file"] for r in results] == list(map(str, files))   # every file still tagged

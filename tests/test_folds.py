@@ -192,3 +192,22 @@ def test_a_fold_that_wrote_nothing_is_started_again_with_the_new_settings(tmp_pa
     folds.main(["--data", str(data), "--out", str(tmp_path / "cv"), "--steps", "2"])
     assert len(trainer.commands) == 2
     assert json.loads((tmp_path / "cv" / "fold-0" / "settings.json").read_text())["command"][-2:] == ["--steps", "2"]
+
+
+@pytest.mark.parametrize("name", ["folds.md", "folds.csv"])
+def test_a_summary_file_it_did_not_write_is_refused_before_training_and_kept(tmp_path, monkeypatch, capsys, name):
+    trainer = FakeTrainer()
+    monkeypatch.setattr(sweep, "train_logged", trainer)
+    data = fold_split(tmp_path / "d.h5", [4, 4])
+    out = tmp_path / "cv"
+    out.mkdir()
+    (out / name).write_text("my own notes\n")
+    with pytest.raises(SystemExit) as stopped:
+        folds.main(["--data", str(data), "--out", str(out), "--steps", "2"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {out / name} was not written by train.folds; it was left as it is: use another --out, or "
+        f"--overwrite to replace it\n")
+    assert trainer.commands == [] and (out / name).read_text() == "my own notes\n"
+    folds.main(["--data", str(data), "--out", str(out), "--steps", "2", "--overwrite"])
+    folds.main(["--data", str(data), "--out", str(out), "--steps", "2"])   # its own summary: replaced again
+    assert len(trainer.commands) == 2 and (out / name).read_text() != "my own notes\n"

@@ -186,6 +186,19 @@ def test_model_card_gives_the_runs_data_and_metrics(checkpoints, tmp_path):
     assert "No test figures were recorded for these weights." in bare   # no metrics.jsonl beside it
 
 
+@pytest.mark.parametrize("names", [("labels.csv",), ("model.safetensors", "labels.csv")])
+def test_weights_or_labels_without_its_config_or_card_are_a_users(checkpoints, tmp_path, names, capsys):
+    """A folder holding only a labels.csv (a data set's) or weights of those names: not a model folder this module
+    wrote, so refused and kept."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in names:
+        (data / name).write_text("filename,label,fold\na.wav,dog,1\n")
+    assert "which fastsca.hub did not write" in run_main([str(checkpoints["baseline"]), "--out", str(data)], capsys)
+    assert all((data / name).read_text() == "filename,label,fold\na.wav,dog,1\n" for name in names)
+    assert sorted(p.name for p in data.iterdir()) == sorted(names)
+
+
 def test_command_refuses_a_folder_it_did_not_write(checkpoints, tmp_path, capsys):
     run = tmp_path / "run"   # the run's own folder: the checkpoint and its metrics, which must stay as they are
     run.mkdir()

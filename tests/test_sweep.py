@@ -1,5 +1,6 @@
 """`python -m train.sweep`: every row trained once per seed, the table written, finished runs not retrained."""
 import csv
+import json
 import os
 import re
 from pathlib import Path
@@ -100,3 +101,35 @@ def test_a_run_another_command_started_meanwhile_is_left_to_it(tmp_path, capsys)
     assert capsys.readouterr().out == (f"{tmp_path} holds a run made with other settings or data (started by another "
                                        f"command meanwhile); left to it\n")
     assert not (tmp_path / "sweep.lock").exists()
+
+
+@pytest.mark.parametrize("settings", [None, {"command": ["--steps", "1"], "data": {}}])
+def test_overwrite_never_removes_a_run_folder_holding_files_train_run_did_not_write(tmp_path, settings):
+    """--overwrite trains stale runs again by removing their folders: one that also holds a user's file (with or
+    without a record of its settings) is refused, and the file kept."""
+    run_dir = tmp_path / "fold-3"
+    (run_dir / "pretrained").mkdir(parents=True)
+    (run_dir / "latest.pt").write_bytes(b"a run")
+    (run_dir / "notes.txt").write_text("mine\n")
+    if settings is not None:
+        (run_dir / sweep.SETTINGS_FILE).write_text(json.dumps(settings))
+    with pytest.raises(sweep.SettingsError, match=rf"^{run_dir} holds 'notes.txt', which train.run did not write; "):
+        sweep.check_runs([(run_dir, {"command": ["--steps", "2"], "data": {}})], overwrite=True)
+    assert (run_dir / "notes.txt").read_text() == "mine\n" and (run_dir / "latest.pt").is_file()
+    (run_dir / "notes.txt").unlink()   # only train.run's files left: removed, to be trained again
+    sweep.check_runs([(run_dir, {"command": ["--steps", "2"], "data": {}})], overwrite=True)
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("name", ["table2.md", "table2.csv"])
+def test_a_table_it_did_not_write_is_refused_before_training_and_kept(tmp_path, monkeypatch, capsys, name):
+    commands = []
+    monkeypatch.setattr(sweep, "train_logged", lambda command, run_dir: commands.append(command) or 0)
+    monkeypatch.setitem(TABLES, 2, (Row("AT-C", "at-c", "1 layer", (0.378, 0.969, 2.632)),))
+    (tmp_path / name).write_text("# my own table\n")
+    with pytest.raises(SystemExit) as stopped:
+        sweep.main(["--table", "2", "--seeds", "1", "--out", str(tmp_path), "--steps", "5"])
+    assert stopped.value.code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path / name} was not written by train.sweep; it was left as it is: use another --out, or "
+        f"--overwrite to replace it\n")
+    assert commands == [] and (tmp_path / name).read_text() == "# my own table\n"

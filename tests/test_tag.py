@@ -251,9 +251,9 @@ def test_outputs_go_where_they_are_named_never_the_current_folder(checkpoints, a
                       "them"]
     table = tmp_path / "tables" / "tags.csv"
     run_json([audio["wav"], "--checkpoint", checkpoints["at-sca-3"], "--events", "--table", str(table)], capsys)
-    assert sorted(p.name for p in table.parent.iterdir()) == [".fastsca-tag.lock", ".tags.csv.lock", "events.json",
-                                                               "events.tsv", "events_dcase.tsv", "tag-report.txt",
-                                                               "tags.csv"]
+    assert sorted(p.name for p in table.parent.iterdir()) == [".fastsca-tag.lock", ".tags.csv.lock",
+                                                               ".tags.csv.stamps", "events.json", "events.tsv",
+                                                               "events_dcase.tsv", "tag-report.txt", "tags.csv"]
     assert list(work.iterdir()) == []
 
 
@@ -270,8 +270,8 @@ def test_events_files_never_replace_the_true_events_they_draw(checkpoints, audio
         tag.main([*asked, str(truth.parent)])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: --strong {truth}: this run would write its events.tsv over it; give another --out"]
-    assert truth.read_bytes() == before and [p.name for p in truth.parent.iterdir()] == ["events.tsv"]
+        f"error: --strong {truth}: is the events.tsv this run writes in --out {truth.parent}; give another --out"]
+    assert truth.read_bytes() == before and "events.json" not in {p.name for p in truth.parent.iterdir()}
     tag.main([*asked, str(tmp_path / "tagged")])
     assert truth.read_bytes() == before and (tmp_path / "tagged" / "events.tsv").is_file()
 

@@ -131,9 +131,10 @@ def test_an_archive_is_read_member_by_member_without_unpacking(model, tmp_path, 
     names = ["one/same.wav", "top.ogg", "two/deeper/clip.flac", "two/same.wav"]   # by extension: no disguised.dat
     rows = read_table(table)
     assert [(row["file"], row["seconds"]) for row in rows] == [(n, f"{lengths[n] / 16000:.3f}") for n in names]
-    # nothing unpacked: beside the table only its lock and the run's report, which lists the unread member
+    # nothing unpacked: beside the table only its lock and stamps and the run's report, which lists the unread member
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([archive.name, "tags.csv", ".tags.csv.lock",
-                                                                 ".fastsca-tag.lock", "tag-report.txt"])
+                                                                 ".tags.csv.stamps", ".fastsca-tag.lock",
+                                                                 "tag-report.txt"])
     assert f"1 file(s) could not be read\n  {archive}/broken.wav: cannot decode audio" in (
         tmp_path / "tag-report.txt").read_text()
 

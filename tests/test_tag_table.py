@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+import torch
 
 from fastsca import tag
 from fastsca.tagging.outputs import take_lock
 from fastsca.tagging.table import ResultTable, table_columns
+from train import checkpoint
+
+from test_checkpoint import tiny_config, tiny_payload
 
 from test_faults_tag import model, run_tag, small_figures  # noqa: F401 (fixtures: an untrained checkpoint, figures)
 
@@ -146,3 +150,49 @@ def test_odd_file_names_in_a_folder_and_its_table_do_not_traceback(model, tmp_pa
     with open(table, newline="", encoding="utf-8", errors="surrogateescape") as handle:
         names = [row[0] for row in csv.reader(handle, delimiter="\t")][1:]
     assert sorted(map(os.fsencode, names)) == sorted(raw_names)      # each name byte for byte, each once
+
+
+def test_a_table_is_never_resumed_with_another_model_or_overlap(model, tmp_path, capsys):
+    """Its rows carry the settings they were made with (in its lock file): the same weights under another name
+    resume it; other weights or another --overlap are refused, the table left as it was; --overwrite starts it
+    again."""
+    files = [str(p) for p in clips(tmp_path / "in", np.random.default_rng(7), count=2)]
+    table = tmp_path / "t.csv"
+    assert run_tag(["--checkpoint", model, files[0], "--table", str(table)], capsys)[0] == 0
+    renamed = tmp_path / "same-weights.pt"
+    renamed.write_bytes(Path(model).read_bytes())
+    assert run_tag(["--checkpoint", str(renamed), *files, "--table", str(table)], capsys)[0] == 0
+    before = table.read_bytes()
+    torch.manual_seed(11)   # other weights, the same classes and front end
+    other = tmp_path / "other.pt"
+    checkpoint.save(other, tiny_payload(tiny_config()))
+    for argv, changed in ((["--checkpoint", str(other)], "model"), (["--checkpoint", model, "--overlap", "0.25"],
+                                                                     "overlap")):
+        code, _, err = run_tag([*argv, *files, "--table", str(table)], capsys)
+        assert code == 2 and err == [f"error: --table {table}: its rows were made with other settings ({changed}); "
+                                     f"they would be mixed with this run's: give another --table, or add "
+                                     f"--overwrite to replace it"]
+        assert table.read_bytes() == before
+    code, results, _ = run_tag(["--checkpoint", str(other), *files, "--table", str(table), "--overwrite"], capsys)
+    assert code == 0 and len(results) == 2 and len(table.read_text().splitlines()) == 3
+
+
+def test_a_file_changed_since_its_row_was_made_is_refused_on_resume(model, tmp_path, capsys):
+    """A resumed table skips the files in it by name: one replaced since (other audio under its name) would keep
+    the old file's row, so the run is refused, the table left as it was; --overwrite tags every file again."""
+    rng = np.random.default_rng(17)
+    folder = tmp_path / "in"
+    clips(folder, rng, count=2)
+    table = tmp_path / "t.csv"
+    argv = ["--checkpoint", model, str(folder), "--table", str(table)]
+    assert run_tag(argv, capsys)[0] == 0
+    assert run_tag(argv, capsys)[0] == 0   # nothing changed: resumed, nothing tagged again
+    before = table.read_bytes()
+    soundfile.write(folder / "c1.wav", np.zeros(24_001, np.float32), 16000)   # another recording, the same name
+    code, _, err = run_tag(argv, capsys)
+    assert code == 2 and err == [f"error: --table {table}: 1 file(s) in it changed since their rows were made (c1.wav); "
+                                 f"their rows are not these files' results: give another --table, or add --overwrite "
+                                 f"to tag every file again"]
+    assert table.read_bytes() == before
+    code, results, err = run_tag([*argv, "--overwrite"], capsys)
+    assert code == 0 and [r["file"] for r in results] == ["c0.wav", "c1.wav"] and results[1]["silent"], err

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastsca.atomic import write_atomically
 from fastsca.events import EventConfig, ReferenceReport
 from fastsca.hub import load_pretrained
 from fastsca.inference import CheckpointError, TrainedModel
@@ -166,9 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float,
                         help="event onset threshold for every class when scoring localisation (default: the "
                              "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a per_class_metrics.csv or per_class_localisation.csv in --out that "
+                             "train.evaluate did not write (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     return parser
+
+
+# The files train.evaluate writes in --out, each by the header row that marks it as one it wrote.
+OWN_FILES = {"per_class_metrics.csv": "name,AP,AUC,positives",
+             "per_class_localisation.csv": "name,event_f1,segment_f1,psds1,psds2,frame_ap,reference_events"}
+
+
+def check_own_files(out: Path, overwrite: bool) -> None:
+    """OutFolderError (one line) for a file of OWN_FILES in `out` that train.evaluate did not write (its first
+    line is not the header it writes), unless `overwrite`: the run would replace it."""
+    for name, header in OWN_FILES.items():
+        path = out / name
+        if not path.exists() or overwrite:
+            continue
+        try:
+            with open(path, newline="", errors="replace") as handle:
+                first = handle.readline().rstrip("\r\n")
+        except OSError as error:
+            raise OutFolderError(describe_os_error(error, f"read {path}")) from None
+        if first != header:
+            raise OutFolderError(f"--out {out}: its {name} was not written by train.evaluate; it was left as it is: "
+                                 f"give another --out, or add --overwrite to replace it")
 
 
 def default_out(reference: str) -> Path:
@@ -204,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
         trained, events = load_model(args.checkpoint, device, args.threshold)
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else default_out(args.checkpoint))
+        check_own_files(out, args.overwrite)
         data, source = (args.data, args.data) if args.data else run_eval_split(trained, args.checkpoint)
         result = score(trained, events, data, source, args, device)
         # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen
@@ -284,7 +311,8 @@ def write_tables(out: Path, trained: TrainedModel, result: Scores) -> None:
     write_per_class_csv(out / "per_class_metrics.csv", result.metrics, trained.label_names)
     if result.located is not None:
         try:
-            localisation.write_per_class_csv(out / "per_class_localisation.csv", result.located)
+            write_atomically(out / "per_class_localisation.csv",
+                             lambda tmp: localisation.write_per_class_csv(tmp, result.located))
         except OSError as error:
             raise OutFolderError(describe_os_error(error, f"write {out / 'per_class_localisation.csv'}")) from None
 

@@ -32,8 +32,11 @@ EVENTS_NAME = "events.tsv"
 # The test clips joined into the README figure's clip: between them, seven of the ten default classes.
 PLOT_INDICES = (0, 1, 2)
 TEST_SPLIT = 1   # train/data/synth.py's split number of the test (eval) split
-# Names this command writes, whatever --count: a folder holding only these is one it wrote.
-OWN_NAMES = re.compile(r"test-\d{3,}\.wav|" + re.escape(PLOT_CLIP) + "|" + re.escape(EVENTS_NAME))
+# Names this command writes, whatever --count: a folder holding only these, each as it writes them, is one it wrote.
+OWN_CLIPS = re.compile(r"test-\d{3,}\.wav|" + re.escape(PLOT_CLIP))
+OWN_NAMES = re.compile(OWN_CLIPS.pattern + "|" + re.escape(EVENTS_NAME))
+# Written into each clip's metadata (the WAV's software field): a clip holding it is one this command wrote.
+SOFTWARE = "fastsca train.examples"
 
 
 def builtin_config(profile: str) -> SynthConfig:
@@ -59,17 +62,38 @@ def example_clips(config: SynthConfig, count: int) -> dict[str, tuple[np.ndarray
             PLOT_CLIP: (np.concatenate([waveform for waveform, _ in joined]), plot_events)}
 
 
+def is_own(path: Path) -> bool:
+    """`path` is a file as this command writes it: a clip carrying SOFTWARE, or an events.tsv in DCASE's layout
+    naming only this command's clips (a user's own file of the same name is not)."""
+    try:
+        if path.name == EVENTS_NAME:
+            lines = path.read_text().splitlines()
+            return lines[:1] == ["filename\tonset\toffset\tevent_label"] and all(
+                OWN_CLIPS.fullmatch(line.split("\t")[0]) for line in lines[1:])
+        with soundfile.SoundFile(path) as clip:
+            return clip.software.startswith(SOFTWARE)
+    except (OSError, UnicodeDecodeError, RuntimeError):   # soundfile's LibsndfileError is a RuntimeError
+        return False
+
+
 def check_out(out: Path, overwrite: bool) -> None:
-    """Raise ValueError (one line) unless `out` is new, empty or holds only files this command writes."""
+    """Raise ValueError (one line) unless `out` is new, empty or holds only files this command wrote."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: is a file, not a folder; give a folder")
     if overwrite or not out.exists():
         return
-    foreign = sorted(path.name for path in out.iterdir() if not OWN_NAMES.fullmatch(path.name))
+    foreign = sorted(path.name for path in out.iterdir() if not (OWN_NAMES.fullmatch(path.name) and is_own(path)))
     if foreign:
         raise ValueError(f"--out {out}: holds {foreign[0]}" + (f" and {len(foreign) - 1} more" if len(foreign) > 1
                          else "") + ", which train.examples did not write; give a new or empty folder, or "
                          "--overwrite to write the examples beside them")
+
+
+def _write_clip(path: Path, waveform: np.ndarray, sample_rate: int) -> None:
+    """An int16 WAV carrying SOFTWARE in its metadata."""
+    with soundfile.SoundFile(path, "w", sample_rate, 1, "PCM_16", format="WAV") as clip:
+        clip.software = SOFTWARE
+        clip.write(waveform)
 
 
 def write_examples(out: Path, config: SynthConfig, count: int, overwrite: bool = False) -> list[Path]:
@@ -79,8 +103,7 @@ def write_examples(out: Path, config: SynthConfig, count: int, overwrite: bool =
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (waveform, _) in clips.items():
-        write_atomically(out / name, lambda tmp: soundfile.write(tmp, waveform, config.sample_rate, format="WAV",
-                                                                 subtype="PCM_16"))
+        write_atomically(out / name, lambda tmp: _write_clip(tmp, waveform, config.sample_rate))
         written.append(out / name)
     events = [event for _, clip_events in clips.values() for event in sorted(clip_events, key=lambda e: e.onset)]
     write_atomically(out / EVENTS_NAME, lambda tmp: write_dcase_tsv(tmp, events))

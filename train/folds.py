@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fastsca.atomic import write_atomically
 from train.data.shards import ShardError, ShardIndex
-from train.sweep import (SettingsError, check_runs, mean_std, read_records, report, resuming, run_job,
+from train.sweep import (SettingsError, check_runs, check_summaries, mean_std, read_records, report, resuming, run_job,
                          run_settings, write_csv)
 
 # the test-record metrics reported per fold, where present (accuracy only where the metrics provide it)
@@ -39,7 +39,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--data", required=True, help="packed data with a fold per clip (train.pack)")
     parser.add_argument("--out", required=True, help="folder of the fold runs and the summary")
     parser.add_argument("--overwrite", action="store_true", help="train again, from scratch, the folds in --out "
-                        "made with other settings or data (without it such a folder is refused)")
+                        "made with other settings or data, and replace a folds.md or folds.csv it did not write (without it "
+                             "either is refused)")
     args, passed_on = parser.parse_known_args(argv)
     clashing = [f for f in passed_on if f.split("=")[0] in OWN_FLAGS]
     if clashing:
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = {fold: out / f"fold-{fold}" for fold in folds}
         settings = {run_dir: run_settings(run_command(fold, run_dir, args.data, passed_on))
                     for fold, run_dir in runs.items()}
+        check_summaries({out / "folds.md": "# Cross-validation\n", out / "folds.csv": "fold,"}, "train.folds",
+                        args.overwrite)
         check_runs(list(settings.items()), args.overwrite)
     except (ShardError, SettingsError) as error:
         print(f"error: {error}", file=sys.stderr)

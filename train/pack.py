@@ -29,7 +29,6 @@ length train.run could not train on is refused first (train/data/segments.py).
 import argparse
 import csv
 import hashlib
-import json
 import math
 import os
 import re
@@ -50,7 +49,7 @@ from fastsca.events import ReferenceReport, clean_events
 from train.data.csv_meta import LabelSet, MetadataError, Segment, read_labels, read_segments, read_strong
 from train.data.manifest import (AudioFiles, PackItem, merge_duplicates, read_class_list, read_folder, read_manifest,
                             walk_files)
-from train.data.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error,
+from train.data.out_folder import (OutFolderError, RunLock, check_inputs_apart, check_plan, describe_os_error, read_plan,
                               ensure_writable, remove_outputs)
 from train.data.parent_death import die_with_parent
 from train.data.segments import FITS, OutsideFileError, check_clip_length, plan_parts
@@ -450,7 +449,7 @@ def _claim_split_folders(config: PackConfig, splits: list[str], labels: LabelSet
     not name are emptied of their shards too (each split folder keeps a plan of its own, see `_pack_split`)."""
     folders = [split or UNSPLIT for split in splits] if splits != [""] else []
     path = config.out / PLAN_FILE
-    before = json.loads(path.read_text()).get("splits", []) if path.exists() else []
+    before = (read_plan(path) or {}).get("splits", [])
     if folders:
         check_plan(config.out, PLAN_FILE, {"splits": folders, "labels": list(labels.mids)}, config.overwrite)
     if config.overwrite:

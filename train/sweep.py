@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from functools import lru_cache
 from pathlib import Path
 
@@ -87,6 +88,9 @@ OWN_FLAGS = ("--preset", "--seed", "--out", "--resume", "--data", "--eval-data")
 SETTINGS_FILE = "settings.json"
 # what a run folder holds besides results: a run made without a settings record but with these only is empty
 BOOKKEEPING = {"sweep.lock", "log.txt"}
+# Every name train.run and this command write in a run folder: a folder holding anything else is never removed.
+RUN_FILES = (*BOOKKEEPING, SETTINGS_FILE, "best.pt", "latest.pt", "*.tmp", "metrics.jsonl", "pretrained",
+             "tensorboard", ".lock", ".torchrun-job", ".torchrun-job.tmp")
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -99,7 +103,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--data", help="training split (default: the built-in set)")
     parser.add_argument("--eval-data", help="test split, reported (with --data)")
     parser.add_argument("--overwrite", action="store_true", help="train again, from scratch, the runs in --out "
-                        "made with other settings or data (without it such a folder is refused)")
+                        "made with other settings or data, and replace a tableT.md or tableT.csv it did not write "
+                        "(without it either is refused)")
     args, passed_on = parser.parse_known_args(argv)   # the rest goes to every train.run
     if (args.data is None) != (args.eval_data is None):
         parser.error("give both --data and --eval-data, or neither (to use the built-in set)")
@@ -210,6 +215,12 @@ def check_runs(runs: list[tuple[Path, dict]], overwrite: bool) -> None:
         raise SettingsError(f"{stale[0][0]} {stale[0][1]}{more}: its results would be reported under this command; "
                             f"use another --out, the command that made it, or --overwrite to train it again")
     for run_dir, _ in stale:
+        foreign = sorted(p.name for p in run_dir.iterdir() if not any(fnmatch(p.name, n) for n in RUN_FILES))
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if foreign[1:] else ""
+            raise SettingsError(f"{run_dir} holds {foreign[0]!r}{more}, which train.run did not write; --overwrite "
+                                f"removes only run folders: move them, or use another --out")
+    for run_dir, _ in stale:
         if not claim(run_dir):
             raise SettingsError(f"{run_dir} is being trained by another command; wait for it, or use another --out")
         shutil.rmtree(run_dir)
@@ -292,6 +303,22 @@ def write_tables(rows: list[dict], table: int, out: Path, command: str, note: st
     return md, csv_path
 
 
+def check_summaries(starts: dict[Path, str], command: str, overwrite: bool) -> None:
+    """Before any training: SettingsError (one line) for a summary file that exists and does not start as the
+    command writes it (`starts`: path -> its first characters), unless `overwrite`: it would be replaced."""
+    for path, start in starts.items():
+        if overwrite or not path.exists():
+            continue
+        try:
+            with path.open(errors="replace") as handle:
+                first = handle.read(len(start))
+        except OSError:
+            first = ""
+        if first != start:
+            raise SettingsError(f"{path} was not written by {command}; it was left as it is: use another --out, or "
+                                f"--overwrite to replace it")
+
+
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     """A header of `columns`, then one line per row (keys outside `columns` left out)."""
     with path.open("w", newline="") as handle:
@@ -308,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
             for seed in range(args.seeds)}
     try:
         settings = {run_dir: run_settings(run_command(*job, run_dir, args, passed_on)) for run_dir, job in jobs.items()}
+        check_summaries({out / f"table{args.table}.md": f"# Table {args.table}, reproduced\n",
+                         out / f"table{args.table}.csv": "model,"}, "train.sweep", args.overwrite)
         check_runs(list(settings.items()), args.overwrite)
     except (SettingsError, ShardError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -21,8 +21,8 @@ from fastsca.events import (EventConfig, events_as_dicts, reference_for, write_d
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.tagging import engine
 from fastsca.tagging.engine import EVENT_REACH_SECONDS, Asked, StreamConfig
-from fastsca.tagging.inputs import Input, InputReader
-from fastsca.tagging.outputs import Console
+from fastsca.tagging.inputs import Input, InputReader, stamp
+from fastsca.tagging.outputs import FIGURE_CREATOR, Console, check_figure, record_own_files
 from fastsca.tagging.result import TagResult
 from fastsca.tagging.table import ResultTable
 
@@ -33,6 +33,11 @@ REPORT_NAME = "tag-report.txt"
 # The kinds of line a report holds, in the order its closing lines are printed.
 REPORT_KINDS = {"skipped": "input(s) passed over", "repaired": "table row(s) dropped in repair",
                 "unread": "file(s) could not be read", "unwritten": "figure(s) or result file(s) were not written"}
+
+
+def own_files(events: bool) -> tuple[str, ...]:
+    """The files a run writes in its output folder: the report, and the events files with --events."""
+    return (*(EVENTS_FILES if events else ()), REPORT_NAME)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class BatchConfig:
     """Print a closing summary instead of each file's tags."""
     embeddings: bool = False
     """Put the clip and frame embeddings in the JSON results."""
+    overwrite: bool = False
+    """Replace figures that fastsca.tag did not draw (without it each is one line, and left as it is)."""
 
 
 @dataclass
@@ -137,10 +144,14 @@ def _draw(run: BatchRun, item: Input, tags: TagResult, plot: Path, result: dict)
     from fastsca.plot import plot_tags   # matplotlib only when a plot is asked for
     truth = reference_for(item.name, run.reference) if run.reference else None
     try:
+        check_figure(plot, run.config.overwrite)
         plot.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(plot, lambda tmp: plot_tags(tags, run.trained, run.config.top_k, tmp, tags.events, truth,
-                                                      file_format=plot.suffix[1:], event_config=run.events_config))
+                                                      file_format=plot.suffix[1:], event_config=run.events_config,
+                                                      creator=FIGURE_CREATOR))
         result["plot"] = str(plot)
+    except ValueError as error:
+        run.report.add("unwritten", f"{item.name}: {error}")
     except OSError as error:
         run.report.add("unwritten", f"{item.name}: cannot write the figure {plot} ({error.strerror or error}); "
                                     f"free some space or give another --plot")
@@ -148,6 +159,7 @@ def _draw(run: BatchRun, item: Input, tags: TagResult, plot: Path, result: dict)
 
 def tag_one(run: BatchRun, item: Input, plot: Path | None) -> None:
     """Tag one file and write what was asked for it; every failure is one line, and the batch goes on."""
+    file_stamp = stamp(item)   # before reading: a file changed meanwhile is tagged again next time
     try:
         with run.reader.open(item) as source:
             tags = engine.tag_file(run.trained, source, run.stream, _asked(run, plot), name=item.name)
@@ -162,7 +174,7 @@ def tag_one(run: BatchRun, item: Input, plot: Path | None) -> None:
         _draw(run, item, tags, plot, result)
     if run.table is not None:
         try:
-            run.table.append(result)
+            run.table.append(result, file_stamp)
         except OSError as error:
             run.report.add("unwritten", f"{item.name}: cannot add its row to --table {run.table.path} "
                                         f"({error.strerror or error}); free some space and run again to tag it")
@@ -247,6 +259,7 @@ def finish(run: BatchRun, total: int) -> int:
                                         f"({error.strerror or error}); free some space")
             report_path = None
     if run.out_lock is not None:
+        record_own_files(run.config.out, own_files(run.config.events), run.out_lock)
         os.close(run.out_lock)
     if run.config.quiet:
         print(f"tagged {len(run.results)} of {total} file(s) ({run.silent} silent)"

@@ -46,6 +46,16 @@ class Input:
     """Its name inside the archive at `path`; None for a file on disk."""
 
 
+def stamp(item: Input) -> list[int] | None:
+    """What tells a file from one put in its place since: the size and modification time of the file (for an
+    archive's member, of the archive); None when it cannot be read."""
+    try:
+        status = os.stat(item.path)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
+
+
 @dataclass(frozen=True)
 class Inputs:
     """The expanded arguments."""

@@ -1,6 +1,8 @@
 """Where `fastsca.tag` writes: the figures' names, checked folders, the locks that keep two runs from writing the
-same files, and a standard output that a closed pipe silences instead of ending the run."""
+same files, the record of the files a run wrote (so a file it did not write is never replaced), and a standard
+output that a closed pipe silences instead of ending the run."""
 import fcntl
+import json
 import os
 import sys
 import tempfile
@@ -79,6 +81,52 @@ def take_lock(lock_path: Path, what: str, advice: str) -> int:
         raise ValueError(f"{what}: another fastsca.tag run is writing it (locked: {lock_path}); wait for that run "
                          f"to finish, or {advice}") from None
     return fd
+
+
+# Stored in each figure's metadata (PNG text chunk, PDF and SVG creator): a figure holding it is one fastsca.tag drew.
+FIGURE_CREATOR = "fastsca.tag"
+
+
+def _stamp(path: Path) -> list[int]:
+    """A written file's size and modification time: what tells it from a file put there since."""
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _ledger(lock_fd: int) -> dict:
+    """The files fastsca.tag wrote in the output folder (name -> stamp), kept in the folder's lock file."""
+    os.lseek(lock_fd, 0, os.SEEK_SET)
+    try:
+        ledger = json.loads(os.read(lock_fd, 1 << 20) or b"{}")
+    except ValueError:
+        return {}
+    return ledger if isinstance(ledger, dict) else {}
+
+
+def check_own_files(folder: Path, names: tuple[str, ...], lock_fd: int, option: str, overwrite: bool) -> None:
+    """ValueError (one line) for a file of `names` in `folder` that fastsca.tag did not write there (or that was
+    changed since), unless `overwrite`: the run would replace it."""
+    ledger = _ledger(lock_fd)
+    for name in names:
+        path = folder / name
+        if path.exists() and not overwrite and ledger.get(name) != _stamp(path):
+            raise ValueError(f"{option} {folder}: its {name} was not written by fastsca.tag (or was changed since); "
+                             f"it was left as it is: give another --out, or add --overwrite to replace it")
+
+
+def record_own_files(folder: Path, names: tuple[str, ...], lock_fd: int) -> None:
+    """Record the files of `names` now in `folder` as written by this run (kept with the earlier records)."""
+    ledger = _ledger(lock_fd)
+    ledger.update({name: _stamp(folder / name) for name in names if (folder / name).is_file()})
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, json.dumps(ledger).encode(), 0)
+
+
+def check_figure(path: Path, overwrite: bool) -> None:
+    """ValueError (one line) for an existing figure that fastsca.tag did not draw, unless `overwrite`."""
+    if path.exists() and not overwrite and (path.is_dir() or FIGURE_CREATOR.encode() not in path.read_bytes()):
+        raise ValueError(f"--plot {path}: exists and was not drawn by fastsca.tag; it was left as it is: give "
+                         f"another --plot, or add --overwrite to replace it")
 
 
 class Console:

@@ -15,8 +15,13 @@ when a run dies, so no stale lock is left to clear), and the second stops with o
 is repaired before anything is appended: blank lines, rows of the wrong length, rows whose numbers or
 events do not read, and second rows of a file already in it are dropped (the files of dropped rows are
 tagged again; one kept row per file, so no events are lost or doubled), the repaired table is written
-whole (atomically) and each repair is one line in the run's report. File names that are not valid UTF-8
-(a folder copied from another system) are kept byte for byte (surrogate escapes).
+whole (atomically) and each repair is one line in the run's report. The settings its rows were made with
+(the model's weights, the window overlap, the event settings) are kept in its lock file: a run with other
+settings is refused (`--overwrite` replaces the table), so a table never mixes two models' results; each
+row's file's size and modification time go to the hidden `.NAME.stamps` beside it, and a resume where a file
+in it has changed since is refused, so no row outlives its file. File
+names that are not valid UTF-8 (a folder copied from another system) are kept byte for byte (surrogate
+escapes).
 """
 import csv
 import io
@@ -65,11 +70,13 @@ def _row_problem(row: list[str], columns: list[str]) -> str | None:
 class ResultTable:
     """An append-only table of results, resumed (and repaired) if it exists, locked while open."""
 
-    def __init__(self, path: Path, columns: list[str], overwrite: bool = False) -> None:
+    def __init__(self, path: Path, columns: list[str], overwrite: bool = False, settings: dict | None = None) -> None:
         """Open `path`, creating it with `columns` as its header, or resume it (see the module docstring); a
-        table another run holds, a file that is not a tag table (without `overwrite`) or a table of other
-        columns is a one-line ValueError, and the file is left as it was."""
+        table another run holds, a file that is not a tag table (without `overwrite`), a table of other
+        columns or one whose rows were made with other `settings` (a JSON-able dict) is a one-line ValueError,
+        and the file is left as it was."""
         self.path, self.columns = path, columns
+        self.settings = json.loads(json.dumps(settings))
         if path.suffix.lower() not in TABLE_DELIMITERS:
             raise ValueError(f"--table {path}: name it .csv or .tsv (the layout follows the extension)")
         self.delimiter = TABLE_DELIMITERS[path.suffix.lower()]
@@ -78,8 +85,12 @@ class ResultTable:
         self.repairs: list[str] = []
         """One line per row dropped when the table was resumed."""
         self._lock = take_lock(path.with_name(f".{path.name}.lock"), f"--table {path}", "give another --table")
+        self._stamps_path = path.with_name(f".{path.name}.stamps")
+        self.stamps: dict[str, list] = {}
+        """File name -> the stamp (fastsca.tagging.inputs.stamp) of the file its row was made from."""
         try:
             self._open(overwrite)
+            self._open_stamps()
         except OSError as error:
             os.close(self._lock)
             raise ValueError(f"--table {path}: cannot write it ({error.strerror or error}); give a writable "
@@ -101,6 +112,7 @@ class ResultTable:
                              f"it was written with another --top-k, or with/without --events; give another --table, "
                              f"or add --overwrite to replace it")
         kept = self._repaired(rows[1:]) if rows is not None else []
+        self._check_settings(bool(kept) and not overwrite)
         if rows is None or self.repairs or len(whole) < len(text):
             if len(whole) < len(text) and rows is not None:
                 self.repairs.append(f"--table {self.path}: a half-written last row was cut off (that file is tagged "
@@ -109,6 +121,39 @@ class ResultTable:
             write_atomically(self.path, lambda tmp: tmp.write_bytes(body))
         self.rows = [dict(zip(self.columns, row)) for row in kept]
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def _check_settings(self, resumed: bool) -> None:
+        """Refuse rows made with other settings than this run's (the lock file's record; a table without one is
+        taken as it is), then record this run's."""
+        os.lseek(self._lock, 0, os.SEEK_SET)
+        try:
+            recorded = json.loads(os.read(self._lock, 1 << 20) or b"null")
+        except ValueError:
+            recorded = None
+        if resumed and isinstance(recorded, dict) and recorded != self.settings:
+            changed = ", ".join(key for key in sorted(set(recorded) | set(self.settings or {}))
+                                if recorded.get(key) != (self.settings or {}).get(key))
+            raise ValueError(f"--table {self.path}: its rows were made with other settings ({changed}); they would "
+                             f"be mixed with this run's: give another --table, or add --overwrite to replace it")
+        os.ftruncate(self._lock, 0)
+        os.pwrite(self._lock, json.dumps(self.settings).encode(), 0)
+
+    def _open_stamps(self) -> None:
+        """Read the rows' stamps (the last per file; a half-written last line is passed over), or start afresh
+        for a new or replaced table; then open the file for appending."""
+        if self.rows and self._stamps_path.exists():
+            for line in self._stamps_path.read_text(ENCODING, ERRORS).splitlines():
+                try:
+                    name, file_stamp = json.loads(line)
+                except ValueError:
+                    continue
+                self.stamps[name] = file_stamp
+        mode = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if self.rows else os.O_TRUNC)
+        self._stamps_fd = os.open(self._stamps_path, mode, 0o644)
+
+    def changed(self, files: dict[str, list | None]) -> list[str]:
+        """The names among `files` (name -> its stamp now) whose row was made from a file since changed."""
+        return [name for name, now in files.items() if name in self.stamps and self.stamps[name] != now]
 
     def _parse(self, whole: bytes) -> list[list[str]] | None:
         """The rows of a tag table, or None when `whole` is not one (no tag table header)."""
@@ -149,8 +194,9 @@ class ResultTable:
             os.ftruncate(self._fd, size)
             raise
 
-    def append(self, result: dict) -> None:
-        """Write one file's result (fastsca.tag's JSON result: file, seconds, silent, labels, events)."""
+    def append(self, result: dict, file_stamp: list | None = None) -> None:
+        """Write one file's result (fastsca.tag's JSON result: file, seconds, silent, labels, events) and the
+        stamp of the file it was made from."""
         labels = [value for entry in result["labels"] for value in (entry["label"], f"{entry['probability']:.4f}")]
         labels += [""] * (len(self.columns) - 3 - len(labels) - ("events" in self.columns))
         row = [result["file"], f"{result['seconds']:.3f}", int(result["silent"]), *labels]
@@ -158,6 +204,11 @@ class ResultTable:
             row.append(json.dumps([[e["onset"], e["offset"], e["label"], e["score"]] for e in result["events"]],
                                   separators=(",", ":"), ensure_ascii=False))
         self._write(self._format(row))
+        try:   # the row is kept either way: a row without a stamp is resumed unchecked, as a table of before
+            os.write(self._stamps_fd, (json.dumps([result["file"], file_stamp], ensure_ascii=False) + "\n").encode(
+                ENCODING, ERRORS))
+        except OSError:
+            pass
 
     def finished(self) -> set[str]:
         """The files already in the table."""
@@ -170,4 +221,5 @@ class ResultTable:
 
     def close(self) -> None:
         os.close(self._fd)
+        os.close(self._stamps_fd)
         os.close(self._lock)

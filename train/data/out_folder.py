@@ -77,13 +77,22 @@ def check_inputs_apart(out: Path, inputs: list[tuple[str, Path]]) -> None:
                                  f"another --out")
 
 
+def read_plan(path: Path) -> dict | None:
+    """A plan file's contents (None where it is missing or not a JSON object: damaged, or not a plan)."""
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError):   # json's JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+    return plan if isinstance(plan, dict) else None
+
+
 def check_plan(out: Path, plan_file: str, plan: dict, overwrite: bool = False) -> None:
     """Keep OUT to one plan (the inputs and settings a resumed run must share with the run that started it),
     written to OUT/plan_file on first use. A folder started with another plan, or holding shards without a
     plan, is refused (OutFolderError, one line); with `overwrite`, its shards, index and report are removed
     and the new plan written."""
     path = Path(out) / plan_file
-    if path.exists() and json.loads(path.read_text()) == plan:
+    if path.exists() and read_plan(path) == plan:
         return
     if (path.exists() or outputs(out)) and not overwrite:
         why = "other inputs or settings" if path.exists() else f"another command (no {plan_file})"
