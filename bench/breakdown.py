@@ -4,7 +4,9 @@ Rules, first match wins (Inductor's kernels are named after the torch modules an
 bench/inductor_cpu.py sets `descriptive_names = "torch"`, e.g. `triton_red_fused_BatchNorm2d_ReLU_12`):
 1. eager work outside the compiled graphs by its phase: front end, head + loss (the BCE and its backward),
    non-finite check, clipping, optimiser;
-2. fastsca's kernels and the aten work inside its ops: attention;
+2. fastsca's kernels and the aten work inside its ops, by the op (BLOCK_OP_CATEGORIES): the fused block's
+   convolutions by role (a cuDNN convolution inside one by its role too, the sums and activations around it
+   as BN stats or BN apply), its tail; the attention's passes: attention;
 3. extern calls: a convolution by its role (conv fwd, conv dgrad, conv wgrad), the attention's own global-branch
    convolutions (kernel size `attention_kernel`) as attention; a matmul producing the class dimension as head +
    loss, any other matmul (the reference's channel MLP) as attention;
@@ -19,7 +21,8 @@ A kernel that fuses work of two categories goes to the first rule it matches (an
 apply is attention).
 """
 CATEGORIES = ("front end", "conv fwd", "conv dgrad", "conv wgrad", "BN stats", "BN apply+ReLU+add fwd",
-              "BN/ReLU/add bwd pointwise", "BN bwd reductions", "max-pool fwd", "max-pool bwd", "attention",
+              "BN/ReLU/add bwd pointwise", "BN bwd reductions", "max-pool fwd", "max-pool bwd", "block tail fwd",
+              "block tail bwd", "attention",
               "head+loss", "non-finite check", "clipping", "optimiser", "other")
 EAGER_PHASES = {"front end": "front end", "loss": "head+loss", "non-finite check": "non-finite check",
                 "clipping": "clipping", "optimiser": "optimiser"}
@@ -31,6 +34,23 @@ ATTENTION_MARKERS = ("einsum", "sigmoid", "attention", "channel_pool", "spatial_
 BN_MARKERS = ("BatchNorm2d", "var_mean", "rsqrt", "lerp", "batch_norm", "truediv")
 """BatchNorm's module name, or its decomposition where a kernel carries aten names (statistics, running stats)."""
 POINTWISE_MARKERS = ("ReLU", "relu", "add", "threshold", "gt", "convolution_backward")
+BLOCK_OP_CATEGORIES = {"fastsca::block_conv_forward": "conv fwd", "fastsca::block_conv_input_grad": "conv dgrad",
+                       "fastsca::block_conv_weight_grad": "conv wgrad", "fastsca::block_tail_forward": "block tail fwd",
+                       "fastsca::block_tail_backward": "block tail bwd"}
+"""The fused residual block's ops (kernels/residual_block.py) and the category of the work inside each."""
+BLOCK_OP_SIDE_WORK = {"conv fwd": ("BN stats", "BN apply+ReLU+add fwd"),
+                      "conv dgrad": ("BN bwd reductions", "BN/ReLU/add bwd pointwise"),
+                      "conv wgrad": ("BN bwd reductions", "BN/ReLU/add bwd pointwise")}
+"""Inside a block convolution op run by cuDNN (aten), the work around the convolution: (reductions, the rest)."""
+
+
+def _project_category(row: dict) -> str:
+    """A fastsca kernel or an aten call inside a fastsca op, by the op (attention when it is not a block op)."""
+    role = BLOCK_OP_CATEGORIES.get(row.get("op", ""), "attention")
+    if row["kind"] == "fastsca" or role not in BLOCK_OP_SIDE_WORK or "role" in (row.get("detail") or {}):
+        return role
+    reductions, rest = BLOCK_OP_SIDE_WORK[role]
+    return reductions if any(m in row["name"] for m in ("sum", "norm")) else rest
 
 
 def _extern_category(row: dict, attention_kernel: int) -> str:
@@ -68,7 +88,7 @@ def category(row: dict, attention_kernel: int) -> str:
     if row["phase"] in EAGER_PHASES:
         return EAGER_PHASES[row["phase"]]
     if row["kind"] in ("fastsca", "aten in fastsca op"):
-        return "attention"
+        return _project_category(row)
 
     if row["kind"] == "extern":
         return _extern_category(row, attention_kernel)

@@ -33,6 +33,10 @@ class Launch:
     grid: tuple[int, ...]
     phase: str
     """'forward' or 'backward': which half of the module's step launched it."""
+    op: str = ""
+    """The fastsca op whose body launched it (e.g. 'fastsca::block_conv_forward'); '' when not known."""
+    detail: dict = field(default_factory=dict)
+    """For the first launch of a block convolution op: its FLOPs, c_in, c_out, kernel, role and engine."""
 
     @property
     def name(self) -> str:
@@ -83,6 +87,10 @@ class Recording:
     launches: list[Launch] = field(default_factory=list)
     aten: list[AtenTraffic] = field(default_factory=list)
     phase: str = "forward"
+    op: str = ""
+    """The fastsca op whose body is running (set by bench/step_recorder.py), given to each launch."""
+    op_detail: dict = field(default_factory=dict)
+    """What the running op computes (a convolution's FLOPs and shape), given to its first launch only."""
 
 
 def is_f_sized(t: torch.Tensor, f_numel: int) -> bool:
@@ -145,7 +153,9 @@ def capture_launches(recording: Recording):
 
     def capture(self, *args, grid, warmup, **kwargs):
         grid = grid(dict(zip([p.name for p in self.params], args)) | kwargs) if callable(grid) else grid
-        recording.launches.append(Launch(self, args, kwargs, tuple(int(g) for g in grid), recording.phase))
+        recording.launches.append(Launch(self, args, kwargs, tuple(int(g) for g in grid), recording.phase,
+                                         recording.op, recording.op_detail))
+        recording.op_detail = {}
 
     saved_run = JITFunction.run
     saved_use = {m: m.use_triton for m in modules}

@@ -40,6 +40,11 @@ CONV_EFFICIENCY = {"narrow": 0.25, "medium": 0.45, "wide": 0.60}
 narrow (< 64: block 1-2 at 32-64 channels, the input layer, the attention's 1-8-channel convs: the implicit GEMM's
 K = C_in x k x k cannot fill a tensor-core tile), medium (64-255), wide (>= 256: ResNet-50's 3x3 layers reach
 60-70 % of peak in published Hopper benchmarks). An assumption per class, not a measurement."""
+TRITON_CONV_EFFICIENCY = {"narrow": 0.20, "medium": 0.35, "wide": 0.45}
+"""Share of the dense bf16 peak fastsca's Triton implicit-GEMM convolutions (kernels/conv*.py) are priced at, by the
+same classes: about 0.75-0.8 of cuDNN's, because they are hand-tiled without autotuning, gather their A tiles with
+masked loads (no TMA) and run the BatchNorm-ReLU prologue on them in registers; published Triton convolutions reach
+50-80 % of cuDNN's throughput. An assumption until bench.gpu_report times them."""
 WGRAD_FACTOR = 0.8
 """cuDNN's weight-gradient kernels reduce over B x T x F (split-K with a second pass): 80 % of the class's rate."""
 HOST_US = {"graph": 0.0, "compiled": 8.0, "eager": 8.0, "dali": 5.0}
@@ -67,7 +72,8 @@ def kernel_us(row: dict, gpu: Gpu) -> float:
     compute_us = 0.0
     if row["flops"]:
         detail = row.get("detail") or {}
-        efficiency = CONV_EFFICIENCY[conv_class(detail)] if "c_in" in detail else CONV_EFFICIENCY["medium"]
+        table = TRITON_CONV_EFFICIENCY if detail.get("engine") == "triton" else CONV_EFFICIENCY
+        efficiency = table[conv_class(detail)] if "c_in" in detail else table["medium"]
         if detail.get("role") == "wgrad":
             efficiency *= WGRAD_FACTOR
         compute_us = row["flops"] / (gpu.bf16_flops_per_s * efficiency) * 1e6

@@ -25,6 +25,7 @@ tensor over (torch.profiler on a real compiled CPU step shows no copy under Accu
 `copy_` calls of the backward are not recorded.
 """
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -66,8 +67,8 @@ class AtenCall:
     flops: int
     read_bytes: int
     written_bytes: int
-    inside_project_op: bool
-    """Made by the body of a fastsca op (a launch torch.compile cannot see)."""
+    project_op: str
+    """The fastsca op whose body made it (a launch torch.compile cannot see), '' for the generated code's own."""
     in_graph: bool = True
     """Made by a compiled graph's generated code (replayed in a CUDA graph under mode reduce-overhead), not eager."""
     launches: int = 1
@@ -124,7 +125,6 @@ class _NoCompute(TorchDispatchMode):
     def __init__(self, recording: StepRecording) -> None:
         super().__init__()
         self.recording = recording
-        self.depth = 0   # > 0 inside a fastsca op's body
         self.graphs = 0   # > 0 inside a compiled graph's generated code
 
     @classmethod
@@ -136,12 +136,13 @@ class _NoCompute(TorchDispatchMode):
         if func.namespace == PROJECT_OP_NAMESPACE:
             opdef = OPDEFS.get(func._schema.name)
             self.recording.project_ops.append((func._schema.name, self.recording.phase))
-            self.depth += 1
+            launches, outer_op = self.recording.project_recording, self.recording.project_recording.op
+            launches.op, launches.op_detail = func._schema.name, block_convolution_detail(func._schema.name, args)
             try:
                 with self:   # step into the body: its kernels are recorded, its aten work counted
                     return opdef._init_fn(*args, **kwargs)
             finally:
-                self.depth -= 1
+                launches.op, launches.op_detail = outer_op, {}
         name = func.overloadpacket.__name__
         if func.is_view or name in _FREE_OPS or func.namespace != "aten":
             return func(*args, **kwargs)
@@ -160,12 +161,12 @@ class _NoCompute(TorchDispatchMode):
         return out if func._schema.returns else None   # in-place foreach and fused ops return nothing
 
     def _record(self, func, args, kwargs, inputs, written, meta_out) -> None:
-        phase, inside, in_graph = self.recording.phase, self.depth > 0, self.graphs > 0
+        phase, op, in_graph = self.recording.phase, self.recording.project_recording.op, self.graphs > 0
         name = func.overloadpacket.__name__
         if name == "copy_" and not in_graph and phase == "backward":
             return   # AccumulateGrad's clone: an artefact of the recording (see the module docstring)
         if name == "convolution_backward":
-            for call in _convolution_backward_calls(str(func), args, meta_out, phase, inside, in_graph):
+            for call in _convolution_backward_calls(str(func), args, meta_out, phase, op, in_graph):
                 self.recording.aten.append(call)
             return
         if name in ("_fused_adamw_", "_fused_adam_"):   # grads are declared mutable (unscaling) but not written
@@ -179,7 +180,26 @@ class _NoCompute(TorchDispatchMode):
             outputs = [t for t in tree_leaves(meta_out) if isinstance(t, torch.Tensor)]
             detail = {"shapes": [list(t.shape) for t in [*inputs, *outputs]]}
         self.recording.aten.append(AtenCall(str(func), phase, flops, _tensor_bytes(inputs), _tensor_bytes(written),
-                                            inside, in_graph, launches, detail))
+                                            op, in_graph, launches, detail))
+
+
+BLOCK_CONVOLUTION_ROLES = {"fastsca::block_conv_forward": "forward", "fastsca::block_conv_input_grad": "dgrad",
+                           "fastsca::block_conv_weight_grad": "wgrad"}
+"""The fused block's convolution ops (kernels/residual_block.py) and the part of a convolution each computes."""
+
+
+def block_convolution_detail(op: str, args) -> dict:
+    """FLOPs, c_in, c_out, kernel, role and engine ('triton') of a block convolution op from its arguments, laid out
+    as kernels/block_reference.py's passes: (map, weight, ...), (grad, weight, ...), (x, grad, weight_shape, ...).
+    The op's first launch (its implicit GEMM) carries them; {} for any other op."""
+    role = BLOCK_CONVOLUTION_ROLES.get(op)
+    if role is None:
+        return {}
+    c_out, c_in, *kernel = args[2] if role == "wgrad" else args[1].shape
+    batch, _, time_steps, freq_bins = args[0].shape
+    flops = 2 * batch * time_steps * freq_bins * c_out * c_in * math.prod(kernel)
+    return {"flops": int(flops), "c_in": int(c_in), "c_out": int(c_out), "kernel": [int(k) for k in kernel],
+            "role": role, "engine": "triton"}
 
 
 def _convolution_detail(args, role: str) -> dict:
@@ -189,7 +209,7 @@ def _convolution_detail(args, role: str) -> dict:
     return {"c_in": int(c_in_per_group), "c_out": int(c_out), "kernel": [int(k) for k in kernel], "role": role}
 
 
-def _convolution_backward_calls(op, args, meta_out, phase, inside, in_graph) -> list[AtenCall]:
+def _convolution_backward_calls(name, args, meta_out, phase, project_op, in_graph) -> list[AtenCall]:
     """cuDNN's dgrad and wgrad of one convolution_backward: each reads grad_out, dgrad the weight (writes
     grad_input), wgrad the input (writes grad_weight and any grad_bias)."""
     grad_out, x, weight = args[0], args[1], args[2]
@@ -202,8 +222,8 @@ def _convolution_backward_calls(op, args, meta_out, phase, inside, in_graph) -> 
         own = [a and b for a, b in zip(mask, wanted)]
         flops = int(flop_registry[torch.ops.aten.convolution_backward](*args[:10], own, out_val=meta_out))
         written = [meta_out[i] for i in outputs if mask[i] and meta_out[i] is not None]
-        calls.append(AtenCall(f"{op}:{role}", phase, flops, _tensor_bytes(reads), sum(
-            t.numel() * t.element_size() for t in written), inside, in_graph, 1, _convolution_detail(args, role)))
+        calls.append(AtenCall(f"{name}:{role}", phase, flops, _tensor_bytes(reads), sum(
+            t.numel() * t.element_size() for t in written), project_op, in_graph, 1, _convolution_detail(args, role)))
     return calls
 
 

@@ -184,7 +184,9 @@ def launch_rows(recording: StepRecording, arch: int, sass: bool, progress: bool 
     launches = [("inductor", _inductor_launch(launch)) for launch in recording.inductor]
     launches += [("fastsca", launch) for launch in recording.project]
     for kind, launch in tqdm(launches, desc=f"sm_{arch} compile", unit="launch", disable=not progress):
-        row = {"kind": kind, "name": launch.name, "phase": launch.phase, "programs": launch.programs, "flops": 0,
+        detail = getattr(launch, "detail", {})
+        row = {"kind": kind, "name": launch.name, "op": getattr(launch, "op", ""), "phase": launch.phase,
+               "programs": launch.programs, "flops": detail.get("flops", 0), "detail": detail,
                "launches": 1, "in_graph": True, "touches_classes": _touches(launch.tensors().values(), classes)}
         try:
             code = gpu_code.kernel_code(launch, arch, sass)
@@ -198,7 +200,7 @@ def launch_rows(recording: StepRecording, arch: int, sass: bool, progress: bool 
                        compile_error=f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
         rows.append(row)
     for call in recording.aten:
-        rows.append({"kind": "aten in fastsca op" if call.inside_project_op else "extern", "name": call.op,
+        rows.append({"kind": "aten in fastsca op" if call.project_op else "extern", "name": call.op, "op": call.project_op,
                      "phase": call.phase, "programs": None, "flops": call.flops,
                      "bytes": call.read_bytes + call.written_bytes, "launches": call.launches,
                      "in_graph": call.in_graph, "detail": call.detail,
