@@ -81,7 +81,9 @@ def test_no_recording_is_in_two_splits(mixed):
     report = json.loads((mixed / "out" / "mix_report.json").read_text())
     assert {name: split["soundscapes"] for name, split in report["splits"].items()} == {
         "train": 12, "validation": 4, "test": 4}
-    used = {split: {(row[1], row[4]) for row in rows(mixed / "out" / split / "sources.csv")[1:]}
+    # each clip's recording as the manifest gives it (not as train.mix wrote it)
+    recording = {row[0]: row[2] for row in rows(mixed / "clips.csv")[1:]}
+    used = {split: {(row[1], recording[row[3]]) for row in rows(mixed / "out" / split / "sources.csv")[1:]}
             for split in report["splits"]}
     for split, recordings in used.items():
         assert {role for role, _ in recordings} == {"background", "event"}
@@ -208,11 +210,29 @@ def one_line_error(argv: list[str], capsys) -> str:
     (["--snr", "9,3"], "--snr 9,3: give LOW,HIGH"),
     (["--seconds", "1.03"], "--clip-seconds 1.03: train.run could not train"),
     (["--soundscapes", "0"], "--soundscapes 0: give 1 or more"),
+    (["--audio-dir", "/nonexistent/clips"], "--audio-dir /nonexistent/clips: no such folder"),
+    (["--manifest", "/nonexistent/clips.csv"], "/nonexistent/clips.csv"),
+    (["--backgrounds", "/nonexistent/hum"], "--backgrounds /nonexistent/hum: no such folder"),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, extra, expected):
     make_clips(tmp_path)
     assert expected in one_line_error(mix_args(tmp_path) + extra, capsys)
     assert not (tmp_path / "out" / "train").exists()
+
+
+def test_a_folder_of_backgrounds_serves_every_class_as_events(tmp_path):
+    make_clips(tmp_path, background_recordings=0)
+    rng = np.random.default_rng(SEED)
+    (tmp_path / "bg" / "street").mkdir(parents=True)
+    for k in range(5):
+        soundfile.write(tmp_path / "bg" / "street" / f"take {k}.flac", 0.1 * rng.standard_normal(2 * RATE + k), RATE)
+    mix.main(mix_args(tmp_path, "out", "--background-classes", "", "--backgrounds", str(tmp_path / "bg")))
+    report = json.loads((tmp_path / "out" / "mix_report.json").read_text())
+    assert report["classes"] == sorted(TONES)
+    used = {split: {row[4] for row in rows(tmp_path / "out" / split / "sources.csv")[1:] if row[1] == "background"}
+            for split in report["splits"]}
+    assert all(used.values()) and set().union(*used.values()) <= {f"background:take {k}" for k in range(5)}
+    assert sum(map(len, used.values())) == len(set().union(*used.values()))   # none in two splits
 
 
 def test_a_split_without_backgrounds_is_one_line(tmp_path, capsys):
@@ -270,7 +290,20 @@ def test_the_shared_urbansound8k_clips_mix_split_by_recording(tmp_path):
     assert report["skipped"] == [] and set(report["splits"]) == {"train", "validation", "test"}
     assert not backgrounds & set(report["classes"]) and len(report["classes"]) == 8
     used = {split: rows(tmp_path / "out" / split / "sources.csv")[1:] for split in report["splits"]}
-    recordings = {split: {row[4] for row in used[split]} for split in used}
+    manifest = {row[0]: row[3] for row in rows(REAL_AUDIO / "labels.csv")[1:]}   # filename -> recording
+    recordings = {split: {manifest[row[3]] for row in used[split]} for split in used}
     assert not recordings["train"] & recordings["validation"] and not recordings["train"] & recordings["test"]
     assert not recordings["validation"] & recordings["test"]
     assert all((row[1] == "background") == (row[2] in backgrounds) for split in used.values() for row in split)
+
+
+def test_the_commands_in_docs_are_the_ones_it_prints():
+    docs = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
+    block = docs.split("## Soundscapes with strong labels")[1].split("```bash\n")[1].split("```")[0]
+    text = " ".join(block.replace("\\\n", " ").split())
+    report = {"config": {"seconds": 10.0}, "splits": dict.fromkeys(("train", "validation", "test"))}
+    *packs, run = mix.follow_up(Path("data/us8k-mix"), report)
+    assert (" ".join(packs[0]) + " ").replace("/train/", "/$split/").replace("/train ", "/$split ") in text + " "
+    assert " ".join(run) in text
+    mixed = text.split(" for split")[0]
+    assert mixed.startswith("python -m train.mix") and "--out data/us8k-mix " in mixed

@@ -221,28 +221,27 @@ def mix(args: argparse.Namespace) -> dict:
     counts = split_counts(config.soundscapes, config.fractions)
     for split, count in enumerate(counts):
         if count:
-            require_sources(SPLITS[split], *([s for s in pool if dealt[s.recording] == split]
-                                             for pool in (events, backgrounds)))
+            require_sources(SPLITS[split], *(_dealt_to(split, dealt, pool, pool)[0] for pool in (events, backgrounds)))
     with RunLock(args.out, what="train.mix run"):
         claim_out(args.out, _plan(args, config, events + backgrounds), args.overwrite)
         events, event_audio, bad_events = decode_sources(events, config, trim=True)
         backgrounds, background_audio, bad_backgrounds = decode_sources(backgrounds, config, trim=False)
         skipped += bad_events + bad_backgrounds
         labels = sorted({s.label for s in events})
-        with open(args.out / LABELS_FILE, "w", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows([("index", "mid", "display_name"),
-                                                              *((k, c, c) for k, c in enumerate(labels))])
-        splits = {}
-        for split, count in enumerate(counts):
-            if count:
-                pick = [[k for k, s in enumerate(pool) if dealt[s.recording] == split] for pool in (events, backgrounds)]
-                splits[SPLITS[split]] = write_split(
-                    args.out, split, config, ([events[k] for k in pick[0]], [event_audio[k] for k in pick[0]]),
-                    ([backgrounds[k] for k in pick[1]], [background_audio[k] for k in pick[1]]), count)
+        _write_rows(args.out / LABELS_FILE, [[k, c, c] for k, c in enumerate(labels)], ",", "index,mid,display_name")
+        splits = {SPLITS[split]: write_split(args.out, split, config, _dealt_to(split, dealt, events, event_audio),
+                                             _dealt_to(split, dealt, backgrounds, background_audio), count)
+                  for split, count in enumerate(counts) if count}
         report = {"config": asdict(config), "classes": labels, "background_classes": list(classes),
                   "splits": splits, "skipped": [{"clip": clip, "reason": reason} for clip, reason in skipped]}
         (args.out / REPORT_FILE).write_text(json.dumps(report, indent=1))
     return report
+
+
+def _dealt_to(split: int, dealt: dict[str, int], sources: list[Source], audio: list) -> tuple[list, list]:
+    """The sources dealt to `split` and their entries of `audio` (a list parallel to `sources`)."""
+    keep = [k for k, source in enumerate(sources) if dealt[source.recording] == split]
+    return [sources[k] for k in keep], [audio[k] for k in keep]
 
 
 def summarise(report: dict, out: Path) -> str:
