@@ -13,7 +13,7 @@ import soundfile
 
 import train.run
 from train import mix, pack
-from train.data.soundscapes import MixConfig, loop_to, trim_quiet
+from train.data.soundscapes import BACKGROUND_RMS, Event, MixConfig, Plan, loop_to, render, trim_quiet
 
 SEED = 20261206
 RATE = 16000
@@ -46,7 +46,7 @@ def make_clips(root: Path, background_recordings: int = 6) -> Path:
 
 def mix_args(root: Path, out: str = "out", *extra: str) -> list[str]:
     return ["--manifest", str(root / "clips.csv"), "--audio-dir", str(root / "clips"), "--background-classes", "hum",
-            "--out", str(root / out), "--soundscapes", "20", "--seconds", "1", "--split-fractions", "0.6,0.2,0.2",
+            "--out", str(root / out), "--soundscapes", "20", "--clip-seconds", "1", "--split-fractions", "0.6,0.2,0.2",
             "--seed", "3", *extra]
 
 
@@ -92,6 +92,10 @@ def test_no_recording_is_in_two_splits(mixed):
                 assert not {rec for _, rec in recordings} & {rec for _, rec in used[other]}, (split, other)
     # every recording named is one of the manifest's, and backgrounds are only the background class's
     assert all(rec.startswith("hum") == (role == "background") for split in used.values() for role, rec in split)
+
+
+def rms(waveform: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))))
 
 
 def tone_frames(waveform: np.ndarray, hz: float) -> np.ndarray:
@@ -208,8 +212,9 @@ def one_line_error(argv: list[str], capsys) -> str:
     (["--split-fractions", "0.5,x,0.5"], "argument --split-fractions"),
     (["--events", "0,2"], "--events 0,2: give MIN,MAX with 1 <= MIN <= MAX"),
     (["--snr", "9,3"], "--snr 9,3: give LOW,HIGH"),
-    (["--seconds", "1.03"], "--clip-seconds 1.03: train.run could not train"),
+    (["--clip-seconds", "1.03"], "--clip-seconds 1.03: train.run could not train"),
     (["--soundscapes", "0"], "--soundscapes 0: give 1 or more"),
+    (["--sample-rate", "0"], "--sample-rate 0: give 8000 to 384000 Hz"),
     (["--audio-dir", "/nonexistent/clips"], "--audio-dir /nonexistent/clips: no such folder"),
     (["--manifest", "/nonexistent/clips.csv"], "/nonexistent/clips.csv"),
     (["--backgrounds", "/nonexistent/hum"], "--backgrounds /nonexistent/hum: no such folder"),
@@ -233,6 +238,12 @@ def test_a_folder_of_backgrounds_serves_every_class_as_events(tmp_path):
             for split in report["splits"]}
     assert all(used.values()) and set().union(*used.values()) <= {f"background:take {k}" for k in range(5)}
     assert sum(map(len, used.values())) == len(set().union(*used.values()))   # none in two splits
+
+
+def test_an_out_inside_the_clips_is_refused(tmp_path, capsys):
+    make_clips(tmp_path)
+    error = one_line_error(mix_args(tmp_path, "clips/mixed"), capsys)
+    assert "is inside --audio-dir" in error and not (tmp_path / "clips" / "mixed").exists()
 
 
 def test_a_split_without_backgrounds_is_one_line(tmp_path, capsys):
@@ -274,6 +285,22 @@ def test_trim_cuts_quiet_frames_only():
     assert np.array_equal(trim_quiet(waveform, RATE, 0.0), waveform)
 
 
+@pytest.mark.parametrize("snr_db", [-3.5, 7.25, 31.0])
+def test_an_event_sits_at_its_snr_over_the_background(snr_db):
+    rng = np.random.default_rng(SEED)
+    config = MixConfig(clip_seconds=1.0)
+    background = [rng.standard_normal(5003).astype(np.float32)]   # looped: shorter than the soundscape
+    event = [0.3 * np.sin(np.arange(2917) / 7.0).astype(np.float32)]
+    alone, gain_alone = render(Plan(0, 1234, ()), config, event, background)
+    mixed, gain = render(Plan(0, 1234, (Event(0, 3001, snr_db),)), config, event, background)
+    assert gain == gain_alone == 1.0   # nothing near full scale: no scaling
+    added = mixed.astype(np.float64) - alone
+    # float32 output: the ratio holds to about 1e-6 relative, so 1e-4 dB
+    assert 20 * np.log10(rms(added[3001:3001 + 2917]) / rms(alone)) == pytest.approx(snr_db, abs=1e-4)
+    assert rms(alone) == pytest.approx(BACKGROUND_RMS, rel=1e-6)
+    assert not added[:3001].any() and not added[3001 + 2917:].any()   # the event only where it was placed
+
+
 def test_config_rejects_a_reversed_snr_range():
     with pytest.raises(ValueError, match="--snr 9,3"):
         MixConfig(snr_db=(9.0, 3.0))
@@ -301,7 +328,7 @@ def test_the_commands_in_docs_are_the_ones_it_prints():
     docs = (Path(__file__).parents[1] / "docs" / "data.md").read_text()
     block = docs.split("## Soundscapes with strong labels")[1].split("```bash\n")[1].split("```")[0]
     text = " ".join(block.replace("\\\n", " ").split())
-    report = {"config": {"seconds": 10.0}, "splits": dict.fromkeys(("train", "validation", "test"))}
+    report = {"config": {"clip_seconds": 10.0}, "splits": dict.fromkeys(("train", "validation", "test"))}
     *packs, run = mix.follow_up(Path("data/us8k-mix"), report)
     assert (" ".join(packs[0]) + " ").replace("/train/", "/$split/").replace("/train ", "/$split ") in text + " "
     assert " ".join(run) in text

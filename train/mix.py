@@ -37,8 +37,8 @@ from tqdm import tqdm
 
 from train.data.csv_meta import MetadataError
 from train.data.out_folder import OutFolderError, RunLock, describe_os_error, ensure_writable, read_plan
-from train.data.soundscapes import (SPLITS, MixConfig, Source, deal_recordings, decode_sources, draw_plan,
-                                    read_sources, render, require_sources)
+from train.data.soundscapes import (SPLITS, MixConfig, Source, check_out_apart, deal_recordings, decode_sources,
+                                    draw_plan, members_by_class, read_sources, render, require_sources)
 from train.data.shards import to_stored
 
 PLAN_FILE = "mix_plan.json"
@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--soundscapes", type=int, default=default.soundscapes, help="soundscapes in all (default: %(default)s)")
     arg("--split-fractions", type=_pair(float), default=default.fractions, metavar="TRAIN,VALIDATION,TEST",
         help="shares of soundscapes and recordings (default: 0.7,0.15,0.15)")
-    arg("--seconds", type=float, default=default.seconds, help="soundscape length (default: %(default)s)")
+    arg("--clip-seconds", type=float, default=default.clip_seconds, help="soundscape length, a length train.run "
+        "trains on (default: %(default)s)")
     arg("--sample-rate", type=int, default=default.sample_rate, help="Hz (default: %(default)s, the model's)")
     arg("--events", type=_pair(int), default=default.events, metavar="MIN,MAX",
         help="events per soundscape (default: 1,3)")
@@ -143,16 +144,17 @@ def write_split(out: Path, split: int, config: MixConfig, events: tuple[list[Sou
     name = SPLITS[split]
     require_sources(name, events[0], backgrounds[0])
     lengths, background_lengths = [len(a) for a in events[1]], [len(a) for a in backgrounds[1]]
+    by_class = members_by_class(events[0])
     (out / name / AUDIO_FOLDER).mkdir(parents=True, exist_ok=True)
     width = max(5, len(str(count - 1)))
     segments, strong, used, plans, gains = [], [], [], [], []
     for index in tqdm(range(count), desc=f"mixing {name}", unit="soundscape"):
-        plan = draw_plan(config, split, index, events[0], backgrounds[0], lengths, background_lengths)
+        plan = draw_plan(config, split, index, by_class, lengths, background_lengths)
         mix, gain = render(plan, config, events[1], backgrounds[1])
         ytid = f"mix-{name}-{index:0{width}d}"
         soundfile.write(out / name / AUDIO_FOLDER / f"Y{ytid}.wav", to_stored(mix)[0], config.sample_rate,
                         subtype="PCM_16")
-        segments.append([ytid, "0.000", f"{config.seconds:.3f}",
+        segments.append([ytid, "0.000", f"{config.clip_seconds:.3f}",
                          ",".join(sorted({events[0][e.source].label for e in plan.events}))])
         background = backgrounds[0][plan.background]
         used.append([f"{ytid}_0", "background", background.label, background.name, background.recording,
@@ -207,12 +209,13 @@ def split_counts(total: int, fractions: tuple[float, ...]) -> list[int]:
 
 def mix(args: argparse.Namespace) -> dict:
     """Mix OUT (train.mix's command line in `args`); returns the report written to OUT/mix_report.json."""
-    config = MixConfig(args.soundscapes, tuple(args.split_fractions), args.seconds, args.sample_rate,
+    config = MixConfig(args.soundscapes, tuple(args.split_fractions), args.clip_seconds, args.sample_rate,
                        tuple(args.events), tuple(args.snr), args.trim_db, args.seed)
     classes = tuple(c.strip() for c in args.background_classes.split(",") if c.strip())
     if not classes and args.backgrounds is None:
         raise ValueError("no backgrounds: give --background-classes (classes of the clips to use as backgrounds) "
                          "or --backgrounds DIR")
+    check_out_apart(args.out, [("--audio-dir", args.audio_dir), ("--backgrounds", args.backgrounds)])
     events, backgrounds, skipped = read_sources(args.manifest, args.audio_dir, args.backgrounds, classes)
     if not events:
         raise ValueError(f"no event clips: every class of {args.manifest or args.audio_dir} is a background class; "
@@ -267,7 +270,7 @@ def summarise(report: dict, out: Path) -> str:
 def follow_up(out: Path, report: dict) -> list[list[str]]:
     """The train.pack command of each split (into OUT-packed/<split>) and the train.run command on them."""
     packed = out.parent / f"{out.name}-packed"
-    seconds = report["config"]["seconds"]
+    seconds = report["config"]["clip_seconds"]
     length = [] if seconds == 10 else ["--clip-seconds", f"{seconds:g}"]
     commands = [["python", "-m", "train.pack", "--csv", str(out / split / "segments.csv"), "--strong",
                  str(out / split / "strong.tsv"), "--labels", str(out / LABELS_FILE), "--audio-dir",

@@ -17,6 +17,9 @@ the time it fits, SNR uniform over a range):
 - the sum scaled down as a whole where it would exceed full scale (the SNRs kept), as Scaper's
   peak normalisation does.
 
+Every source clip is decoded once and held in memory as float32 (230 MB an hour of audio at 16 kHz:
+UrbanSound8K's 8.75 hours take 2 GB).
+
 Scaper itself (PyPI 1.6.5) is not used: it requires `soxbindings`, published for Linux only as a source
 package that builds against libsox's C headers (not on the package index), and every soundscape it makes
 passes each event and background through sox (rate and channel conversion), not only pitch and time
@@ -47,6 +50,12 @@ SEAM_SECONDS = 0.05
 TRIM_FRAME_SECONDS = 0.01
 # Peak of a mixed soundscape once scaled: int16 storage leaves this much headroom below full scale.
 PEAK_LIMIT = 0.99
+# train.pack's stored rate, at which train.run must be able to train on the soundscapes' length.
+PACKED_RATE = 16000
+# Rates accepted: 8 kHz keeps the speech band; 384 kHz is the highest common audio interface rate.
+MIN_RATE, MAX_RATE = 8000, 384000
+# train.pack's longest clip (train/pack.py MAX_CLIP_SECONDS).
+MAX_CLIP_SECONDS = 600.0
 # Characters a class name cannot hold: it is written into CSV and TSV fields unquoted or comma-split.
 BAD_NAME_CHARACTERS = (",", '"', "\t", "\n", "\r")
 
@@ -59,10 +68,10 @@ class MixConfig:
     """Soundscapes in all, dealt to the splits by `fractions`."""
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     """Shares of the soundscapes and of the source recordings for train, validation and test (sum 1)."""
-    seconds: float = 10.0
-    """Soundscape length, seconds (a length train.run can train on)."""
+    clip_seconds: float = 10.0
+    """Soundscape length, seconds (a length train.run can train on once packed at 16 kHz)."""
     sample_rate: int = 16000
-    """Sample rate of the soundscapes, Hz (the model's: 16000)."""
+    """Sample rate of the soundscapes, Hz (the model's: 16000; train.pack resamples others to it)."""
     events: tuple[int, int] = (1, 3)
     """Fewest and most events per soundscape, drawn uniformly (at least 1: a clip needs a label)."""
     snr_db: tuple[float, float] = (6.0, 30.0)
@@ -84,14 +93,16 @@ class MixConfig:
             raise ValueError(f"--snr {self.snr_db[0]:g},{self.snr_db[1]:g}: give LOW,HIGH dB with LOW <= HIGH")
         if not (math.isfinite(self.trim_db) and self.trim_db >= 0):
             raise ValueError(f"--trim-db {self.trim_db}: give 0 (no trim) or more dB")
-        if not (math.isfinite(self.seconds) and 0 < self.seconds <= 600):
-            raise ValueError(f"--seconds {self.seconds}: give a length in (0, 600]")
-        check_clip_length(self.samples, self.sample_rate)
+        if not (math.isfinite(self.clip_seconds) and 0 < self.clip_seconds <= MAX_CLIP_SECONDS):
+            raise ValueError(f"--clip-seconds {self.clip_seconds}: give a length in (0, {MAX_CLIP_SECONDS:g}]")
+        if not MIN_RATE <= self.sample_rate <= MAX_RATE:
+            raise ValueError(f"--sample-rate {self.sample_rate}: give {MIN_RATE} to {MAX_RATE} Hz (16000: the model's)")
+        check_clip_length(round(self.clip_seconds * PACKED_RATE), PACKED_RATE)
 
     @property
     def samples(self) -> int:
         """Samples per soundscape."""
-        return round(self.seconds * self.sample_rate)
+        return round(self.clip_seconds * self.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -249,21 +260,26 @@ def trim_quiet(waveform: np.ndarray, sample_rate: int, trim_db: float) -> np.nda
     return waveform[loud[0] * frame:(loud[-1] + 1) * frame]
 
 
-def draw_plan(config: MixConfig, split: int, index: int, events: list[Source], backgrounds: list[Source],
-              lengths: list[int], background_lengths: list[int]) -> Plan:
-    """Soundscape `index` of `split` from its own generator: a background and its start, then each event's
-    class (uniform over the split's classes), clip (uniform in the class), onset (uniform where it fits) and
-    SNR (uniform over the range)."""
-    rng = np.random.default_rng([config.seed, split, index])
-    background = int(rng.integers(len(backgrounds)))
-    start = int(rng.integers(background_lengths[background]))
+def members_by_class(events: list[Source]) -> dict[str, list[int]]:
+    """class -> indices of its clips among `events`, classes sorted (the order `draw_plan` draws from)."""
     by_class: dict[str, list[int]] = {}
     for k, source in enumerate(events):
         by_class.setdefault(source.label, []).append(k)
-    classes = sorted(by_class)
+    return dict(sorted(by_class.items()))
+
+
+def draw_plan(config: MixConfig, split: int, index: int, by_class: dict[str, list[int]], lengths: list[int],
+              background_lengths: list[int]) -> Plan:
+    """Soundscape `index` of `split` from its own generator: a background (of `background_lengths`' clips) and
+    its start, then each event's class (uniform over `by_class`, `members_by_class`), clip (uniform in the
+    class), onset (uniform where its length in `lengths` fits) and SNR (uniform over the range)."""
+    rng = np.random.default_rng([config.seed, split, index])
+    background = int(rng.integers(len(background_lengths)))
+    start = int(rng.integers(background_lengths[background]))
+    classes = list(by_class.values())
     placed = []
     for _ in range(int(rng.integers(config.events[0], config.events[1] + 1))):
-        members = by_class[classes[int(rng.integers(len(classes)))]]
+        members = classes[int(rng.integers(len(classes)))]
         source = members[int(rng.integers(len(members)))]
         onset = int(rng.integers(config.samples - lengths[source] + 1))
         placed.append(Event(source, onset, float(rng.uniform(*config.snr_db))))
@@ -306,6 +322,16 @@ def render(plan: Plan, config: MixConfig, audio: list[np.ndarray], background_au
 
 def _rms(waveform: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(waveform, dtype=np.float64))))
+
+
+def check_out_apart(out: Path, folders: list[tuple[str, Path | None]]) -> None:
+    """ValueError (one line) where --out is one of the source folders (given as (option, folder)) or inside one:
+    its soundscapes would be read as source clips by the next run."""
+    real = out.resolve()
+    for option, folder in folders:
+        if folder is not None and real.is_relative_to(folder.resolve()):
+            raise ValueError(f"--out {out} is inside {option} {folder}: a later run would read its soundscapes as "
+                             f"source clips; choose an --out outside it")
 
 
 def require_sources(split: str, events: list[Source], backgrounds: list[Source]) -> None:
