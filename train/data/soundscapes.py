@@ -18,12 +18,13 @@ the time it fits, SNR uniform over a range):
   peak normalisation does.
 
 Every source clip is decoded once and held in memory as float32 (230 MB an hour of audio at 16 kHz:
-UrbanSound8K's 8.75 hours take 2 GB).
+UrbanSound8K's 8732 clips of at most 4 s take at most 2.2 GB).
 
-Scaper itself (PyPI 1.6.5) is not used: it requires `soxbindings`, published for Linux only as a source
-package that builds against libsox's C headers (not on the package index), and every soundscape it makes
-passes each event and background through sox (rate and channel conversion), not only pitch and time
-shifts, so without libsox or the sox binary it makes none.
+Scaper itself (PyPI 1.6.5, its latest) is not used, as tried on 2026-12-06: it requires `soxbindings`,
+published for Linux only as a source package that builds against libsox's C headers (`sox.h`, not on the
+package index); installed without it, it falls back to pysox, which runs the sox binary for each event and
+background of every soundscape (rate and channel conversion, not only pitch and time shifts: without the
+binary `generate` fails), and it uses `np.Inf`, gone from NumPy 2, for every event it places.
 """
 import math
 from collections import Counter
