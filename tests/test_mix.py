@@ -261,10 +261,15 @@ def test_a_folder_it_did_not_write_is_refused_without_overwrite(tmp_path, capsys
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     mix.main(mix_args(tmp_path))   # the same command again: its own folder, mixed again
     assert "holds another mix" in one_line_error(mix_args(tmp_path, "out", "--seed", "5"), capsys)
+    (tmp_path / "out" / "test" / "audio" / "keep.txt").write_text("also mine")
     before = tree(tmp_path / "out")
-    mix.main(mix_args(tmp_path, "out", "--seed", "5", "--overwrite"))
+    mix.main(mix_args(tmp_path, "out", "--seed", "5", "--overwrite", "--split-fractions", "0.8,0.2,0"))
     after = tree(tmp_path / "out")
     assert after["notes.txt"] == b"mine" and after["mix_plan.json"] != before["mix_plan.json"]
+    # the test split's soundscapes and lists are gone (no test split now), the file it did not write stays
+    assert [name for name in after if name.startswith("test/")] == ["test/audio/keep.txt"]
+    assert len([name for name in after if name.startswith("train/audio/Ymix-train-")]) == 16
+    assert len([name for name in after if name.endswith(".wav")]) == 20   # 16 train + 4 validation
 
 
 def test_a_looped_background_has_no_seam():

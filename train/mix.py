@@ -25,7 +25,6 @@ import csv
 import hashlib
 import json
 import os
-import shutil
 import sys
 from collections import Counter
 from dataclasses import asdict
@@ -104,19 +103,30 @@ def _plan(args: argparse.Namespace, config: MixConfig, sources: list[Source]) ->
     """What OUT was mixed from: the settings and each source file's path, size and modification time."""
     digest = hashlib.sha1()
     for source in sources:
-        stat = os.stat(source.path)
-        digest.update(f"{source.path},{source.label},{source.recording},{stat.st_size},{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(source.path)
+            file = f"{stat.st_size},{stat.st_mtime_ns}"
+        except OSError:   # a broken link: skipped as undecodable when read
+            file = "unreadable"
+        digest.update(f"{source.path},{source.label},{source.recording},{file}\n".encode())
     return {"config": asdict(config), "manifest": str(args.manifest), "audio_dir": str(args.audio_dir),
             "backgrounds": str(args.backgrounds), "background_classes": args.background_classes,
             "sources": len(sources), "sources_sha1": digest.hexdigest()}
 
 
-def _ours(out: Path) -> list[Path]:
-    """The files and folders this command writes in `out`."""
-    found = [out / name for name in (PLAN_FILE, REPORT_FILE, LABELS_FILE)]
+def _remove_ours(out: Path) -> None:
+    """Remove the files this command writes in `out` (its soundscapes: OUT/<split>/audio/Ymix-*.wav), and the
+    folders they leave empty; anything else stays."""
+    for name in (PLAN_FILE, REPORT_FILE, LABELS_FILE):
+        (out / name).unlink(missing_ok=True)
     for split in SPLITS:
-        found += [out / split / name for name in (*SPLIT_FILES, AUDIO_FOLDER)]
-    return [path for path in found if path.exists()]
+        for name in SPLIT_FILES:
+            (out / split / name).unlink(missing_ok=True)
+        for soundscape in (out / split / AUDIO_FOLDER).glob("Ymix-*.wav"):
+            soundscape.unlink()
+        for folder in (out / split / AUDIO_FOLDER, out / split):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def claim_out(out: Path, plan: dict, overwrite: bool) -> None:
@@ -132,8 +142,7 @@ def claim_out(out: Path, plan: dict, overwrite: bool) -> None:
             why = "another mix (other inputs or settings)" if path.exists() else "files train.mix did not write"
             raise OutFolderError(f"--out {out} holds {why}; use a new --out folder, or --overwrite to replace "
                                  f"train.mix's files there")
-        for old in _ours(out):
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        _remove_ours(out)
     path.write_text(json.dumps(plan, indent=1))
 
 

@@ -44,8 +44,8 @@ SPLITS = ("train", "validation", "test")
 # peak is over 6 times its RMS; at 0.02 (the built-in set's), 29 of 42 UrbanSound8K training soundscapes had to
 # be scaled down, at this level 5 of 42. int16 still gives it about 160 steps of RMS.
 BACKGROUND_RMS = 0.005
-# Cross-fade at each seam of a looped background: long enough that the seam is no click (10 ms ramps
-# still click on 50-60 Hz hum), short against a 4 s clip.
+# Cross-fade at each seam of a looped background: longer than two periods of mains hum (20 ms at 50 Hz), the
+# lowest steady sound a background holds, so a seam fades rather than clicks; short against a 4 s clip.
 SEAM_SECONDS = 0.05
 # Frames of the quiet-trim: 10 ms, a log-mel hop's order, so the kept part starts where a frame sees sound.
 TRIM_FRAME_SECONDS = 0.01
