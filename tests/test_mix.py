@@ -215,6 +215,8 @@ def one_line_error(argv: list[str], capsys) -> str:
     (["--clip-seconds", "1.03"], "--clip-seconds 1.03: train.run could not train"),
     (["--soundscapes", "0"], "--soundscapes 0: give 1 or more"),
     (["--sample-rate", "0"], "--sample-rate 0: give 8000 to 384000 Hz"),
+    (["--seed", "-1"], "--seed -1: give 0 or more"),
+    (["--trim-db", "nan"], "--trim-db nan: give 0 (no trim) or more dB"),
     (["--audio-dir", "/nonexistent/clips"], "--audio-dir /nonexistent/clips: no such folder"),
     (["--manifest", "/nonexistent/clips.csv"], "/nonexistent/clips.csv"),
     (["--backgrounds", "/nonexistent/hum"], "--backgrounds /nonexistent/hum: no such folder"),
@@ -304,6 +306,14 @@ def test_an_event_sits_at_its_snr_over_the_background(snr_db):
     assert 20 * np.log10(rms(added[3001:3001 + 2917]) / rms(alone)) == pytest.approx(snr_db, abs=1e-4)
     assert rms(alone) == pytest.approx(BACKGROUND_RMS, rel=1e-6)
     assert not added[:3001].any() and not added[3001 + 2917:].any()   # the event only where it was placed
+
+
+def test_help_shows_the_real_command_and_every_option_has_a_help_text(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        mix.main(["--help"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.startswith("usage: python -m train.mix ")
+    parser = mix.build_parser()
+    assert [action.option_strings for action in parser._actions if not action.help] == []
 
 
 def test_config_rejects_a_reversed_snr_range():

@@ -64,19 +64,19 @@ def _pair(kind):
     return parse
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     default = MixConfig()
     parser = _OneLineParser(prog="python -m train.mix", description="Mix strongly labelled soundscapes from event "
                             "clips over background recordings, split by recording, in the layout train.pack --strong "
                             "reads. See docs/data.md.")
     arg = parser.add_argument
-    arg("--manifest", type=_user_path, help="CSV of the clips: file, label, optional recording (or any layout "
+    arg("--manifest", type=_user_path, metavar="CSV", help="CSV of the clips: file, label, optional recording (or any layout "
         "train.pack reads); default: --audio-dir's class subfolders")
-    arg("--audio-dir", required=True, type=_user_path, help="folder holding the clips")
-    arg("--background-classes", default="", help="comma-separated classes of the clips used as backgrounds, never "
+    arg("--audio-dir", required=True, type=_user_path, metavar="DIR", help="folder holding the clips")
+    arg("--background-classes", default="", metavar="NAMES", help="comma-separated classes of the clips used as backgrounds, never "
         "as events (e.g. air_conditioner,engine_idling)")
-    arg("--backgrounds", type=_user_path, help="folder of background recordings (any depth), each its own recording")
-    arg("--out", required=True, type=_user_path, help="output folder")
+    arg("--backgrounds", type=_user_path, metavar="DIR", help="folder of background recordings (any depth), each its own recording")
+    arg("--out", required=True, type=_user_path, metavar="DIR", help="output folder")
     arg("--soundscapes", type=int, default=default.soundscapes, help="soundscapes in all (default: %(default)s)")
     arg("--split-fractions", type=_pair(float), default=default.fractions, metavar="TRAIN,VALIDATION,TEST",
         help="shares of soundscapes and recordings (default: 0.7,0.15,0.15)")
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     arg("--seed", type=int, default=default.seed, help="seed (default: %(default)s)")
     arg("--overwrite", action="store_true", help="mix into an --out that holds other files or another mix "
         "(removes only this command's files)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def _user_path(text: str) -> Path:
@@ -292,7 +292,7 @@ def follow_up(out: Path, report: dict) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         report = mix(args)
     except (MetadataError, ValueError) as error:   # OutFolderError too

@@ -98,6 +98,8 @@ class MixConfig:
             raise ValueError(f"--clip-seconds {self.clip_seconds}: give a length in (0, {MAX_CLIP_SECONDS:g}]")
         if not MIN_RATE <= self.sample_rate <= MAX_RATE:
             raise ValueError(f"--sample-rate {self.sample_rate}: give {MIN_RATE} to {MAX_RATE} Hz (16000: the model's)")
+        if self.seed < 0:
+            raise ValueError(f"--seed {self.seed}: give 0 or more")
         check_clip_length(round(self.clip_seconds * PACKED_RATE), PACKED_RATE)
 
     @property
