@@ -182,16 +182,19 @@ def test_train_run_trains_on_the_packed_soundscapes(mixed, tmp_path):
     assert (out / "best.pt").is_file()
 
 
-def test_missing_and_undecodable_clips_are_skipped_and_reported(tmp_path, capsys):
+def test_missing_undecodable_repeated_and_multi_label_clips_are_skipped_and_reported(tmp_path, capsys):
     manifest = make_clips(tmp_path)
     (tmp_path / "clips" / "broken.wav").write_bytes(b"RIFF" + bytes(range(200)))
-    manifest.write_text(manifest.read_text() + "gone.wav,low,low9\nbroken.wav,mid,mid9\n")
+    manifest.write_text(manifest.read_text() + "gone.wav,low,low9\nbroken.wav,mid,mid9\nlow-0-0.wav,low,low0\n"
+                        "./low-1-0.wav,high,low1\n")
     mix.main(mix_args(tmp_path))
     report = json.loads((tmp_path / "out" / "mix_report.json").read_text())
     assert sorted((s["clip"], s["reason"].split(":")[0]) for s in report["skipped"]) == [
-        ("broken.wav", "undecodable"), ("gone.wav", "missing")]
+        ("broken.wav", "undecodable"), ("gone.wav", "missing"), ("low-0-0.wav", "duplicate"),
+        ("low-1-0.wav", "label"), ("low-1-0.wav", "merged")]
     assert sum(split["soundscapes"] for split in report["splits"].values()) == 20
-    assert "skipped 2 source clips (1 missing, 1 undecodable)" in capsys.readouterr().out
+    assert "skipped 5 source clips (1 duplicate, 1 label, 1 merged, 1 missing, 1 undecodable)" in \
+        capsys.readouterr().out
 
 
 def one_line_error(argv: list[str], capsys) -> str:

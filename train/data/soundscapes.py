@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from fastsca.audio import AudioError, load_audio
 from train.data.csv_meta import MetadataError
-from train.data.manifest import AUDIO_EXTENSIONS, AudioFiles, PackItem, read_folder, read_manifest, walk_files
+from train.data.manifest import (AUDIO_EXTENSIONS, AudioFiles, PackItem, merge_duplicates, read_folder, read_manifest,
+                                 walk_files)
 from train.data.segments import check_clip_length
 
 SPLITS = ("train", "validation", "test")
@@ -150,12 +151,12 @@ def read_sources(manifest: Path | None, audio_dir: Path, backgrounds: Path | Non
                  background_classes: tuple[str, ...]) -> tuple[list[Source], list[Source], list[tuple[str, str]]]:
     """(event sources, background sources, skipped (clip, reason)): the manifest's rows or `audio_dir`'s class
     folders, those of `background_classes` as backgrounds, plus every audio file under `backgrounds`. A row
-    whose file is missing or ambiguous, or with several labels, is skipped."""
+    whose file is missing or ambiguous, or with several labels, is skipped; rows naming one file are one clip
+    (train.pack's rule: `merge_duplicates`)."""
     if not audio_dir.is_dir():
         raise ValueError(f"--audio-dir {audio_dir}: no such folder; give the folder holding the event clips")
     if manifest is not None:
-        items = read_manifest(manifest, AudioFiles(audio_dir))[0]
-        skipped: list[tuple[str, str]] = []
+        items, skipped = merge_duplicates(read_manifest(manifest, AudioFiles(audio_dir))[0])
     else:
         items, skipped = read_folder(audio_dir)
     found = {key for item in items for key in item.labels}
