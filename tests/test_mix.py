@@ -4,6 +4,7 @@ the events were mixed, train.pack packs the output and train.run trains on it, b
 reported, bad options are one line. One test mixes the shared UrbanSound8K clips where they are present."""
 import csv
 import json
+import shlex
 from pathlib import Path
 
 import h5py
@@ -228,6 +229,14 @@ def test_bad_options_are_one_line(tmp_path, capsys, extra, expected):
     make_clips(tmp_path)
     assert expected in one_line_error(mix_args(tmp_path) + extra, capsys)
     assert not (tmp_path / "out" / "train").exists()
+
+
+def test_the_printed_commands_survive_a_path_with_spaces(tmp_path, capsys):
+    make_clips(tmp_path)
+    mix.main(mix_args(tmp_path, "my mix"))
+    printed = capsys.readouterr().out.split("pack and train with:\n")[1].splitlines()
+    commands = mix.follow_up(tmp_path / "my mix", json.loads((tmp_path / "my mix" / "mix_report.json").read_text()))
+    assert [shlex.split(line) for line in printed] == commands and len(commands) == 4
 
 
 def test_a_folder_of_backgrounds_serves_every_class_as_events(tmp_path):

@@ -25,6 +25,7 @@ import csv
 import hashlib
 import json
 import os
+import shlex
 import sys
 from collections import Counter
 from dataclasses import asdict
@@ -272,7 +273,7 @@ def summarise(report: dict, out: Path) -> str:
         counts = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
         lines.append(f"skipped {len(report['skipped'])} source clips ({counts}), listed in {out / REPORT_FILE}")
     lines.append("pack and train with:")
-    lines += ["  " + " ".join(command) for command in follow_up(out, report)]
+    lines += ["  " + shlex.join(command) for command in follow_up(out, report)]
     return "\n".join(lines)
 
 
@@ -306,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str) -> None:
+    """One `error:` line on stderr (on a line of its own, not after a progress bar), then exit 2."""
     tqdm.write(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
