@@ -112,9 +112,12 @@ def test_strong_labels_are_where_the_events_were_mixed(tmp_path):
     checked = 0
     for split in ("train", "validation", "test"):
         labels = {row[0]: row[3] for row in rows(tmp_path / "out" / split / "segments.csv")}
-        for clip, onset, offset, label in rows(tmp_path / "out" / split / "strong.tsv", "\t")[1:]:
+        sources = [row for row in rows(tmp_path / "out" / split / "sources.csv")[1:] if row[1] == "event"]
+        strong = rows(tmp_path / "out" / split / "strong.tsv", "\t")[1:]
+        assert len(sources) == len(strong)
+        for (clip, onset, offset, label), source in zip(strong, sources):
             ytid = clip.removesuffix("_0")
-            assert labels[ytid] == label
+            assert labels[ytid] == label and source[0] == clip and source[2] == label
             waveform = soundfile.read(tmp_path / "out" / split / "audio" / f"Y{ytid}.wav")[0]
             spectrum = np.abs(np.fft.rfft(waveform[int(float(onset) * RATE):int(float(offset) * RATE)]))
             peak_hz = np.argmax(spectrum) * RATE / (2 * (len(spectrum) - 1))
@@ -126,8 +129,10 @@ def test_strong_labels_are_where_the_events_were_mixed(tmp_path):
             # can fall under the threshold, so up to two frames (20 ms) apart
             assert abs(found[0] * FRAME / RATE - float(onset)) <= 2 * FRAME / RATE, clip
             assert abs((found[-1] + 1) * FRAME / RATE - float(offset)) <= 2 * FRAME / RATE, clip
-            # the quiet edges of the source clip were cut: the label spans the tone only (15-30 frames)
-            assert 15 * FRAME / RATE - 1e-6 <= float(offset) - float(onset) <= 30 * FRAME / RATE + 1e-6
+            # the quiet edges of the source clip (5 frames each side) were cut: the label spans its tone only, to
+            # the sample (times are written to 1e-6 s, 0.016 samples, so rounding to samples recovers them)
+            tone = soundfile.info(str(tmp_path / "clips" / source[3])).frames - 10 * FRAME
+            assert round(float(offset) * RATE) - round(float(onset) * RATE) == tone, clip
             checked += 1
     assert checked == 20
 
