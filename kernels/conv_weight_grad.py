@@ -109,7 +109,9 @@ def tiling(c_in: int, c_out: int, k: int, rows: int) -> dict[str, int]:
     BLOCK_KP is 128 where K' = k*k*C_in is a multiple of it, else 64 where K' >= 64 (32 -> 32, K' = 288:
     5 tiles of 64 waste 10 %, 3 of 128 would waste 25 %), else K' rounded up to a power of two (>= 16:
     K' = 9 for C_in = 1 is one tile of 16). BLOCK_CO is C_out rounded up, at most 128. SPLIT is the
-    fewest splits of M that make FILL_PROGRAMS programs, each given at least MIN_STEPS steps of BLOCK_M."""
+    fewest splits of M that make FILL_PROGRAMS programs, each given at least MIN_STEPS steps of BLOCK_M.
+    8 warps from 64 x 128 tiles (64 fp32 accumulators a thread; at 4 warps 64 -> 128 took 254 registers,
+    at 8 it takes 104), else 4."""
     kp = k * k * c_in
     block_kp = _block(kp) if kp < 64 else MAX_BLOCK if kp % MAX_BLOCK == 0 else min(64, MAX_BLOCK)
     block_co = _block(c_out)
@@ -120,7 +122,7 @@ def tiling(c_in: int, c_out: int, k: int, rows: int) -> dict[str, int]:
     steps_per_split = triton.cdiv(steps, split)
     return {"BLOCK_KP": block_kp, "BLOCK_CO": block_co, "CO_TILES": co_tiles, "tiles": tiles,
             "SPLIT": triton.cdiv(steps, steps_per_split), "steps_per_split": steps_per_split,
-            "num_warps": 8 if block_kp * block_co >= MAX_BLOCK * MAX_BLOCK else 4}
+            "num_warps": 8 if block_kp * block_co >= 64 * MAX_BLOCK else 4}
 
 
 def _check(x: torch.Tensor, grad: torch.Tensor, weight_shape, in_scale, in_shift) -> None:
