@@ -35,9 +35,16 @@ BLOCK_M = 64
 MAX_BLOCK = 128
 # tl.dot needs every side >= 16.
 MIN_BLOCK = 16
-# Programs that keep every SM of an H100/H200 busy twice over (132 SMs): one program's loads overlap
-# another's math, and the last wave is at most half empty.
-FILL_PROGRAMS = 2 * 132
+# Streaming multiprocessors of an H100 or H200: the fewest programs a launch may have.
+SMS = 132
+# Programs that keep every SM busy twice over: one program's loads overlap another's math, and a last
+# wave is at most half empty.
+FILL_PROGRAMS = 2 * SMS
+# FLOPs per byte where an H100 turns from bandwidth- to FLOP-bound (989 dense bf16 TFLOP/s over 3.35 TB/s).
+RIDGE = 295
+# Below the ridge, partial dW bytes are at most this fraction of x's and grad's bytes, where SMS programs
+# remain (they are extra traffic there; above it they are free beside the FLOPs).
+PARTIAL_SHARE = 8
 # Fewest BLOCK_M steps a split is given: its partial tile (<= 64 KB) stays small against what it reads.
 MIN_STEPS = 8
 
@@ -97,28 +104,37 @@ def conv_weight_grad_kernel(
     tl.store(out + offs_co[None, :] * KP + (ci * (K * K) + tap)[:, None], acc, mask=kp_ok[:, None] & co_ok[None, :])
 
 
-def _block(size: int) -> int:
-    """A tile side for `size` rows: a power of two in [MIN_BLOCK, MAX_BLOCK]."""
-    return max(MIN_BLOCK, min(MAX_BLOCK, triton.next_power_of_2(size)))
+def _block(size: int, largest: int) -> int:
+    """A tile side for `size` rows: a power of two in [MIN_BLOCK, largest]."""
+    return max(MIN_BLOCK, min(largest, triton.next_power_of_2(size)))
 
 
-def tiling(c_in: int, c_out: int, k: int, rows: int) -> dict[str, int]:
+def tiling(c_in: int, c_out: int, k: int, rows: int, itemsize: int) -> dict[str, int]:
     """The launch rule: BLOCK_KP, BLOCK_CO, CO_TILES, tiles, SPLIT, steps_per_split and num_warps for a
-    k x k convolution C_in -> C_out over `rows` = B*T*F rows.
+    k x k convolution C_in -> C_out over `rows` = B*T*F rows of `itemsize`-byte maps.
 
-    BLOCK_KP is 128 where K' = k*k*C_in is a multiple of it, else 64 where K' >= 64 (32 -> 32, K' = 288:
-    5 tiles of 64 waste 10 %, 3 of 128 would waste 25 %), else K' rounded up to a power of two (>= 16:
-    K' = 9 for C_in = 1 is one tile of 16). BLOCK_CO is C_out rounded up, at most 128. SPLIT is the
-    fewest splits of M that make FILL_PROGRAMS programs, each given at least MIN_STEPS steps of BLOCK_M.
-    8 warps from 64 x 128 tiles (64 fp32 accumulators a thread; at 4 warps 64 -> 128 took 254 registers,
-    at 8 it takes 104), else 4."""
+    A layer under the ridge (FLOPs per floor byte < RIDGE: blocks 1-2 and every 1x1 shortcut) gains
+    nothing from tiles past 64 x 64, and more tiles need fewer splits (fewer partial bytes); one above it
+    takes tiles up to 128 x 128. BLOCK_KP is the largest tile where K' = k*k*C_in is a multiple of it,
+    else 64 where K' >= 64 (32 -> 32, K' = 288: 5 tiles of 64 waste 10 %, 3 of 128 would waste 25 %),
+    else K' rounded up to a power of two (>= 16: K' = 9 for C_in = 1 is one tile of 16). BLOCK_CO is
+    C_out rounded up, at most the largest tile. SPLIT is the fewest splits of M that make FILL_PROGRAMS
+    programs, each given at least MIN_STEPS steps of BLOCK_M; under the ridge, the partials are held to
+    1 / PARTIAL_SHARE of the floor bytes where SMS programs remain. 8 warps from 64 x 128 tiles (64 fp32
+    accumulators a thread; at 4 warps 64 -> 128 took 254 registers, at 8 it takes 104), else 4."""
     kp = k * k * c_in
-    block_kp = _block(kp) if kp < 64 else MAX_BLOCK if kp % MAX_BLOCK == 0 else min(64, MAX_BLOCK)
-    block_co = _block(c_out)
+    floor_bytes = rows * (c_in + c_out) * itemsize
+    under_ridge = 2 * rows * kp * c_out < RIDGE * floor_bytes
+    largest = min(64, MAX_BLOCK) if under_ridge else MAX_BLOCK
+    block_kp = _block(kp, largest) if kp < 64 else largest if kp % largest == 0 else min(64, largest)
+    block_co = _block(c_out, largest)
     co_tiles = triton.cdiv(c_out, block_co)
     tiles = triton.cdiv(kp, block_kp) * co_tiles
     steps = triton.cdiv(rows, BLOCK_M)
-    split = max(1, min(triton.cdiv(FILL_PROGRAMS, tiles), steps // MIN_STEPS))
+    split = triton.cdiv(FILL_PROGRAMS, tiles)
+    if under_ridge:   # 2 * SPLIT * |dW| * 4 bytes of partials (written, then read by the sum)
+        split = min(split, max(triton.cdiv(SMS, tiles), floor_bytes // (PARTIAL_SHARE * 8 * c_out * kp)))
+    split = max(1, min(split, steps // MIN_STEPS))
     steps_per_split = triton.cdiv(steps, split)
     return {"BLOCK_KP": block_kp, "BLOCK_CO": block_co, "CO_TILES": co_tiles, "tiles": tiles,
             "SPLIT": triton.cdiv(steps, steps_per_split), "steps_per_split": steps_per_split,
@@ -162,7 +178,7 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
     grad = grad.contiguous(memory_format=torch.channels_last)
     if rows == 0:
         return torch.zeros(weight_shape, device=x.device, dtype=torch.float32)
-    tile = tiling(c_in, c_out, k, rows)
+    tile = tiling(c_in, c_out, k, rows, x.element_size())
     out = torch.empty((tile["SPLIT"], c_out, c_in, k, k), device=x.device, dtype=torch.float32)
     prologue = in_scale is not None
     scale = in_scale.float().contiguous() if prologue else out

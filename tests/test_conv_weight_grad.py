@@ -63,7 +63,7 @@ def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     monkeypatch.setattr(wgrad, "MAX_BLOCK", 16)
     monkeypatch.setattr(wgrad, "MIN_STEPS", 1)
     args = _inputs((3, 5, 33, 11, 9), k, True, True, kernel_device)
-    tile = wgrad.tiling(5, 33, k, 3 * 11 * 9)
+    tile = wgrad.tiling(5, 33, k, 3 * 11 * 9, 4)
     assert tile["CO_TILES"] == 3 and tile["tiles"] == 3 * (3 if k == 3 else 1)
     assert tile["SPLIT"] == 5 and tile["steps_per_split"] == 1   # 297 rows: 5 steps of 64
     _check_against_reference(args)
