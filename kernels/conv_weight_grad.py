@@ -19,7 +19,39 @@ Chosen over fp32 atomics into a zeroed buffer because it is deterministic (the s
 which the tests and the bit-exact resumes of training rely on) at the same launch count (atomics need the
 zeroing launch, partials need the sum launch; with one split the kernel writes dW itself: one launch), and
 the partials are small: SPLIT * |dW| * 4 bytes written and read, SPLIT chosen so the grid fills the GPU
-(largest at batch 256: 512 -> 512, k = 3, 2 splits: 19 MB each way against 210 MB of x and grad).
+(`tiling`): extra bytes only where FLOPs, not bytes, bound the layer.
+
+Bytes and FLOPs of at-sca-3's layers at batch 256, bf16 (the floor: x and grad read once; partials:
+SPLIT fp32 dW written and read by the sum, and dW written; L2 reads: how many times the programs read x
+and grad, tiles of one split being neighbours in the grid so that the re-reads hit L2, an estimate with
+no GPU at hand; us: the floor plus partials at 3.35 TB/s, and the FLOPs at 989 TFLOP/s, H100 datasheet):
+
+layer (p: prologue)    grid       floor MB partials /floor  L2 reads   GFLOP  us B/W us FLOP
+1->32 400x64 k3          1 x 264    433      0.6  1.001   9 x,  1 x     3.8    129      4
+32->32 400x64 k3 p       5 x 53     839      3.9  1.005   9 x,  5 x   120.8    252    122
+1->32 400x64 k1          1 x 264    433      0.1  1.000   1 x,  1 x     0.4    129      0
+32->64 200x32 k3         5 x 53     315      7.9  1.025   9 x,  5 x    60.4     96     61
+64->64 200x32 k3 p       9 x 30     419      9.0  1.021   9 x,  9 x   120.8    128    122
+32->64 200x32 k1         1 x 264    315      4.3  1.014   1 x,  1 x     6.7     95      7
+64->128 100x16 k3        9 x 30     157     18.0  1.114   9 x,  9 x    60.4     52     61
+128->128 100x16 k3 p     9 x 30     210     36.0  1.172   9 x,  9 x   120.8     73    122
+64->128 100x16 k1        2 x 131    157      8.6  1.055   2 x,  1 x     6.7     50      7
+128->256 100x8 k3       18 x 15     157     36.6  1.232  18 x,  9 x   120.8     58    122
+256->256 100x8 k3 p     36 x 8      210     40.1  1.191  18 x, 18 x   241.6     75    244
+128->256 100x8 k1        8 x 33     157      8.8  1.056   4 x,  2 x    13.4     50     14
+256->256 100x4 k3       36 x 8      105     40.1  1.383  18 x, 18 x   120.8     43    122
+256->256 100x4 k3 p     36 x 8      105     40.1  1.383  18 x, 18 x   120.8     43    122
+256->256 100x4 k1       16 x 17     105      9.2  1.087   4 x,  4 x    13.4     34     14
+256->512 100x4 k3       72 x 4      157     42.5  1.270  36 x, 18 x   241.6     60    244
+512->512 100x4 k3 p    144 x 2      210     47.2  1.225  36 x, 36 x   483.2     77    489
+256->512 100x4 k1       32 x 9      157     10.0  1.063   8 x,  4 x    26.8     50     27
+512->512 100x4 k3      144 x 2      210     47.2  1.225  36 x, 36 x   483.2     77    489
+512->512 100x4 k1       64 x 5      210     11.5  1.055   8 x,  8 x    53.7     66     54
+backbone (21 layers)               5269    468.8  1.089                2903.3   1713   2936
+
+(block 7's second 3x3 repeats block 6's.) Blocks 1-2 and the shortcuts are bandwidth-bound, at 1.00-1.06
+of their floors; from block 3 the 3x3 layers are FLOP-bound and their partials cost nothing beside the
+FLOPs.
 """
 import torch
 import triton
@@ -56,7 +88,7 @@ def conv_weight_grad_kernel(
     PROLOGUE: tl.constexpr, IEEE: tl.constexpr, CO_TILES: tl.constexpr,
     BLOCK_KP: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """out[split, co, ci, kt, kf] = sum over this split's rows m of grad[m, co] * a[m shifted by the tap,
+    """out[split, co, kt, kf, ci] = sum over this split's rows m of grad[m, co] * a[m shifted by the tap,
     ci] (fp32); x (M, C_IN) and grad (M, C_OUT) channels_last; grid (K' tiles * CO_TILES, SPLIT)."""
     KP: tl.constexpr = K * K * C_IN
     P: tl.constexpr = K // 2
@@ -101,7 +133,7 @@ def conv_weight_grad_kernel(
         x_rows += BLOCK_M * C_IN
         g_rows += BLOCK_M * C_OUT
     out = out_ptr + split.to(tl.int64) * (C_OUT * KP)
-    tl.store(out + offs_co[None, :] * KP + (ci * (K * K) + tap)[:, None], acc, mask=kp_ok[:, None] & co_ok[None, :])
+    tl.store(out + offs_co[None, :] * KP + offs_kp[:, None], acc, mask=kp_ok[:, None] & co_ok[None, :])
 
 
 def _block(size: int, largest: int) -> int:
@@ -120,8 +152,8 @@ def tiling(c_in: int, c_out: int, k: int, rows: int, itemsize: int) -> dict[str,
     else K' rounded up to a power of two (>= 16: K' = 9 for C_in = 1 is one tile of 16). BLOCK_CO is
     C_out rounded up, at most the largest tile. SPLIT is the fewest splits of M that make FILL_PROGRAMS
     programs, each given at least MIN_STEPS steps of BLOCK_M; under the ridge, the partials are held to
-    1 / PARTIAL_SHARE of the floor bytes where SMS programs remain. 8 warps from 64 x 128 tiles (64 fp32
-    accumulators a thread; at 4 warps 64 -> 128 took 254 registers, at 8 it takes 104), else 4."""
+    1 / PARTIAL_SHARE of the floor bytes where SMS programs remain. 8 warps from 64 x 128 tiles (at most
+    64 fp32 accumulators a thread), else 4."""
     kp = k * k * c_in
     floor_bytes = rows * (c_in + c_out) * itemsize
     under_ridge = 2 * rows * kp * c_out < RIDGE * floor_bytes
@@ -165,9 +197,12 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
                             weight_shape: tuple[int, int, int, int],   # (C_out, C_in, k, k)
                             in_scale: torch.Tensor | None = None,      # (C_in,) prologue scale, or None
                             in_shift: torch.Tensor | None = None,      # (C_in,) prologue shift, or None
-                            ) -> torch.Tensor:                # (C_out, C_in, k, k) fp32
+                            ) -> torch.Tensor:                # (C_out, C_in, k, k) fp32, channels_last
     """block_reference.conv_weight_grad by conv_weight_grad_kernel (plain PyTorch where Triton cannot run).
-    NCHW maps are converted to channels_last once; more than one split adds one torch sum launch."""
+    NCHW maps are converted to channels_last once; more than one split adds one torch sum launch. dW comes
+    out channels_last (the layout of a channels_last model's weight): the kernel stores its tile rows kp =
+    tap * C_in + ci in that order, contiguous, not scattered to ci * k*k + tap (512 -> 512, k 3: 97
+    registers instead of 200, two programs an SM instead of one)."""
     _check(x, grad, weight_shape, in_scale, in_shift)
     if not use_triton(x):
         return block_reference.conv_weight_grad(x, grad, weight_shape, in_scale, in_shift)
@@ -177,9 +212,9 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
     x = x.contiguous(memory_format=torch.channels_last)
     grad = grad.contiguous(memory_format=torch.channels_last)
     if rows == 0:
-        return torch.zeros(weight_shape, device=x.device, dtype=torch.float32)
+        return torch.zeros(weight_shape, device=x.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     tile = tiling(c_in, c_out, k, rows, x.element_size())
-    out = torch.empty((tile["SPLIT"], c_out, c_in, k, k), device=x.device, dtype=torch.float32)
+    out = torch.empty((tile["SPLIT"], c_out, k, k, c_in), device=x.device, dtype=torch.float32)
     prologue = in_scale is not None
     scale = in_scale.float().contiguous() if prologue else out
     shift = in_shift.float().contiguous() if prologue else out
@@ -190,4 +225,4 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
         num_warps=tile["num_warps"],
     )
     LAUNCHES["conv_weight_grad"] += 1
-    return out[0] if tile["SPLIT"] == 1 else out.sum(0)
+    return (out[0] if tile["SPLIT"] == 1 else out.sum(0)).permute(0, 3, 1, 2)

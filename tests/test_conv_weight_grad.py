@@ -44,7 +44,8 @@ def _check_against_reference(args):
     out = wgrad.conv_weight_grad_triton(*args)
     assert LAUNCHES["conv_weight_grad"] == before + 1   # the Triton kernel ran, once
     expected = ref.conv_weight_grad(*args)
-    assert out.dtype == torch.float32 and out.shape == expected.shape and out.is_contiguous()
+    assert out.dtype == torch.float32 and out.shape == expected.shape
+    assert out.is_contiguous(memory_format=torch.channels_last)   # the layout of a channels_last model's weight
     torch.testing.assert_close(out, expected, rtol=RTOL, atol=ATOL)
 
 
@@ -69,10 +70,20 @@ def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     _check_against_reference(args)
 
 
+def test_without_triton_the_reference_runs(monkeypatch):
+    # CPU tensors without TRITON_INTERPRET=1: no launch, block_reference's result itself.
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = _inputs((3, 5, 7, 5, 7), 3, True, True, "cpu")
+    before = LAUNCHES["conv_weight_grad"]
+    out = wgrad.conv_weight_grad_triton(*args)
+    assert LAUNCHES["conv_weight_grad"] == before
+    torch.testing.assert_close(out, ref.conv_weight_grad(*args), rtol=0, atol=0)
+
+
 def test_empty_batch_gives_zeros(kernel_device):
     x, grad, weight_shape, _, _ = _inputs((1, 3, 7, 5, 7), 3, False, True, kernel_device)
     out = wgrad.conv_weight_grad_triton(x[:0], grad[:0], weight_shape)
-    assert out.shape == weight_shape and not out.any()
+    assert out.shape == weight_shape and not out.any() and out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("change, message", [

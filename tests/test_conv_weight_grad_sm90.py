@@ -32,12 +32,12 @@ REGISTERS = {
     # (4 warps below 64 x 128 dW tiles, 8 from there: a 128 x 128 fp32 accumulator is 64 of them; the
     # layers under the ridge, blocks 1-2 and the 1x1 shortcuts, take tiles of at most 64 x 64).
     (1, 32, 400, 64, 3, False): 72, (32, 32, 400, 64, 3, True): 76, (1, 32, 400, 64, 1, False): 37,
-    (32, 64, 200, 32, 3, False): 106, (64, 64, 200, 32, 3, True): 106, (32, 64, 200, 32, 1, False): 53,
-    (64, 128, 100, 16, 3, False): 104, (128, 128, 100, 16, 3, True): 200, (64, 128, 100, 16, 1, False): 62,
-    (128, 256, 100, 8, 3, False): 200, (256, 256, 100, 8, 3, True): 202, (128, 256, 100, 8, 1, False): 64,
-    (256, 256, 100, 4, 3, False): 200, (256, 256, 100, 4, 3, True): 202, (256, 256, 100, 4, 1, False): 58,
-    (256, 512, 100, 4, 3, False): 200, (512, 512, 100, 4, 3, True): 202, (256, 512, 100, 4, 1, False): 64,
-    (512, 512, 100, 4, 3, False): 200, (512, 512, 100, 4, 1, False): 58,
+    (32, 64, 200, 32, 3, False): 64, (64, 64, 200, 32, 3, True): 95, (32, 64, 200, 32, 1, False): 55,
+    (64, 128, 100, 16, 3, False): 62, (128, 128, 100, 16, 3, True): 136, (64, 128, 100, 16, 1, False): 61,
+    (128, 256, 100, 8, 3, False): 94, (256, 256, 100, 8, 3, True): 134, (128, 256, 100, 8, 1, False): 61,
+    (256, 256, 100, 4, 3, False): 97, (256, 256, 100, 4, 3, True): 134, (256, 256, 100, 4, 1, False): 64,
+    (256, 512, 100, 4, 3, False): 94, (512, 512, 100, 4, 3, True): 134, (256, 512, 100, 4, 1, False): 60,
+    (512, 512, 100, 4, 3, False): 97, (512, 512, 100, 4, 1, False): 62,
 }
 
 RUNNER = """
@@ -62,6 +62,7 @@ for batch in batches:
             kernel = gpu_code.compile_launch(launch, 90)
             fields, opcodes = gpu_code.resource_usage(kernel.asm["cubin"])
             compiled[key] = {"registers": fields["REG"], "local": fields["LOCAL"], "stack": fields["STACK"],
+                             "shared": kernel.metadata.shared,
                              "num_warps": kernel.metadata.num_warps,
                              "hgmma": sum(op.startswith("HGMMA") for op in opcodes),
                              "hmma": sum(op.startswith("HMMA") for op in opcodes),
@@ -129,6 +130,25 @@ def test_map_loads_are_16_bytes_where_channels_are_multiples_of_8(compiled):
         else:
             assert row["loads"] == (["LDG.E.U16", "LDGSTS.E.BYPASS.128"] if k == 3 else ["LDGSTS.E.BYPASS.128"]), \
                 (_name(row), row["loads"])
+
+
+def test_shared_memory_fits_an_sm(compiled):
+    # The pipeline's stages of x and grad tiles (dynamic shared memory): at most 227 KB a block on sm_90.
+    large = [f"{_name(r)}: {r['shared']} B" for r in compiled["rows"] if not 0 < r["shared"] <= 227 * 1024]
+    assert not large, large
+
+
+GRIDS = {   # (K' tiles * CO_TILES, SPLIT) per layer of LAYERS (kernels/conv_weight_grad.py's `tiling`)
+    64: [(1, 264), (5, 53), (1, 264), (5, 53), (9, 30), (1, 256), (9, 30), (9, 30), (2, 73), (18, 15), (36, 8),
+         (8, 18), (36, 8), (36, 8), (16, 9), (72, 4), (144, 2), (32, 5), (144, 2), (144, 2), (64, 3)],
+    256: [(1, 264), (5, 53), (1, 264), (5, 53), (9, 30), (1, 264), (9, 30), (9, 30), (2, 131), (18, 15), (36, 8),
+          (8, 33), (36, 8), (36, 8), (16, 17), (72, 4), (144, 2), (32, 9), (144, 2), (144, 2), (64, 5)],
+}
+
+
+def test_grids_are_the_tiling_rules(compiled):
+    for batch in BATCHES:
+        assert [tuple(r["grid"]) for r in compiled["rows"] if r["batch"] == batch] == GRIDS[batch], batch
 
 
 def test_grids_fill_132_sms_at_batch_64(compiled):
