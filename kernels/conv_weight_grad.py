@@ -15,43 +15,47 @@ C_in, C_out, T, F and k are compile-time constants, so Triton proves the 16-byte
 
 M is huge (6.5 M rows at batch 256 for block 1, 102 k for block 7) and the dW tiles few (1 for 1 -> 32),
 so M is split across programs (split-K): each writes its fp32 partial dW, and one torch sum adds them.
-Chosen over fp32 atomics into a zeroed buffer because it is deterministic (the same sum order every run,
-which the tests and the bit-exact resumes of training rely on) at the same launch count (atomics need the
+Chosen over fp32 atomics into a zeroed buffer because it is deterministic (the same sum order every run:
+a repeated or resumed run gives the same weights, bit for bit) at the same launch count (atomics need the
 zeroing launch, partials need the sum launch; with one split the kernel writes dW itself: one launch), and
-the partials are small: SPLIT * |dW| * 4 bytes written and read, SPLIT chosen so the grid fills the GPU
-(`tiling`): extra bytes only where FLOPs, not bytes, bound the layer.
+the partials are small where bytes bound the layer (`tiling`: at most 1/8 of the maps' bytes where 132
+programs remain), and where FLOPs bound it they buy full waves of programs (a few more splits, hidden
+behind the FLOPs).
 
-Bytes and FLOPs of at-sca-3's layers at batch 256, bf16 (the floor: x and grad read once; partials:
-SPLIT fp32 dW written and read by the sum, and dW written; L2 reads: how many times the programs read x
-and grad, tiles of one split being neighbours in the grid so that the re-reads hit L2, an estimate with
-no GPU at hand; us: the floor plus partials at 3.35 TB/s, and the FLOPs at 989 TFLOP/s, H100 datasheet):
+Bytes and FLOPs of at-sca-3's layers at batch 256, bf16. floor: x and grad read once (MB); part.: SPLIT
+fp32 partial dW written and read by the sum, and dW written (MB); x L2, g L2: how many times the programs
+read x and grad (the tiles of one split are neighbours in the grid, so these re-reads should hit L2: an
+estimate, with no GPU at hand); waves: the share of the last wave's slots (264, 2 programs an SM) that
+FLOP-bound layers fill; us B, us F: the floor and partials at 3.35 TB/s, and the FLOPs at 989 TFLOP/s
+divided by waves (H100 datasheet):
 
-layer (p: prologue)    grid       floor MB partials /floor  L2 reads   GFLOP  us B/W us FLOP
-1->32 400x64 k3          1 x 264    433      0.6  1.001   9 x,  1 x     3.8    129      4
-32->32 400x64 k3 p       5 x 53     839      3.9  1.005   9 x,  5 x   120.8    252    122
-1->32 400x64 k1          1 x 264    433      0.1  1.000   1 x,  1 x     0.4    129      0
-32->64 200x32 k3         5 x 53     315      7.9  1.025   9 x,  5 x    60.4     96     61
-64->64 200x32 k3 p       9 x 30     419      9.0  1.021   9 x,  9 x   120.8    128    122
-32->64 200x32 k1         1 x 264    315      4.3  1.014   1 x,  1 x     6.7     95      7
-64->128 100x16 k3        9 x 30     157     18.0  1.114   9 x,  9 x    60.4     52     61
-128->128 100x16 k3 p     9 x 30     210     36.0  1.172   9 x,  9 x   120.8     73    122
-64->128 100x16 k1        2 x 131    157      8.6  1.055   2 x,  1 x     6.7     50      7
-128->256 100x8 k3       18 x 15     157     36.6  1.232  18 x,  9 x   120.8     58    122
-256->256 100x8 k3 p     36 x 8      210     40.1  1.191  18 x, 18 x   241.6     75    244
-128->256 100x8 k1        8 x 33     157      8.8  1.056   4 x,  2 x    13.4     50     14
-256->256 100x4 k3       36 x 8      105     40.1  1.383  18 x, 18 x   120.8     43    122
-256->256 100x4 k3 p     36 x 8      105     40.1  1.383  18 x, 18 x   120.8     43    122
-256->256 100x4 k1       16 x 17     105      9.2  1.087   4 x,  4 x    13.4     34     14
-256->512 100x4 k3       72 x 4      157     42.5  1.270  36 x, 18 x   241.6     60    244
-512->512 100x4 k3 p    144 x 2      210     47.2  1.225  36 x, 36 x   483.2     77    489
-256->512 100x4 k1       32 x 9      157     10.0  1.063   8 x,  4 x    26.8     50     27
-512->512 100x4 k3      144 x 2      210     47.2  1.225  36 x, 36 x   483.2     77    489
-512->512 100x4 k1       64 x 5      210     11.5  1.055   8 x,  8 x    53.7     66     54
-backbone (21 layers)               5269    468.8  1.089                2903.3   1713   2936
+layer (p: prologue)   grid      floor  part.  /flr x L2 g L2  GFLOP waves  us B  us F
+1->32 400x64 k3         1 x 264   433    0.6  1.00   9   1    3.8  1.00   129     4
+32->32 400x64 k3 p      5 x 53    839    3.9  1.00   9   5  120.8  1.00   252   122
+1->32 400x64 k1         1 x 264   433    0.1  1.00   1   1    0.4  1.00   129     0
+32->64 200x32 k3        5 x 53    315    7.9  1.03   9   5   60.4  1.00    96    61
+64->64 200x32 k3 p      9 x 30    419    9.0  1.02   9   9  120.8  1.00   128   122
+32->64 200x32 k1        1 x 264   315    4.3  1.01   1   1    6.7  1.00    95     7
+64->128 100x16 k3       9 x 58    157   34.5  1.22   9   9   60.4  0.99    57    62
+128->128 100x16 k3 p    9 x 58    210   69.0  1.33   9   9  120.8  0.99    83   124
+64->128 100x16 k1       2 x 131   157    8.6  1.05   2   1    6.7  1.00    50     7
+128->256 100x8 k3      18 x 29    157   69.6  1.44  18   9  120.8  0.99    68   124
+256->256 100x8 k3 p    36 x 22    210  106.2  1.51  18  18  241.6  1.00    94   244
+128->256 100x8 k1       8 x 33    157    8.8  1.06   4   2   13.4  1.00    50    14
+256->256 100x4 k3      36 x 14    105   68.4  1.65  18  18  120.8  0.95    52   128
+256->256 100x4 k3 p    36 x 14    105   68.4  1.65  18  18  120.8  0.95    52   128
+256->256 100x4 k1      16 x 17    105    9.2  1.09   4   4   13.4  1.00    34    14
+256->512 100x4 k3      72 x 11    157  108.5  1.69  36  18  241.6  1.00    79   244
+512->512 100x4 k3 p   144 x 7     210  141.6  1.68  36  36  483.2  0.95   105   512
+256->512 100x4 k1      32 x 9     157   10.0  1.06   8   4   26.8  1.00    50    27
+512->512 100x4 k3     144 x 7     210  141.6  1.68  36  36  483.2  0.95   105   512
+512->512 100x4 k1      64 x 5     210   11.5  1.05   8   8   53.7  1.00    66    54
+backbone (21 layers)             5269   1023  1.19           2903       sum of max: 3667 us
 
-(block 7's second 3x3 repeats block 6's.) Blocks 1-2 and the shortcuts are bandwidth-bound, at 1.00-1.06
-of their floors; from block 3 the 3x3 layers are FLOP-bound and their partials cost nothing beside the
-FLOPs.
+(Block 7's second 3x3 layer repeats block 6's.) Blocks 1-2 and the shortcuts are bandwidth-bound, at
+1.00-1.09 of their floors; from block 3 the 3x3 layers are FLOP-bound. The sum of each layer's larger
+time is 3.67 ms against 3.56 ms for the floors at full waves (5.71 ms with the fewest splits that fill
+the GPU: 2 for 512 -> 512, 288 programs in 1.1 waves of 264).
 """
 import torch
 import triton
@@ -141,6 +145,20 @@ def _block(size: int, largest: int) -> int:
     return max(MIN_BLOCK, min(largest, triton.next_power_of_2(size)))
 
 
+def _split_above_ridge(tiles: int, flops: int, dw_bytes: int, most: int) -> int:
+    """SPLIT for a FLOP-bound layer: the fewest splits, from FILL_PROGRAMS programs up to `most` splits,
+    that minimise the roofline time in bytes: FLOPs / RIDGE stretched by the idle slots of the last
+    wave of FILL_PROGRAMS (2 programs an SM: the 8-warp kernels hold 1 or 2), plus the partials.
+    (512 -> 512, k 3, at batch 256: 7 splits, 1008 programs in 3.8 waves, against 2 splits in 1.1.)"""
+    def cost(split: int) -> float:
+        programs = tiles * split
+        return (flops / RIDGE * triton.cdiv(programs, FILL_PROGRAMS) * FILL_PROGRAMS / programs
+                + (2 * split + 1) * dw_bytes)
+
+    fill = triton.cdiv(FILL_PROGRAMS, tiles)
+    return min(range(fill, max(fill, most) + 1), key=cost)
+
+
 def tiling(c_in: int, c_out: int, k: int, rows: int, itemsize: int) -> dict[str, int]:
     """The launch rule: BLOCK_KP, BLOCK_CO, CO_TILES, tiles, SPLIT, steps_per_split and num_warps for a
     k x k convolution C_in -> C_out over `rows` = B*T*F rows of `itemsize`-byte maps.
@@ -150,22 +168,26 @@ def tiling(c_in: int, c_out: int, k: int, rows: int, itemsize: int) -> dict[str,
     takes tiles up to 128 x 128. BLOCK_KP is the largest tile where K' = k*k*C_in is a multiple of it,
     else 64 where K' >= 64 (32 -> 32, K' = 288: 5 tiles of 64 waste 10 %, 3 of 128 would waste 25 %),
     else K' rounded up to a power of two (>= 16: K' = 9 for C_in = 1 is one tile of 16). BLOCK_CO is
-    C_out rounded up, at most the largest tile. SPLIT is the fewest splits of M that make FILL_PROGRAMS
-    programs, each given at least MIN_STEPS steps of BLOCK_M; under the ridge, the partials are held to
-    1 / PARTIAL_SHARE of the floor bytes where SMS programs remain. 8 warps from 64 x 128 tiles (at most
-    64 fp32 accumulators a thread), else 4."""
+    C_out rounded up, at most the largest tile. SPLIT: under the ridge, the fewest splits of M that make
+    FILL_PROGRAMS programs, the partials held to 1 / PARTIAL_SHARE of the floor bytes where SMS programs
+    remain; above it, `_split_above_ridge` (up to 4 times as many splits). Each split gets at least
+    MIN_STEPS steps of BLOCK_M. 8 warps from 64 x 128 tiles (at most 64 fp32 accumulators a thread), else 4."""
     kp = k * k * c_in
+    flops = 2 * rows * kp * c_out
     floor_bytes = rows * (c_in + c_out) * itemsize
-    under_ridge = 2 * rows * kp * c_out < RIDGE * floor_bytes
+    under_ridge = flops < RIDGE * floor_bytes
     largest = min(64, MAX_BLOCK) if under_ridge else MAX_BLOCK
     block_kp = _block(kp, largest) if kp < 64 else largest if kp % largest == 0 else min(64, largest)
     block_co = _block(c_out, largest)
     co_tiles = triton.cdiv(c_out, block_co)
     tiles = triton.cdiv(kp, block_kp) * co_tiles
     steps = triton.cdiv(rows, BLOCK_M)
-    split = triton.cdiv(FILL_PROGRAMS, tiles)
-    if under_ridge:   # 2 * SPLIT * |dW| * 4 bytes of partials (written, then read by the sum)
-        split = min(split, max(triton.cdiv(SMS, tiles), floor_bytes // (PARTIAL_SHARE * 8 * c_out * kp)))
+    fill = triton.cdiv(FILL_PROGRAMS, tiles)
+    dw_bytes = 4 * c_out * kp
+    if under_ridge:   # 2 * SPLIT * |dW| bytes of partials (written, then read by the sum)
+        split = min(fill, max(triton.cdiv(SMS, tiles), floor_bytes // (PARTIAL_SHARE * 2 * dw_bytes)))
+    else:
+        split = _split_above_ridge(tiles, flops, dw_bytes, min(4 * fill, steps // MIN_STEPS))
     split = max(1, min(split, steps // MIN_STEPS))
     steps_per_split = triton.cdiv(steps, split)
     return {"BLOCK_KP": block_kp, "BLOCK_CO": block_co, "CO_TILES": co_tiles, "tiles": tiles,
