@@ -78,8 +78,8 @@ SMS = 132
 FILL_PROGRAMS = 2 * SMS
 # FLOPs per byte where an H100 turns from bandwidth- to FLOP-bound (989 dense bf16 TFLOP/s over 3.35 TB/s).
 RIDGE = 295
-# Below the ridge, partial dW bytes are at most this fraction of x's and grad's bytes, where SMS programs
-# remain (they are extra traffic there; above it they are free beside the FLOPs).
+# Below the ridge, partial dW bytes are at most 1 / PARTIAL_SHARE of x's and grad's bytes, where SMS
+# programs remain (they are extra traffic there; above it they hide behind the FLOPs).
 PARTIAL_SHARE = 8
 # Fewest BLOCK_M steps a split is given: its partial tile (<= 64 KB) stays small against what it reads.
 MIN_STEPS = 8
@@ -231,10 +231,11 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
     c_out, c_in, k, _ = weight_shape
     batch, _, time, freq = x.shape
     rows = batch * time * freq
+    if rows == 0:
+        empty = torch.zeros(weight_shape, device=x.device, dtype=torch.float32)
+        return empty.contiguous(memory_format=torch.channels_last)
     x = x.contiguous(memory_format=torch.channels_last)
     grad = grad.contiguous(memory_format=torch.channels_last)
-    if rows == 0:
-        return torch.zeros(weight_shape, device=x.device, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
     tile = tiling(c_in, c_out, k, rows, x.element_size())
     out = torch.empty((tile["SPLIT"], c_out, k, k, c_in), device=x.device, dtype=torch.float32)
     prologue = in_scale is not None
@@ -242,6 +243,7 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
     shift = in_shift.float().contiguous() if prologue else out
     conv_weight_grad_kernel[(tile["tiles"], tile["SPLIT"])](
         x, grad, scale, shift, out, rows, tile["steps_per_split"],
+        # fp32 maps: fp32 products, as the reference's, not TF32's 10-bit mantissas.
         C_IN=c_in, C_OUT=c_out, T=time, F=freq, K=k, PROLOGUE=prologue, IEEE=x.dtype == torch.float32,
         CO_TILES=tile["CO_TILES"], BLOCK_KP=tile["BLOCK_KP"], BLOCK_CO=tile["BLOCK_CO"], BLOCK_M=BLOCK_M,
         num_warps=tile["num_warps"],

@@ -70,6 +70,15 @@ def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     _check_against_reference(args)
 
 
+def test_a_flop_bound_layer_matches_reference(kernel_device):
+    # 133 -> 131 channels (k = 3): above the ridge even in fp32, so the tiling of blocks 3-7 (C_out tiles of
+    # 128 with a masked tail, 8 warps) runs, with K' = 1197 in 19 tiles of 64 (the last one masked).
+    args = _inputs((1, 133, 131, 5, 7), 3, True, True, kernel_device)
+    tile = wgrad.tiling(133, 131, 3, 35, 4)
+    assert (tile["BLOCK_KP"], tile["BLOCK_CO"], tile["tiles"], tile["num_warps"]) == (64, 128, 38, 8)
+    _check_against_reference(args)
+
+
 def test_without_triton_the_reference_runs(monkeypatch):
     # CPU tensors without TRITON_INTERPRET=1: no launch, block_reference's result itself.
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow   # 26 specialisations compiled and disassembled: about a minute of CPU
+
 REPO = Path(__file__).resolve().parents[1]
 BATCHES = (64, 256)
 SMS = 132
@@ -109,7 +111,8 @@ def test_wgmma_where_the_tile_has_64_rows_else_mma_sync(compiled):
 
 
 def test_no_spills(compiled):
-    spilled = [f"{_name(r)}: {r['local']} B local, {r['stack']} B stack" for r in compiled["rows"] if r["local"] or r["stack"]]
+    spilled = [f"{_name(r)}: {r['local']} B local, {r['stack']} B stack" for r in compiled["rows"]
+               if r["local"] or r["stack"]]
     assert not spilled, spilled
 
 
