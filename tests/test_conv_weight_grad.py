@@ -60,10 +60,12 @@ def test_matches_reference(kernel_device, shape, k, prologue, channels_last):
 @pytest.mark.parametrize("k", [1, 3])
 def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     # The real shapes' tiling in miniature: tiles of 16 make 3 tiles of K' = 45 (k = 3) and of C_out = 33,
-    # and one step per split makes a split of every 64 rows (a split boundary inside a batch row).
+    # and one step per split makes a split of every 64 rows (a split boundary inside a batch row). x is
+    # channels_last and grad NCHW: each map is converted on its own.
     monkeypatch.setattr(wgrad, "MAX_BLOCK", 16)
     monkeypatch.setattr(wgrad, "MIN_STEPS", 1)
-    args = _inputs((3, 5, 33, 11, 9), k, True, True, kernel_device)
+    x, grad, *rest = _inputs((3, 5, 33, 11, 9), k, True, True, kernel_device)
+    args = (x, grad.contiguous(), *rest)
     tile = wgrad.tiling(5, 33, k, 3 * 11 * 9, 4)
     assert tile["CO_TILES"] == 3 and tile["tiles"] == 3 * (3 if k == 3 else 1)
     assert tile["SPLIT"] == 5 and tile["steps_per_split"] == 1   # 297 rows: 5 steps of 64
