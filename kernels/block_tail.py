@@ -185,7 +185,7 @@ def _check(name: str, main: torch.Tensor, shortcut: torch.Tensor, main_scale, ma
     return _pool(pool)
 
 
-def _tiling(channels: int, pool: tuple[int, int]) -> tuple[int, int]:
+def _tiling(channels: int) -> tuple[int, int]:
     """(BLOCK_P windows, BLOCK_C channels) of a tile of TILE outputs."""
     block_c = min(triton.next_power_of_2(channels), MAX_BLOCK_C)
     return max(1, TILE // block_c), block_c
@@ -206,7 +206,7 @@ def block_tail_forward_triton(main: torch.Tensor, main_scale: torch.Tensor | Non
         return out, argmax
     main, smb, main_cl = plane(main)
     shortcut, ssb, short_cl = plane(shortcut)
-    block_p, block_c = _tiling(channels, (pt, pf))
+    block_p, block_c = _tiling(channels)
     has_main_scale = main_scale is not None
     m_scale, m_shift = (main_scale.contiguous(), main_shift.contiguous()) if has_main_scale else (main, main)
     grid = (triton.cdiv(shape[2] * shape[3], block_p), triton.cdiv(channels, block_c), batch)
@@ -241,7 +241,7 @@ def block_tail_backward_triton(d_out: torch.Tensor, argmax: torch.Tensor | None,
     d_short = torch.empty(main.shape, device=main.device, dtype=main.dtype, memory_format=layout)
     has_main_scale = main_scale is not None
     rows = 3 if has_main_scale else 2
-    block_p, block_c = _tiling(channels, (pt, pf))
+    block_p, block_c = _tiling(channels)
     windows = triton.cdiv(time, pt) * triton.cdiv(freq, pf)
     programs = triton.cdiv(triton.cdiv(windows, block_p), STEPS)
     parts = torch.empty((batch, programs, rows, channels), device=main.device, dtype=torch.float32)

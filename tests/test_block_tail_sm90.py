@@ -67,7 +67,13 @@ for c, t, f, pool, scaled, batch in json.loads(sys.argv[1]):
         code = gpu_code.kernel_code(launch, 90)
         pointers = {name: {"bytes": moved, "bits": sorted(set(a.load_bits + a.store_bits)), "atomic": a.atomic}
                     for name, _, a, moved in gpu_code.pointer_traffic(launch, code)}
-        rows.append({"kernel": launch.name, "map": [c, t, f], "pool": pool, "scaled": scaled, "batch": batch,
+        fma = {}
+        if launch.name == "block_tail_forward_kernel":   # fused multiply-adds in the PTX: as launched, and with fusion on
+            for fusion in (False, True):
+                variant = launches.Launch(launch.fn, launch.args, dict(launch.kwargs, enable_fp_fusion=fusion),
+                                          launch.grid, launch.phase)
+                fma[str(fusion)] = gpu_code.compile_launch(variant, 90).asm["ptx"].count("fma.rn")
+        rows.append({"kernel": launch.name, "fma": fma, "map": [c, t, f], "pool": pool, "scaled": scaled, "batch": batch,
                      "grid": list(launch.grid), "programs": launch.programs, "registers": code.registers,
                      "local": code.local_bytes, "stack": code.stack_bytes, "sass_load": code.widest_load_bytes,
                      "sass_store": code.widest_store_bytes, "atomics": code.sass_atomics, "pointers": pointers})
@@ -156,3 +162,12 @@ def test_each_launch_moves_exactly_its_floor(compiled):
         maps = sum(moved[name] for name in (*MAP_POINTERS[row["kernel"]], "argmax_ptr") if name in moved)
         phase = 0 if row["kernel"] == "block_tail_forward_kernel" else 1
         assert maps / full == FLOORS[tuple(row["pool"])][phase], _label(row)
+
+
+def test_forward_has_no_fused_multiply_add(compiled):
+    # z must round after each multiply and add, as the reference's separate torch ops do, for out and argmax
+    # to equal the reference's on the GPU too; with contraction on, ptxas would fuse them (checked: the count
+    # is not zero then, so this test can fail).
+    forward = [r for r in compiled["rows"] if r["kernel"] == "block_tail_forward_kernel"]
+    assert forward and all(r["fma"]["False"] == 0 < r["fma"]["True"] for r in forward), \
+        [(_label(r), r["fma"]) for r in forward]
