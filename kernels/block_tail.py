@@ -5,9 +5,11 @@ signatures, same values). Forward (`block_tail_forward_triton`, one launch): rea
 once, z = main * main_scale + main_shift + shortcut * short_scale + short_shift in fp32, ReLU, max-pool
 over (pt, pf) windows, and writes the pooled map in main's dtype and memory format and the int8 argmax
 dt * pf + df of each window's first maximum. Backward (`block_tail_backward_triton`, one launch plus one
-torch sum of the partials): reads d_out, argmax and out at pooled resolution and main and shortcut at
-full resolution, writes d_main and d_short, and leaves per-program fp32 partial sums of dz * main, dz
-and dz * shortcut that one `torch.sum` adds (deterministic, where atomics would add in a racy order).
+torch sum of the partials): reads d_out and argmax at pooled resolution and main and shortcut at full
+resolution (where main has a BatchNorm: its sum needs main, and the ReLU mask out > 0 is recomputed from
+the two maps; an attention block's main path has none, and reads out instead of main), writes d_main and
+d_short, and leaves per-program fp32 partial sums of dz * main, dz and dz * shortcut that one `torch.sum`
+adds (deterministic, where atomics would add in a racy order).
 
 Maps are indexed in place in either layout (kernels/common.py's `plane`: channels_last planes are N rows
 of C, NCHW planes C rows of N), each with its own layout flag, so nothing is converted. C, T and F are
@@ -97,8 +99,8 @@ def block_tail_forward_kernel(
 
 @triton.jit
 def block_tail_backward_kernel(
-    dout_ptr, argmax_ptr, out_ptr, main_ptr, m_scale_ptr, short_ptr, s_scale_ptr, dmain_ptr, dshort_ptr,
-    part_ptr, sdob, sab, sob, smb, ssb, sdmb, sdsb,
+    dout_ptr, argmax_ptr, out_ptr, main_ptr, m_scale_ptr, m_shift_ptr, short_ptr, s_scale_ptr, s_shift_ptr,
+    dmain_ptr, dshort_ptr, part_ptr, sdob, sab, sob, smb, ssb, sdmb, sdsb,
     C: tl.constexpr, T: tl.constexpr, F: tl.constexpr, PT: tl.constexpr, PF: tl.constexpr,
     DOUT_CL: tl.constexpr, POOLED_CL: tl.constexpr, MAIN_CL: tl.constexpr, SHORT_CL: tl.constexpr,
     GRAD_CL: tl.constexpr, HAS_MAIN_SCALE: tl.constexpr, STEPS: tl.constexpr,
@@ -109,16 +111,20 @@ def block_tail_backward_kernel(
     of one clip; grid (J, cdiv(C, BLOCK_C), B). Windows cover the map with ceil division, so the rows and
     columns the pool dropped get zeros. part[b, j] (K, C) fp32 rows: sums over the program's windows of
     dz * shortcut, dz and (HAS_MAIN_SCALE) dz * main. argmax and out share one layout (POOLED_CL), and so
-    do d_main and d_short (GRAD_CL)."""
+    do d_main and d_short (GRAD_CL).
+
+    out > 0 is read from out only without HAS_MAIN_SCALE. With it, main is read anyway (for its sum), so
+    z is recomputed at each tap as the forward computed it (same fp32 steps, no contraction) and out > 0
+    at the argmax tap is z rounded to out's dtype > 0: the same mask, and out's bytes are not read."""
     T_OUT: tl.constexpr = T // PT
     F_OUT: tl.constexpr = F // PF
     T_W: tl.constexpr = (T + PT - 1) // PT
     F_W: tl.constexpr = (F + PF - 1) // PF
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     b = tl.program_id(2).to(tl.int64)
-    s_scale = load_channel(s_scale_ptr, offs_c, C)
+    s_scale, s_shift = load_channel(s_scale_ptr, offs_c, C), load_channel(s_shift_ptr, offs_c, C)
     if HAS_MAIN_SCALE:
-        m_scale = load_channel(m_scale_ptr, offs_c, C)
+        m_scale, m_shift = load_channel(m_scale_ptr, offs_c, C), load_channel(m_shift_ptr, offs_c, C)
     sum_short = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     sum_dz = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
     sum_main = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
@@ -130,28 +136,31 @@ def block_tail_backward_kernel(
         d_out = tl.load(dout_ptr + b * sdob + tap_offsets(t_w, f_w, offs_c, C, T_OUT, F_OUT, DOUT_CL),
                         mask=pooled, other=0.0).to(tl.float32)
         pooled_offs = tap_offsets(t_w, f_w, offs_c, C, T_OUT, F_OUT, POOLED_CL)
-        out = tl.load(out_ptr + b * sob + pooled_offs, mask=pooled, other=0.0)
-        passed = tl.where(out > 0, d_out, 0.0)
+        if not HAS_MAIN_SCALE:
+            out = tl.load(out_ptr + b * sob + pooled_offs, mask=pooled, other=0.0)
+            d_out = tl.where(out > 0, d_out, 0.0)
         if PT * PF > 1:
             arg = tl.load(argmax_ptr + b * sab + pooled_offs, mask=pooled, other=0).to(tl.int32)
         for dt in tl.static_range(PT):
             for df in tl.static_range(PF):
                 t, f = t_w * PT + dt, f_w * PF + df
                 tap = in_c & ((t < T) & (f < F) & (offs_p < T_W * F_W))[:, None]
-                if PT * PF > 1:
-                    dz = tl.where(arg == dt * PF + df, passed, 0.0)
-                else:
-                    dz = passed
                 short = tl.load(short_ptr + b * ssb + tap_offsets(t, f, offs_c, C, T, F, SHORT_CL), mask=tap,
                                 other=0.0).to(tl.float32)
+                dz = d_out
+                if HAS_MAIN_SCALE:
+                    main = tl.load(main_ptr + b * smb + tap_offsets(t, f, offs_c, C, T, F, MAIN_CL), mask=tap,
+                                   other=0.0).to(tl.float32)
+                    z = short * s_scale + s_shift + (main * m_scale + m_shift)
+                    dz = tl.where(z.to(dmain_ptr.dtype.element_ty) > 0, dz, 0.0)
+                if PT * PF > 1:
+                    dz = tl.where(arg == dt * PF + df, dz, 0.0)
                 sum_short += dz * short
                 sum_dz += dz
                 grad_offs = tap_offsets(t, f, offs_c, C, T, F, GRAD_CL)
                 tl.store(dshort_ptr + b * sdsb + grad_offs, (dz * s_scale).to(dshort_ptr.dtype.element_ty),
                          mask=tap)
                 if HAS_MAIN_SCALE:
-                    main = tl.load(main_ptr + b * smb + tap_offsets(t, f, offs_c, C, T, F, MAIN_CL), mask=tap,
-                                   other=0.0).to(tl.float32)
                     sum_main += dz * main
                     tl.store(dmain_ptr + b * sdmb + grad_offs, (dz * m_scale).to(dmain_ptr.dtype.element_ty),
                              mask=tap)
@@ -226,8 +235,9 @@ def block_tail_backward_triton(d_out: torch.Tensor, argmax: torch.Tensor | None,
                                shortcut: torch.Tensor, short_scale: torch.Tensor, short_shift: torch.Tensor,
                                pool: tuple[int, int]) -> tuple:
     """kernels/block_reference.py's block_tail_backward in one launch and one torch sum of its partials:
-    (d_main, d_main_scale, d_main_shift, d_shortcut, d_short_scale, d_short_shift). main_shift and
-    short_shift are not read (the gradients do not depend on them)."""
+    (d_main, d_main_scale, d_main_shift, d_shortcut, d_short_scale, d_short_shift). out must be the
+    forward's output for these operands: with main_scale given, out > 0 is recomputed from main and
+    shortcut (read anyway), and out is not read."""
     pt, pf = _check("block_tail_backward_triton", main, shortcut, main_scale, main_shift, pool)
     batch, channels, time, freq = main.shape
     pooled_shape = (batch, channels, time // pt, freq // pf)
@@ -246,17 +256,18 @@ def block_tail_backward_triton(d_out: torch.Tensor, argmax: torch.Tensor | None,
     programs = triton.cdiv(triton.cdiv(windows, block_p), STEPS)
     parts = torch.empty((batch, programs, rows, channels), device=main.device, dtype=torch.float32)
     if main.numel() > 0:
-        _launch_backward(d_out, argmax, out, main, main_scale, shortcut, short_scale, d_main, d_short, parts,
-                         (pt, pf), (block_p, block_c))
+        _launch_backward(d_out, argmax, out, main, (main_scale, main_shift), shortcut, (short_scale, short_shift),
+                         d_main, d_short, parts, (pt, pf), (block_p, block_c))
     sums = parts.sum((0, 1))   # (K, C): the one torch op the partials take
     if not has_main_scale:
         return d_main, None, None, d_short, sums[0], sums[1]
     return d_main, sums[2], sums[1], d_short, sums[0], sums[1]
 
 
-def _launch_backward(d_out, argmax, out, main, main_scale, shortcut, short_scale, d_main, d_short, parts,
+def _launch_backward(d_out, argmax, out, main, main_bn, shortcut, short_bn, d_main, d_short, parts,
                      pool, tiling) -> None:
-    """Launch block_tail_backward_kernel on plane views of its operands (argmax in out's layout)."""
+    """Launch block_tail_backward_kernel on plane views of its operands (argmax in out's layout); main_bn
+    and short_bn are (scale, shift) pairs, main's (None, None) when it has no BN."""
     batch, channels, time, freq = main.shape
     (pt, pf), (block_p, block_c) = pool, tiling
     d_out, sdob, dout_cl = plane(d_out)
@@ -268,12 +279,14 @@ def _launch_backward(d_out, argmax, out, main, main_scale, shortcut, short_scale
         argmax, sab = out, sob
     main, smb, main_cl = plane(main)
     shortcut, ssb, short_cl = plane(shortcut)
-    has_main_scale = main_scale is not None
+    has_main_scale = main_bn[0] is not None
+    m_scale, m_shift = (main_bn[0].contiguous(), main_bn[1].contiguous()) if has_main_scale else (main, main)
     block_tail_backward_kernel[(parts.shape[1], triton.cdiv(channels, block_c), batch)](
-        d_out, argmax, out, main, main_scale.contiguous() if has_main_scale else main, shortcut,
-        short_scale.contiguous(), d_main, d_short, parts, sdob, sab, sob, smb, ssb, d_main.stride(0),
+        d_out, argmax, out, main, m_scale, m_shift, shortcut, short_bn[0].contiguous(), short_bn[1].contiguous(),
+        d_main, d_short, parts, sdob, sab, sob, smb, ssb, d_main.stride(0),
         d_short.stride(0), C=channels, T=time, F=freq, PT=pt, PF=pf, DOUT_CL=dout_cl, POOLED_CL=pooled_cl,
         MAIN_CL=main_cl, SHORT_CL=short_cl, GRAD_CL=output_format(d_main) == torch.channels_last,
         HAS_MAIN_SCALE=has_main_scale, STEPS=STEPS, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS,
+        enable_fp_fusion=False,
     )
     LAUNCHES["block_tail_backward"] += 1
