@@ -152,7 +152,7 @@ def block_tail_backward_kernel(
                     main = tl.load(main_ptr + b * smb + tap_offsets(t, f, offs_c, C, T, F, MAIN_CL), mask=tap,
                                    other=0.0).to(tl.float32)
                     z = short * s_scale + s_shift + (main * m_scale + m_shift)
-                    dz = tl.where(z.to(dmain_ptr.dtype.element_ty) > 0, dz, 0.0)
+                    dz = tl.where(z.to(dmain_ptr.dtype.element_ty).to(tl.float32) > 0, dz, 0.0)
                 if PT * PF > 1:
                     dz = tl.where(arg == dt * PF + df, dz, 0.0)
                 sum_short += dz * short

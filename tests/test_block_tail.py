@@ -134,3 +134,28 @@ def test_bad_input_gets_a_one_line_error(tail, kernel_device):
         tail.block_tail_backward_triton(out, argmax.long(), out, **ops, pool=(2, 2))
     with pytest.raises(ValueError, match="out and d_out must be"):
         tail.block_tail_backward_triton(out, argmax, out, **ops, pool=(1, 2))
+
+
+@pytest.mark.parametrize("main_scale", [True, False], ids=["bn_main", "normalised_main"])
+@pytest.mark.parametrize("pool", [(2, 2), (1, 2)], ids=str)
+def test_bf16_maps(tail, kernel_device, pool, main_scale):
+    """The production dtype: bf16 channels_last maps, fp32 BN vectors. The argmax and the sums are checked as
+    in fp32 (the maps convert to fp32 exactly, and the ReLU mask, recomputed as z rounded to bf16 where main
+    has a BN, is the reference's). Rounding to bf16: the GPU rounds to nearest even, exactly as torch does;
+    Triton's CPU interpreter truncates, so there the maps may differ by one bf16 ulp (2^-7 relative)."""
+    map_tol = {"rtol": 0.0, "atol": 0.0} if kernel_device == "cuda" else {"rtol": 2.0 ** -7, "atol": 0.0}
+    ops = _operands((3, 33, 11, 9), kernel_device, main_scale, torch.channels_last)
+    ops["main"], ops["shortcut"] = ops["main"].bfloat16(), ops["shortcut"].bfloat16()
+    out, argmax = tail.block_tail_forward_triton(**ops, pool=pool)
+    expected, expected_argmax = ref.block_tail_forward(**ops, pool=pool)
+    assert torch.equal(argmax, expected_argmax) and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, **map_tol)
+    d_out = torch.randn_like(expected)
+    got = tail.block_tail_backward_triton(d_out, expected_argmax, expected, **ops, pool=pool)
+    want = ref.block_tail_backward(d_out, expected_argmax, expected, **ops, pool=pool)
+    for index, (mine, theirs) in enumerate(zip(got, want)):
+        if theirs is None:
+            assert mine is None
+        else:
+            torch.testing.assert_close(mine, theirs, **(map_tol if mine.dim() == 4 else SUM_TOL),
+                                       msg=lambda m, index=index: f"output {index}: {m}")
