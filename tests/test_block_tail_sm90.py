@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow   # the compilation for sm_90 takes 30-80 s on a loaded box
+
 REPO = Path(__file__).resolve().parents[1]
 TAIL_MAPS = [
     # (C, T, F, pool, main BN): at-sca-3's block tails (fastsca/backbone.py); an attention block's main path
@@ -41,8 +43,7 @@ REGISTERS = {
 }
 FLOORS = {(2, 2): (2.375, 4.375), (1, 2): (2.75, 4.75), (1, 1): (3, 5)}
 """(forward, backward) map bytes per launch in units of |M| (one bf16 full-resolution map), by pool, as
-docs/kernels.md "The block tail" derives them (the (1, 1) figures are the attention blocks', main unnormalised
-by the tail)."""
+docs/kernels.md "The block tail" derives them (the (1, 1) figures are the attention blocks': main without a BN)."""
 MAP_POINTERS = {"block_tail_forward_kernel": ("main_ptr", "short_ptr", "out_ptr"),
                 "block_tail_backward_kernel": ("dout_ptr", "out_ptr", "main_ptr", "short_ptr", "dmain_ptr",
                                                "dshort_ptr")}
