@@ -30,9 +30,9 @@ TILE = 1024
 # windows per tile.
 MAX_BLOCK_C = 128
 NUM_WARPS = 4
-# Backward: tiles one program walks before it writes its partial sums, so the partials are 1/STEPS of
-# one per tile (at block 1, 32 channels 400 x 64: 25 rows of 3 x 32 fp32 per clip, 0.6 % of a map)
-# while batch 64 still launches >= 1600 programs (132 SMs).
+# Backward: tiles one program walks before it writes its partial sums, one row of K x C per 8 tiles (at
+# block 1, 32 channels 400 x 64: 25 rows of 3 x 32 fp32 per clip, 0.6 % of a map), while batch 64
+# still launches >= 832 programs (132 SMs).
 STEPS = 8
 
 
