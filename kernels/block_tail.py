@@ -62,8 +62,9 @@ def block_tail_forward_kernel(
     """out = maxpool(relu(z)) and the int8 argmax of each window (with PT * PF > 1) for BLOCK_P windows x
     BLOCK_C channels of one clip; grid (cdiv(T_out F_out, BLOCK_P), cdiv(C, BLOCK_C), B). z is computed
     as the reference does, (shortcut * s_scale + s_shift) + (main * m_scale + m_shift), each step rounded
-    to fp32 (the launcher turns fp contraction off), and a later tap wins only if strictly greater, so
-    out and argmax equal the reference's bit for bit."""
+    to fp32 (the launcher turns fp contraction off), and a later tap wins only if strictly greater or NaN
+    (nn.MaxPool2d's rule; ReLU keeps NaNs as torch.relu does), so out and argmax equal the reference's bit
+    for bit, non-finite values included."""
     T_OUT: tl.constexpr = T // PT
     F_OUT: tl.constexpr = F // PF
     offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -85,12 +86,13 @@ def block_tail_forward_kernel(
                             other=0.0).to(tl.float32)
             if HAS_MAIN_SCALE:
                 main = main * m_scale + m_shift
-            z = tl.maximum(short * s_scale + s_shift + main, 0.0)
+            z = tl.maximum(short * s_scale + s_shift + main, 0.0, propagate_nan=tl.PropagateNan.ALL)
             if dt + df == 0:
                 best = z
-            else:
-                arg = tl.where(z > best, dt * PF + df, arg)
-                best = tl.maximum(best, z)
+            else:   # nn.MaxPool2d's rule: a greater value or a NaN takes the window (a NaN is never lost)
+                take = (z > best) | (z != z)
+                arg = tl.where(take, dt * PF + df, arg)
+                best = tl.where(take, z, best)
     out_offs = tap_offsets(t_out, f_out, offs_c, C, T_OUT, F_OUT, OUT_CL)
     tl.store(out_ptr + b * sob + out_offs, best.to(out_ptr.dtype.element_ty), mask=mask)
     if PT * PF > 1:

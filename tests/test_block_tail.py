@@ -159,3 +159,27 @@ def test_bf16_maps(tail, kernel_device, pool, main_scale):
         else:
             torch.testing.assert_close(mine, theirs, **(map_tol if mine.dim() == 4 else SUM_TOL),
                                        msg=lambda m, index=index: f"output {index}: {m}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the interpreter's 0 * inf
+@pytest.mark.parametrize("pool", [(2, 2), (1, 1)], ids=str)
+def test_non_finite_values_pass_as_in_the_reference(tail, kernel_device, pool):
+    """A NaN or an infinity in a map reaches out as it does in the reference (torch.relu keeps NaN, and
+    nn.MaxPool2d lets a NaN take its window: the last NaN's position is the argmax): a diverging run is not
+    hidden from the loss's non-finite watch. The backward routes nothing through a NaN window (NaN > 0 is false)."""
+    ops = _operands((3, 7, 11, 9), kernel_device, True, torch.channels_last)
+    flat = ops["main"].permute(0, 2, 3, 1).view(-1)   # the channels_last storage: each index one element
+    index = torch.randperm(flat.numel(), device=kernel_device)[:40]
+    flat[index[:30]] = float("nan")
+    flat[index[30:]] = torch.tensor([float("inf"), -float("inf")], device=kernel_device).repeat(5)
+    out, argmax = tail.block_tail_forward_triton(**ops, pool=pool)
+    expected, expected_argmax = ref.block_tail_forward(**ops, pool=pool)
+    assert expected.isnan().any() and expected.isinf().any()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0, equal_nan=True)
+    assert (argmax is None and expected_argmax is None) or torch.equal(argmax, expected_argmax)
+    d_out = torch.randn_like(expected)
+    got = tail.block_tail_backward_triton(d_out, expected_argmax, expected, **ops, pool=pool)
+    want = ref.block_tail_backward(d_out, expected_argmax, expected, **ops, pool=pool)
+    for index, (mine, theirs) in enumerate(zip(got, want)):
+        torch.testing.assert_close(mine, theirs, **SUM_TOL, equal_nan=True,
+                                   msg=lambda m, index=index: f"output {index}: {m}")

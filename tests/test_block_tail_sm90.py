@@ -34,7 +34,7 @@ REGISTERS = {
     # per thread, 8 channels of four BN vectors, three sums, d_out and argmax, and at pool (2, 2) four taps of
     # main and shortcut in flight: 128-130 registers, 3-4 programs (12-16 warps) per SM, still 48-64 KB of
     # loads in flight per SM, 3x what covers DRAM latency at 3.35 TB/s (~18 KB).
-    **{("block_tail_forward_kernel", *m): r for m, r in [((32, 400, 64), 72), ((64, 200, 32), 72),
+    **{("block_tail_forward_kernel", *m): r for m, r in [((32, 400, 64), 70), ((64, 200, 32), 70),
                                                          ((128, 100, 16), 56), ((256, 100, 8), 56),
                                                          ((256, 100, 4), 32), ((512, 100, 4), 32)]},
     **{("block_tail_backward_kernel", *m): r for m, r in [((32, 400, 64), 128), ((64, 200, 32), 130),
