@@ -1,10 +1,11 @@
 """kernels/block_tail.py against kernels/block_reference.py: the block tail's two Triton passes, under the
-interpreter on CPU (fp32) or on a GPU, at odd shapes.
+interpreter on CPU or on a GPU, at odd shapes: fp32 maps in both layouts (and mixed), tie-heavy inputs,
+NaN and infinity, and bf16 channels_last maps (the production dtype; see test_bf16_maps for its rounding).
 
 Exactness: out, argmax, d_main and d_short must EQUAL the reference's. The kernels make the same fp32
 operations in the same order ((shortcut * s_scale + s_shift) + (main * m_scale + m_shift), no fused
 multiply-add: the launcher turns contraction off; a gradient is one fp32 product d_out * scale),
-max is exact, and a later tap replaces the maximum only if strictly greater, as nn.MaxPool2d does.
+max is exact, and a later tap replaces the maximum only if strictly greater (or NaN), as nn.MaxPool2d does.
 The per-channel sums add the same fp32 terms in another order: rtol = atol = 1e-5 (at most 3 * 11 * 9
 terms of size ~1, fp32 epsilon 1.2e-7, so the two orders differ by ~1e-6; a wrong or missing term
 is off by ~0.1 or more).
