@@ -107,7 +107,7 @@ def unpool(d_out: torch.Tensor, argmax: torch.Tensor | None, out: torch.Tensor,
            shape: tuple[int, int, int, int], pool: tuple[int, int]) -> torch.Tensor:
     """dz in fp32 at the full (B, C, T, F) resolution: d_out at each window's argmax where out > 0 (the ReLU
     passed it), zero elsewhere (and in the rows and columns the pool dropped)."""
-    passed = d_out.float() * (out > 0)
+    passed = torch.where(out > 0, d_out.float(), 0.0)
     if pool == (1, 1):
         return passed
     pt, pf = pool
