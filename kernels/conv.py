@@ -106,10 +106,12 @@ def conv_gemm_kernel(
     """y[m, n] = sum_k A[m, k] W[k, n] over NHWC maps, x (M, C_IN) and y (M, C_OUT) rows, W (KS*KS*C_IN,
     C_OUT); the prologue and epilogue by the module docstring; scale/shift are per C_IN channel with
     PROLOGUE, per C_OUT channel with the activation-gradient epilogue; aux is that epilogue's x (M, C_OUT);
-    part (2, programs along M, C_OUT) fp32 gets this program's two column sums. Grid (cdiv(M, BLOCK_M),
-    cdiv(C_OUT, BLOCK_N))."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    part (2, cdiv(M, BLOCK_M), C_OUT) fp32 gets this program's two column sums. Grid (cdiv(M, BLOCK_M) *
+    N_TILES,): the N tiles of one M tile are neighbours in launch order, so they run together and the map
+    rows they share (and their halo) come from DRAM once and from L2 after that."""
+    N_TILES: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
+    pid_m = tl.program_id(0) // N_TILES
+    pid_n = tl.program_id(0) % N_TILES
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = offs_m < M
@@ -173,7 +175,7 @@ def conv_gemm_kernel(
     if EPILOGUE != 0:
         part = part_ptr + pid_m * C_OUT + offs_n
         tl.store(part, first, mask=n_ok)
-        tl.store(part + tl.num_programs(0) * C_OUT, second, mask=n_ok)
+        tl.store(part + tl.cdiv(M, BLOCK_M) * C_OUT, second, mask=n_ok)
 
 
 def _check(name: str, x: torch.Tensor, weight: torch.Tensor, scale, shift, channels: int) -> None:
@@ -202,15 +204,15 @@ def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scal
     batch, c_in, time, freq = source.shape
     m = batch * time * freq
     tiling = tiles(c_in, c_out, k, scale is not None)
-    grid = (triton.cdiv(m, tiling.block_m), triton.cdiv(c_out, tiling.block_n))
+    m_tiles = triton.cdiv(m, tiling.block_m)
     y = torch.empty((batch, c_out, time, freq), device=source.device, dtype=source.dtype,
                     memory_format=torch.channels_last)
-    part = torch.empty((2, grid[0], c_out) if epilogue else (0,), device=source.device, dtype=torch.float32)
+    part = torch.empty((2, m_tiles, c_out) if epilogue else (0,), device=source.device, dtype=torch.float32)
     vectors = [v.float().contiguous() if v is not None else part for v in (scale, shift)]
-    conv_gemm_kernel[grid](
+    conv_gemm_kernel[(m_tiles * triton.cdiv(c_out, tiling.block_n),)](
         source, matrix, *vectors, y, aux if aux is not None else y, part, m,
-        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k, PROLOGUE=scale is not None and
-        epilogue != EPILOGUE_ACTIVATION_GRAD, EPILOGUE=epilogue,
+        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k,
+        PROLOGUE=epilogue == EPILOGUE_STATISTICS and scale is not None, EPILOGUE=epilogue,
         PRECISION="ieee" if source.dtype == torch.float32 else "tf32",
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
         num_warps=tiling.num_warps, num_stages=tiling.num_stages,
