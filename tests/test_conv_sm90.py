@@ -80,6 +80,14 @@ def widths(llir, params):
                    "store_bytes": sorted({b // 8 for b in a.store_bits})} for name, a in access.items()}
 
 
+def l2_only(llir, params):
+    # Pointers loaded by cp.async.cg (L1 bypassed): the other loads are hidden, cg copies read as loads.
+    hidden = re.sub(r"\bld\.global", "ld.hidden", llir)
+    as_loads = re.sub(r"cp\.async\.cg\.shared\.global (\[[^\]]*\]), (\[[^\]]*\]), (0x[0-9a-f]+|\d+)",
+                      lambda m: f"ld.global.b{8 * int(m.group(3), 0)} {m.group(2)}", hidden)
+    return sorted(name for name, a in gpu_code._llir_accesses(as_loads, params).items() if a.load_bits)
+
+
 def passes(code):
     return {name: [a.load_passes, a.store_passes] for name, a in code.pointers.items()}
 
@@ -96,7 +104,8 @@ for launch, row in record():
         codes[key] = {"variant": launch.variant(), "registers": code.registers, "local": code.local_bytes,
                       "stack": code.stack_bytes, "shared": kernel.metadata.shared, "num_warps": code.num_warps,
                       "hgmma": sum(op.startswith("HGMMA") for op in opcodes),
-                      "pointers": widths(kernel.asm["llir"], params), "passes": passes(code)}
+                      "pointers": widths(kernel.asm["llir"], params), "passes": passes(code),
+                      "l2_only": l2_only(kernel.asm["llir"], params)}
     out.append(row | codes[key])
 print(json.dumps(out))
 """
@@ -193,6 +202,13 @@ def test_map_accesses_are_16_bytes_where_channels_are_multiples_of_8(launches):
         if "aux_ptr" in access and access["aux_ptr"]["load_bytes"] != [16]:
             narrow.append(f"{_name(row)}: activation loads {access['aux_ptr']['load_bytes']} B")
     assert not narrow, narrow
+
+
+def test_map_and_weight_loads_allocate_in_l1(launches):
+    # The k*k taps re-read map rows and every program re-reads the weight: none of those loads may be
+    # cp.async.cg (L2 only), or each tap costs a full map of L2 traffic.
+    bypassing = [f"{_name(row)}: {row['l2_only']}" for row in launches if {"x_ptr", "w_ptr"} & set(row["l2_only"])]
+    assert not bypassing, bypassing
 
 
 def test_grid_fills_the_sms_at_both_batches(launches):
