@@ -15,21 +15,28 @@ arranged once per call as a (K, N) matrix (rows tap-major, then input channel). 
   position, g = acc * (x*scale + shift > 0), store g*scale in grad's dtype, and the sums of g*x and g.
 
 The per-channel sums are per-M-tile partials, (2, cdiv(M, BLOCK_M), N) fp32, added by one torch sum,
-rather than tl.atomic_add into a zeroed buffer: one more launch (the atomic version needs a zeroing
-launch too, so the count is the same) but the sums are deterministic, run to run, and the partials
-are at most 1/32 of the map's bytes (BLOCK_M = 128 rows of N against 2 rows of N fp32).
+rather than tl.atomic_add into a zeroed buffer: the launch count is the same (the atomics need a zeroing
+launch), and the sums are deterministic run to run, at the price of partials of 1/32 of y's bytes
+(2 fp32 rows per 128 bf16 rows), written once and read once.
 
 Layout: channels_last is the production layout (bf16 under autocast, torch.compile). An NCHW map is
 converted once to channels_last on the way in and its outputs once back (block_reference's rule: outputs
 in the memory format of the map they are made from). Offsets are (m + dt*F + df) * C_IN + c with the
 channel counts, T and F compile-time constants, so where C_in and C_out are multiples of 8 Triton proves
-every map access 16-byte aligned (bf16). The k*k taps of a row tile re-read the same map rows (shifted by
-a position or a time row), and every program re-reads the whole weight: both loads ask for L1
-(cache_modifier ".ca", so Hopper's cp.async allocates in L1 instead of its default L2-only ".cg"), so the
-repeats come from L1 rather than costing 9x the map's bytes in L2 traffic (block 1's second conv: 3.8 GB
-of L2 reads at batch 256 without it, against a 0.84 GB DRAM floor). Input channels below 16 (block 1's first convolution, C_in = 1,
-K = 9) walk the flattened K axis instead, padded to BLOCK_K with masks. Launches are counted in
-kernels.common.LAUNCHES ("conv_forward", "conv_input_grad").
+every map access 16-byte aligned (bf16). Input channels below 16 (block 1's first convolution, C_in = 1,
+K = 9) walk the flattened K axis instead, padded to BLOCK_K with masks. The k*k taps of a row tile
+re-read the same map rows (shifted by a position or a time row) and every program re-reads the weight:
+both loads ask for L1 (cache_modifier ".ca": Hopper's cp.async then allocates in L1 instead of its
+L2-only ".cg"), so the repeats need not cost 9x the map in L2 traffic (block 1's second convolution:
+3.8 GB of L2 reads at batch 256 against a 0.84 GB DRAM floor). bf16 tiles feed wgmma; fp32 maps (the
+interpreter's tests, and the same tests on a GPU) use 3xTF32 products, within 1e-5 of fp32.
+
+Bytes at batch 256, bf16, with each map moved once from DRAM (tests/test_conv_sm90.py checks one pass
+per map), against the floor of reading the source (and the activation backward's x) and writing the
+output once: forward, all 21 convolutions of at-sca-3, 5.50 GB against 5.27 (1.04x: the partial sums
+and the weights); data gradients 6.46 GB against 6.37 (1.01x). Per layer 1.00-1.06x; block 1's first
+convolution and shortcut, whose 1-channel source is small beside the 32-channel output, are the 1.06.
+Launches are counted in kernels.common.LAUNCHES ("conv_forward", "conv_input_grad").
 """
 from dataclasses import dataclass
 
@@ -59,7 +66,8 @@ class ConvTiles:
     """The compile-time tiling of one convolution shape (`tiles` chooses it)."""
 
     block_m: int
-    """Output positions per program: 128, so that wgmma's M = 64 per warpgroup is filled twice."""
+    """Output positions per program: 128 in 16-bit maps, so that wgmma's M = 64 per warpgroup is filled
+    twice; 64 in fp32 maps (a test path: 3xTF32 products take three times the registers)."""
     block_n: int
     """Output channels per program: C_out rounded up to a power of two, 16 to 128 (to 64 where a
     prologue or the activation-backward epilogue holds more tiles in registers: at 128 x 128 the
@@ -75,12 +83,16 @@ class ConvTiles:
     """Software-pipelining depth of the K loop (shared memory: stages * (BM*BK + BK*BN) * 2 B <= 96 KB)."""
 
 
-def tiles(c_in: int, c_out: int, k: int, fused: bool) -> ConvTiles:
-    """The tiling rule for a k x k convolution from c_in to c_out channels, `fused` with a prologue or
-    the activation-backward epilogue (every at-sca-3 layer gets BLOCK_M = 128, so >= 200 programs at
-    batch 64 even at the 100 x 4 maps)."""
+def tiles(c_in: int, c_out: int, k: int, fused: bool, itemsize: int) -> ConvTiles:
+    """The tiling rule for a k x k convolution from c_in to c_out channels over a map of `itemsize`-byte
+    values, `fused` with a prologue or the activation-backward epilogue (every at-sca-3 layer in bf16
+    gets BLOCK_M = 128, so >= 400 programs at batch 64 even at the 100 x 4 maps)."""
     flat = c_in < FLAT_K_BELOW
     reduction = k * k * c_in if flat else c_in
+    if itemsize > 2:   # fp32: 64 x 32 tiles, 4 warps (128 x 64 spills up to 6.7 KB a thread on sm_90)
+        block_n = min(32, max(16, triton.next_power_of_2(c_out)))
+        block_k = min(32, max(16, triton.next_power_of_2(reduction)))
+        return ConvTiles(block_m=64, block_n=block_n, block_k=block_k, flat_k=flat, num_warps=4, num_stages=2)
     block_n = min(64 if fused else 128, max(16, triton.next_power_of_2(c_out)))
     block_k = min(64, max(16, triton.next_power_of_2(reduction)))
     num_warps = 8 if block_n >= 64 else 4
@@ -209,7 +221,7 @@ def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scal
     dtype, sums (2, c_out) fp32 or None)."""
     batch, c_in, time, freq = source.shape
     m = batch * time * freq
-    tiling = tiles(c_in, c_out, k, scale is not None)
+    tiling = tiles(c_in, c_out, k, scale is not None, source.element_size())
     m_tiles = triton.cdiv(m, tiling.block_m)
     y = torch.empty((batch, c_out, time, freq), device=source.device, dtype=source.dtype,
                     memory_format=torch.channels_last)
@@ -219,7 +231,7 @@ def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scal
         source, matrix, *vectors, y, aux if aux is not None else y, part, m,
         T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k,
         PROLOGUE=epilogue == EPILOGUE_STATISTICS and scale is not None, EPILOGUE=epilogue,
-        PRECISION="ieee" if source.dtype == torch.float32 else "tf32",
+        PRECISION="tf32x3" if source.dtype == torch.float32 else "tf32",
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
         num_warps=tiling.num_warps, num_stages=tiling.num_stages,
     )

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kernels import block_reference as ref
+from kernels import conv
 from kernels.common import LAUNCHES
 from kernels.conv import conv_forward_triton, conv_input_grad_triton
 
@@ -100,3 +101,24 @@ def test_bad_operands_are_refused_with_one_line(kernel_device):
         conv_forward_triton(x, torch.randn(4, 3, 3, 3), torch.ones(3))
     with pytest.raises(ValueError, match="must be the forward's input map"):
         conv_input_grad_triton(torch.randn(1, 4, 5, 7), torch.randn(4, 3, 3, 3), None, torch.ones(3), torch.ones(3))
+
+
+@pytest.mark.parametrize("prologue", [False, True], ids=["plain", "prologue"])
+@pytest.mark.parametrize("shape", [(1, 64, 130, 5, 7), (3, 1, 33, 5, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_bf16_tiling_matches_reference(kernel_device, monkeypatch, shape, prologue):
+    # The interpreter runs fp32 only, and fp32 maps get their own smaller tiles: here fp32 values go
+    # through the tiles a bf16 map gets (BLOCK_M 128, BLOCK_K 64 over whole channel steps at C_in = 64,
+    # BLOCK_N 128 or 64 with two N tiles at C_out = 130, the flattened K at C_in = 1), forward and back.
+    chosen = conv.tiles
+    monkeypatch.setattr(conv, "tiles", lambda c_in, c_out, k, fused, itemsize: chosen(c_in, c_out, k, fused, 2))
+    x, weight, scale, shift = _operands(shape, 3, prologue, torch.channels_last)
+    for mine, theirs in zip(conv_forward_triton(x, weight, scale, shift), ref.conv_forward(x, weight, scale, shift)):
+        torch.testing.assert_close(mine, theirs, **(MAP_TOL if mine.dim() == 4 else SUM_TOL))
+    grad = torch.randn(shape[0], shape[2], *shape[3:]).contiguous(memory_format=torch.channels_last)
+    got = conv_input_grad_triton(grad, weight, x, scale, shift)
+    expected = ref.conv_input_grad(grad, weight, x, scale, shift)
+    torch.testing.assert_close(got[0], expected[0], **MAP_TOL)
+    for mine, theirs in zip(got[1:], expected[1:]):
+        assert (mine is None) == (theirs is None) == (not prologue)
+        if prologue:
+            torch.testing.assert_close(mine, theirs, **SUM_TOL)
