@@ -26,8 +26,10 @@ SUM_DIMS = (0, 2, 3)
 
 
 def memory_format(template: torch.Tensor) -> torch.memory_format:
-    """channels_last for a map stored NHWC, else contiguous (one rule for every pass's outputs)."""
-    if not template.is_contiguous() and template.is_contiguous(memory_format=torch.channels_last):
+    """channels_last for a map stored NHWC, else contiguous (one rule for every pass's outputs). A one-channel
+    map is contiguous both ways; its channel stride tells them apart (1 when it was made channels_last)."""
+    if template.is_contiguous(memory_format=torch.channels_last) and (
+            not template.is_contiguous() or template.stride(1) < template.stride(2)):
         return torch.channels_last
     return torch.contiguous_format
 

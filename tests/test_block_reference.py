@@ -74,3 +74,13 @@ def test_tail_passes_match_autograd(pool, normalised_main):
     else:
         torch.testing.assert_close(grads[1], expected["m_scale"], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grads[2], expected["m_shift"], rtol=1e-5, atol=1e-5)
+
+
+def test_one_channel_map_keeps_its_layout():
+    """Block 1's input has one channel, contiguous in both layouts: its outputs follow the layout it was made in."""
+    x = torch.randn(2, 1, 5, 7)
+    weight = torch.randn(3, 1, 3, 3)
+    assert ref.conv_forward(x, weight)[0].is_contiguous()
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    y = ref.conv_forward(nhwc, weight)[0]
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
