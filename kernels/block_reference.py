@@ -27,9 +27,10 @@ SUM_DIMS = (0, 2, 3)
 
 def memory_format(template: torch.Tensor) -> torch.memory_format:
     """channels_last for a map stored NHWC, else contiguous (one rule for every pass's outputs). A one-channel
-    map is contiguous both ways; its channel stride tells them apart (1 when it was made channels_last)."""
+    map (block 1's input) is both, and torch keeps its strides whichever layout it is asked for: its outputs
+    are channels_last, the layout the Triton kernels compute in (an NCHW output would cost a conversion)."""
     if template.is_contiguous(memory_format=torch.channels_last) and (
-            not template.is_contiguous() or template.stride(1) < template.stride(2)):
+            not template.is_contiguous() or template.shape[1] == 1):
         return torch.channels_last
     return torch.contiguous_format
 

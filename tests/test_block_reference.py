@@ -76,11 +76,11 @@ def test_tail_passes_match_autograd(pool, normalised_main):
         torch.testing.assert_close(grads[2], expected["m_shift"], rtol=1e-5, atol=1e-5)
 
 
-def test_one_channel_map_keeps_its_layout():
-    """Block 1's input has one channel, contiguous in both layouts: its outputs follow the layout it was made in."""
-    x = torch.randn(2, 1, 5, 7)
+def test_one_channel_map_gives_channels_last_outputs():
+    """Block 1's input has one channel, contiguous in both layouts (torch keeps its strides either way): its
+    outputs are channels_last, the kernels' layout; a many-channel NCHW map keeps NCHW."""
     weight = torch.randn(3, 1, 3, 3)
-    assert ref.conv_forward(x, weight)[0].is_contiguous()
-    nhwc = x.contiguous(memory_format=torch.channels_last)
-    y = ref.conv_forward(nhwc, weight)[0]
-    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    for x in (torch.randn(2, 1, 5, 7), torch.randn(2, 1, 5, 7).contiguous(memory_format=torch.channels_last)):
+        y = ref.conv_forward(x, weight)[0]
+        assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    assert ref.conv_forward(torch.randn(2, 3, 5, 7), torch.randn(4, 3, 1, 1))[0].is_contiguous()
