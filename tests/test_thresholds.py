@@ -1,6 +1,7 @@
-"""Per-class event thresholds chosen on validation and the clip-probability gate: the choice on hand-made frame
-probabilities, the gate in `detect_events`, the thresholds' way from a checkpoint through OUT/pretrained to the
-Tagger, the localisation figures of a run's test record, and checkpoints written before thresholds were stored."""
+"""Per-class event settings chosen on validation and the clip-probability gate: the choice of thresholds on hand-made
+frame probabilities, the gate in `detect_events`, the settings' way from a checkpoint through OUT/pretrained to the
+Tagger, the localisation figures of a run's test record, and checkpoints written before settings were stored
+(train/postprocess.py's search itself: tests/test_postprocess.py)."""
 import json
 import re
 from dataclasses import asdict
@@ -12,7 +13,7 @@ import torch
 from fastsca import Tagger
 from fastsca.events import EventConfig, detect_events, stored_event_config
 from fastsca.hub import load_pretrained, main as hub_main, save_pretrained_from_checkpoint
-from train import checkpoint, evaluate, localisation
+from train import checkpoint, evaluate, localisation, postprocess
 from train.evaluate import summary_text
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -25,7 +26,7 @@ CLIP_FRAMES = 100
 def hand_made(rng: np.random.Generator, clips: int) -> tuple[np.ndarray, dict, list[str]]:
     """Frame probabilities of `clips` 10 s clips with one reference event of a, b and c each: a's events peak at
     0.35 and a false alarm elsewhere at 0.25 (best threshold 0.3); b's at 0.85 with false alarms at 0.65 (0.7 and
-    0.8 both perfect: the tie goes to the value nearer 0.5); c is never detected (no threshold of its own)."""
+    0.8 both perfect: the tie goes to the value nearer 0.5); c is never detected (no settings of its own)."""
     probs = np.full((clips, CLIP_FRAMES, 3), 0.01, dtype=np.float32)
     reference, ids = {}, [f"clip{i}" for i in range(clips)]
     for i, clip in enumerate(ids):
@@ -42,12 +43,16 @@ def hand_made(rng: np.random.Generator, clips: int) -> tuple[np.ndarray, dict, l
 def test_each_class_gets_its_best_threshold_on_hand_made_frames():
     rng = np.random.default_rng(59339)
     probs, reference, ids = hand_made(rng, int(rng.integers(3, 7)))
-    chosen = localisation.choose_thresholds(probs, None, ids, reference, ("a", "b", "c"), FRAME)
-    assert chosen == (("a", 0.3), ("b", 0.7))
+    chosen = postprocess.select_postprocessing(probs, None, ids, reference, ("a", "b", "c"), FRAME).events
+    assert chosen.class_thresholds == (("a", 0.3), ("b", 0.7))
+    # the other settings tie, and stay at the defaults
+    assert chosen == EventConfig(class_thresholds=chosen.class_thresholds,
+                                 **{field: ((name, value), ("b", value)) for field, name, value in [
+                                     ("class_hysteresis", "a", 0.6), ("class_median_seconds", "a", 0.3),
+                                     ("class_min_event_seconds", "a", 0.2), ("class_min_gap_seconds", "a", 0.2)]})
     # with them, every reference event of a and b is found and nothing else; at 0.5, a has no event and b's
     # false alarms halve its precision
-    scored = localisation.localisation_metrics(probs, ids, reference, ("a", "b", "c"), FRAME,
-                                               EventConfig(class_thresholds=chosen), quick=True)
+    scored = localisation.localisation_metrics(probs, ids, reference, ("a", "b", "c"), FRAME, chosen, quick=True)
     fixed = localisation.localisation_metrics(probs, ids, reference, ("a", "b", "c"), FRAME, quick=True)
     assert [scored.per_class[c]["event_f1"] for c in "abc"] == [1.0, 1.0, 0.0]
     # a class with reference events and no detection counts 0 in the macro F1 (it used to be left out)
@@ -79,10 +84,12 @@ def test_the_clip_gate_drops_events_of_classes_the_clip_is_not_tagged_with():
         EventConfig(clip_gate=1.5)
 
 
-def test_thresholds_go_from_checkpoint_through_the_model_folder_to_the_tagger(tmp_path):
+def test_settings_go_from_checkpoint_through_the_model_folder_to_the_tagger(tmp_path):
     rng = np.random.default_rng(35527)
-    events = EventConfig(class_thresholds=tuple((name, round(float(rng.uniform(0.1, 0.9)), 2))
-                                                for name in rng.permutation(LABELS)[:3]))
+    ranges = {"class_thresholds": (0.1, 0.9), "class_hysteresis": (0.3, 1.0), "class_median_seconds": (0.1, 0.9),
+              "class_min_event_seconds": (0.0, 1.0), "class_min_gap_seconds": (0.0, 0.5)}
+    events = EventConfig(**{field: tuple((str(name), round(float(rng.uniform(*span)), 2))
+                                         for name in rng.permutation(LABELS)[:3]) for field, span in ranges.items()})
     payload = tiny_payload(tiny_config())
     payload["config"]["events"] = json.loads(json.dumps(asdict(events)))   # as JSON would give it back
     path = tmp_path / "best.pt"
@@ -106,6 +113,23 @@ def test_a_checkpoint_without_thresholds_loads_with_the_defaults(tmp_path):
     assert load_pretrained(path).events == EventConfig()
     assert Tagger.from_pretrained(save_pretrained_from_checkpoint(path, tmp_path / "p")).events == EventConfig()
     assert stored_event_config({}) == EventConfig()
+
+
+def test_thresholds_stored_before_the_other_per_class_settings_load_with_the_defaults(tmp_path):
+    # the events dict and config.json as they were written when only onset thresholds were chosen per class
+    old = {"threshold": 0.5, "hysteresis": 0.6, "class_thresholds": [["drilling", 0.3]], "clip_gate": 0.3,
+           "median_seconds": 0.3, "min_event_seconds": 0.2, "min_gap_seconds": 0.2}
+    expected = EventConfig(class_thresholds=(("drilling", 0.3),))
+    assert stored_event_config({"events": old}) == expected
+    payload = tiny_payload(tiny_config())
+    payload["config"]["events"] = {**old, "class_thresholds": [[LABELS[1], 0.3]]}
+    checkpoint.save(tmp_path / "old.pt", payload)
+    folder = save_pretrained_from_checkpoint(tmp_path / "old.pt", tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    config["events"] = payload["config"]["events"]
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load_pretrained(folder).events == load_pretrained(tmp_path / "old.pt").events == EventConfig(
+        class_thresholds=((LABELS[1], 0.3),))
 
 
 def test_the_test_record_carries_localisation_with_best_pts_thresholds(full_run, tmp_path, capsys):
