@@ -2,9 +2,11 @@
 frame probabilities, the gate in `detect_events`, the settings' way from a checkpoint through OUT/pretrained to the
 Tagger, the localisation figures of a run's test record, and checkpoints written before settings were stored
 (train/postprocess.py's search itself: tests/test_postprocess.py)."""
+import csv
 import json
 import re
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from fastsca import Tagger
 from fastsca.events import EventConfig, detect_events, stored_event_config
 from fastsca.hub import load_pretrained, main as hub_main, save_pretrained_from_checkpoint
 from train import checkpoint, evaluate, localisation, postprocess
+from train.data import holdout
+from train.data.synth import SynthConfig, ensure_builtin
 from train.evaluate import summary_text
 
 from test_checkpoint import LABELS, tiny_config, tiny_payload
@@ -148,3 +152,65 @@ def test_the_test_record_carries_localisation_with_best_pts_thresholds(full_run,
                                                           ("psds1", "PSDS1"), ("psds2", "PSDS2"),
                                                           ("frame_ap", "frame AP")]} == \
         {name: test[name] for name in ("event_f1", "segment_f1", "psds1", "psds2", "frame_ap")}
+
+
+def test_evaluate_prints_each_classs_psds_beside_the_overall(full_run, tmp_path, capsys):
+    evaluate.main(["--checkpoint", str(full_run / "best.pt"), "--out", str(tmp_path), "--num-workers", "0"])
+    out = capsys.readouterr().out
+    rows = {row["name"]: row for row in csv.DictReader(open(tmp_path / "per_class_localisation.csv"))}
+    shown = {line.split()[0]: line.split()[1:] for line in out[out.index("per class "):].splitlines()[1:len(rows) + 1]}
+    assert set(shown) == set(rows) and len(rows) > 1
+    for name, row in rows.items():   # event F1, segment F1, PSDS1, PSDS2, frame AP as the CSV has them (4 digits)
+        assert [float(v) for v in shown[name][:5]] == [round(float(row[f]), 4) for f in
+                                                        ("event_f1", "segment_f1", "psds1", "psds2", "frame_ap")]
+    overall = next(line for line in out.splitlines() if line.startswith("overall "))
+    psds1 = re.search(r"^PSDS1\s+(\S+)", out, re.M).group(1)
+    assert overall.split()[3] == psds1
+    assert "event settings: stored with the model" in out
+
+
+def test_settings_are_chosen_on_the_validation_split_only(full_run, tmp_path, capsys, monkeypatch):
+    """train.run's stored settings are those chosen again on its validation split (whose clips, and only those,
+    the choice is given), and not those the test split would give."""
+    seen = []
+    choose = postprocess.select_postprocessing
+
+    def spy(frame_probs, clip_probs, clip_ids, *args, **kwargs):
+        seen.append(list(clip_ids))
+        return choose(frame_probs, clip_probs, clip_ids, *args, **kwargs)
+    monkeypatch.setattr(postprocess, "select_postprocessing", spy)
+    evaluate.main(["--checkpoint", str(full_run / "best.pt"), "--out", str(tmp_path), "--num-workers", "0",
+                   "--post-processing", "validation"])
+    out = capsys.readouterr().out
+    payload = torch.load(full_run / "best.pt", weights_only=True)
+    data = payload["config"]["data"]
+    train_path, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
+    validation = holdout.split_run(str(train_path), str(eval_path), data["validation_fraction"],
+                                   data["validation_max_clips"], data["loader"]["seed"], say=lambda text: None)[1]
+    names = localisation.split_reference(str(train_path))[0]
+    assert seen == [[names[i] for i in validation.clips]]
+    assert not set(seen[0]) & set(localisation.split_reference(str(eval_path))[0])
+    assert "event settings: chosen again on its run's validation split" in out
+    stored = stored_event_config(payload["config"])
+    trained = load_pretrained(full_run / "best.pt").trained
+    table = out.split("event settings: chosen again on its run's validation split\n")[1].splitlines()
+    chosen_rows = [line for line in table if line.split()[:1] and line.split()[0] in trained.label_names]
+    assert len(chosen_rows) == len(dict(stored.class_thresholds)) > 0   # one line per class with its own settings
+    assert all(re.search(r"  \d\.\d{3} -> \d\.\d{3}$", line) for line in chosen_rows)   # validation F1s
+    reselected = spy_result(trained, str(train_path), validation)
+    assert reselected == stored   # what train.run stored is the choice on its validation split ...
+    assert spy_result(trained, str(eval_path), None) != stored   # ... which the test split would not give
+
+
+def spy_result(trained, path: str, part) -> EventConfig:
+    """The settings chosen on a split's (or its part's) outputs."""
+    from train.data.loader import LoaderConfig, LogMelLoader
+    names, reference = localisation.split_reference(path)
+    frames: list = []
+    with LogMelLoader(part if part is not None else path, LoaderConfig(batch_size=64, sampler="sequential",
+                                                                       num_workers=0, drop_last=False),
+                      log_mel=trained.log_mel, device=torch.device("cpu")) as loader:
+        evaluate.evaluate(trained.model, loader, torch.device("cpu"), frames)
+    clips = [names[i] for i in part.clips] if part is not None else names
+    return postprocess.select_postprocessing(frames[0], frames[1], clips, reference, trained.label_names,
+                                             trained.log_mel.clip_seconds / frames[0].shape[1]).events

@@ -167,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "clips they cover, a clip's overlapping same-class events merged; a split packed with "
                              "strong labels is scored without it")
     parser.add_argument("--threshold", type=float,
-                        help="event onset threshold for every class when scoring localisation (default: the "
-                             "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
+                        help="event onset threshold for every class when scoring localisation, with the default "
+                             "filters (default: the checkpoint's per-class settings chosen on validation)")
     parser.add_argument("--post-processing", choices=POST_PROCESSING, default="stored",
                         help="event settings for localisation: 'stored' (the checkpoint's, chosen per class on its "
                              "run's validation split), 'validation' (chosen again there: a checkpoint of a run "
