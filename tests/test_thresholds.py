@@ -214,3 +214,34 @@ def spy_result(trained, path: str, part) -> EventConfig:
     clips = [names[i] for i in part.clips] if part is not None else names
     return postprocess.select_postprocessing(frames[0], frames[1], clips, reference, trained.label_names,
                                              trained.log_mel.clip_seconds / frames[0].shape[1]).events
+
+
+def test_a_run_chooses_on_its_validation_clips_and_prints_the_settings(tmp_path, builtin_dir, monkeypatch, capsys):
+    import train.run
+    from test_train_run import tiny_args
+    seen, chosen = [], []
+    choose = postprocess.select_postprocessing
+
+    def spy(frame_probs, clip_probs, clip_ids, *args, **kwargs):
+        seen.append(list(clip_ids))
+        chosen.append(choose(frame_probs, clip_probs, clip_ids, *args, **kwargs))
+        return chosen[-1]
+    monkeypatch.setattr(postprocess, "select_postprocessing", spy)
+    out = tmp_path / "short"
+    train.run.main(tiny_args(out, builtin_dir, 20, "--eval-every", "10"))
+    best = torch.load(out / "best.pt", weights_only=True)
+    data = best["config"]["data"]
+    train_path, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
+    validation = holdout.split_run(str(train_path), str(eval_path), data["validation_fraction"],
+                                   data["validation_max_clips"], data["loader"]["seed"], say=lambda text: None)[1]
+    names = localisation.split_reference(str(train_path))[0]
+    maps = [r["mAP"] for r in records(out, "val")]
+    better = [i for i, value in enumerate(maps) if value > max(maps[:i], default=-1.0)]
+    # one choice at each better evaluation, each on the validation clips in the loader's order, none of the test's
+    assert seen == [[names[i] for i in validation.clips]] * len(better)
+    assert not set(seen[0]) & set(localisation.split_reference(str(eval_path))[0])
+    stored = stored_event_config(best["config"])
+    assert chosen[-1].events == stored and stored.class_thresholds
+    printed = capsys.readouterr().out
+    assert ("event settings chosen per class on the validation split (stored in best.pt and the model folder):\n"
+            f"{postprocess.format_selection(stored, tuple(best['label_names']), chosen[-1])}\n") in printed

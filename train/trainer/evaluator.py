@@ -132,6 +132,7 @@ class Evaluator:
         if self.strong is not None and self.ctx.is_main:
             stored = stored_event_config(best["config"])
             selection = self.selection if self.selection is not None and self.selection.events == stored else None
-            tqdm.write(f"event settings chosen per class on the validation split (stored in best.pt):\n"
+            tqdm.write(f"event settings chosen per class on the validation split (stored in best.pt and the model "
+                       f"folder):\n"
                        f"{postprocess.format_selection(stored, self.label_names, selection)}")
         return test
