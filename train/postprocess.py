@@ -62,7 +62,7 @@ class _Class(NamedTuple):
     """One class's validation data, ready for the search."""
 
     probs: np.ndarray        # (N, T') frame probabilities of the scored clips
-    gated: np.ndarray        # (N,) clip probability, for the clip gate (ones without clip probabilities)
+    clip_prob: np.ndarray    # (N,) clip probability, for the clip gate (ones without clip probabilities)
     ref_clip: np.ndarray     # (R,) reference events: clip row, onset, offset, sorted by clip
     ref_onset: np.ndarray
     ref_offset: np.ndarray
@@ -114,7 +114,7 @@ class _Search:
     def score(self, setting: dict[str, float]) -> float:
         """Event F1 of the setting (keys: the fields of `ClassSettings`)."""
         gate = self.clip_gate if self.clip_gate is not None else setting["threshold"]
-        rows = np.flatnonzero(self.data.gated >= gate)
+        rows = np.flatnonzero(self.data.clip_prob >= gate)
         clip, start, stop = event_runs(self._smoothed(setting["median_seconds"])[rows], setting["threshold"],
                                        setting["threshold"] * setting["hysteresis"],
                                        int(round(setting["min_gap_seconds"] / self.frame_seconds)),
@@ -151,8 +151,8 @@ def _class_data(frame_probs: np.ndarray, clip_probs: np.ndarray | None, rows: li
     events = [(row, onset, offset) for row, i in enumerate(rows) for onset, offset, label in truth[clip_ids[i]]
               if label == name]
     ref = np.array(events, dtype=np.float64).reshape(-1, 3)
-    gated = np.ones(len(rows)) if clip_probs is None else clip_probs[rows, k].astype(np.float64)
-    return _Class(frame_probs[rows, :, k].astype(np.float32), gated, ref[:, 0].astype(np.int64), ref[:, 1],
+    clip_prob = np.ones(len(rows)) if clip_probs is None else clip_probs[rows, k].astype(np.float64)
+    return _Class(frame_probs[rows, :, k].astype(np.float32), clip_prob, ref[:, 0].astype(np.int64), ref[:, 1],
                   ref[:, 2])
 
 
@@ -175,11 +175,9 @@ def select_postprocessing(frame_probs: np.ndarray, clip_probs: np.ndarray | None
         global_values = {field: float(getattr(base, field)) for field in CLASS_FIELDS}
         before[name] = search.score(start)
         setting, after[name] = search.best(start, global_values)
-        if after[name] > 0:
+        if after[name] > 0:   # (0: no setting finds an event of the class; it keeps the global ones)
             for field, per_class in CLASS_FIELDS.items():
                 chosen[per_class].append((name, round(setting[field], 6)))
-        else:
-            setting, after[name] = start, before[name]
     return Selection(replace(base, **{field: tuple(pairs) for field, pairs in chosen.items()}), before, after)
 
 
