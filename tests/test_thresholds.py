@@ -245,3 +245,15 @@ def test_a_run_chooses_on_its_validation_clips_and_prints_the_settings(tmp_path,
     printed = capsys.readouterr().out
     assert ("event settings chosen per class on the validation split (stored in best.pt and the model folder):\n"
             f"{postprocess.format_selection(stored, tuple(best['label_names']), chosen[-1])}\n") in printed
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--post-processing", "defaults", "--threshold", "0.4"],
+     "error: --threshold sets the event settings, as --post-processing defaults does: give one of them"),
+    (["--post-processing", "validation"], "which does not name its run's data; give its best.pt")])
+def test_post_processing_that_cannot_be_used_is_one_line_exit_2(full_run, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(["--checkpoint", str(full_run / "pretrained"), "--out", str(tmp_path), "--num-workers", "0",
+                       *extra])
+    error = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and message in error and "\n" not in error
