@@ -250,12 +250,16 @@ def test_a_run_chooses_on_its_validation_clips_and_prints_the_settings(tmp_path,
 @pytest.mark.parametrize("extra, message", [
     (["--post-processing", "defaults", "--threshold", "0.4"],
      "error: --threshold sets the event settings, as --post-processing defaults does: give one of them"),
-    (["--post-processing", "validation"], "which does not name its run's data; give its best.pt")])
+    (["--post-processing", "validation"], "which does not name its run's data; give its best.pt"),
+    (["--post-processing", "validation", "--train-split"], "which holds the validation clips the settings would be "
+                                                           "chosen on; give another split")])
 def test_post_processing_that_cannot_be_used_is_one_line_exit_2(full_run, tmp_path, capsys, extra, message):
     data = torch.load(full_run / "best.pt", weights_only=True)["config"]["data"]
-    _, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
+    train_path, eval_path = ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))
+    model, split = ((full_run / "best.pt", train_path) if "--train-split" in extra else
+                    (full_run / "pretrained", eval_path))
     with pytest.raises(SystemExit) as stop:
-        evaluate.main(["--checkpoint", str(full_run / "pretrained"), "--data", str(eval_path), "--out", str(tmp_path),
-                       "--num-workers", "0", *extra])
+        evaluate.main(["--checkpoint", str(model), "--data", str(split), "--out", str(tmp_path), "--num-workers", "0",
+                       *[flag for flag in extra if flag != "--train-split"]])
     error = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and message in error and "\n" not in error

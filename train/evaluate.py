@@ -233,7 +233,8 @@ def load_model(reference: str, device: torch.device, threshold: float | None,
 def validation_selection(trained: TrainedModel, checkpoint_path: str, args: argparse.Namespace,
                          device: torch.device) -> postprocess.Selection:
     """The event settings chosen again on the validation split of the checkpoint's run (the clips train.run held
-    out of its training split, with their packed strong labels): never on the split being evaluated."""
+    out of its training split, with their packed strong labels): never on the split being evaluated (a --data
+    that holds those clips is refused)."""
     if "data" not in trained.configs:
         raise ValueError(f"--post-processing validation: {checkpoint_path} is a model folder or Hub id, which does "
                          f"not name its run's data; give its best.pt")
@@ -241,6 +242,10 @@ def validation_selection(trained: TrainedModel, checkpoint_path: str, args: argp
     paths = (data["train_path"], data["eval_path"])
     if data["train_path"] is None:
         paths = tuple(map(str, ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))))
+    if args.data is not None and data.get("fold") is None and Path(args.data).resolve() == Path(paths[0]).resolve():
+        raise ValueError(f"--post-processing validation: --data {args.data} is the training split of "
+                         f"{checkpoint_path}'s run, which holds the validation clips the settings would be chosen on; "
+                         f"give another split")
     _, validation, _ = holdout.split_run(paths[0], paths[1], data["validation_fraction"], data["validation_max_clips"],
                                          data["loader"]["seed"], data.get("fold"), say=lambda text: None)
     strong = localisation.reference_for_split(paths[0], None)
