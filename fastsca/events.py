@@ -7,8 +7,9 @@ does not end it); runs closer than `min_gap_seconds` are joined, and events shor
 `min_event_seconds` are dropped. An event's score is the largest raw frame probability inside it.
 Given the clip probabilities, events of a class whose clip probability is below its gate are dropped
 (`clip_gate`): a frame that peaks in a clip the model does not tag with that class is a false alarm.
-The onset thresholds may be chosen per class on a validation split (train.run stores them in the
-checkpoint's config, `stored_event_config` reads them back).
+Every setting may be chosen per class on a validation split (train/postprocess.py: the onset threshold,
+hysteresis, median filter, least event length and gap; train.run stores them in the checkpoint's config,
+`stored_event_config` reads them back); a class without a value of its own uses the global one.
 
 Layouts: AudioSet's strong labels (segment_id, start_time_seconds, end_time_seconds, label = the class
 mid), DCASE's (filename, onset, offset, event_label), and JSON. Reference events are read from any of
@@ -41,6 +42,26 @@ class Event(NamedTuple):
     score: float      # largest frame probability inside the event (1.0 for a reference event)
 
 
+class ClassSettings(NamedTuple):
+    """Each class's event settings, as (K,) arrays in class order."""
+
+    threshold: np.ndarray
+    hysteresis: np.ndarray
+    median_seconds: np.ndarray
+    min_event_seconds: np.ndarray
+    min_gap_seconds: np.ndarray
+
+
+# The per-class fields of EventConfig, by the global setting each overrides.
+CLASS_FIELDS = {"threshold": "class_thresholds", "hysteresis": "class_hysteresis",
+                "median_seconds": "class_median_seconds", "min_event_seconds": "class_min_event_seconds",
+                "min_gap_seconds": "class_min_gap_seconds"}
+# What each setting may be, checked on the global and the per-class values alike.
+VALID = {"threshold": ("in (0, 1)", lambda v: 0 < v < 1), "hysteresis": ("in (0, 1]", lambda v: 0 < v <= 1),
+         "median_seconds": (">= 0", lambda v: v >= 0), "min_event_seconds": (">= 0", lambda v: v >= 0),
+         "min_gap_seconds": (">= 0", lambda v: v >= 0)}
+
+
 @dataclass(frozen=True)
 class EventConfig:
     """How frame probabilities become events."""
@@ -61,28 +82,44 @@ class EventConfig:
     """Events shorter than this are dropped (after gaps are joined)."""
     min_gap_seconds: float = 0.2
     """Two events of a class closer than this are joined into one."""
+    class_hysteresis: tuple[tuple[str, float], ...] = ()
+    """Per-class (label, hysteresis) pairs, overriding `hysteresis` for those classes."""
+    class_median_seconds: tuple[tuple[str, float], ...] = ()
+    """Per-class (label, median filter seconds) pairs, overriding `median_seconds` (an event's typical length
+    differs by class)."""
+    class_min_event_seconds: tuple[tuple[str, float], ...] = ()
+    """Per-class (label, least event seconds) pairs, overriding `min_event_seconds`."""
+    class_min_gap_seconds: tuple[tuple[str, float], ...] = ()
+    """Per-class (label, least gap seconds) pairs, overriding `min_gap_seconds`."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not 0 < self.hysteresis <= 1:
-            raise ValueError(f"hysteresis must be in (0, 1], got {self.hysteresis}")
+        for name, per_class in CLASS_FIELDS.items():
+            rule, valid = VALID[name]
+            if not valid(getattr(self, name)):
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)}")
+            bad = [(label, v) for label, v in getattr(self, per_class) if not valid(v)]
+            if bad:
+                raise ValueError(f"{per_class}: {bad[0][1]} for {bad[0][0]!r} is not {rule}")
         if self.clip_gate is not None and not 0 <= self.clip_gate < 1:
             raise ValueError(f"clip_gate must be in [0, 1) or None, got {self.clip_gate}")
-        bad = [(name, t) for name, t in self.class_thresholds if not 0 < t < 1]
-        if bad:
-            raise ValueError(f"class threshold {bad[0][1]} for {bad[0][0]!r} is not in (0, 1)")
-        if min(self.median_seconds, self.min_event_seconds, self.min_gap_seconds) < 0:
-            raise ValueError("median_seconds, min_event_seconds and min_gap_seconds must be >= 0")
+
+    def per_class(self, label_names: tuple[str, ...]) -> ClassSettings:
+        """Each class's settings: its own where the config has one, else the global one; a per-class entry naming
+        no class is an error."""
+        values = {}
+        for name, per_class in CLASS_FIELDS.items():
+            overrides = dict(getattr(self, per_class))
+            unknown = sorted(set(overrides) - set(label_names))
+            if unknown:
+                raise ValueError(f"{per_class} names {unknown[0]!r}, which is not a class of the model "
+                                 f"({', '.join(label_names[:5])}{', ...' if len(label_names) > 5 else ''})")
+            values[name] = np.array([overrides.get(label, getattr(self, name)) for label in label_names],
+                                    dtype=np.float64)
+        return ClassSettings(**values)
 
     def onset_thresholds(self, label_names: tuple[str, ...]) -> np.ndarray:
         """(K,) onset threshold of each class; a per-class entry naming no class is an error."""
-        overrides = dict(self.class_thresholds)
-        unknown = sorted(set(overrides) - set(label_names))
-        if unknown:
-            raise ValueError(f"class threshold for {unknown[0]!r}, which is not a class of the model "
-                             f"({', '.join(label_names[:5])}{', ...' if len(label_names) > 5 else ''})")
-        return np.array([overrides.get(name, self.threshold) for name in label_names])
+        return self.per_class(label_names).threshold
 
     def gates(self, label_names: tuple[str, ...]) -> np.ndarray:
         """(K,) least clip probability of each class for its events to be kept."""
@@ -92,57 +129,82 @@ class EventConfig:
 
 
 def stored_event_config(configs: dict) -> EventConfig:
-    """The event settings a training checkpoint's config dict stores under "events" (per-class thresholds chosen
-    on its validation split); the defaults for a checkpoint without them (written before they were stored)."""
+    """The event settings a training checkpoint's config dict stores under "events" (chosen per class on its
+    validation split); the defaults for a checkpoint without them, and for the per-class settings a checkpoint
+    written before they were stored lacks."""
     values = configs.get("events") or {}
     known = {name: value for name, value in values.items() if name in EventConfig.__dataclass_fields__}
-    if "class_thresholds" in known:
-        known["class_thresholds"] = tuple((str(name), float(t)) for name, t in known["class_thresholds"])
+    for name in CLASS_FIELDS.values():
+        if name in known:
+            known[name] = tuple((str(label), float(v)) for label, v in known[name])
     return EventConfig(**known)
 
 
-def smooth(frame_probs: np.ndarray, frame_seconds: float, config: EventConfig) -> np.ndarray:
-    """(T, K) probabilities median-filtered over time with the config's filter (an odd number of frames)."""
-    width = int(round(config.median_seconds / frame_seconds)) | 1
-    if width <= 1:
-        return frame_probs
-    return median_filter(frame_probs, size=(width, 1), mode="nearest")
+def median_frames(seconds: float, frame_seconds: float) -> int:
+    """The median filter's length in frames for `seconds`: an odd number (1: no filtering)."""
+    return int(round(seconds / frame_seconds)) | 1
 
 
-def _runs(active: np.ndarray) -> np.ndarray:
-    """(R, 2) [start, stop) frame ranges of the True runs of a 1-D bool array."""
-    edges = np.diff(np.concatenate([[0], active.astype(np.int8), [0]]))
-    return np.stack([np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)], axis=1)
+def smooth(frame_probs: np.ndarray, frame_seconds: float, median_seconds: np.ndarray) -> np.ndarray:
+    """(T, K) probabilities, each class median-filtered over time with its own filter length (seconds, (K,))."""
+    widths = np.array([median_frames(s, frame_seconds) for s in median_seconds])
+    smoothed = frame_probs.copy()
+    for width in np.unique(widths[widths > 1]):
+        columns = np.flatnonzero(widths == width)
+        smoothed[:, columns] = median_filter(frame_probs[:, columns], size=(width, 1), mode="nearest")
+    return smoothed
+
+
+def event_runs(smoothed: np.ndarray, high: float, low: float, min_gap: int, min_length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The events of one class in (N, T) smoothed probabilities of N clips, as (clip, start, stop) arrays of
+    frame indices, sorted by clip then start: runs at or above `low` that reach `high` somewhere, runs of a clip
+    less than `min_gap` frames apart joined, then those shorter than `min_length` frames dropped."""
+    count, frames = smoothed.shape
+    # the clips end to end, each between zeros, so that no run crosses from one clip into the next
+    padded = np.zeros((count, frames + 2), dtype=np.int8)
+    padded[:, 1:-1] = smoothed >= low
+    edges = np.diff(padded.ravel())                                  # +1 where a run starts, -1 after it stops
+    at = np.flatnonzero(edges)
+    begin, end = at[edges[at] == 1] + 1, at[edges[at] == -1] + 1     # [begin, end) in the padded clips
+    highs = np.zeros((count, frames + 2), dtype=np.int32)
+    highs[:, 1:-1] = smoothed >= high
+    confident = np.concatenate([[0], np.cumsum(highs.ravel())])      # confident frames before each position
+    reaching = confident[end] > confident[begin]
+    begin, end = begin[reaching], end[reaching]
+    clip, start, stop = begin // (frames + 2), begin % (frames + 2) - 1, end % (frames + 2) - 1
+    opens = np.ones(len(clip), dtype=bool)                            # a run that starts a joined event
+    opens[1:] = (clip[1:] != clip[:-1]) | (start[1:] - stop[:-1] >= min_gap)
+    first = np.flatnonzero(opens)
+    last = np.append(first[1:], len(clip))[:len(first)] - 1          # (no run: none)
+    clip, start, stop = clip[first], start[first], stop[last]
+    kept = stop - start >= max(min_length, 1)
+    return clip[kept], start[kept], stop[kept]
 
 
 def detect_events(frame_probs: np.ndarray, frame_seconds: float, label_names: tuple[str, ...], file: str,
                   config: EventConfig = EventConfig(), start_seconds: float = 0.0,
                   clip_probs: np.ndarray | None = None) -> list[Event]:
     """Events in (T, K) frame probabilities, frame t covering [t, t + 1) x frame_seconds after
-    `start_seconds`, sorted by onset then label; with the (K,) `clip_probs` of the clip or file, only the
-    classes whose clip probability reaches their gate (`EventConfig.gates`) have events."""
+    `start_seconds`, sorted by onset then label, each class with its own settings (`EventConfig.per_class`);
+    with the (K,) `clip_probs` of the clip or file, only the classes whose clip probability reaches their gate
+    (`EventConfig.gates`) have events."""
     frame_probs = np.asarray(frame_probs, dtype=np.float32)
-    high = config.onset_thresholds(label_names)
+    settings = config.per_class(label_names)
     open_gate = (np.ones(len(label_names), dtype=bool) if clip_probs is None
                  else np.asarray(clip_probs) >= config.gates(label_names))
-    smoothed = smooth(frame_probs, frame_seconds, config)
-    min_gap = int(round(config.min_gap_seconds / frame_seconds))
-    min_length = int(round(config.min_event_seconds / frame_seconds))
+    smoothed = smooth(frame_probs, frame_seconds, settings.median_seconds)
     events = []
     for k, name in enumerate(label_names):
         if not open_gate[k]:
             continue
-        runs = _runs(smoothed[:, k] >= high[k] * config.hysteresis)
-        runs = [(a, b) for a, b in runs if smoothed[a:b, k].max() >= high[k]]
-        joined: list[list[int]] = []
-        for a, b in runs:
-            if joined and a - joined[-1][1] < min_gap:
-                joined[-1][1] = b
-            else:
-                joined.append([a, b])
+        _, starts, stops = event_runs(smoothed[None, :, k], settings.threshold[k],
+                                      settings.threshold[k] * settings.hysteresis[k],
+                                      int(round(settings.min_gap_seconds[k] / frame_seconds)),
+                                      int(round(settings.min_event_seconds[k] / frame_seconds)))
         events += [Event(file, round(float(start_seconds + a * frame_seconds), 6),
                          round(float(start_seconds + b * frame_seconds), 6), name, float(frame_probs[a:b, k].max()))
-                   for a, b in joined if b - a >= max(min_length, 1)]
+                   for a, b in zip(starts.tolist(), stops.tolist())]
     return sorted(events, key=lambda e: (e.onset, e.label))
 
 

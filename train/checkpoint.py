@@ -136,7 +136,7 @@ def make_payload(model: torch.nn.Module, optimiser: torch.optim.Optimizer,
     """The checkpoint dict; `model` is the plain module (not its compiled or DDP wrapper); loader and RNG
     states are one per rank; `epoch` (the loader's) is for reading only, the loader states hold it;
     `fingerprints` {"train": ..., "test": ...} are `data_fingerprint`s of the run's splits; `events` (an
-    EventConfig as a dict: the per-class thresholds chosen on validation) goes in as config["events"]."""
+    EventConfig as a dict: the per-class settings chosen on validation) goes in as config["events"]."""
     return {"format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
             "optimizer": optimiser.state_dict(),

@@ -6,10 +6,12 @@ excluded classes) and writes DIR/per_class_metrics.csv (name, AP, AUC, positives
 (fastsca/hub.py's `load_pretrained`); without --data it evaluates on the held-out split a checkpoint's run used. With
 strong labels (`--strong STRONG.tsv`, or packed into the split) it also scores localisation (event and
 segment F1, PSDS1, PSDS2, frame AP; train/localisation.py) into DIR/per_class_localisation.csv, on the
-clips that have strong labels, with the event thresholds the checkpoint stores (chosen per class on its
-run's validation split; 0.5 for a class without, or an older checkpoint); a fault there is one line after
-the clip metrics (exit 2). On a single-label
-split (every clip one positive class) the table adds top-1 accuracy.
+clips that have strong labels, each class's figures beside the overall ones, with the event settings the
+checkpoint stores (chosen per class on its run's validation split by train/postprocess.py; the defaults for a
+class without, or an older checkpoint); `--post-processing validation` chooses them again on the validation split
+of the checkpoint's run, `--post-processing defaults` uses the defaults, for comparison. A fault there is one
+line after the clip metrics (exit 2). On a single-label split (every clip one positive class) the table adds
+top-1 accuracy.
 """
 import argparse
 import csv
@@ -27,7 +29,7 @@ from fastsca.hub import load_pretrained
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.metrics import TaggingMetrics, tagging_metrics
 from fastsca.run_options import RunOptions, options_for_device
-from train import distributed, localisation
+from train import distributed, localisation, postprocess
 from train.data import holdout
 from train.cli import Limit, check_numbers
 from train.data.holdout import SubsetIndex
@@ -165,14 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                              "clips they cover, a clip's overlapping same-class events merged; a split packed with "
                              "strong labels is scored without it")
     parser.add_argument("--threshold", type=float,
-                        help="event onset threshold for every class when scoring localisation (default: the "
-                             "checkpoint's per-class thresholds chosen on validation, 0.5 for the others)")
+                        help="event onset threshold for every class when scoring localisation, with the default "
+                             "filters (default: the checkpoint's per-class settings chosen on validation)")
+    parser.add_argument("--post-processing", choices=POST_PROCESSING, default="stored",
+                        help="event settings for localisation: 'stored' (the checkpoint's, chosen per class on its "
+                             "run's validation split), 'validation' (chosen again there: a checkpoint of a run "
+                             "whose data has strong labels), 'defaults' (fastsca.events.EventConfig's) "
+                             "(default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a per_class_metrics.csv or per_class_localisation.csv in --out that "
                              "train.evaluate did not write (refused without it)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per batch (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: %(default)s)")
     return parser
+
+
+POST_PROCESSING = ("stored", "validation", "defaults")
+"""Where --post-processing takes the event settings from."""
 
 
 # The files train.evaluate writes in --out, each by the header row that marks it as one it wrote.
@@ -208,12 +219,46 @@ def default_out(reference: str) -> Path:
                      f"into: give --out DIR")
 
 
-def load_model(reference: str, device: torch.device, threshold: float | None) -> tuple[TrainedModel, EventConfig]:
+def load_model(reference: str, device: torch.device, threshold: float | None,
+               post_processing: str = "stored") -> tuple[TrainedModel, EventConfig]:
     """The model a reference names (best.pt, latest.pt, a model folder, a Hub id) and the event settings to score
-    with: --threshold for every class, else the per-class thresholds it stores."""
+    with: --threshold for every class, else the defaults for `post_processing` "defaults", else the per-class
+    settings it stores (for "validation" too, until `validation_selection` replaces them)."""
     pretrained = load_pretrained(reference, device)
-    events = EventConfig(threshold=threshold) if threshold is not None else pretrained.events
+    events = (EventConfig(threshold=threshold) if threshold is not None else
+              EventConfig() if post_processing == "defaults" else pretrained.events)
     return pretrained.trained, events
+
+
+def validation_selection(trained: TrainedModel, checkpoint_path: str, args: argparse.Namespace,
+                         device: torch.device) -> postprocess.Selection:
+    """The event settings chosen again on the validation split of the checkpoint's run (the clips train.run held
+    out of its training split, with their packed strong labels): never on the split being evaluated (a --data
+    that holds those clips is refused)."""
+    if "data" not in trained.configs:
+        raise ValueError(f"--post-processing validation: {checkpoint_path} is a model folder or Hub id, which does "
+                         f"not name its run's data; give its best.pt")
+    data = trained.configs["data"]
+    paths = (data["train_path"], data["eval_path"])
+    if data["train_path"] is None:
+        paths = tuple(map(str, ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))))
+    if args.data is not None and data.get("fold") is None and Path(args.data).resolve() == Path(paths[0]).resolve():
+        raise ValueError(f"--post-processing validation: --data {args.data} is the training split of "
+                         f"{checkpoint_path}'s run, which holds the validation clips the settings would be chosen on; "
+                         f"give another split")
+    _, validation, _ = holdout.split_run(paths[0], paths[1], data["validation_fraction"], data["validation_max_clips"],
+                                         data["loader"]["seed"], data.get("fold"), say=lambda text: None)
+    strong = localisation.reference_for_split(paths[0], None)
+    if strong is None:
+        raise ValueError(f"--post-processing validation: the training split {paths[0]} of {checkpoint_path}'s run "
+                         f"has no strong labels packed, so there is nothing to choose on")
+    config = LoaderConfig(batch_size=args.batch_size, sampler="sequential", num_workers=args.num_workers,
+                          drop_last=False)
+    frames: list = []
+    with LogMelLoader(validation, config, log_mel=trained.log_mel, device=device) as loader:
+        evaluate(trained.model, loader, device, frames)
+    return postprocess.select_postprocessing(frames[0], frames[1], [strong[0][i] for i in validation.clips], strong[1],
+                                             trained.label_names, trained.log_mel.clip_seconds / frames[0].shape[1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -223,16 +268,23 @@ def main(argv: list[str] | None = None) -> None:
         check_numbers(args, {"batch_size": Limit(1, 4096), "num_workers": Limit(0, 64, why="each is a process")})
         if args.threshold is not None and not 0 < args.threshold < 1:   # NaN too
             raise ValueError(f"--threshold {args.threshold}: give a probability between 0 and 1, exclusive")
+        if args.threshold is not None and args.post_processing != "stored":
+            raise ValueError(f"--threshold sets the event settings, as --post-processing {args.post_processing} "
+                             f"does: give one of them")
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        trained, events = load_model(args.checkpoint, device, args.threshold)
+        trained, events = load_model(args.checkpoint, device, args.threshold, args.post_processing)
         # checked before the work, so an unwritable --out never costs a whole evaluation
         out = ensure_writable(Path(args.out) if args.out else default_out(args.checkpoint))
         check_own_files(out, args.overwrite)
         data, source = (args.data, args.data) if args.data else run_eval_split(trained, args.checkpoint)
+        selection = (validation_selection(trained, args.checkpoint, args, device)
+                     if args.post_processing == "validation" else None)
+        events = events if selection is None else selection.events
         result = score(trained, events, data, source, args, device)
+        result.events, result.selection = events, selection
         # the tables first: a disk that fills up while a CSV is written still leaves the metrics on screen
         print_tables(trained, result, data, args)
         write_tables(out, trained, result)
@@ -261,6 +313,10 @@ class Scores:
     """What reading the strong labels found (skipped rows, unknown labels)."""
     localisation_error: str | None = None
     """Why localisation was not scored, reported after the clip metrics, which it never stops."""
+    events: EventConfig | None = None
+    """The event settings localisation was scored with."""
+    selection: postprocess.Selection | None = None
+    """Their choice on the run's validation split, with its F1s (--post-processing validation)."""
 
 
 def score(trained: TrainedModel, events: EventConfig, data: str, source, args: argparse.Namespace,
@@ -304,7 +360,12 @@ def print_tables(trained: TrainedModel, result: Scores, data: str, args: argpars
     if result.report is not None and result.report.describe():   # (when reading failed, the error line says why)
         print(f"note: strong labels {args.strong}: {result.report.describe()}", file=sys.stderr)
     if result.located is not None:
-        print(localisation.format_table(result.located), flush=True)
+        print(localisation.format_table(result.located))
+        print(localisation.format_per_class(result.located))
+        source = {"stored": "stored with the model", "defaults": "the defaults",
+                  "validation": "chosen again on its run's validation split"}[args.post_processing]
+        print(f"event settings: {source if args.threshold is None else f'--threshold {args.threshold:g}'}\n"
+              f"{postprocess.format_selection(result.events, trained.label_names, result.selection)}", flush=True)
 
 
 def write_tables(out: Path, trained: TrainedModel, result: Scores) -> None:

@@ -13,16 +13,18 @@ F1 and AP are macro averages over the classes that have at least one reference e
 the same classes. Only clips with strong labels (at least one reference event of a class) are scored: a
 clip nobody annotated is not an event-free clip. Reference events are cut to the clip and a clip's
 overlapping or touching events of one class are merged first (`fastsca.events.clean_events`).
-`choose_thresholds` picks each class's onset threshold on a validation split (best event F1 over
-0.1 ... 0.9), which train.run stores with best.pt. `split_reference` reads the strong labels packed into a
-split's shards; a strong-label TSV is read by
-`fastsca.events.read_reference` and matched to the clips by `match_reference`.
+The event settings are chosen per class on a validation split by train/postprocess.py (train.run stores
+them with best.pt). `split_reference` reads the strong labels packed into a split's shards; a strong-label TSV
+is read by `fastsca.events.read_reference` and matched to the clips by `match_reference`. `format_per_class`
+shows each class's figures: its PSDS is sed_scores_eval's single-class PSDS (the area under that class's own
+PSD-ROC, with cross-triggers from the other classes counted in scenario 2, without the spread-across-classes
+penalty alpha_st of the overall figure).
 """
 import csv
 import re
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -113,7 +115,7 @@ def score_events(detected: dict[str, list], reference: Reference, durations: dic
 
 
 @dataclass(frozen=True)
-class _Scored:
+class ScoredClips:
     """The clips with strong labels and their reference events, ready for scoring."""
 
     rows: list[int]
@@ -128,8 +130,8 @@ class _Scored:
     """Seconds of each scored clip."""
 
 
-def _scored(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference, label_names: tuple[str, ...],
-            frame_seconds: float) -> _Scored:
+def scored_clips(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference, label_names: tuple[str, ...],
+                 frame_seconds: float) -> ScoredClips:
     """What to score: clips without reference events (of a class in `label_names`, inside the clip) left out."""
     duration = frame_probs.shape[1] * frame_seconds
     reference = {clip: clean_events([e for e in reference.get(clip, ()) if e[2] in label_names], duration)
@@ -144,7 +146,7 @@ def _scored(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference, 
             counts[label] += 1
     classes = [name for name in label_names if counts[name]]
     truth = {clip_ids[i]: [e for e in reference[clip_ids[i]] if e[2] in classes] for i in rows}
-    return _Scored(rows, classes, counts, truth, {clip_ids[i]: duration for i in rows})
+    return ScoredClips(rows, classes, counts, truth, {clip_ids[i]: duration for i in rows})
 
 
 def _detected(frame_probs: np.ndarray, clip_probs: np.ndarray | None, clip_ids: list[str], rows: list[int],
@@ -157,34 +159,6 @@ def _detected(frame_probs: np.ndarray, clip_probs: np.ndarray | None, clip_ids: 
             for i in rows}
 
 
-THRESHOLD_GRID = tuple(round(0.1 * i, 1) for i in range(1, 10))
-"""Onset thresholds tried for each class on the validation split: 0.1, 0.2, ..., 0.9."""
-
-
-def choose_thresholds(frame_probs: np.ndarray, clip_probs: np.ndarray | None, clip_ids: list[str],
-                      reference: Reference, label_names: tuple[str, ...], frame_seconds: float,
-                      events: EventConfig = EventConfig(), grid: tuple[float, ...] = THRESHOLD_GRID
-                      ) -> tuple[tuple[str, float], ...]:
-    """Each class's onset threshold from `grid` that maximises its event-based F1 on these clips (a class's
-    events depend on its own threshold only, so one detection per grid value scores every class); ties go to
-    the value nearest `events.threshold`, then the lower. Classes without reference events, or whose F1 is 0
-    at every value, get none (they keep `events.threshold`). As (label, threshold) pairs for
-    `EventConfig.class_thresholds`, in class order."""
-    scored = _scored(frame_probs, clip_ids, reference, label_names, frame_seconds)
-    f1 = {}
-    for value in grid:
-        config = replace(events, threshold=value, class_thresholds=())
-        detected = _detected(frame_probs, clip_probs, clip_ids, scored.rows, label_names, frame_seconds, config)
-        f1[value] = score_events(detected, scored.truth, scored.durations, scored.classes, segments=False)[0]
-    chosen = []
-    for name in scored.classes:
-        candidates = [(f1[v][name], -abs(v - events.threshold), -v) for v in grid if not np.isnan(f1[v][name])]
-        best = max(candidates, default=(0.0, 0.0, 0.0))
-        if best[0] > 0:
-            chosen.append((name, -best[2]))
-    return tuple(chosen)
-
-
 def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference: Reference,
                          label_names: tuple[str, ...], frame_seconds: float,
                          events: EventConfig = EventConfig(), quick: bool = False,
@@ -194,7 +168,7 @@ def localisation_metrics(frame_probs: np.ndarray, clip_ids: list[str], reference
     (`EventConfig.clip_gate`). `quick` (for evaluations during training) computes only the event F1 and PSDS1,
     the two cheapest that cover both views: PSDS2's cross-trigger search, the segment F1 and the frame AP take
     ~80 % of the time."""
-    scored = _scored(frame_probs, clip_ids, reference, label_names, frame_seconds)
+    scored = scored_clips(frame_probs, clip_ids, reference, label_names, frame_seconds)
     rows, classes, counts, truth, durations = (scored.rows, scored.classes, scored.counts, scored.truth,
                                                scored.durations)
     columns = [label_names.index(name) for name in classes]
@@ -296,6 +270,21 @@ def format_table(metrics: LocalisationMetrics) -> str:
                       f"labels are scored)"])
 
 
+def format_per_class(metrics: LocalisationMetrics) -> str:
+    """Each class's localisation figures beside the overall ones, one line per class with reference events: its
+    event F1, segment F1, single-class PSDS1 and PSDS2 (sed_scores_eval's: see the module's docstring), frame AP
+    and reference events; '-' where a figure is undefined or was not computed."""
+    def shown(value: float) -> str:
+        return f"{'-':>8}" if np.isnan(value) else f"{value:>8.4f}"
+    fields = ("event_f1", "segment_f1", "psds1", "psds2", "frame_ap")
+    lines = [f"{'per class':<24}{'event F1':>8}{'seg F1':>8}{'PSDS1':>8}{'PSDS2':>8}{'frame AP':>9}{'events':>8}"]
+    lines += [f"{name[:23]:<24}{''.join(shown(row[f]) for f in fields[:4])} {shown(row['frame_ap'])}"
+              f"{row['reference_events']:>8}" for name, row in metrics.per_class.items()]
+    lines.append(f"{'overall':<24}{''.join(shown(getattr(metrics, f)) for f in fields[:4])} "
+                 f"{shown(metrics.frame_ap)}  (macro F1 and AP; PSDS over all classes, alpha_st 1)")
+    return "\n".join(lines)
+
+
 def reference_for_split(data: str | Path, strong: str | Path | None, report: ReferenceReport | None = None
                         ) -> tuple[list[str], Reference] | None:
     """(clip names in split order, reference events by clip name) for evaluating `data`: from the TSV
@@ -347,20 +336,6 @@ def score_during_training(frames: list | None, strong: tuple[list[str], Referenc
         return {"localisation_error": fault_text(error)}
     return {**{k: round(v, 4) for k, v in metrics.summary().items()}, "localisation_clips": metrics.clips,
             "localisation_seconds": round(time.perf_counter() - start, 2)}
-
-
-def thresholds_during_training(frames: list, strong: tuple[list[str], Reference], label_names: tuple[str, ...],
-                               clip_seconds: float, world_size: int) -> EventConfig:
-    """The event settings to store with a model: per-class onset thresholds chosen on the validation split's
-    gathered outputs (`choose_thresholds`); the defaults when choosing fails (training goes on)."""
-    names, reference = strong
-    frame_probs, clip_probs = frames
-    clip_ids = [names[i] for i in gathered_order(len(names), world_size)]
-    try:
-        return EventConfig(class_thresholds=choose_thresholds(frame_probs, clip_probs, clip_ids, reference,
-                                                              label_names, clip_seconds / frame_probs.shape[1]))
-    except Exception:   # as in score_during_training: the fault is reported there, on the same outputs
-        return EventConfig()
 
 
 def fault_text(error: Exception) -> str:

@@ -3,7 +3,8 @@ it, early stopping, and the test split scored once at the end with best.pt.
 
 Validation is the split held out of the training data (train/data/holdout.py); best.pt follows its mAP (the latest
 evaluation where no class can be scored). Where the split carries strong labels, localisation is scored too and
-the per-class event thresholds are chosen on it at each better evaluation.
+the per-class event settings (train/postprocess.py) are chosen on it at each better evaluation, stored with best.pt
+and printed at the end of the run.
 """
 import sys
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from fastsca.events import EventConfig, stored_event_config
 from fastsca.run_options import RunOptions
-from train import distributed, localisation
+from train import distributed, localisation, postprocess
 from train.checkpoint import TrainState
 from train.config import RunConfig
 from train.evaluate import evaluate, summary_text
@@ -48,7 +49,9 @@ class Evaluator:
         self.label_names, self.clip_seconds, self.run, self.options = label_names, clip_seconds, run, options
         self.ctx, self.log = ctx, log
         self.events = events
-        """Per-class event thresholds chosen on validation at the best evaluation so far (stored with best.pt)."""
+        """Per-class event settings chosen on validation at the best evaluation so far (stored with best.pt)."""
+        self.selection: postprocess.Selection | None = None
+        """That choice and its validation F1 (None before one in this process: a resumed run keeps the stored)."""
         self.best_summary: dict = {}
         self.reported: set[str] = set()   # notes already printed (no scorable class, a localisation fault)
 
@@ -59,7 +62,7 @@ class Evaluator:
         return [] if strong is not None else None
 
     def validate(self, model: torch.nn.Module, state: TrainState) -> Validation:
-        """Evaluate `model` on the validation split; a better model updates `state`'s best and the thresholds."""
+        """Evaluate `model` on the validation split; a better model updates `state`'s best and the event settings."""
         distributed.broadcast_buffers(model)
         frames = self._frames(self.strong)
         metrics, clips = evaluate(model, self.validation_loader, self.ctx.device, frames, self.options)
@@ -73,8 +76,9 @@ class Evaluator:
             state.best_step, self.best_summary = state.step, summary
             state.best_map = summary["mAP"] if scorable else state.best_map
             if self.strong is not None and self.ctx.is_main:   # stored with best.pt
-                self.events = localisation.thresholds_during_training(frames, self.strong, self.label_names,
-                                                                      self.clip_seconds, self.ctx.world_size)
+                self.selection = postprocess.select_during_training(frames, self.strong, self.label_names,
+                                                                    self.clip_seconds, self.ctx.world_size)
+                self.events = self.selection.events if self.selection is not None else EventConfig()
         result = Validation(summary=summary, located=located, clips=clips, improved=improved)
         self._notes(result)
         return result
@@ -110,8 +114,8 @@ class Evaluator:
         return True
 
     def test(self, model: torch.nn.Module, best: dict, test_reference, state: TrainState) -> dict:
-        """best.pt's figures on the test split (all five localisation figures, with best.pt's thresholds, chosen
-        on validation: a test is scored once), logged as the 'test' line."""
+        """best.pt's figures on the test split (all five localisation figures, with best.pt's event settings, chosen
+        on validation: a test is scored once), logged as the 'test' line; the settings are printed."""
         model.load_state_dict(best["model"])
         distributed.broadcast_buffers(model)
         test_strong = distributed.gather_objects(test_reference)[0]   # every rank gathers frames, or none does
@@ -125,4 +129,10 @@ class Evaluator:
         test = {**metrics.summary(), **{k: v for k, v in located.items() if k != "localisation_error"}}
         self.log.write("test", state.step, **test, clips=clips, best_step=state.best_step,
                        validation_mAP=state.best_map if state.best_map >= 0 else None)
+        if self.strong is not None and self.ctx.is_main:
+            stored = stored_event_config(best["config"])
+            selection = self.selection if self.selection is not None and self.selection.events == stored else None
+            tqdm.write(f"event settings chosen per class on the validation split (stored in best.pt and the model "
+                       f"folder):\n"
+                       f"{postprocess.format_selection(stored, self.label_names, selection)}")
         return test
