@@ -122,8 +122,9 @@ def model_card(trained: TrainedModel, events: EventConfig, facts: TrainingFacts)
              "## Limitations", "",
              "- Trained from clip-level (weak) labels: event times come from frame probabilities at 10 Hz and "
              "are approximate.",
-             f"- Events use the onset thresholds stored in config.json (default {events.threshold:g}, "
-             f"{len(events.class_thresholds)} chosen per class on validation) and a clip gate; they suit the "
+             f"- Events use the post-processing stored in config.json (onset threshold {events.threshold:g} by "
+             f"default; thresholds, hysteresis, median filter, minimum length and gap chosen on validation for "
+             f"{len(events.class_thresholds)} classes) and a clip gate; they suit the "
              f"training data's sounds and levels.",
              "- Only the classes listed in labels.csv; anything else is tagged as the nearest of them.", "",
              "## How to use", "", "```python", "import fastsca", "",

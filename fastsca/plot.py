@@ -163,7 +163,8 @@ def _probability_panel(ax: plt.Axes, tags: TagResult, trained: TrainedModel, nam
     source = "stored with the model" if stored else "used for the events"
     ax.set_title(f"({letter}) probability of each top class over time ({1 / tags.frame_seconds:g} per second); "
                  f"dashed: its onset threshold ({source}); an event is a stretch where the smoothed curve reaches it "
-                 f"and stays above {events.hysteresis:g} x it, in a class whose whole-clip probability reaches the "
+                 f"and stays above its hysteresis share of it ({events.hysteresis:g} unless chosen per class), in a class "
+                 f"whose whole-clip probability reaches the "
                  f"clip gate", loc="left", fontsize=9, wrap=True)
 
 

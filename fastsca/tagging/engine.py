@@ -38,7 +38,8 @@ from fastsca.tagging.stream import LogMelStream, WindowCutter, WindowPlan, audio
 # set about -45 dB, and exact zeros read the amin floor (-100 dB).
 SILENT_DB = -70.0
 # How far past a figure's end the frame probabilities are kept for its events: more than the median filter's
-# half-width and the gap joined (EventConfig: 0.15 s, 0.2 s), so the events drawn are those of the whole file.
+# half-width and the gap joined (train/postprocess.py's grid keeps half the median plus the gap at 0.95 s or less),
+# so the events drawn are those of the whole file.
 EVENT_REACH_SECONDS = 1.0
 
 

@@ -53,7 +53,7 @@ class Checkpointer:
 
     def resume(self) -> tuple[TrainState, EventConfig]:
         """Load latest.pt into the model, optimiser, scheduler, loader and RNGs, checked against this run's config
-        and data; the loop counters and the event thresholds chosen so far."""
+        and data; the loop counters and the event post-processing chosen so far on validation."""
         payload = checkpoint.load_for_resume(self.latest, self.config, self.fingerprints)
         if len(payload["loader"]) != self.ctx.world_size:
             raise CheckpointError(f"{self.latest} was written by {len(payload['loader'])} process(es) but this run "
