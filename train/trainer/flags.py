@@ -135,7 +135,8 @@ def _finetune_model(args: argparse.Namespace, init: finetune.InitModel, log_mel:
     finetune.check_model_flags(args.init, saved, {
         "--preset": ModelConfig.from_name(args.preset) if args.preset else None,
         "--channels": replace(saved, channels=args.channels) if args.channels else None,
-        "--pooling-plan": replace(saved, pools=POOLING_PLANS[args.pooling_plan]) if args.pooling_plan else None})
+        "--pooling-plan": replace(saved, pools=POOLING_PLANS[args.pooling_plan]) if args.pooling_plan else None,
+        "--pooling": replace(saved, pooling=args.pooling) if args.pooling else None})
     return finetune.finetune_model_config(saved, num_classes), saved_log_mel
 
 
