@@ -188,3 +188,10 @@ def test_a_run_on_data_with_strong_labels_trains_with_the_frame_loss(tmp_path, b
 def _records(out) -> list[dict]:
     from test_train_run import records
     return records(out, "train")
+
+
+def test_the_start_up_line_says_which_clips_the_frame_loss_sees_or_why_none():
+    from train.trainer.trainer import _frame_loss
+    assert _frame_loss(0.5, 37) == "frame loss x0.5 on the 37 training clips with strong labels"
+    assert _frame_loss(1.0, 0) == "no frame loss (no strong labels)"
+    assert _frame_loss(0.0, 0) == "no frame loss (--strong-loss-weight 0)"
