@@ -82,6 +82,11 @@ ARRANGEMENTS = ("none", *ATTENTION_ARRANGEMENTS)
 """A block's attention: none, or one of ATTENTION_ARRANGEMENTS."""
 
 
+POOLINGS = ("attention", "linear_softmax", "exp_softmax", "max", "average")
+"""The MIL pooling functions from frame to clip probabilities (fastsca/pooling.py): the paper's eq. 2 (attention)
+and the other four of TALNet's comparison."""
+
+
 def arrangement_of(name: str) -> Arrangement:
     """The arrangement called name; ValueError listing the valid names otherwise."""
     if name not in ATTENTION_ARRANGEMENTS:
@@ -126,6 +131,9 @@ class ModelConfig:
     """Channels between the two 5x5 convs of the global branch (not given in the paper)."""
     global_kernel_size: int = 5
     """Kernel size of the global branch's convs (eq. 5: 5x5)."""
+    pooling: str = "attention"
+    """The MIL pooling from frame to clip probabilities, one of POOLINGS: attention (eq. 2, every preset's),
+    linear_softmax, exp_softmax, max or average (fastsca/pooling.py). A checkpoint without it is attention."""
     pool_logit_clamp: float | None = None
     """None: eq. 2 exactly (a max-subtracted softmax needs no clamp). A number clamps the attention-pooling
     logits to +-it, only so that checkpoints trained that way (they stored 10.0) load as they were trained."""
@@ -142,6 +150,10 @@ class ModelConfig:
         if self.arrangement != "none" and arrangement_of(self.arrangement).spatial and not (
                 self.spatial_global or self.spatial_local):
             raise ValueError("spatial attention needs spatial_global or spatial_local (or both)")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.pool_logit_clamp is not None and self.pooling != "attention":
+            raise ValueError(f"pool_logit_clamp clamps attention pooling's logits; {self.pooling} pooling has none")
         if self.pool_logit_clamp is not None and not self.pool_logit_clamp > 0:
             raise ValueError(f"pool_logit_clamp must be None or > 0, got {self.pool_logit_clamp}")
         if self.rd_ratio < 1:

@@ -23,6 +23,12 @@ DEFAULT_CLASSES = {"cpu": BUILTIN_CLASSES, "gpu": AUDIOSET_CLASSES}
 """Classes K shown when --num-classes is not given: what the default CPU run trains (the built-in set), and the
 paper's model (AudioSet) for the gpu profile."""
 
+POOLING_ROW = "MIL pooling"
+"""The name of the table's last row, the pooling head."""
+POOLING_NAMES = {"attention": "eq. 2", "linear_softmax": "linear softmax", "exp_softmax": "exp softmax",
+                 "max": "max", "average": "average"}
+"""What the attention column shows for each ModelConfig.pooling (fastsca/pooling.py)."""
+
 
 @dataclass(frozen=True)
 class BlockReport:
@@ -66,8 +72,8 @@ def describe(preset: str | ModelConfig) -> list[BlockReport]:
             gflops=flops.get(f"ATSCA.blocks.{i}", 0) / 1e9,
         ))
     reports.append(BlockReport(
-        name="attention pooling",
-        attention="eq. 2",
+        name=POOLING_ROW,
+        attention=POOLING_NAMES[config.pooling],
         output_shape=tuple(output.clip.shape) + tuple(output.frame.shape),
         parameters=_parameter_count(model.pooling),
         attention_parameters=0,
@@ -80,10 +86,10 @@ def format_table(config: ModelConfig, reports: list[BlockReport]) -> str:
     """A plain-text table with totals."""
     header = f"{'layer':<18} {'attention':<16} {'output shape':<24} {'params':>12} {'attn params':>12} {'GFLOPs':>8}"
     lines = [f"AT-SCA preset {config.name!r}: input (1, 1, {config.input_frames}, {config.n_mels}), "
-             f"channels {','.join(map(str, config.channels))}, {config.num_classes} classes",
+             f"channels {','.join(map(str, config.channels))}, {config.num_classes} classes, {config.pooling} pooling",
              header, "-" * len(header)]
     for r in reports:
-        shape = "x".join(map(str, r.output_shape[1:])) if r.name != "attention pooling" else "clip K, frame T'xK"
+        shape = "x".join(map(str, r.output_shape[1:])) if r.name != POOLING_ROW else "clip K, frame T'xK"
         lines.append(f"{r.name:<18} {r.attention:<16} {shape:<24} {r.parameters:>12,} {r.attention_parameters:>12,} "
                      f"{r.gflops:>8.3f}")
     total = sum(r.parameters for r in reports)

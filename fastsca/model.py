@@ -1,4 +1,4 @@
-"""The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL attention pooling.
+"""The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL pooling (eq. 2 attention by default).
 
 `build_model(name_or_config, options)` makes any preset of fastsca.config, run as `options` say
 (fastsca/run_options.py: the fused attention ops or the reference). Input log-mel (B, 1, T, F) with
@@ -14,19 +14,19 @@ from torch import nn
 from fastsca.attention import build_attention
 from fastsca.backbone import ResidualBlock
 from fastsca.config import ModelConfig
-from fastsca.pooling import AttentionPooling
+from fastsca.pooling import build_pooling
 from fastsca.run_options import RunOptions
 
 
 class TaggingOutput(NamedTuple):
-    """What the model returns: the bag (clip) prediction of eq. 2 and its instance (frame) predictions."""
+    """What the model returns: the bag (clip) prediction of its MIL pooling (eq. 2) and its instance (frame) predictions."""
 
     clip: torch.Tensor    # (B, K)
     frame: torch.Tensor   # (B, T', K)
 
 
 class ATSCA(nn.Module):
-    """Residual CNN with attention in its last `attention_depth` blocks and attention pooling."""
+    """Residual CNN with attention in its last `attention_depth` blocks and MIL pooling (`config.pooling`)."""
 
     def __init__(self, config: ModelConfig, options: RunOptions = RunOptions()) -> None:
         super().__init__()
@@ -53,7 +53,7 @@ class ATSCA(nn.Module):
             blocks.append(ResidualBlock(in_channels, channels, attention, pool))
             in_channels = channels
         self.blocks = nn.Sequential(*blocks)
-        self.pooling = AttentionPooling(in_channels, config.num_classes, config.pool_logit_clamp)
+        self.pooling = build_pooling(config.pooling, in_channels, config.num_classes, config.pool_logit_clamp)
 
     def forward(self, log_mel: torch.Tensor) -> TaggingOutput:   # log_mel: (B, 1, T, F)
         x = self.input_norm(log_mel.transpose(1, 3)).transpose(1, 3)   # normalise each mel bin

@@ -112,8 +112,8 @@ def model_card(trained: TrainedModel, events: EventConfig, facts: TrainingFacts)
     lines = ["---", LIBRARY_LINE, "pipeline_tag: audio-classification",
              "tags: [audio-classification, audio-tagging, sound-event-detection, fastsca]", "---", "",
              f"# {config.name} (fastsca)", "",
-             f"AT-SCA audio tagging (residual CNN with spatial and channel-wise attention, attention pooling over "
-             f"time): {len(trained.label_names)} classes from {front_end.clip_samples / front_end.sample_rate:g} s "
+             f"AT-SCA audio tagging (residual CNN with spatial and channel-wise attention, "
+             f"{config.pooling.replace('_', ' ')} pooling over time): {len(trained.label_names)} classes from {front_end.clip_samples / front_end.sample_rate:g} s "
              f"windows of {front_end.sample_rate} Hz mono audio, clip and frame-level ({config.name}, "
              f"{sum(p.numel() for p in trained.model.parameters()):,} parameters, step {trained.step}).", "",
              "## Training data", "", *_data_lines(trained, facts), "",

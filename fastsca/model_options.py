@@ -1,13 +1,13 @@
 """The model flags shared by `python -m train.run` and `python -m fastsca.describe`.
 
-`add_model_options` gives both the same flags (--profile, --channels, --pooling-plan) and `model_config`
+`add_model_options` gives both the same flags (--profile, --channels, --pooling-plan, --pooling) and `model_config`
 turns them into the `ModelConfig` a run builds, so `describe` shows the very model a training run trains
 (how it runs, e.g. fused attention, is not the model: fastsca/run_options.py). The help texts read each profile's value from fastsca/profiles.py, so they never
 drift from it.
 """
 import argparse
 
-from fastsca.config import POOLING_PLANS, PRESETS, ModelConfig
+from fastsca.config import POOLING_PLANS, POOLINGS, PRESETS, ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.profiles import MODEL_PROFILES, PROFILE_NAMES, ModelProfile, profile_values
 
@@ -31,7 +31,7 @@ def channel_list(text: str) -> tuple[int, ...]:
 
 
 def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "auto") -> None:
-    """--profile, --channels and --pooling-plan, with the same meaning wherever they appear."""
+    """--profile, --channels, --pooling-plan and --pooling, with the same meaning wherever they appear."""
     parser.add_argument("--profile", choices=PROFILE_NAMES, default=profile_default,
                         help=f"hardware defaults (fastsca/profiles.py, train/profiles.py): cpu (narrow blocks, short "
                              f"built-in clips), gpu (the preset as it is, 10 s clips), auto (gpu where CUDA is "
@@ -45,6 +45,11 @@ def add_model_options(parser: argparse.ArgumentParser, profile_default: str = "a
                              + "; ".join(f"{name} {' '.join(f'{t}x{f}' for t, f in plan)}"
                                          for name, plan in POOLING_PLANS.items())
                              + f" (default: the preset's, {ModelConfig().pooling_plan})")
+    parser.add_argument("--pooling", choices=POOLINGS,
+                        help=f"the MIL pooling from frame to clip probabilities (fastsca/pooling.py): attention (the "
+                             f"paper's eq. 2), or TALNet's linear_softmax, exp_softmax, max, average; the frame "
+                             f"outputs are the same sigmoid probabilities in each (default: the preset's, "
+                             f"{ModelConfig().pooling})")
 
 
 def model_config(args: argparse.Namespace, preset: str, profile: ModelProfile, **fields) -> ModelConfig:
@@ -54,6 +59,8 @@ def model_config(args: argparse.Namespace, preset: str, profile: ModelProfile, *
                  **fields}
     if args.pooling_plan is not None:
         overrides["pools"] = POOLING_PLANS[args.pooling_plan]
+    if args.pooling is not None:
+        overrides["pooling"] = args.pooling
     return ModelConfig.from_name(preset, **overrides)
 
 

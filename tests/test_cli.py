@@ -207,11 +207,13 @@ def test_describe_cpu_profile_shows_what_the_default_run_trains(capsys):
     fastsca.describe.main(["at-sca-3", "--profile", "cpu"])
     header = capsys.readouterr().out.splitlines()[0]
     assert SynthConfig().n_classes == BUILTIN_CLASSES == 10   # the built-in set a run without --data trains
-    assert header.endswith(f"input (1, 1, 80, 64), channels 8,16,32,64,64,128,128, {BUILTIN_CLASSES} classes")
+    assert header.endswith(f"input (1, 1, 80, 64), channels 8,16,32,64,64,128,128, {BUILTIN_CLASSES} classes, "
+                           f"attention pooling")
     assert PROFILES["cpu"].clip_seconds == 2.0   # 80 frames: 2 s at 40 frames per second
     fastsca.describe.main(["at-sca-3"])   # the gpu profile: the paper's model, AudioSet's classes
     assert capsys.readouterr().out.splitlines()[0].endswith("input (1, 1, 400, 64), channels "
-                                                            "32,64,128,256,256,512,512, 527 classes")
+                                                            "32,64,128,256,256,512,512, 527 classes, "
+                                                            "attention pooling")
 
 
 def test_run_help_ends_with_examples(capsys):

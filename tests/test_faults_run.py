@@ -31,7 +31,7 @@ ACCEPTED = {("patience", "zero"), ("warmup_steps", "zero"), ("mixup_alpha", "zer
             ("grad_clip", "zero"), ("num_workers", "zero"), ("seed", "zero"), ("fold", "zero"),
             ("freeze_blocks", "zero"), ("backbone_lr_scale", "zero"), ("mixup_alpha", "huge"),
             ("grad_clip", "huge"), ("backbone_lr_scale", "huge"), ("checkpoint_minutes", "huge"),
-            ("warmup_clips", "zero")}
+            ("warmup_clips", "zero"), ("strong_loss_weight", "zero")}
 INTEGER_OPTIONS = {dest for dest in NUMBER_LIMITS
                    if isinstance(getattr(parse_args([f"--{dest.replace('_', '-')}", "1"]), dest), int)}
 
@@ -66,7 +66,8 @@ def test_every_numeric_option_at_its_extremes(dest, extreme, tmp_path, monkeypat
 @pytest.mark.slow
 @pytest.mark.parametrize("flags", [
     ("--patience", "0", "--warmup-steps", "0", "--weight-decay", "0", "--grad-clip", "0", "--num-workers", "0",
-     "--seed", "0", "--freeze-blocks", "0", "--backbone-lr-scale", "0", "--mixup-alpha", "0"),
+     "--seed", "0", "--freeze-blocks", "0", "--backbone-lr-scale", "0", "--mixup-alpha", "0",
+     "--strong-loss-weight", "0"),
     ("--mixup-alpha", "1e300", "--grad-clip", "1e300", "--checkpoint-minutes", "1e300", "--steps", str(2**62),
      "--eval-every", str(2**62), "--log-every", str(2**62), "--patience", str(2**62),
      "--validation-max-clips", str(2**62), "--seed", str(2**32 - 1)),

@@ -157,6 +157,7 @@ def test_init_takes_every_model_reference(kind, full_run, builtin_dir, tmp_path,
     (("--channels", "4,4,8,8,8,8,8"), "--channels asks for another model than --init"),
     (("--clip-seconds", "2"), "--clip-seconds 2: --init"),
     (("--pooling-plan", "six-pool"), "--pooling-plan asks for another model than --init"),
+    (("--pooling", "linear_softmax"), "--pooling asks for another model than --init"),
 ])
 def test_a_model_flag_that_disagrees_with_init_is_one_line(full_run, builtin_dir, tmp_path, flags, words, capsys):
     args = [a for a in tiny_args(tmp_path / "run", builtin_dir, 2) if a not in ("--channels", CHANNELS)]

@@ -54,7 +54,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with a linear warm-up and a cosine decay, and gradient clipping."""
+    """The objective's weights, AdamW with a linear warm-up and a cosine decay, and gradient clipping."""
 
     lr: float = 1e-3
     """Peak learning rate, reached at the end of the warm-up."""
@@ -70,14 +70,21 @@ class OptimConfig:
     """Global gradient-norm clip; 0 turns it off."""
     backbone_lr_scale: float = 1.0
     """The backbone's (everything but the pooling head's) learning rate is lr x this; below 1 when fine-tuning."""
+    strong_loss_weight: float = 1.0
+    """Weight of the frame BCE on the training clips with strong labels, added to the clip BCE on all clips
+    (train/loss.py); 0: the clip BCE alone. 1 as DCASE task 4's baselines (2021 on) add their strong and weak BCE
+    unweighted (`loss_strong + loss_weak` in DESED_task's sed_trainer.py). It applies only where the training
+    split has strong labels."""
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0 or self.backbone_lr_scale < 0:
-            raise ValueError("warmup_steps, weight_decay, grad_clip and backbone_lr_scale must be >= 0")
+        if min(self.warmup_steps, self.weight_decay, self.grad_clip, self.backbone_lr_scale,
+               self.strong_loss_weight) < 0:
+            raise ValueError("warmup_steps, weight_decay, grad_clip, backbone_lr_scale and strong_loss_weight must be "
+                             ">= 0")
         if self.lr * self.weight_decay >= 1:
             raise ValueError(f"--lr {self.lr:g} x --weight-decay {self.weight_decay:g} must be < 1 (AdamW multiplies "
                              f"every weight by 1 - lr x weight decay each step): lower --lr or --weight-decay")

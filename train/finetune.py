@@ -22,7 +22,7 @@ from fastsca.inference import CheckpointError
 HEAD_PREFIX = "pooling."
 # ModelConfig fields a preset does not fix (the data, the profile and the model flags set them), so --preset is
 # compared with a checkpoint on the others.
-NOT_PRESET_FIELDS = ("num_classes", "channels", "pools", "input_frames", "name")
+NOT_PRESET_FIELDS = ("num_classes", "channels", "pools", "pooling", "input_frames", "name")
 
 
 def is_head(name: str) -> bool:
@@ -56,12 +56,12 @@ def read_init(reference: str) -> InitModel:
 
 def check_model_flags(path: str, saved: ModelConfig, given: dict[str, ModelConfig | None]) -> None:
     """Raise ValueError (one line) if a model flag given with --init asks for another model than the
-    checkpoint's; `given` maps each flag given ("--preset", "--channels", "--pooling-plan") to the config it asks
+    checkpoint's; `given` maps each flag given ("--preset", "--channels", "--pooling-plan", "--pooling") to the config it asks
     for."""
     for flag, wanted in given.items():
         if wanted is None:
             continue
-        compared = {"--channels": ("channels",), "--pooling-plan": ("pools",)}.get(
+        compared = {"--channels": ("channels",), "--pooling-plan": ("pools",), "--pooling": ("pooling",)}.get(
             flag, tuple(f.name for f in fields(ModelConfig) if f.name not in NOT_PRESET_FIELDS))
         differing = [f"{name} {getattr(saved, name)!r} vs {getattr(wanted, name)!r}" for name in compared
                      if getattr(saved, name) != getattr(wanted, name)]

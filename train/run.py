@@ -135,6 +135,10 @@ def _add_schedule_options(parser: argparse.ArgumentParser) -> None:
     arg("--weight-decay", type=float, help="AdamW weight decay of weight matrices and conv kernels "
         f"(default: the profile's: {profile_defaults('weight_decay')})")
     arg("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0: off (default: %(default)s)")
+    arg("--strong-loss-weight", type=float,
+        help="weight of the frame-level BCE on the training clips with strong labels (packed with train.pack "
+             "--strong; every clip of the built-in set), added to the clip BCE on all clips; 0 turns it off "
+             "(default: 1, as DCASE task 4's baselines add their strong and weak BCE: train/config.py)")
     cadence = parser.add_mutually_exclusive_group()
     cadence.add_argument("--eval-every", type=int, help=f"steps between evaluations and checkpoints (default: the "
                          f"profile's: {profile_defaults('eval_every')})")

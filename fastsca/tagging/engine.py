@@ -12,9 +12,9 @@ probabilities grow with it (10 Hz x K x 4 bytes: 1.4 MB an hour for 10 classes, 
 figure's view keeps only its range's log-mel and attention maps, and embeddings (asked for) keep the
 (T', C) frame features.
 
-Embeddings: the frame embeddings are the head's frame features x_t (the input of eq. 2's pooling),
-stitched like the frame probabilities; the clip embedding is their mean weighted by eq. 2's attention
-over the whole file (`AttentionPooling.clip_embedding`), which for a file of one window is the model's
+Embeddings: the frame embeddings are the head's frame features x_t (the input of the MIL pooling, eq. 2's
+by default), stitched like the frame probabilities; the clip embedding is their mean weighted by the pooling's
+weights over the whole file (`MILPooling.clip_embedding`), which for a file of one window is the model's
 own weighting.
 """
 import math
@@ -202,7 +202,7 @@ class _WindowRunner:
         # file's header (grown if that under-counts), so no batch's output is kept alive and no final
         # concatenation doubles the peak
         self.frames = np.zeros((expected_frames, len(trained.label_names)), np.float32)
-        self.embeddings = (np.zeros((expected_frames, self.model.pooling.attention.in_features), np.float32)
+        self.embeddings = (np.zeros((expected_frames, self.model.pooling.tagging.in_features), np.float32)
                            if asked.embeddings else None)
         self.frame_limit = frame_limit            # output frames kept at most (None: all)
         self.maps: dict[str, list[np.ndarray]] = {name: [] for name in _spatial_modules(self.model)}
@@ -259,7 +259,7 @@ class _WindowRunner:
 
     @torch.inference_mode()
     def clip_embedding(self) -> np.ndarray:
-        """(C,) the stitched frame embeddings' mean weighted by eq. 2's attention over the whole file."""
+        """(C,) the stitched frame embeddings' mean weighted by the pooling's weights over the whole file."""
         x = torch.from_numpy(self.embeddings[: self.kept]).to(self.device)[None]   # (1, T', C)
         return self.model.pooling.clip_embedding(x)[0].float().cpu().numpy()
 

@@ -5,7 +5,7 @@ Random draws come from a numpy generator the caller seeds per batch (the loader 
 the draws are a few numbers per clip, moved to the device in one copy.
 
 Mixup (Zhang et al. 2018, as PANNs uses it) here keeps the batch size: clip i is mixed with clip
-perm[i] with its own lambda ~ Beta(alpha, alpha), targets alike. SpecAugment (Park et al. 2019)
+perm[i] with its own lambda ~ Beta(alpha, alpha), targets (and frame targets) alike. SpecAugment (Park et al. 2019)
 masks random time and frequency stripes; masked cells take the clip's mean log-mel, since the model's
 input BatchNorm comes after this and a 0 dB fill would be a loud artefact.
 """
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from train.data.frame_targets import StrongTargets
 
 
 @dataclass(frozen=True)
@@ -33,16 +35,32 @@ class SpecAugmentConfig:
             raise ValueError("SpecAugment mask counts and widths must be >= 0")
 
 
+def mixup_pairs(batch: int, alpha: float, rng: np.random.Generator,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each clip's lambda ~ Beta(alpha, alpha), (B,) float32, and its partner, (B,) int64."""
+    lam = torch.from_numpy(rng.beta(alpha, alpha, batch).astype(np.float32)).to(device)
+    partner = torch.from_numpy(rng.permutation(batch)).to(device)
+    return lam, partner
+
+
+def mix(x: torch.Tensor, lam: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """lam x + (1 - lam) x[partner] along the batch dimension of x (B, ...)."""
+    return torch.lerp(x[partner], x, lam.view(-1, *[1] * (x.dim() - 1)))
+
+
+def mix_strong(strong: StrongTargets, lam: torch.Tensor, partner: torch.Tensor) -> StrongTargets:
+    """The frame targets mixed as the clips are; a mixed clip has strong labels only where both of its clips have
+    (one clip's frames without the other's would be wrong wherever the other has an event)."""
+    return StrongTargets(mix(strong.frame, lam, partner), strong.strong * strong.strong[partner])
+
+
 def mixup(log_mel: torch.Tensor,
           target: torch.Tensor,
           alpha: float,
           rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Mix each clip with a random partner: log_mel (B, 1, T, F), target (B, K) -> same shapes."""
-    batch = log_mel.shape[0]
-    lam = torch.from_numpy(rng.beta(alpha, alpha, batch).astype(np.float32)).to(log_mel.device)
-    partner = torch.from_numpy(rng.permutation(batch)).to(log_mel.device)
-    mixed = torch.lerp(log_mel[partner], log_mel, lam.view(batch, 1, 1, 1))     # lam x + (1 - lam) x[perm]
-    return mixed, torch.lerp(target[partner], target, lam.view(batch, 1))
+    lam, partner = mixup_pairs(log_mel.shape[0], alpha, rng, log_mel.device)
+    return mix(log_mel, lam, partner), mix(target, lam, partner)
 
 
 def _stripes(rng: np.random.Generator, batch: int, count: int, max_width: int, size: int, device) -> torch.Tensor:

@@ -13,6 +13,7 @@ import signal
 
 import numpy as np
 
+from train.data.frame_targets import frame_targets
 from train.data.parent_death import die_with_parent
 from train.data.shards import ShardIndex
 
@@ -23,11 +24,14 @@ def order_path(order_prefix: str, dali_epoch: int) -> str:
 
 
 class ClipSource:
-    """source(sample_info) -> (waveform (clip_samples,) int16, target (K,) uint8); StopIteration past the end."""
+    """source(sample_info) -> (waveform (clip_samples,) int16, target (K,) uint8), with `frames` > 0 also the frame
+    targets (frames, K) uint8 and whether the clip has strong labels (1,) uint8 (train/data/frame_targets.py);
+    StopIteration past the end."""
 
-    def __init__(self, index: ShardIndex, order_prefix: str) -> None:
+    def __init__(self, index: ShardIndex, order_prefix: str, frames: int = 0) -> None:
         self.index = index
         self.order_prefix = order_prefix
+        self.frames = frames
         self._epoch = -1
         self._order = np.zeros(0, np.int64)
         self._parent_pid = os.getpid()   # the training process, which starts DALI's workers
@@ -42,10 +46,19 @@ class ClipSource:
         if os.getpid() != self._parent_pid:
             die_with_parent(self._parent_pid)
 
-    def __call__(self, sample_info) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, sample_info) -> tuple[np.ndarray, ...]:
         if sample_info.epoch_idx != self._epoch:
             self._order = np.load(order_path(self.order_prefix, sample_info.epoch_idx), mmap_mode="r")
             self._epoch = sample_info.epoch_idx
         if sample_info.idx_in_epoch >= len(self._order):
             raise StopIteration        # DALI prefetches past the end; it drops the batch this falls in
-        return self.index.read(int(self._order[sample_info.idx_in_epoch]))
+        clip = int(self._order[sample_info.idx_in_epoch])
+        waveform, target = self.index.read(clip)
+        if not self.frames:
+            return waveform, target
+        events = self.index.read_events(clip)
+        strong = np.array([events is not None], np.uint8)
+        clip_seconds = self.index.clip_samples / self.index.sample_rate
+        frame = frame_targets(events if events is not None else np.zeros((0, 3)), self.frames, clip_seconds,
+                              len(target))
+        return waveform, target, frame, strong

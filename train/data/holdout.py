@@ -93,6 +93,14 @@ class SubsetIndex:
         """Clip `index` of the subset: waveform (clip_samples,) int16 and target (K,) uint8."""
         return self.base.read(int(self.clips[index]))
 
+    def read_events(self, index: int) -> np.ndarray | None:
+        """Clip `index`'s strong events (n, 3), None where it has no strong labels (ShardIndex.read_events)."""
+        return self.base.read_events(int(self.clips[index]))
+
+    def strong_clips(self) -> np.ndarray:
+        """(num_clips,) bool: which clips of the subset have strong labels."""
+        return self.base.strong_clips()[self.clips]
+
     def class_members(self) -> list[np.ndarray]:
         """For each class, the sorted subset positions of the clips that carry it."""
         return [np.searchsorted(self.clips, m[np.isin(m, self.clips)]) for m in self.base.class_members()]

@@ -38,8 +38,9 @@ from nvidia.dali.tensors import TensorGPU
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from fastsca.frontend import LogMelConfig, hann_window
-from train.data.augment import SpecAugmentConfig, mixup, spec_augment
+from train.data.augment import SpecAugmentConfig, mix, mix_strong, mixup_pairs, spec_augment
 from train.data.dali_source import ClipSource, order_path
+from train.data.frame_targets import StrongTargets
 from train.data.sampler import SAMPLERS, ClipSampler
 from train.data.shards import ShardIndex
 
@@ -86,7 +87,9 @@ def _clip_length(samples: int, sample_rate: int) -> str:
     return f"{samples / sample_rate:g} s clips ({samples} samples at {sample_rate} Hz)"
 
 class LogMelLoader:
-    """Iterates (log_mel (B, 1, T, F) float32, target (B, K) float32) on `device`, one epoch a pass."""
+    """Iterates (log_mel (B, 1, T, F) float32, target (B, K) float32) on `device`, one epoch a pass; with
+    `strong_frames` > 0, (log_mel, target, StrongTargets) with the frame targets at that many frames a clip (the
+    model's output frames: train/data/frame_targets.py), mixed up with the clips."""
 
     def __init__(self,
                  data_path: str | Path | ShardIndex,
@@ -94,7 +97,8 @@ class LogMelLoader:
                  log_mel: LogMelConfig = LogMelConfig(),
                  device: torch.device = torch.device("cpu"),
                  rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1,
+                 strong_frames: int = 0) -> None:
         # or an opened index: a split, or part of one (train/data/holdout.py's SubsetIndex reads the same way)
         self.index = ShardIndex.open(data_path) if isinstance(data_path, (str, Path)) else data_path
         if (self.index.sample_rate, self.index.clip_samples) != (log_mel.sample_rate, log_mel.clip_samples):
@@ -104,6 +108,7 @@ class LogMelLoader:
                              f"train.run's --clip-seconds; packed AudioSet clips are 10 s at 16000 Hz)")
         self.config = config
         self.log_mel = log_mel
+        self.strong_frames = strong_frames
         self.device = torch.device(device)
         self.sampler = ClipSampler(config.sampler, self.index.num_clips, config.seed, rank, world_size,
                                    self.index.class_members() if config.sampler == "balanced" else None)
@@ -171,10 +176,11 @@ class LogMelLoader:
         with pipe:
             # Shared-memory slots sized for a whole sample up front, so DALI never has to grow them.
             parallel = {"parallel": True, "bytes_per_sample_hint": 2 * self.index.clip_samples
-                        + self.index.num_classes + 4096} if c.num_workers > 0 else {}
-            waveform, target = fn.external_source(
-                source=ClipSource(self.index, self._order_prefix), num_outputs=2, batch=False,
-                dtype=[types.INT16, types.UINT8], **parallel)
+                        + (self.strong_frames + 1) * self.index.num_classes + 4097} if c.num_workers > 0 else {}
+            outputs = 4 if self.strong_frames else 2
+            waveform, target, *strong = fn.external_source(
+                source=ClipSource(self.index, self._order_prefix, self.strong_frames), num_outputs=outputs,
+                batch=False, dtype=[types.INT16, *[types.UINT8] * (outputs - 1)], **parallel)
             if on_gpu:
                 waveform = waveform.gpu()
             waveform = fn.cast(waveform, dtype=types.FLOAT) * (1.0 / 32768.0)
@@ -185,7 +191,7 @@ class LogMelLoader:
                                      freq_high=lm.f_max, mel_formula="slaney", normalize=True)
             # reference=1.0: DALI's default reference is each clip's own maximum, librosa's is 1.
             db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=lm.cutoff_db)
-            pipe.set_outputs(db, target)
+            pipe.set_outputs(db, target, *strong)
         pipe.build()
         return pipe
 
@@ -237,28 +243,41 @@ class LogMelLoader:
             if this_pass != self._pass:
                 raise RuntimeError("this loader iterator was superseded by a newer pass over the loader")
             try:
-                db, target = self._pipe.run()
+                outputs = self._pipe.run()
             except Exception:
                 # a worker's ShardError arrives as a bare Exception holding its traceback's text; re-check
                 # here so the error is the one-line ShardError
                 self.index.check_unchanged()
                 raise
             real = min(c.batch_size, len(indices) - b * c.batch_size)
-            db = self._to_torch(db, torch.float32)                                       # (B, F, T + 1)
-            log_mel = db[:real, None, :, : self.log_mel.frames].transpose(2, 3).contiguous()   # (B, 1, T, F)
-            target = self._to_torch(target, torch.uint8)[:real].float()                  # (B, K)
-            rng = np.random.default_rng([c.seed, epoch, sampler.rank, first // c.batch_size + b])
-            if c.mixup_alpha > 0:
-                log_mel, target = mixup(log_mel, target, c.mixup_alpha, rng)
-            if c.spec_augment:
-                log_mel = spec_augment(log_mel, c.spec_augment_masks, rng)
+            batch = self._augmented(outputs, real,
+                                    np.random.default_rng([c.seed, epoch, sampler.rank, first // c.batch_size + b]))
             if b == n_batches - 1:
                 self._finish_dali_epoch()
                 self._mid_epoch = False
                 sampler.set_epoch(epoch + 1)
             else:
                 sampler.advance(real)
-            yield log_mel, target
+            yield batch
+
+    def _augmented(self, outputs: tuple, real: int, rng: np.random.Generator) -> tuple:
+        """The first `real` clips of a DALI batch in torch, mixed up and SpecAugmented as configured:
+        (log_mel, target), with (..., StrongTargets) where the loader reads frame targets."""
+        c = self.config
+        db = self._to_torch(outputs[0], torch.float32)                                  # (B, F, T + 1)
+        log_mel = db[:real, None, :, : self.log_mel.frames].transpose(2, 3).contiguous()   # (B, 1, T, F)
+        target = self._to_torch(outputs[1], torch.uint8)[:real].float()                # (B, K)
+        strong = None
+        if self.strong_frames:
+            strong = StrongTargets(self._to_torch(outputs[2], torch.uint8)[:real].float(),        # (B, T', K)
+                                   self._to_torch(outputs[3], torch.uint8)[:real, 0].float())    # (B,)
+        if c.mixup_alpha > 0:
+            lam, partner = mixup_pairs(real, c.mixup_alpha, rng, log_mel.device)
+            log_mel, target = mix(log_mel, lam, partner), mix(target, lam, partner)
+            strong = mix_strong(strong, lam, partner) if strong is not None else None
+        if c.spec_augment:
+            log_mel = spec_augment(log_mel, c.spec_augment_masks, rng)
+        return (log_mel, target) if strong is None else (log_mel, target, strong)
 
     def close(self) -> None:
         """Stop DALI's workers and remove the clip-order files."""

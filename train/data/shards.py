@@ -243,6 +243,7 @@ class ShardIndex:
     offsets: np.ndarray = field(init=False, repr=False, compare=False)
     """(num_shards + 1,) index of each shard's first clip, then num_clips."""
     _handles: dict = field(default_factory=dict, repr=False, compare=False)
+    _strong_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
@@ -324,6 +325,42 @@ class ShardIndex:
         row = index - int(self.offsets[shard])
         return waveform[row], target[row]
 
+    def _strong(self, shard: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """A shard's strong labels, read on first use in this process: (each event's row, sorted; events (M, 3) of
+        onset s, offset s, target column), None where it was packed without them."""
+        if shard not in self._strong_cache:
+            handle = self._open_handle(shard)
+            strong = None
+            if handle.attrs.get("has_strong", False):
+                rows = handle["strong_clip"][:]
+                order = np.argsort(rows, kind="stable")
+                events = np.stack([handle["strong_onset"][:], handle["strong_offset"][:],
+                                   handle["strong_label"][:]], axis=1).astype(np.float64)
+                strong = rows[order], events[order]
+            self._strong_cache[shard] = strong
+        return self._strong_cache[shard]
+
+    def read_events(self, index: int) -> np.ndarray | None:
+        """Clip `index`'s strong events, (n, 3) of onset s, offset s, target column; None where it has no strong
+        labels (its shard was packed without them, or they hold no event of it: nobody annotated the clip)."""
+        shard = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        strong = self._strong(shard)
+        if strong is None:
+            return None
+        rows, events = strong
+        row = index - int(self.offsets[shard])
+        first, last = np.searchsorted(rows, row, side="left"), np.searchsorted(rows, row, side="right")
+        return events[first:last] if last > first else None
+
+    def strong_clips(self) -> np.ndarray:
+        """(num_clips,) bool: which clips have strong labels (at least one event)."""
+        labelled = np.zeros(self.num_clips, bool)
+        for shard, first in enumerate(self.offsets[:-1]):
+            strong = self._strong(shard)
+            if strong is not None:
+                labelled[first + np.unique(strong[0])] = True
+        return labelled
+
     def class_members(self) -> list[np.ndarray]:
         """For each class, the sorted clip indices that carry it (read in chunks, never all targets at once)."""
         members: list[list[np.ndarray]] = [[] for _ in self.label_mids]
@@ -358,6 +395,7 @@ class ShardIndex:
         for handle, _, _ in self._handles.values():
             handle.close()
         self._handles.clear()
+        self._strong_cache.clear()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": {}, "_strong_cache": {}}

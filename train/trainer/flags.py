@@ -38,6 +38,8 @@ NUMBER_LIMITS: dict[str, Limit] = {
     "grad_clip": Limit(0), "eval_every": Limit(1), "log_every": Limit(1),
     "seed": Limit(0, 2**32 - 1, why="numpy's seeds"),
     "threads": Limit(1, 1024), "fold": Limit(0), "freeze_blocks": Limit(0, 7, why="the backbone has 7 blocks"),
+    "strong_loss_weight": Limit(0, 1000, why="beyond it the clip BCE has no say in the gradient (DCASE's baselines "
+                                            "weigh the two equally)"),
     "backbone_lr_scale": Limit(0), "clips": Limit(1), "eval_every_clips": Limit(1), "warmup_clips": Limit(0),
 }
 
@@ -69,6 +71,7 @@ def build_config(args: argparse.Namespace, profile: Profile, cuda: bool,
     data = data_config(args, profile, clip_seconds)
     optim = OptimConfig(lr=_pick(args.lr, profile.lr), warmup_steps=clip_schedule(args, profile, world_size)[2],
                         weight_decay=_pick(args.weight_decay, profile.weight_decay), grad_clip=args.grad_clip,
+                        strong_loss_weight=_pick(args.strong_loss_weight, OptimConfig().strong_loss_weight),
                         backbone_lr_scale=_pick(args.backbone_lr_scale, 1.0))
     paths = _data_paths(data)
     sample_rate, clip_samples, label_names = _data_header(*paths)
@@ -135,7 +138,8 @@ def _finetune_model(args: argparse.Namespace, init: finetune.InitModel, log_mel:
     finetune.check_model_flags(args.init, saved, {
         "--preset": ModelConfig.from_name(args.preset) if args.preset else None,
         "--channels": replace(saved, channels=args.channels) if args.channels else None,
-        "--pooling-plan": replace(saved, pools=POOLING_PLANS[args.pooling_plan]) if args.pooling_plan else None})
+        "--pooling-plan": replace(saved, pools=POOLING_PLANS[args.pooling_plan]) if args.pooling_plan else None,
+        "--pooling": replace(saved, pooling=args.pooling) if args.pooling else None})
     return finetune.finetune_model_config(saved, num_classes), saved_log_mel
 
 

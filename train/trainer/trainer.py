@@ -23,6 +23,7 @@ from fastsca.training_compile import compile_for_training
 from train import checkpoint, distributed, finetune, localisation
 from train.data import holdout
 from train.config import TrainConfig
+from train.data.frame_targets import StrongTargets
 from train.data.loader import LoaderConfig, LogMelLoader
 from train.metrics_log import MetricsLog
 from train.optim import build_optimiser, build_scheduler
@@ -93,12 +94,16 @@ class Trainer:
                                    num_workers=data.loader.num_workers, drop_last=False)
         self.parts = holdout.split_run(self.train_path, self.eval_path, data.validation_fraction,
                                        data.validation_max_clips, data.loader.seed, data.fold)
+        # the frame loss's clips: those of the training part with strong labels, none where its weight is 0
+        self.strong_clips = int(self.parts[0].strong_clips().sum()) if self.config.optim.strong_loss_weight else 0
+        frames = (self.config.model.output_frames if self.strong_clips else 0, 0, 0)
         # what the data is, whatever path names it: a resume compares these, not the paths
         self.fingerprints = {"train": checkpoint.data_fingerprint(self.train_path),
                              "test": checkpoint.data_fingerprint(self.eval_path or self.train_path)}
         self.train_loader, self.validation_loader, self.test_loader = (
-            self.exits.enter_context(LogMelLoader(part, loader_config, log_mel, ctx.device, ctx.rank, ctx.world_size))
-            for part, loader_config in zip(self.parts, (data.loader, eval_config, eval_config)))
+            self.exits.enter_context(LogMelLoader(part, loader_config, log_mel, ctx.device, ctx.rank, ctx.world_size,
+                                                  strong_frames))
+            for part, loader_config, strong_frames in zip(self.parts, (data.loader, eval_config, eval_config), frames))
         self.label_names = tuple(self.train_loader.label_names)
 
     def _build_model(self) -> None:
@@ -140,7 +145,7 @@ class Trainer:
             return
         print(describe_run(self.config, self.total_steps, self.ctx.world_size,
                            self.train_loader.num_clips + self.validation_loader.num_clips,
-                           self.validation_loader.num_clips), flush=True)
+                           self.validation_loader.num_clips, self.strong_clips), flush=True)
         if self.config.run.resume:
             print(f"resumed from {self.checkpointer.latest} at step {self.state.step}", flush=True)
         if self.started_from is not None:
@@ -160,8 +165,8 @@ class Trainer:
         stopping = interrupted or self.state.step >= self.total_steps
         self.model.train()
         while not stopping:
-            for log_mel, target in self.train_loader:
-                self.step(log_mel, target)
+            for batch in self.train_loader:   # (log_mel, target), and the frame targets where there is a frame loss
+                self.step(*batch)
                 if self.evaluator.due(self.state.step, self.total_steps):
                     self.validate()
                 if self.checkpointer.due(self.state.step):
@@ -175,11 +180,13 @@ class Trainer:
             return self.stopped()
         return self.finish()
 
-    def step(self, log_mel: torch.Tensor, target: torch.Tensor) -> None:
+    def step(self, log_mel: torch.Tensor, target: torch.Tensor, strong: StrongTargets | None = None) -> None:
         """One optimiser step, the schedule's step, and the progress (a 'train' line where one is due)."""
+        optim = self.config.optim
         try:
             loss = training_step(self.train_model, self.parameters, self.optimiser, log_mel, target,
-                                 self.config.optim.grad_clip, self.guard.watch, self.state.step + 1)
+                                 optim.grad_clip, self.guard.watch, self.state.step + 1, strong=strong,
+                                 strong_weight=optim.strong_loss_weight)
         except NonFiniteOutput:
             self.guard.check(self.state.step, weights=False)
             raise
@@ -241,25 +248,34 @@ def warmup_warning(config: TrainConfig, total_steps: int) -> str | None:
             f"{config.optim.lr * total_steps / warmup:.3g}); give fewer --warmup-steps or more --steps")
 
 
+def _frame_loss(weight: float, strong_clips: int) -> str:
+    """The frame loss in words: its weight and clips, or why there is none."""
+    if strong_clips:
+        return f"frame loss x{weight:g} on the {strong_clips} training clips with strong labels"
+    return "no frame loss (--strong-loss-weight 0)" if not weight else "no frame loss (no strong labels)"
+
+
 def _steps(count: int) -> str:
     return f"{count} step{'' if count == 1 else 's'}"
 
 
-def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: int, validation_clips: int) -> str:
-    """What was chosen, printed at the start."""
+def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: int, validation_clips: int,
+                 strong_clips: int) -> str:
+    """What was chosen, printed at the start; `strong_clips` are the training clips the frame loss sees."""
     m, d, o, r, x = config.model, config.data, config.optim, config.run, config.options
     source = (f"built-in set in {Path(d.builtin_dir).expanduser() / ('synth-' + d.builtin.cache_key())}"
               if d.train_path is None else d.train_path)
     return "\n".join([
         f"model {m.name!r}: channels {m.channels}, arrangement {m.arrangement} x{m.attention_depth}, "
         f"{m.num_classes} classes, input {m.input_frames}x{m.n_mels}, {m.pooling_plan} pooling plan "
-        f"({config.log_mel.clip_seconds:g} s clips), fused attention {x.fused_attention}",
+        f"({config.log_mel.clip_seconds:g} s clips), {m.pooling} MIL pooling, fused attention {x.fused_attention}",
         f"data: {source} ({clips} training clips, {validation_clips} of them held out for validation), "
         f"test {f'fold {d.fold} of {d.train_path}' if d.fold is not None else d.eval_path or 'built-in eval split'} "
         f"(evaluated once, at the end, with best.pt)",
         f"run: {total_steps} steps x {d.loader.batch_size} clips x {world_size} process(es), {d.loader.sampler} "
         f"sampler, AdamW lr {o.lr:g}{f' (backbone x{o.backbone_lr_scale:g})' if o.backbone_lr_scale != 1 else ''} "
-        f"(warm-up {o.warmup_steps}, cosine), eval every {r.eval_every}, "
+        f"(warm-up {o.warmup_steps}, cosine), {_frame_loss(o.strong_loss_weight, strong_clips)}, "
+        f"eval every {r.eval_every}, "
         f"compile {f'{x.compile_backend} (mode {x.compile_mode})' if x.compile else 'off'}, "
         f"{'channels_last' if x.channels_last else 'contiguous'} memory format, {torch.get_num_threads()} CPU "
         f"thread(s), out {r.out}",
