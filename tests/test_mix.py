@@ -13,6 +13,8 @@ import pytest
 import soundfile
 
 import train.run
+from train.config import DataConfig
+from train.data.shards import ShardIndex
 from train import mix, pack
 from train.data.soundscapes import BACKGROUND_RMS, Event, MixConfig, Plan, loop_to, render, trim_quiet
 
@@ -186,6 +188,22 @@ def test_train_run_trains_on_the_packed_soundscapes(mixed, tmp_path):
     latest = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert latest["kind"] == "test" and latest["clips"] == 4
     assert (out / "best.pt").is_file()
+
+
+def test_train_run_validates_on_the_mixed_validation_split(mixed, tmp_path):
+    """--validation-data: all of --data trains, the mix's own validation split (other recordings) validates."""
+    for command in pack_commands(mixed / "out")[:-1]:
+        pack_into(command, tmp_path)
+    out = tmp_path / "run"
+    train.run.main(["--data", str(tmp_path / "train"), "--eval-data", str(tmp_path / "test"), "--validation-data",
+                    str(tmp_path / "validation"), "--profile", "cpu", "--channels", "8,16,32,64,64,128,128",
+                    "--batch-size", "4", "--steps", "2", "--eval-every", "2", "--warmup-steps", "1",
+                    "--num-workers", "0", "--out", str(out)])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    validation_clips = ShardIndex.open(str(tmp_path / "validation")).num_clips
+    assert [line["clips"] for line in lines if line["kind"] == "val"] == [validation_clips]
+    with pytest.raises(ValueError, match="--validation-data replaces the validation clips"):
+        DataConfig(validation_path=str(tmp_path / "validation"))
 
 
 def test_missing_undecodable_repeated_and_multi_label_clips_are_skipped_and_reported(tmp_path, capsys):

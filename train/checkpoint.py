@@ -31,7 +31,7 @@ CONFIG_PARTS = ("model", "log_mel", "data", "optim", "run")
 SCHEDULE_FIELDS = (("optim", "lr"), ("optim", "warmup_steps"), ("optim", "min_lr_ratio"), ("run", "steps"),
                    ("run", "epochs"), ("optim", "backbone_lr_scale"), ("run", "freeze_blocks"))
 # DataConfig fields that name where the data is, not what it is: a resume compares the data's fingerprints instead.
-DATA_PATH_FIELDS = ("train_path", "eval_path", "builtin_dir")
+DATA_PATH_FIELDS = ("train_path", "eval_path", "validation_path", "builtin_dir")
 
 
 @dataclass
@@ -218,13 +218,18 @@ def _check_data(path: Path, payload: dict, config: TrainConfig, fingerprints: di
     saved, current = {**defaults, **payload["config"]["data"]}, config_dict(config)["data"]
     saved_prints = payload.get("data_fingerprints")
     ignored = DATA_PATH_FIELDS if saved_prints and fingerprints else ()   # older checkpoints: by path, as before
-    for split in ("train", "test") if ignored else ():
-        if saved_prints.get(split) != fingerprints[split]:
+    for split in sorted(set(saved_prints) | set(fingerprints)) if ignored else ():
+        if (split in saved_prints) != (split in fingerprints):
+            raise CheckpointError(f"{path} was trained {'with' if split in saved_prints else 'without'} a "
+                                  f"--{split}-data split of its own; resume with the data the run started on, or "
+                                  f"start a new run with another --out")
+        if saved_prints.get(split) != fingerprints.get(split):
             fold_or_train = split == "train" or config.data.fold is not None
-            where = config.data.train_path if fold_or_train else config.data.eval_path
+            where = {"validation": config.data.validation_path, "test": config.data.eval_path}.get(
+                split) if not fold_or_train else config.data.train_path
             raise CheckpointError(
                 f"{path} was trained on other data: the {split} split {where or 'of the built-in set'} holds "
-                f"{_fingerprint_difference(saved_prints.get(split) or {}, fingerprints[split])}; resume with the data "
+                f"{_fingerprint_difference(saved_prints.get(split) or {}, fingerprints.get(split) or {})}; resume with the data "
                 f"the run started on (under any path), or start a new run with another --out")
     saved, current = ({k: v for k, v in part.items() if k not in ignored} for part in (saved, current))
     if _without_execution(saved) != _without_execution(current):

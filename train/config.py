@@ -37,6 +37,10 @@ class DataConfig:
     fold: int | None = None
     """Cross-validation fold of train_path held out as the test split (train and validation come from the
     other folds); None: the test split is eval_path."""
+    validation_path: str | None = None
+    """Validation split of its own (model selection, early stopping, the event post-processing's choice), for
+    data whose clips share recordings, so that none is held out of train_path (train.mix's validation split);
+    None: held out of train_path (validation_fraction)."""
 
     def __post_init__(self) -> None:
         if self.fold is not None:
@@ -45,6 +49,9 @@ class DataConfig:
                                  "--eval-data")
         elif (self.train_path is None) != (self.eval_path is None):
             raise ValueError("give both --data and --eval-data, or neither (to use the built-in set)")
+        if self.validation_path is not None and (self.train_path is None or self.fold is not None):
+            raise ValueError("--validation-data replaces the validation clips held out of --data: give it with --data "
+                             "and --eval-data, not with the built-in set or --fold")
         if not 0 < self.validation_fraction < 1 or self.validation_max_clips < 1:
             raise ValueError(f"validation_fraction must be in (0, 1) and validation_max_clips >= 1, got "
                              f"{self.validation_fraction} and {self.validation_max_clips}")

@@ -242,13 +242,15 @@ def validation_selection(trained: TrainedModel, checkpoint_path: str, args: argp
     paths = (data["train_path"], data["eval_path"])
     if data["train_path"] is None:
         paths = tuple(map(str, ensure_builtin(Path(data["builtin_dir"]).expanduser(), SynthConfig(**data["builtin"]))))
-    if args.data is not None and data.get("fold") is None and Path(args.data).resolve() == Path(paths[0]).resolve():
-        raise ValueError(f"--post-processing validation: --data {args.data} is the training split of "
+    holder = data.get("validation_path") or paths[0]   # the split the validation clips come from
+    if args.data is not None and data.get("fold") is None and Path(args.data).resolve() == Path(holder).resolve():
+        raise ValueError(f"--post-processing validation: --data {args.data} is the validation or training split of "
                          f"{checkpoint_path}'s run, which holds the validation clips the settings would be chosen on; "
                          f"give another split")
     _, validation, _ = holdout.split_run(paths[0], paths[1], data["validation_fraction"], data["validation_max_clips"],
-                                         data["loader"]["seed"], data.get("fold"), say=lambda text: None)
-    strong = localisation.reference_for_split(paths[0], None)
+                                         data["loader"]["seed"], data.get("fold"), say=lambda text: None,
+                                         validation_path=data.get("validation_path"))
+    strong = localisation.reference_for_split(data.get("validation_path") or paths[0], None)
     if strong is None:
         raise ValueError(f"--post-processing validation: the training split {paths[0]} of {checkpoint_path}'s run "
                          f"has no strong labels packed, so there is nothing to choose on")

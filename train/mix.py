@@ -289,6 +289,8 @@ def follow_up(out: Path, report: dict) -> list[list[str]]:
     run = ["python", "-m", "train.run", "--data", str(packed / "train")]
     if "test" in report["splits"]:
         run += ["--eval-data", str(packed / "test")]
+        if "validation" in report["splits"]:   # its recordings are not in train's: model selection and post-processing
+            run += ["--validation-data", str(packed / "validation")]
     return commands + [run] * ("train" in report["splits"])
 
 

@@ -70,6 +70,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         help=preset_help() + f" (default: {DEFAULT_PRESET}; with --init, the checkpoint's)")
     arg("--data", help="training split: a shard .h5 or a folder with index.json (default: the built-in set)")
     arg("--eval-data", help="test split (with --data), evaluated once at the end with best.pt")
+    arg("--validation-data", help="validation split of its own for model selection and the event post-processing's "
+                                  "choice (e.g. train.mix's validation split, whose recordings are not in --data's); "
+                                  "default: clips held out of --data (--validation-fraction)")
     arg("--fold", type=int, help="hold fold K of --data out as the test split (instead of --eval-data); train and "
                                  "validation come from the other folds (see python -m train.folds)")
     arg("--init", metavar="MODEL", help="fine-tune: start from this trained model's weights, its model and front end "

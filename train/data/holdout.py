@@ -147,12 +147,17 @@ def foldless_note(index: ShardIndex, path: str) -> str:
 
 
 def split_run(path: str, eval_path: str, fraction: float, max_clips: int, seed: int, fold: int | None = None,
-              say=say_once) -> tuple[SubsetIndex, SubsetIndex, ShardIndex | SubsetIndex]:
+              say=say_once, validation_path: str | None = None) -> tuple[SubsetIndex, SubsetIndex, ShardIndex | SubsetIndex]:
     """A run's (train, validation, test) parts: validation held out of the training split at `path` (see
     `holdout_split`; whole recordings where it knows them) and test the split at `eval_path`, or with `fold`,
-    test that fold of `path` and train and validation from its other folds."""
+    test that fold of `path` and train and validation from its other folds; with `validation_path`, all of
+    `path` trains and that split validates."""
     index = ShardIndex.open(path)
     pool = np.arange(index.num_clips)
+    if validation_path is not None:
+        validation = ShardIndex.open(validation_path)
+        return (SubsetIndex(index, pool, path),
+                SubsetIndex(validation, np.arange(validation.num_clips), validation_path), ShardIndex.open(eval_path))
     test: ShardIndex | SubsetIndex
     if fold is None:
         test = ShardIndex.open(eval_path)

@@ -74,7 +74,7 @@ def build_config(args: argparse.Namespace, profile: Profile, cuda: bool,
                         strong_loss_weight=_pick(args.strong_loss_weight, OptimConfig().strong_loss_weight),
                         backbone_lr_scale=_pick(args.backbone_lr_scale, 1.0))
     paths = _data_paths(data)
-    sample_rate, clip_samples, label_names = _data_header(*paths)
+    sample_rate, clip_samples, label_names = _data_header(*paths, data.validation_path)
     log_mel = LogMelConfig(sample_rate=sample_rate, clip_samples=clip_samples)
     if init is None:
         model = model_config(args, preset, profile, num_classes=len(label_names), input_frames=log_mel.frames)
@@ -108,7 +108,7 @@ def data_config(args: argparse.Namespace, profile: Profile, clip_seconds: float)
     return DataConfig(train_path=args.data, eval_path=args.eval_data, builtin_dir=args.builtin_dir,
                       builtin=builtin, loader=loader, eval_batch_size=args.eval_batch_size,
                       validation_fraction=args.validation_fraction, validation_max_clips=args.validation_max_clips,
-                      fold=args.fold)
+                      fold=args.fold, validation_path=args.validation_data)
 
 
 def clip_schedule(args: argparse.Namespace, profile: Profile, world_size: int) -> tuple[int | None, int, int]:
@@ -152,11 +152,13 @@ def _data_paths(data: DataConfig) -> tuple[str, str | None]:
     return str(train_path), str(eval_path)
 
 
-def _data_header(train_path: str, eval_path: str | None) -> tuple[int, int, tuple[str, ...]]:
-    """Sample rate, clip length and label names of the training split (its eval split must agree)."""
+def _data_header(train_path: str, *held_out_paths: str | None) -> tuple[int, int, tuple[str, ...]]:
+    """Sample rate, clip length and label names of the training split (its test and validation splits must
+    agree)."""
     train = ShardIndex.open(train_path)
-    held_out = train if eval_path is None else ShardIndex.open(eval_path)
-    if train.label_names != held_out.label_names or train.clip_samples != held_out.clip_samples:
-        raise ValueError(f"{train_path} and {eval_path} have different labels or clip lengths; "
-                         f"evaluate on a split packed with the training split's label set")
+    for path in held_out_paths:
+        held_out = train if path is None else ShardIndex.open(path)
+        if train.label_names != held_out.label_names or train.clip_samples != held_out.clip_samples:
+            raise ValueError(f"{train_path} and {path} have different labels or clip lengths; "
+                             f"evaluate on a split packed with the training split's label set")
     return train.sample_rate, train.clip_samples, train.label_names

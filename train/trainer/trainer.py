@@ -93,13 +93,16 @@ class Trainer:
         eval_config = LoaderConfig(batch_size=data.eval_batch_size, sampler="sequential",
                                    num_workers=data.loader.num_workers, drop_last=False)
         self.parts = holdout.split_run(self.train_path, self.eval_path, data.validation_fraction,
-                                       data.validation_max_clips, data.loader.seed, data.fold)
+                                       data.validation_max_clips, data.loader.seed, data.fold,
+                                       validation_path=data.validation_path)
         # the frame loss's clips: those of the training part with strong labels, none where its weight is 0
         self.strong_clips = int(self.parts[0].strong_clips().sum()) if self.config.optim.strong_loss_weight else 0
         frames = (self.config.model.output_frames if self.strong_clips else 0, 0, 0)
         # what the data is, whatever path names it: a resume compares these, not the paths
         self.fingerprints = {"train": checkpoint.data_fingerprint(self.train_path),
                              "test": checkpoint.data_fingerprint(self.eval_path or self.train_path)}
+        if data.validation_path is not None:
+            self.fingerprints["validation"] = checkpoint.data_fingerprint(data.validation_path)
         self.train_loader, self.validation_loader, self.test_loader = (
             self.exits.enter_context(LogMelLoader(part, loader_config, log_mel, ctx.device, ctx.rank, ctx.world_size,
                                                   strong_frames))
@@ -136,7 +139,7 @@ class Trainer:
 
     def _validation_reference(self):
         """The validation clips' strong labels in the validation loader's order; None where none were packed."""
-        strong = localisation.reference_for_split(self.train_path, None)
+        strong = localisation.reference_for_split(self.config.data.validation_path or self.train_path, None)
         return None if strong is None else ([strong[0][i] for i in self.parts[1].clips], strong[1])
 
     def _announce(self) -> None:
