@@ -240,3 +240,176 @@ def test_compiled_fused_block_matches_eager(pool, attention):
         _assert_map(dx, expected_dx)
         _assert_grads({n.removeprefix("_orig_mod."): g for n, g in grads.items()}, expected_grads, set())
     _assert_buffers(fused, eager)
+
+
+# ---- the whole model ----
+
+WIDTHS = (3, 5, 8, 11, 13, 21, 37)
+"""Odd block widths (tests/test_production_path.py's): attention at blocks 5-7 on 7 x 4 maps."""
+MODEL = dict(channels=WIDTHS, input_frames=28, num_classes=7)
+LR, BATCH = 1e-3, 3
+ZERO_GRADIENT = {"pooling.attention.bias", "blocks.0.shortcut.0.weight"}
+"""Parameters whose gradient is 0 in exact arithmetic (tests/test_production_path.py's ZERO_GRADIENT)."""
+
+
+def _model(fused: bool, state: dict | None) -> torch.nn.Module:
+    options = RunOptions(fused_attention=fused, fused_backbone=fused)
+    model = build_model("at-sca-3", options, **MODEL)
+    if state is not None:
+        model.load_state_dict(state)
+    return model.to(memory_format=torch.channels_last).train()
+
+
+def _train(model, compiled: bool, bf16: bool, seed: int):
+    """STEPS AdamW steps as train.run takes them: (losses, the first step's gradients)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=LR)
+    step = torch.compile(model, fullgraph=True) if compiled else model
+    losses, first_grads = [], None
+    for _ in range(STEPS):
+        log_mel = torch.randn(BATCH, 1, MODEL["input_frames"], 64, generator=generator)
+        target = (torch.rand(BATCH, MODEL["num_classes"], generator=generator) > 0.5).float()
+        optimiser.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            out = step(log_mel.contiguous(memory_format=torch.channels_last))
+        loss = F.binary_cross_entropy(out.clip.float().clamp(1e-7, 1 - 1e-7), target)   # fp32 BCE, clamped as train.run
+        loss.backward()
+        if first_grads is None:
+            first_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        optimiser.step()
+        losses.append(loss.item())
+    return losses, first_grads
+
+
+@pytest.mark.slow
+def test_compiled_fused_model_tracks_the_reference():
+    """fp32: the compiled fused model (fused backbone and attention, channels_last, Inductor, fullgraph) against the
+    eager reference, test_production_path's tolerances: losses and running statistics within 1e-5, the first
+    step's gradients within 1e-4 of each tensor's largest entry, parameters after 3 AdamW steps within 0.1 lr
+    (AdamW moves an entry whose gradient is rounding noise by a noisy fraction of lr; a wrong gradient moves it by
+    ~lr a step), the ZERO_GRADIENT ones within 3 lr.
+    bf16 autocast: at batch 3 through seven small BatchNorms the eager bf16 reference's own gradients are 20-50 %
+    off its fp32 ones (measured, test_production_path), so the compiled fused bf16 model is held to being no
+    further from the fp32 gradients than the eager bf16 reference (relative L2 over all parameters, 1.5x + 0.05),
+    its losses and running statistics within 2e-2 of fp32 (bf16's 3.9e-3 relative rounding, through 7 blocks)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    reference = _model(False, None)
+    state = {k: v.clone() for k, v in reference.state_dict().items()}
+    fused = _model(True, state)
+    fused_losses, fused_grads = _train(fused, compiled=True, bf16=False, seed=1)
+    losses, grads = _train(reference, compiled=False, bf16=False, seed=1)
+    torch.testing.assert_close(fused_losses, losses, atol=1e-5, rtol=1e-5)
+    for name, expected in grads.items():
+        atol = 1e-4 * expected.abs().max().item() + (1e-6 if name in ZERO_GRADIENT else 0)
+        torch.testing.assert_close(fused_grads[name], expected, atol=atol, rtol=1e-4,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+    for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+        atol = STEPS * LR if name in ZERO_GRADIENT else 0.1 * LR
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+    for (name, expected), actual in zip(reference.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+    torch._dynamo.reset()
+    fp32 = _model(False, state)
+    fp32_losses, fp32_grads = _train(fp32, compiled=False, bf16=False, seed=2)
+    _, eager_grads = _train(_model(False, state), compiled=False, bf16=True, seed=2)
+    fused = _model(True, state)
+    fused_losses, fused_grads = _train(fused, compiled=True, bf16=True, seed=2)
+
+    def distance(grads):   # relative L2 distance of all gradients from the fp32 ones
+        num = sum(((grads[n] - g).float() ** 2).sum() for n, g in fp32_grads.items())
+        return (num / sum((g ** 2).sum() for g in fp32_grads.values())).sqrt().item()
+
+    torch.testing.assert_close(fused_losses, fp32_losses, atol=2e-2, rtol=0)
+    assert distance(fused_grads) <= 1.5 * distance(eager_grads) + 0.05
+    for (name, expected), actual in zip(fp32.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(actual.float(), expected.float(), atol=2e-2, rtol=2e-2,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_checkpoints_load_across_fused_and_reference(tmp_path):
+    torch.manual_seed(0)
+    fused = _model(True, None)
+    _train(fused, compiled=False, bf16=False, seed=3)   # running statistics and weights moved by the fused path
+    torch.save(fused.state_dict(), tmp_path / "fused.pt")
+    reference = _model(False, None)
+    assert [(k, v.shape) for k, v in reference.state_dict().items()] == \
+        [(k, v.shape) for k, v in fused.state_dict().items()]
+    reference.load_state_dict(torch.load(tmp_path / "fused.pt"))   # strict: the same keys
+    torch.save(reference.state_dict(), tmp_path / "reference.pt")
+    again = _model(True, None)
+    again.load_state_dict(torch.load(tmp_path / "reference.pt"))
+    log_mel = torch.randn(BATCH, 1, MODEL["input_frames"], 64)
+    outputs = [model.eval()(log_mel).clip for model in (fused, reference, again)]
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[0], outputs[2])
+
+
+# ---- the switch, export and the tagger, the plan ----
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+@pytest.mark.parametrize("flag, fused", [([], None), (["--fused-backbone"], True), (["--no-fused-backbone"], False)])
+def test_fused_backbone_flag_overrides_the_profile(profile, flag, fused):
+    args = train.run.parse_args(["--profile", profile, *flag])
+    expected = {"cpu": False, "gpu": True}[profile] if fused is None else fused
+    assert PROFILE_RUN_OPTIONS[profile]["fused_backbone"] is {"cpu": False, "gpu": True}[profile]
+    for cuda in (False, True):
+        assert resolve_run_options(vars(args), profile, cuda).fused_backbone is expected
+    assert RunOptions().fused_backbone is False   # a model built with no options is the reference (the baseline)
+    model = build_model("at-sca-3", resolve_run_options(vars(args), profile, False), **MODEL)
+    assert all(block.fused is expected for block in model.blocks)
+
+
+def test_inference_and_export_run_the_reference_backbone(monkeypatch):
+    """A GPU's inference options turn the fused backbone on, but the Tagger's and evaluation's models are in eval
+    mode, where the block runs the reference; export builds it off. Checked by making the fused ops fail."""
+    def refuse(*args):
+        raise AssertionError("a fused backbone op ran")
+    monkeypatch.setattr(fastsca.backbone, "conv_forward", refuse)
+    monkeypatch.setattr(fastsca.backbone, "tail_forward", refuse)
+    cuda_options = options_for_device(torch.device("cuda"))
+    assert cuda_options.fused_backbone is True
+    torch.manual_seed(0)
+    reference = build_model("at-sca-3", RunOptions(fused_attention=False), **MODEL).eval()
+    gpu_model = build_model("at-sca-3", RunOptions(fused_attention=False, fused_backbone=True), **MODEL)
+    gpu_model.load_state_dict(reference.state_dict())
+    log_mel = torch.randn(2, 1, MODEL["input_frames"], 64)
+    assert torch.equal(gpu_model.eval()(log_mel).clip, reference(log_mel).clip)
+    config = ModelConfig.from_name("at-sca-3", **MODEL)
+    trained = TrainedModel(model=gpu_model, log_mel=LogMelConfig(), label_names=tuple("abcdefg"), step=0, configs={})
+    exported = ExportableModel(trained)
+    assert exported.model.config == config and not exported.training
+    assert not any(block.fused for block in exported.model.blocks)
+
+
+def test_plan_prices_each_convolution_from_the_roofline():
+    config = ModelConfig.from_name("at-sca-3")
+    rows = backbone_plan(config, 256)
+    assert [(r.block, r.conv) for r in rows[:3]] == [(1, "conv1"), (1, "conv2"), (1, "shortcut")] and len(rows) == 21
+    row = next(r for r in rows if (r.block, r.conv) == (4, "conv2"))   # 256 -> 256, 3x3 on 100 x 8
+    pixels = 256 * 100 * 8
+    flops = 2 * pixels * 256 * 256 * 9
+    fused_bytes = 2 * (pixels * 512 + 256 * 256 * 9)
+    bandwidth = H100.bytes_per_s * MEMORY_EFFICIENCY
+    triton = max(flops / (H100.bf16_flops_per_s * TRITON_CONV_EFFICIENCY), fused_bytes / bandwidth)
+    cudnn = (max(flops / (H100.bf16_flops_per_s * CUDNN_EFFICIENCY["wide"]), fused_bytes / bandwidth)
+             + 2 * pixels * (256 + 2 * 256) / bandwidth)   # the statistics read and the normalised map's write + read
+    assert (row.c_in, row.c_out, row.map_size, row.flops) == (256, 256, (100, 8), flops)
+    assert row.intensity == pytest.approx(flops / fused_bytes)
+    assert row.implicit_gemm is (triton < cudnn) is False   # compute-bound, wide: cuDNN's 60 % wins
+    assert [r.implicit_gemm for r in rows if r.block == 1] == [True, True, True]   # bandwidth-bound at 32 channels
+    for r in rows:   # the table and the block read one rule
+        assert r.implicit_gemm is implicit_gemm(r.c_in, r.c_out, 1 if r.conv == "shortcut" else 3,
+                                                256 * r.map_size[0] * r.map_size[1], r.conv == "conv2")
+
+
+def test_describe_prints_the_plan(capsys):
+    describe_main(["at-sca-3", "--plan-batch", "64"])
+    printed = capsys.readouterr().out
+    assert "per-layer rule at batch 64 on H100 SXM" in printed
+    table = printed[printed.index("per-layer rule"):].splitlines()[3:]
+    assert len(table) == 21
+    choices = [line.split()[6] for line in table]
+    rows = backbone_plan(ModelConfig.from_name("at-sca-3"), 64)
+    assert choices == ["triton" if r.implicit_gemm else "cudnn" for r in rows]
+    assert table[0].split()[:4] == ["1", "conv1", "1->32", "400x64"]
