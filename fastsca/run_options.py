@@ -1,9 +1,9 @@
 """How a model runs, apart from what it is: the execution choices of one run, resolved once.
 
 `ModelConfig` (fastsca/config.py) says what the network is, so a checkpoint, a fine-tuning run, an export and
-`fastsca.describe` read it whole; `RunOptions` says how it runs here (fused attention ops, torch.compile,
-memory format, autocast precision, the fused backbone), which never changes the weights. `resolve_run_options` picks each field
-from, in this order, a value given (a command-line flag, a recipe's already filled in), the profile's
+`fastsca.describe` read it whole; `RunOptions` says how it runs here (fused attention ops, the fused backbone,
+torch.compile, memory format, autocast precision), which never changes the weights. `resolve_run_options` picks
+each field from, in this order, a value given (a command-line flag, a recipe's already filled in), the profile's
 default (`PROFILE_RUN_OPTIONS`) and the device's (`DEVICE_RUN_OPTIONS`): a new execution choice is one more
 field here, with its default in those tables, and the model reads it from the object it is built with.
 """

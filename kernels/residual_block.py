@@ -1,4 +1,5 @@
-"""The fused residual block's passes as `torch.library` ops (`fastsca::block_*`), and the BatchNorm algebra between them.
+"""The fused residual block's passes as `torch.library` ops (`fastsca::block_*`), and the BatchNorm algebra
+between them.
 
 Five ops, each calling its pass in kernels/block_passes.py (kernels/block_reference.py states what each computes):
 `block_conv_forward` (a convolution with an optional BN-ReLU prologue, returning its output and the per-channel
