@@ -1,9 +1,9 @@
 """The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL attention pooling.
 
 `build_model(name_or_config, options)` makes any preset of fastsca.config, run as `options` say
-(fastsca/run_options.py: the fused attention ops and fused backbone, or the reference). Input log-mel (B, 1, T, F) with
-T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and frame-level
-probabilities (B, T', K) at 10 Hz for the default 400-frame input.
+(fastsca/run_options.py: the fused attention ops and fused backbone, or the reference). Input log-mel
+(B, 1, T, F) with T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and
+frame-level probabilities (B, T', K) at 10 Hz for the default 400-frame input.
 """
 from dataclasses import replace
 from typing import NamedTuple

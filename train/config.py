@@ -1,9 +1,9 @@
 """Training configuration: one frozen dataclass per concern (data, optimiser, run) and the hardware profiles.
 
 The model is `fastsca.config.ModelConfig`, the front end `fastsca.frontend.LogMelConfig` and how the model runs
-(fused attention, fused backbone, compile, memory format, precision) `fastsca.run_options.RunOptions`; `TrainConfig` bundles all
-six, and a checkpoint stores each as a dict. The hardware profiles whose defaults fill the flags left unset are
-train/profiles.py's.
+(fused attention, fused backbone, compile, memory format, precision) `fastsca.run_options.RunOptions`;
+`TrainConfig` bundles all six, and a checkpoint stores each as a dict. The hardware profiles whose defaults fill
+the flags left unset are train/profiles.py's.
 """
 from dataclasses import dataclass, field
 
