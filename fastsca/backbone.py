@@ -44,15 +44,21 @@ class ResidualBlock(nn.Module):
         self.fused = fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:          # x: (B, C_in, T, F)
-        """The fused passes when built fused and training; the reference otherwise. In eval mode BatchNorm
-        normalises with its running statistics: there are no batch statistics for a convolution to sum, and each
-        BatchNorm is a fixed affine map that Inductor folds into one pointwise op beside its neighbours, so the
-        fused passes would save nothing there."""
-        if self.fused and self.training:
+        """The fused passes when built fused and training (`_batch_statistics`); the reference otherwise. In eval
+        mode BatchNorm normalises with its running statistics: there are no batch statistics for a convolution to
+        sum, and each BatchNorm is a fixed affine map that Inductor folds into one pointwise op beside its
+        neighbours, so the fused passes would save nothing there."""
+        if self.fused and self._batch_statistics():
             return self._fused_forward(x)
         main = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))   # (B, C, T, F)
         main = self.attention(main)
         return self.pool(self.act(main + self.shortcut(x)))           # (B, C, T/pt, F/pf)
+
+    def _batch_statistics(self) -> bool:
+        """Every BatchNorm of the block normalises with batch statistics and updates running ones (what the fused
+        path computes): the block and its BatchNorms in training mode, tracking running statistics."""
+        norms = (self.bn1, self.bn2, self.shortcut[1])
+        return self.training and all(bn.training and bn.track_running_stats for bn in norms)
 
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, C_in, T, F)
         if torch.is_autocast_enabled(x.device.type):   # the convolutions' input, as autocast would cast it

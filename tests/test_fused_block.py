@@ -175,6 +175,23 @@ def test_cumulative_running_statistics_with_momentum_none():
     assert int(fused.bn1.num_batches_tracked) == STEPS
 
 
+@pytest.mark.parametrize("norm", ["bn1", "bn2", "shortcut.1"])
+@pytest.mark.parametrize("change", ["eval", "untracked"])
+def test_a_batchnorm_without_batch_statistics_runs_the_reference(norm, change, monkeypatch):
+    """A BatchNorm put in eval mode in a training block (running statistics), or built without running
+    statistics, is nn.BatchNorm2d's to run: the block takes the reference path, so the numbers are the same."""
+    reference, fused = _twins(5, (2, 2), None)
+    for block in (reference, fused):
+        bn = block.get_submodule(norm)
+        if change == "eval":
+            bn.eval()
+        else:
+            bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked = False, None, None, None
+    calls = _count_ops(monkeypatch)
+    x = torch.randn(4, 5, T, FREQ)
+    assert torch.equal(fused(x), reference(x)) and calls == {"conv_forward": 0, "tail_forward": 0}
+
+
 def test_a_batch_of_one_value_per_channel_is_refused_as_batchnorm_refuses_it():
     reference, fused = _twins(5, (1, 1), None)
     x = torch.randn(1, 5, 1, 1)
