@@ -13,6 +13,8 @@ Every efficiency is a named constant with its reason; a GPU measurement (bench.g
 """
 from dataclasses import dataclass
 
+from fastsca.backbone_plan import CUDNN_EFFICIENCY, TRITON_CONV_EFFICIENCY as PLAN_TRITON_EFFICIENCY
+
 
 @dataclass(frozen=True)
 class Gpu:
@@ -35,16 +37,12 @@ reaches: what a well-written copy reaches on Hopper (bench.gpu_report measures t
 SMALL_KERNEL_US = 3.0
 """Shortest time a kernel takes, however little it moves: one wave of blocks and a DRAM round trip (~2-3 µs on
 an H100 for kernels of a few KB, the tail of every reduction and of the optimiser's chunks)."""
-CONV_EFFICIENCY = {"narrow": 0.25, "medium": 0.45, "wide": 0.60}
-"""Share of the dense bf16 peak cuDNN's convolutions reach, by the smaller of their channel counts (`conv_class`):
-narrow (< 64: block 1-2 at 32-64 channels, the input layer, the attention's 1-8-channel convs: the implicit GEMM's
-K = C_in x k x k cannot fill a tensor-core tile), medium (64-255), wide (>= 256: ResNet-50's 3x3 layers reach
-60-70 % of peak in published Hopper benchmarks). An assumption per class, not a measurement."""
-TRITON_CONV_EFFICIENCY = {"narrow": 0.20, "medium": 0.35, "wide": 0.45}
-"""Share of the dense bf16 peak fastsca's Triton implicit-GEMM convolutions (kernels/conv*.py) are priced at, by the
-same classes: about 0.75-0.8 of cuDNN's, because they are hand-tiled without autotuning, gather their A tiles with
-masked loads (no TMA) and run the BatchNorm-ReLU prologue on them in registers; published Triton convolutions reach
-50-80 % of cuDNN's throughput. An assumption until bench.gpu_report times them."""
+CONV_EFFICIENCY = CUDNN_EFFICIENCY
+"""Share of the dense bf16 peak cuDNN's convolutions reach, by channel class (`conv_class`): fastsca/backbone_plan.py's
+figures and reasons, the ones its per-layer rule prices with."""
+TRITON_CONV_EFFICIENCY = PLAN_TRITON_EFFICIENCY
+"""Share of the dense bf16 peak fastsca's Triton implicit-GEMM convolutions are priced at, by the same classes
+(fastsca/backbone_plan.py: about 0.75-0.8 of cuDNN's; an assumption until bench.gpu_report times them)."""
 WGRAD_FACTOR = 0.8
 """cuDNN's weight-gradient kernels reduce over B x T x F (split-K with a second pass): 80 % of the class's rate."""
 HOST_US = {"graph": 0.0, "compiled": 8.0, "eager": 8.0, "dali": 5.0}

@@ -57,7 +57,7 @@ from train.optim import build_optimiser
 from train.profiles import PROFILES
 
 STEPS = ("reference", "fastsca")
-"""plain torch.compile of the reference model, and fastsca's model with its fused attention units."""
+"""plain torch.compile of the reference model, and fastsca's model with its fused attention units and fused backbone."""
 PROFILE = PROFILES["gpu"]
 """train.run's profile on a GPU: its widths, fused attention, augmentations."""
 
@@ -68,7 +68,9 @@ def build(step: str, batch: int, channels: tuple[int, ...] | None, frames: int, 
     overrides["channels"] = channels if channels is not None else PROFILE.channels
     if overrides["channels"] is None:
         del overrides["channels"]
-    model = build_model("at-sca-3", RunOptions(fused_attention=step == "fastsca"), **overrides).to(memory_format=torch.channels_last).train()
+    fused = step == "fastsca"
+    model = build_model("at-sca-3", RunOptions(fused_attention=fused, fused_backbone=fused),
+                        **overrides).to(memory_format=torch.channels_last).train()
     optimiser = build_optimiser(model, OptimConfig(), fused=True)
     _steady_state(optimiser)
     return model, compile_for_training(model, "inductor", "default", fused=step == "fastsca"), optimiser

@@ -6,6 +6,8 @@ builds: `--profile cpu` the narrow one the default CPU run trains (the built-in 
 block, its output shape, where attention sits (arrangement and the T x F map it sees), parameter counts (total
 and attention's share) and forward GFLOPs per clip (multiply-adds x 2 of convolutions and matrix products,
 counted by torch.utils.flop_counter on the reference path; elementwise ops are not counted, as is customary).
+Then the fused backbone's per-layer rule (fastsca/backbone_plan.py): per convolution, Triton implicit GEMM or cuDNN
+plus separate passes, priced from the roofline at `--plan-batch` clips.
 """
 import argparse
 from dataclasses import dataclass
@@ -13,12 +15,15 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastsca.backbone_plan import backbone_plan, format_plan
 from fastsca.config import PRESETS, ModelConfig
 from fastsca.model import build_model
 from fastsca.model_options import add_model_options, input_frames, model_config, preset_help
 from fastsca.profiles import AUDIOSET_CLASSES, BUILTIN_CLASSES, MODEL_PROFILES, profile_values, resolve_profile
 from fastsca.run_options import RunOptions
 
+PLAN_BATCH = 256
+"""Batch the per-layer rule is priced at by default: the batch of the issue's targets (a GPU run's)."""
 DEFAULT_CLASSES = {"cpu": BUILTIN_CLASSES, "gpu": AUDIOSET_CLASSES}
 """Classes K shown when --num-classes is not given: what the default CPU run trains (the built-in set), and the
 paper's model (AudioSet) for the gpu profile."""
@@ -110,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-classes", type=int, help="classes K, which train.run takes from its data's labels "
                         f"(default: the profile's: cpu: {BUILTIN_CLASSES}, the built-in set's, which the default run "
                         f"trains; gpu: {AUDIOSET_CLASSES}, AudioSet's)")
+    parser.add_argument("--plan-batch", type=int, default=PLAN_BATCH, help="batch the fused backbone's per-layer "
+                        "rule is priced at (default: %(default)s)")
     return parser
 
 
@@ -128,7 +135,11 @@ def main(argv: list[str] | None = None) -> None:
         config = model_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.plan_batch < 1:
+        parser.error(f"--plan-batch must be at least 1, got {args.plan_batch}")
     print(format_table(config, describe(config)))
+    print()
+    print(format_plan(backbone_plan(config, args.plan_batch), args.plan_batch))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ a learned weight per input frame (T -> T/r): a longer file is cut into windows, 
 An existing target is replaced only when this command wrote it, or with --overwrite; the model being exported
 never is.
 
-Both carry the reference attention path (`RunOptions(fused_attention=False)`) with the checkpoint's
-weights: the fused ops (`fastsca::attention_*`) have no ONNX translation, and a torch.export program
+Both carry the reference attention path and backbone (`RunOptions(fused_attention=False, fused_backbone=False)`;
+an exported model is in eval mode, where the backbone is the reference anyway) with the checkpoint's weights: the
+fused ops (`fastsca::attention_*`, `fastsca::block_*`) have no ONNX translation, and a torch.export program
 holding them would run only where fastsca is installed. The two paths give the same outputs
 (tests/test_attention.py). After writing, the command runs the ONNX file with onnxruntime against
 PyTorch on a random input (for a waveform, against fastsca.frontend.log_mel and the model) and prints the
@@ -62,7 +63,7 @@ class ExportableModel(nn.Module):
     def __init__(self, trained: TrainedModel, waveform: bool = False) -> None:
         super().__init__()
         self.front_end = LogMelModule(trained.log_mel) if waveform else nn.Identity()
-        self.model = build_model(trained.model.config, RunOptions(fused_attention=False))
+        self.model = build_model(trained.model.config, RunOptions(fused_attention=False, fused_backbone=False))
         self.model.load_state_dict(trained.model.state_dict())
         self.eval()
 

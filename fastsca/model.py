@@ -1,9 +1,9 @@
 """The AT-SCA model (paper Fig. 2): input BatchNorm, seven residual blocks, MIL pooling (eq. 2 attention by default).
 
 `build_model(name_or_config, options)` makes any preset of fastsca.config, run as `options` say
-(fastsca/run_options.py: the fused attention ops or the reference). Input log-mel (B, 1, T, F) with
-T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and frame-level
-probabilities (B, T', K) at 10 Hz for the default 400-frame input.
+(fastsca/run_options.py: the fused attention ops and fused backbone, or the reference). Input log-mel
+(B, 1, T, F) with T = config.input_frames and F = config.n_mels; output clip probabilities (B, K) and
+frame-level probabilities (B, T', K) at 10 Hz for the default 400-frame input.
 """
 from dataclasses import replace
 from typing import NamedTuple
@@ -50,7 +50,7 @@ class ATSCA(nn.Module):
                     global_kernel_size=config.global_kernel_size,
                     fused=options.fused_attention,
                 )
-            blocks.append(ResidualBlock(in_channels, channels, attention, pool))
+            blocks.append(ResidualBlock(in_channels, channels, attention, pool, fused=options.fused_backbone))
             in_channels = channels
         self.blocks = nn.Sequential(*blocks)
         self.pooling = build_pooling(config.pooling, in_channels, config.num_classes, config.pool_logit_clamp)

@@ -1,9 +1,9 @@
 """How a model runs, apart from what it is: the execution choices of one run, resolved once.
 
 `ModelConfig` (fastsca/config.py) says what the network is, so a checkpoint, a fine-tuning run, an export and
-`fastsca.describe` read it whole; `RunOptions` says how it runs here (fused attention ops, torch.compile,
-memory format, autocast precision), which never changes the weights. `resolve_run_options` picks each field
-from, in this order, a value given (a command-line flag, a recipe's already filled in), the profile's
+`fastsca.describe` read it whole; `RunOptions` says how it runs here (fused attention ops, the fused backbone,
+torch.compile, memory format, autocast precision), which never changes the weights. `resolve_run_options` picks
+each field from, in this order, a value given (a command-line flag, a recipe's already filled in), the profile's
 default (`PROFILE_RUN_OPTIONS`) and the device's (`DEVICE_RUN_OPTIONS`): a new execution choice is one more
 field here, with its default in those tables, and the model reads it from the object it is built with.
 """
@@ -32,6 +32,11 @@ class RunOptions:
     fused_attention: bool = True
     """Run each attention module as the fused ops of kernels/ (Triton on CUDA, the same passes in PyTorch on
     CPU) instead of step by step (the reference)."""
+    fused_backbone: bool = False
+    """Run each residual block in training as the fused passes of kernels/residual_block.py (convolutions that
+    sum their BatchNorm statistics and apply BN-ReLU as they read, one tail pass for BatchNorm, sum, ReLU and
+    max-pool) instead of module by module; eval keeps the reference either way (fastsca/backbone.py). Off unless
+    asked for, so that a model built with no options (the fair baseline of bench/whole_step.py) is the reference."""
     compile: bool = False
     """torch.compile the model for training."""
     compile_backend: str = "inductor"
@@ -59,9 +64,10 @@ class RunOptions:
 
 
 PROFILE_RUN_OPTIONS: dict[str, dict] = {
-    # The fused attention ops only pay off on CUDA: on CPU they run the same passes as plain PyTorch.
-    "cpu": {"fused_attention": False},
-    "gpu": {"fused_attention": True},
+    # The fused attention ops and the fused backbone only pay off on CUDA: on CPU they run the same passes as plain
+    # PyTorch (the backbone's in fp32 convolutions: slower than the reference's).
+    "cpu": {"fused_attention": False, "fused_backbone": False},
+    "gpu": {"fused_attention": True, "fused_backbone": True},
 }
 """Each hardware profile's execution defaults (fastsca/profiles.py names the profiles)."""
 

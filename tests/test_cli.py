@@ -140,7 +140,7 @@ def test_run_options_come_from_flag_then_recipe_then_profile_then_device(cuda):
     flag, _ = apply_recipe(train.run.parse_args(["--recipe", "audioset-balanced", "--no-compile"]))
     assert resolve_run_options(vars(flag), "gpu", cuda).compile is False
     # every field is taken by its name from what was given: a new field needs no change to the resolution
-    given = {"fused_attention": True, "compile": True, "compile_backend": "eager", "compile_mode": "default",
+    given = {"fused_attention": True, "fused_backbone": True, "compile": True, "compile_backend": "eager", "compile_mode": "default",
              "channels_last": not cuda, "precision": "fp32" if cuda else "bf16"}
     assert set(given) == {f.name for f in fields(RunOptions)}
     assert resolve_run_options(given, "cpu", cuda) == RunOptions(**given)

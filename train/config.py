@@ -1,9 +1,9 @@
 """Training configuration: one frozen dataclass per concern (data, optimiser, run) and the hardware profiles.
 
 The model is `fastsca.config.ModelConfig`, the front end `fastsca.frontend.LogMelConfig` and how the model runs
-(fused attention, compile, memory format, precision) `fastsca.run_options.RunOptions`; `TrainConfig` bundles all
-six, and a checkpoint stores each as a dict. The hardware profiles whose defaults fill the flags left unset are
-train/profiles.py's.
+(fused attention, fused backbone, compile, memory format, precision) `fastsca.run_options.RunOptions`;
+`TrainConfig` bundles all six, and a checkpoint stores each as a dict. The hardware profiles whose defaults fill
+the flags left unset are train/profiles.py's.
 """
 from dataclasses import dataclass, field
 
@@ -163,7 +163,7 @@ class TrainConfig:
     run: RunConfig
     """Length, cadence and output."""
     options: RunOptions = RunOptions()
-    """How the model runs: fused attention, compile, memory format, precision (never the weights)."""
+    """How the model runs: fused attention and backbone, compile, memory format, precision (never the weights)."""
 
     def __post_init__(self) -> None:
         if self.log_mel.frames != self.model.input_frames or self.log_mel.n_mels != self.model.n_mels:

@@ -18,7 +18,7 @@ One run at a time owns --out (OUT/.lock). `--fold K` tests on fold K of --data a
 unset with a named recipe's (AudioSet balanced or full, fine-tuning: train/recipes.py, sources in docs/recipes.md);
 `--clips`, `--eval-every-clips` and `--warmup-clips` give the schedule in clips seen. The run itself is
 train/trainer/'s `Trainer`; its config comes from the flags once (train/trainer/flags.py), how the model runs
-(fused attention, compile, memory format, precision) in one `RunOptions` (fastsca/run_options.py).
+(fused attention, fused backbone, compile, memory format, precision) in one `RunOptions` (fastsca/run_options.py).
 """
 import argparse
 import sys
@@ -161,6 +161,13 @@ def _add_execution_options(parser: argparse.ArgumentParser) -> None:
              "CPU) instead of step by step; the weights are the same either way, so a checkpoint resumes and loads "
              "with or without it (default: the profile's: "
              + "; ".join(f"{name}: {'on' if options['fused_attention'] else 'off'}"
+                         for name, options in PROFILE_RUN_OPTIONS.items()) + ")")
+    arg("--fused-backbone", action=argparse.BooleanOptionalAction,
+        help="train each residual block as the fused passes of kernels/residual_block.py (convolutions that sum "
+             "their BatchNorm statistics and apply BN-ReLU as they read their input, one pass for BatchNorm, sum, "
+             "ReLU and max-pool) instead of module by module; evaluation runs the reference either way, and the "
+             "weights are the same, so a checkpoint resumes and loads with or without it (default: the profile's: "
+             + "; ".join(f"{name}: {'on' if options['fused_backbone'] else 'off'}"
                          for name, options in PROFILE_RUN_OPTIONS.items()) + ")")
     arg("--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model for training (the "
         "first step compiles: a minute or more; later runs reuse Inductor's cache) (default: off)")

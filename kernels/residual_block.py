@@ -1,0 +1,200 @@
+"""The fused residual block's passes as `torch.library` ops (`fastsca::block_*`), and the BatchNorm algebra
+between them.
+
+Five ops, each calling its pass in kernels/block_passes.py (kernels/block_reference.py states what each computes):
+`block_conv_forward` (a convolution with an optional BN-ReLU prologue, returning its output and the per-channel
+sum and sum of squares of its fp32 accumulator), `block_conv_input_grad` and `block_conv_weight_grad` (its
+backward), `block_tail_forward` (BN of both paths, sum, ReLU, max-pool with an int8 argmax) and
+`block_tail_backward`. The convolution and the tail are differentiable through `register_autograd`: the
+convolution in its input, weight, prologue scale and shift, and in both sums, so that training-mode BatchNorm's
+batch statistics, computed from the sums by `batch_norm_affine` in plain torch on C-sized vectors, are
+differentiated by autograd like any other op and Inductor fuses that algebra and the gradient's sum terms.
+
+An absent optional result (no prologue: no prologue gradients; pool (1, 1): no argmax; an already normalised main
+path: no main scale and shift gradients) is an empty fp32 (int8 for the argmax) tensor: an op returns tensors.
+"""
+import torch
+from torch import Tensor, nn
+
+from kernels import block_passes
+from kernels.block_reference import memory_format
+
+
+def _empty(like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The stand-in for an absent result."""
+    return like.new_empty((0,), dtype=dtype)
+
+
+def _unaliased(*results: Tensor) -> tuple[Tensor, ...]:
+    """The results with each that shares storage with an earlier one copied: an op's outputs may not alias (the
+    Triton passes return their per-channel sums as rows of one reduced (K, C) tensor; a C-sized copy each)."""
+    seen, out = set(), []
+    for result in results:
+        storage = result.untyped_storage().data_ptr() if result.numel() else None
+        out.append(result.clone() if storage in seen else result)
+        seen.add(storage)
+    return tuple(out)
+
+
+def _map(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised map of `shape` in like's dtype (or `dtype`) and memory format (block_reference's rule)."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format(like))
+
+
+def _channel(vector: Tensor) -> Tensor:
+    return vector.view(1, -1, 1, 1)
+
+
+# ---- the convolution: forward, input gradient, weight gradient ----
+
+@torch.library.custom_op("fastsca::block_conv_forward", mutates_args=())
+def conv_forward(x: Tensor, weight: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
+                 implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, sum y, sum y*y) of y = conv(relu(x * in_scale + in_shift) or x, weight) (block_reference.conv_forward)."""
+    return _unaliased(*block_passes.conv_forward(x, weight, in_scale, in_shift, implicit_gemm=implicit_gemm))
+
+
+@conv_forward.register_fake
+def _(x, weight, in_scale, in_shift, implicit_gemm):
+    sums = [x.new_empty((weight.shape[0],), dtype=torch.float32) for _ in range(2)]
+    return _map(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])), *sums
+
+
+@torch.library.custom_op("fastsca::block_conv_input_grad", mutates_args=())
+def conv_input_grad(grad: Tensor, weight: Tensor, x: Tensor | None, in_scale: Tensor | None,
+                    in_shift: Tensor | None, implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, d in_scale, d in_shift) from dL/dy (block_reference.conv_input_grad); the last two empty without a
+    prologue."""
+    dx, d_scale, d_shift = block_passes.conv_input_grad(grad, weight, x, in_scale, in_shift,
+                                                        implicit_gemm=implicit_gemm)
+    if d_scale is None:
+        return dx, _empty(grad), _empty(grad)
+    return _unaliased(dx, d_scale, d_shift)
+
+
+@conv_input_grad.register_fake
+def _(grad, weight, x, in_scale, in_shift, implicit_gemm):
+    dx = _map(grad, (grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3]))
+    size = 0 if in_scale is None else weight.shape[1]
+    return dx, grad.new_empty((size,), dtype=torch.float32), grad.new_empty((size,), dtype=torch.float32)
+
+
+@torch.library.custom_op("fastsca::block_conv_weight_grad", mutates_args=())
+def conv_weight_grad(x: Tensor, grad: Tensor, weight_shape: list[int], in_scale: Tensor | None,
+                     in_shift: Tensor | None, implicit_gemm: bool) -> Tensor:
+    """dL/dweight, fp32, contiguous (block_reference.conv_weight_grad; cuDNN's follows the maps' memory format)."""
+    return block_passes.conv_weight_grad(x, grad, tuple(weight_shape), in_scale, in_shift,
+                                         implicit_gemm=implicit_gemm).contiguous()
+
+
+@conv_weight_grad.register_fake
+def _(x, grad, weight_shape, in_scale, in_shift, implicit_gemm):
+    return x.new_empty(weight_shape, dtype=torch.float32)
+
+
+def _conv_setup(ctx, inputs, output):
+    x, weight, in_scale, in_shift, implicit_gemm = inputs
+    ctx.implicit_gemm, ctx.weight_dtype = implicit_gemm, weight.dtype
+    ctx.save_for_backward(x, weight, in_scale, in_shift, output[0])
+
+
+def _conv_backward(ctx, d_y, d_sum, d_squares):
+    """The sums' gradients join dL/dy per channel (d sum y / dy = 1, d sum y*y / dy = 2y) before the two passes."""
+    x, weight, in_scale, in_shift, y = ctx.saved_tensors
+    grad = d_y.float() + y.float() * _channel(2 * d_squares) + _channel(d_sum)
+    grad = grad.to(y.dtype).contiguous(memory_format=memory_format(y))
+    prologue = in_scale is not None
+    dx = d_scale = d_shift = d_weight = None
+    needs = ctx.needs_input_grad
+    if needs[0] or (prologue and (needs[2] or needs[3])):
+        dx, d_scale, d_shift = conv_input_grad(grad, weight, x if prologue else None, in_scale, in_shift,
+                                               ctx.implicit_gemm)
+        if not prologue:
+            d_scale = d_shift = None
+    if needs[1]:
+        d_weight = conv_weight_grad(x, grad, list(weight.shape), in_scale, in_shift,
+                                    ctx.implicit_gemm).to(ctx.weight_dtype)
+    return dx, d_weight, d_scale, d_shift, None
+
+
+conv_forward.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+# ---- the tail: BN of both paths, sum, ReLU, max-pool ----
+
+@torch.library.custom_op("fastsca::block_tail_forward", mutates_args=())
+def tail_forward(main: Tensor, main_scale: Tensor | None, main_shift: Tensor | None, shortcut: Tensor,
+                 short_scale: Tensor, short_shift: Tensor, pool: list[int]) -> tuple[Tensor, Tensor]:
+    """(out, int8 argmax) (block_reference.block_tail_forward); the argmax empty for pool (1, 1)."""
+    out, argmax = block_passes.block_tail_forward(main, main_scale, main_shift, shortcut, short_scale, short_shift,
+                                                  tuple(pool))
+    return out, _empty(main, torch.int8) if argmax is None else argmax
+
+
+@tail_forward.register_fake
+def _(main, main_scale, main_shift, shortcut, short_scale, short_shift, pool):
+    pt, pf = pool
+    shape = (main.shape[0], main.shape[1], main.shape[2] // pt, main.shape[3] // pf)
+    argmax = _empty(main, torch.int8) if (pt, pf) == (1, 1) else _map(main, shape, torch.int8)
+    return _map(main, shape), argmax
+
+
+@torch.library.custom_op("fastsca::block_tail_backward", mutates_args=())
+def tail_backward(d_out: Tensor, argmax: Tensor | None, out: Tensor, main: Tensor, main_scale: Tensor | None,
+                  main_shift: Tensor | None, shortcut: Tensor, short_scale: Tensor, short_shift: Tensor,
+                  pool: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(d_main, d_main_scale, d_main_shift, d_shortcut, d_short_scale, d_short_shift)
+    (block_reference.block_tail_backward); the main scale's and shift's empty when main_scale is None."""
+    grads = block_passes.block_tail_backward(d_out, argmax, out, main, main_scale, main_shift, shortcut,
+                                             short_scale, short_shift, tuple(pool))
+    return _unaliased(*(_empty(main) if g is None else g for g in grads))
+
+
+@tail_backward.register_fake
+def _(d_out, argmax, out, main, main_scale, main_shift, shortcut, short_scale, short_shift, pool):
+    channels = 0 if main_scale is None else main.shape[1]
+    sums = [main.new_empty((size,), dtype=torch.float32) for size in (channels, channels, main.shape[1], main.shape[1])]
+    return _map(main, main.shape), sums[0], sums[1], _map(main, main.shape), sums[2], sums[3]
+
+
+def _tail_setup(ctx, inputs, output):
+    main, main_scale, main_shift, shortcut, short_scale, short_shift, pool = inputs
+    ctx.pool = tuple(pool)
+    ctx.save_for_backward(main, main_scale, main_shift, shortcut, short_scale, short_shift, *output)
+
+
+def _tail_backward(ctx, d_out, _d_argmax):
+    main, main_scale, main_shift, shortcut, short_scale, short_shift, out, argmax = ctx.saved_tensors
+    grads = tail_backward(d_out, None if ctx.pool == (1, 1) else argmax, out, main, main_scale, main_shift,
+                          shortcut, short_scale, short_shift, list(ctx.pool))
+    d_main, d_main_scale, d_main_shift, d_short, d_short_scale, d_short_shift = grads
+    if main_scale is None:
+        d_main_scale = d_main_shift = None
+    return d_main, d_main_scale, d_main_shift, d_short, d_short_scale, d_short_shift, None
+
+
+tail_forward.register_autograd(_tail_backward, setup_context=_tail_setup)
+
+
+# ---- training-mode BatchNorm from a convolution's sums ----
+
+def batch_norm_affine(total: Tensor, squares: Tensor, count: int, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    """(scale, shift) per channel of `bn` in training mode, from the batch's sum and sum of squares over `count`
+    values per channel; updates bn's running statistics exactly as nn.BatchNorm2d does (momentum, or the
+    cumulative average when momentum is None; the unbiased variance; num_batches_tracked)."""
+    if count == 1:   # nn.BatchNorm2d's own refusal: no variance, and an unbiased one divides by 0
+        raise ValueError("Expected more than 1 value per channel when training (a batch of one 1x1 map); "
+                         "give the block more clips or a larger map, or evaluate it in eval mode")
+    mean = total / count
+    var = (squares / count - mean.square()).clamp_min(0)   # E[y^2] - E[y]^2 rounds below 0 for a constant channel
+    scale = bn.weight * torch.rsqrt(var + bn.eps)
+    _update_running_statistics(bn, mean.detach(), var.detach(), count)
+    return scale, bn.bias - mean * scale
+
+
+@torch.no_grad()
+def _update_running_statistics(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
+    bn.num_batches_tracked.add_(1)
+    factor = 1.0 / bn.num_batches_tracked if bn.momentum is None else bn.momentum
+    bn.running_mean.copy_(factor * mean + (1 - factor) * bn.running_mean)
+    bn.running_var.copy_(factor * var * (count / (count - 1)) + (1 - factor) * bn.running_var)
