@@ -190,7 +190,7 @@ def test_train_run_trains_on_the_packed_soundscapes(mixed, tmp_path):
     assert (out / "best.pt").is_file()
 
 
-def test_train_run_validates_on_the_mixed_validation_split(mixed, tmp_path):
+def test_train_run_validates_on_the_mixed_validation_split(mixed, tmp_path, capsys):
     """--validation-data: all of --data trains, the mix's own validation split (other recordings) validates."""
     for command in pack_commands(mixed / "out")[:-1]:
         pack_into(command, tmp_path)
@@ -202,6 +202,9 @@ def test_train_run_validates_on_the_mixed_validation_split(mixed, tmp_path):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     validation_clips = ShardIndex.open(str(tmp_path / "validation")).num_clips
     assert [line["clips"] for line in lines if line["kind"] == "val"] == [validation_clips]
+    train_clips = ShardIndex.open(str(tmp_path / "train")).num_clips
+    assert (f"({train_clips} training clips), validation {tmp_path / 'validation'} ({validation_clips} clips)"
+            in capsys.readouterr().out)
     with pytest.raises(ValueError, match="--validation-data replaces the validation clips"):
         DataConfig(validation_path=str(tmp_path / "validation"))
 

@@ -273,7 +273,9 @@ def describe_run(config: TrainConfig, total_steps: int, world_size: int, clips: 
         f"{m.num_classes} classes, input {m.input_frames}x{m.n_mels}, {m.pooling_plan} pooling plan "
         f"({config.log_mel.clip_seconds:g} s clips), {m.pooling} MIL pooling, fused attention {x.fused_attention}, "
         f"fused backbone {x.fused_backbone}",
-        f"data: {source} ({clips} training clips, {validation_clips} of them held out for validation), "
+        (f"data: {source} ({clips - validation_clips} training clips), validation {d.validation_path} "
+         f"({validation_clips} clips), " if d.validation_path is not None else
+         f"data: {source} ({clips} training clips, {validation_clips} of them held out for validation), ") +
         f"test {f'fold {d.fold} of {d.train_path}' if d.fold is not None else d.eval_path or 'built-in eval split'} "
         f"(evaluated once, at the end, with best.pt)",
         f"run: {total_steps} steps x {d.loader.batch_size} clips x {world_size} process(es), {d.loader.sampler} "
