@@ -122,7 +122,6 @@ def mask_statistics(model: torch.nn.Module, mels) -> list[BlockMasks]:
     config = model.config
     if not config.attention_blocks:
         raise ValueError(f"model {config.name!r} has no attention; pass an attention model (e.g. at-sca-3)")
-    additive = config.arrangement == "cps"
     kept: dict[int, dict[str, list[torch.Tensor]]] = {b: {"s": [], "c": [], "gate": []} for b in config.attention_blocks}
     was_training = model.training
     model.eval()
@@ -134,6 +133,7 @@ def mask_statistics(model: torch.nn.Module, mels) -> list[BlockMasks]:
                     kept[block]["s"].append(torch.sigmoid(logit_s))
                 if logit_c is not None:
                     kept[block]["c"].append(torch.sigmoid(logit_c))
+                additive = model.blocks[block].attention.arrangement.additive   # C//S: sigma(logit_s + logit_c)
                 kept[block]["gate"].append(gate_of(logit_s, logit_c, additive).reshape(-1))
     finally:
         model.train(was_training)

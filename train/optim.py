@@ -1,5 +1,9 @@
 """AdamW with decoupled weight decay on weight matrices and kernels only, and a warm-up + cosine schedule.
 
+A module may ask for learning-rate multipliers for some of its parameters (`lr_scales()`): the attention's global
+spatial branch gives its last conv lr / its fan-in, without which Adam saturates block 7's spatial mask
+(fastsca/attention.py, results/sed/masks.md). Those parameters get AdamW groups of their own.
+
 On CUDA the step is torch's fused AdamW (`fused=True`: one multi-tensor kernel per group and chunk of
 tensors, the fastest correct implementation torch offers); elsewhere torch's default (for-loop or foreach),
 so a CPU run resumes bit-exact. The state dict is the same either way: a checkpoint loads across.
