@@ -122,7 +122,8 @@ def mask_statistics(model: torch.nn.Module, mels) -> list[BlockMasks]:
     config = model.config
     if not config.attention_blocks:
         raise ValueError(f"model {config.name!r} has no attention; pass an attention model (e.g. at-sca-3)")
-    kept: dict[int, dict[str, list[torch.Tensor]]] = {b: {"s": [], "c": [], "gate": []} for b in config.attention_blocks}
+    kept: dict[int, dict[str, list[torch.Tensor]]] = {b: {"s": [], "c": [], "gate": []}
+                                                      for b in config.attention_blocks}
     was_training = model.training
     model.eval()
     try:

@@ -36,7 +36,8 @@ def branch_rows(path: str, data: str) -> list[str]:
     for block in model.config.attention_blocks:
         g = model.blocks[block].attention.spatial.global_branch
         s, gl, hl, ll = (torch.cat(parts[f"{block}{k}"]) for k in "Sghl")
-        rows.append(f"| {trained.step} | {block + 1} | {s.mean():.3f} | {s.std():.3f} | {gl.mean():.2f} | {gl.std():.2f} "
+        rows.append(f"| {trained.step} | {block + 1} | {s.mean():.3f} | {s.std():.3f} | {gl.mean():.2f} "
+                    f"| {gl.std():.2f} "
                     f"| {ll.mean():.2f} | {ll.std():.2f} | {g.conv2.bias.item():.3f} | {g.conv2.weight.sum():.2f} "
                     f"| {hl.mean():.3f} | {g.bn.weight.mean():.3f} |")
     return rows
