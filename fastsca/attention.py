@@ -38,6 +38,16 @@ class GlobalSpatialBranch(nn.Module):
     def forward(self, s: torch.Tensor) -> torch.Tensor:   # s: (B, 1, T, F)
         return self.conv2(self.act(self.bn(self.conv1(s))))  # (B, 1, T, F)
 
+    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
+        """Learning-rate multipliers for the optimiser (train/optim.py): the last conv at 1 / its fan-in (M k^2).
+        Its input is M maps of ReLU(BN(.)), non-negative and of unit scale, and Adam moves each of its M k^2
+        weights by about lr per step whatever the gradient's size: a push to open the gate everywhere raises the
+        logit by about lr x M k^2 x mean ReLU per step (0.3 at lr 3e-3), and block 7's mask saturated (94 % of
+        sigma(logit_s) above 0.99 after the default CPU run, and from step 100 on, where the gradient through the
+        sigmoid is gone). At lr / fan-in the conv moves the logit like one bias does (results/sed/masks.md)."""
+        scale = 1.0 / self.conv2.weight[0].numel()
+        return [(self.conv2.weight, scale), (self.conv2.bias, scale)]
+
     def unit_params(self) -> GlobalParams:
         """The tensors the fused unit takes for this branch."""
         bn = self.bn

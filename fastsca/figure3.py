@@ -8,7 +8,8 @@ whose strong labels are then drawn. Panels, all on the clip's time axis:
 (c) the same for the attention model;
 (d) the two channels of the last attention block's output F'' with the highest channel weights sigma(logit_c),
     and the spatial mask each attention block applied: sigma(logit_s), or for C//S sigma(logit_s + logit_c)
-    averaged over channels (the mask C//S applies differs per channel).
+    averaged over channels (the mask C//S applies differs per channel), titled with its statistics on the clip
+    (fastsca/mask_stats.py: mean, std, 5-95 % range, share above 0.99, which a saturated mask fills).
 A "feature map" in (b) and (c) is the block's output, after the residual sum and the ReLU. Everything is
 captured with forward hooks on the unchanged models. Drawn with matplotlib's Agg backend.
 
@@ -30,6 +31,7 @@ from fastsca.atomic import write_atomically
 from fastsca.audio import AudioError, fit_length, load_audio
 from fastsca.frontend import log_mel
 from fastsca.inference import TrainedModel, load_trained_model
+from fastsca.mask_stats import in_words, summarise
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt   # noqa: E402  (after choosing the backend)
@@ -229,7 +231,7 @@ def draw(clip: Clip, baseline: TrainedModel, model: TrainedModel, out: Path) -> 
     what = "sigma(logit_s + logit_c), mean over channels" if config.arrangement == "cps" else "sigma(logit_s)"
     for block, mask in masks.items():   # each in its own colour range: deep masks can sit close to 1
         _map(axes[row], mask.numpy(), seconds, n_mels, f"(d) spatial mask applied in block {block + 1}: {what}, "
-             f"from {mask.min():.3f} to {mask.max():.3f}")
+             f"from {mask.min():.3f} to {mask.max():.3f}; {in_words(summarise(mask))}")
         row += 1
     for ax in axes[2:]:
         ax.set_ylabel("mel bin", fontsize=8)

@@ -506,12 +506,19 @@ def test_resume_with_another_schedule_is_refused(stopped_run, tmp_path, builtin_
     assert (out / "latest.pt").read_bytes() == saved
 
 
-@pytest.mark.parametrize("edit", ["optimizer", "config", "rng", "best_map", "weights of another class count"])
+@pytest.mark.parametrize("edit", ["optimizer", "config", "rng", "best_map", "weights of another class count",
+                                  "two optimiser groups"])
 def test_resume_from_a_hand_edited_checkpoint_is_one_line(stopped_run, tmp_path, builtin_dir, edit, capsys):
     out = tmp_path / "run"
     shutil.copytree(stopped_run, out)
     payload = torch.load(out / "latest.pt", weights_only=True)
-    if edit == "weights of another class count":
+    if edit == "two optimiser groups":   # as written before the global branch's last conv had its own lr
+        groups = payload["optimizer"]["param_groups"]
+        for kept, scaled in ((groups[0], groups[2]), (groups[1], groups[3])):
+            kept["params"] = kept["params"] + scaled["params"]
+        payload["optimizer"]["param_groups"] = groups[:2]
+        words = "its optimiser has 2 parameter groups, this run's 4: it was written before"
+    elif edit == "weights of another class count":
         last = [k for k, v in payload["model"].items() if v.shape[:1] == (len(BUILTIN.class_names),)][-1]
         payload["model"][last] = payload["model"][last][:7]
         words = "its model state does not fit this run's model"

@@ -8,7 +8,7 @@ import soundfile
 import torch
 from PIL import Image
 
-from fastsca import figure3
+from fastsca import figure3, mask_stats
 from fastsca.config import ModelConfig
 from fastsca.frontend import LogMelConfig
 from fastsca.inference import CHECKPOINT_FORMAT
@@ -148,3 +148,21 @@ def test_out_is_never_an_input_nor_a_file_it_did_not_write(tmp_path, capsys):
     figure3.main(args + ["--out", str(notes)])   # its own figure: drawn again without --overwrite
     assert Image.open(notes).info["Creator"] == "fastsca.figure3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.pt", "clip.wav", "notes.png", "sca.pt"]   # no .tmp
+
+
+@pytest.mark.slow
+def test_mask_panels_are_titled_with_their_statistics(tmp_path, monkeypatch):
+    _checkpoint(tmp_path / "base.pt", "baseline")
+    _checkpoint(tmp_path / "sca.pt", "at-sca-3")
+    baseline, model = (figure3.load_trained_model(tmp_path / name) for name in ("base.pt", "sca.pt"))
+    waveform = np.random.default_rng(SEED).standard_normal(LOG_MEL.clip_samples).astype(np.float32) * 0.1
+    drawn = []
+    monkeypatch.setattr(figure3.plt, "close", drawn.append)   # keep the figure to read its titles
+    figure3.draw(figure3.Clip(waveform, "noise", (), "none"), baseline, model, tmp_path / "f.png")
+    titles = [ax.get_title(loc="left") for ax in drawn[0].axes if ax.get_title(loc="left").startswith("(d) spatial")]
+    found, _ = figure3.capture(model.model, figure3.log_mel(torch.from_numpy(waveform)[None], LOG_MEL), (4, 5, 6))
+    assert len(titles) == 3
+    for block, title in zip((4, 5, 6), titles):
+        words = mask_stats.in_words(mask_stats.summarise(figure3.applied_mask("sca", found[block])))
+        assert title.startswith(f"(d) spatial mask applied in block {block + 1}: ") and title.endswith(f"; {words}")
+        assert " % above 0.99" in words

@@ -186,7 +186,10 @@ def test_backbone_lr_scale_gives_the_backbone_a_fraction_of_the_lr():
     optimiser = build_optimiser(model, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale))
     scheduler = build_scheduler(optimiser, OptimConfig(lr=2e-3, warmup_steps=0, backbone_lr_scale=scale), 10)
     head = {id(p) for p in model.pooling.parameters()}
+    last = {id(p) for p in model.blocks[6].attention.spatial.global_branch.conv2.parameters()}   # at lr / 200 too
     for group, lr in zip(optimiser.param_groups, scheduler.get_last_lr()):
         in_head = {id(p) in head for p in group["params"]}
-        assert len(in_head) == 1 and lr == pytest.approx(2e-3 if in_head == {True} else 2e-3 * scale)
+        in_last = {id(p) in last for p in group["params"]}
+        assert len(in_head) == 1 and len(in_last) == 1
+        assert lr == pytest.approx((2e-3 if in_head == {True} else 2e-3 * scale) / (200 if in_last == {True} else 1))
     assert sum(len(g["params"]) for g in optimiser.param_groups) == len(list(model.parameters()))

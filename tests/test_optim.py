@@ -51,3 +51,44 @@ def test_a_fused_state_loads_into_an_unfused_optimiser_and_back():
     # the loaded groups keep this optimiser's implementation, not the checkpoint's
     assert [g["fused"] for g in back.param_groups] == [True, True]
     assert [g["fused"] for g in plain.param_groups] == [None, None]
+
+
+def test_the_global_branchs_last_conv_learns_at_lr_over_its_fan_in():
+    from fastsca.model import build_model
+    model = build_model("at-sca-2", channels=(4, 4, 8, 8, 8, 12, 12), num_classes=3, input_frames=40,
+                        global_mid_channels=3, global_kernel_size=3)
+    optimiser = build_optimiser(model, OptimConfig(lr=2e-3, weight_decay=0.01))
+    last = {id(p) for block in (5, 6) for p in model.blocks[block].attention.spatial.global_branch.conv2.parameters()}
+    lrs = {id(p): (group["lr"], group["weight_decay"], p.dim())
+           for group in optimiser.param_groups for p in group["params"]}
+    assert sum(len(g["params"]) for g in optimiser.param_groups) == len(lrs) == len(list(model.parameters()))
+    for p in model.parameters():   # fan-in 3 x 3 x 3 = 27; kernels decay, vectors do not, as everywhere
+        assert lrs[id(p)] == (2e-3 / 27 if id(p) in last else 2e-3, 0.01 if p.dim() >= 2 else 0.0, p.dim())
+    # a model without attention keeps the two groups checkpoints have always held
+    assert len(build_optimiser(build_model("baseline", channels=(4,) * 7, num_classes=3, input_frames=40),
+                               OptimConfig()).param_groups) == 2
+
+
+def test_a_push_to_open_the_gate_everywhere_does_not_saturate_it():
+    # The loss asks every cell of the spatial mask to open (as block 7's did in training: results/sed/masks.md).
+    # With every parameter at lr, Adam moves each of the 8 x 5 x 5 weights of the last conv by ~lr per step
+    # over non-negative inputs, and the mask saturates within 30 steps; at lr / fan-in it barely moves.
+    from fastsca.attention import GlobalSpatialBranch
+    s = torch.randn(3, 1, 15, 7, generator=torch.Generator().manual_seed(SEED))   # odd T x F
+
+    def mask_after_30_steps(optimiser_of) -> torch.Tensor:
+        torch.manual_seed(SEED)
+        branch = GlobalSpatialBranch(8, 5)
+        optimiser = optimiser_of(branch)
+        for _ in range(30):
+            optimiser.zero_grad(set_to_none=True)
+            (-torch.sigmoid(branch(s)).mean()).backward()
+            optimiser.step()
+        with torch.no_grad():
+            return torch.sigmoid(branch(s))
+
+    one_lr = mask_after_30_steps(lambda m: torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.01))
+    ours = mask_after_30_steps(lambda m: build_optimiser(m, OptimConfig(lr=3e-3, warmup_steps=0)))
+    # measured: one lr 0.983 mean, 57 % of cells above 0.99; ours 0.545, none; the bounds leave room for rounding
+    assert one_lr.mean() > 0.95 and (one_lr > 0.99).float().mean() > 0.5
+    assert ours.mean() < 0.6 and (ours > 0.99).sum() == 0

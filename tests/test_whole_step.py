@@ -42,13 +42,19 @@ def report() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _parameter_groups() -> tuple[int, int]:
-    """Tensors in AdamW's decay group (2+ dims) and in its no-decay group, of the narrow model."""
+def _parameter_groups() -> list[int]:
+    """Tensors in each of AdamW's groups, of the narrow model: decay (2+ dims) and no decay at lr, then the same
+    two for the global branches' last convs at lr / their fan-in (train/optim.py)."""
     from fastsca import build_model
+    from train.config import OptimConfig
+    from train.optim import build_optimiser
 
     model = build_model("at-sca-3", channels=CHANNELS, num_classes=CLASSES, input_frames=FRAMES)
     dims = [p.dim() for p in model.parameters()]
-    return sum(d >= 2 for d in dims), sum(d < 2 for d in dims)
+    sizes = [len(group["params"]) for group in build_optimiser(model, OptimConfig()).param_groups]
+    last = 3   # the three attention blocks' conv2 weights (and as many biases)
+    assert sizes == [sum(d >= 2 for d in dims) - last, sum(d < 2 for d in dims) - last, last, last]
+    return sizes
 
 
 def _launches(rows: list[dict], **match) -> int:
@@ -68,11 +74,11 @@ def test_every_kernel_compiles_and_every_part_of_the_step_is_there(report):
 
 @pytest.mark.slow
 def test_the_eager_parts_launch_what_the_counting_rules_say(report):
-    decay, no_decay = _parameter_groups()
-    everything = decay + no_decay
+    groups = _parameter_groups()
+    everything = sum(groups)
     # fused AdamW: per group ceil(n / 36) multi-tensor kernels (every tensor under one 65,536-element chunk) and
     # ceil(n / 110) for the step counters' foreach add
-    optimiser = sum(math.ceil(n / 36) + math.ceil(n / 110) for n in (decay, no_decay))
+    optimiser = sum(math.ceil(n / 36) + math.ceil(n / 110) for n in groups)
     # clip_grad_norm_: foreach norm (+ its clean-up), stack, norm, + eps, reciprocal, x max_norm, clamp, foreach mul
     clipping = math.ceil(everything / 110) + 1 + 6 + math.ceil(everything / 110)
     for step, rows in report["launches"].items():

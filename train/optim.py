@@ -1,5 +1,9 @@
 """AdamW with decoupled weight decay on weight matrices and kernels only, and a warm-up + cosine schedule.
 
+A module may ask for learning-rate multipliers for some of its parameters (`lr_scales()`): the attention's global
+spatial branch gives its last conv lr / its fan-in, without which Adam saturates block 7's spatial mask
+(fastsca/attention.py, results/sed/masks.md). Those parameters get AdamW groups of their own.
+
 On CUDA the step is torch's fused AdamW (`fused=True`: one multi-tensor kernel per group and chunk of
 tensors, the fastest correct implementation torch offers); elsewhere torch's default (for-loop or foreach),
 so a CPU run resumes bit-exact. The state dict is the same either way: a checkpoint loads across.
@@ -12,11 +16,26 @@ from torch import nn
 from train.config import OptimConfig
 
 
-def _decay_groups(params: list[nn.Parameter], config: OptimConfig, lr: float) -> list[dict]:
+def _decay_groups(params: list[nn.Parameter], config: OptimConfig, lr: float,
+                  lr_scales: dict[int, float]) -> list[dict]:
     """Tensors of 2+ dims decay (conv kernels, linear weights, and the local FC's per-row weights and biases),
-    vectors (norm scales and shifts, biases) do not."""
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": lr},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "lr": lr}]
+    vectors (norm scales and shifts, biases) do not. Parameters with an lr scale (`lr_scales_of`) get groups of
+    their own at lr x it, after the two plain groups (so a model without any has the two groups it always had)."""
+    def pair(mine: list[nn.Parameter], scale: float) -> list[dict]:
+        return [{"params": [p for p in mine if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": lr * scale},
+                {"params": [p for p in mine if p.dim() < 2], "weight_decay": 0.0, "lr": lr * scale}]
+
+    groups = pair([p for p in params if id(p) not in lr_scales], 1.0)
+    for scale in sorted({lr_scales[id(p)] for p in params if id(p) in lr_scales}):
+        groups += [g for g in pair([p for p in params if lr_scales.get(id(p)) == scale], scale) if g["params"]]
+    return groups
+
+
+def lr_scales_of(model: nn.Module) -> dict[int, float]:
+    """id(parameter) -> its learning-rate multiplier, from every submodule with an `lr_scales()` (the attention's
+    global spatial branch: fastsca/attention.py)."""
+    return {id(p): scale for module in model.modules() if hasattr(module, "lr_scales")
+            for p, scale in module.lr_scales()}
 
 
 def fused_on(params: list[nn.Parameter]) -> bool:
@@ -31,12 +50,13 @@ def build_optimiser(model: nn.Module, config: OptimConfig, head_prefix: str = "p
     `head_prefix`) learn at lr x that scale, in groups after the head's (so the first group's lr is the peak).
     `fused`: None decides by device (`fused_on`); bench.whole_step asks for True to count CUDA's step on CPU."""
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if config.backbone_lr_scale == 1.0:   # two groups, as checkpoints written before the scale existed hold
-        groups = _decay_groups([p for _, p in named], config, config.lr)
+    scales = lr_scales_of(model)
+    if config.backbone_lr_scale == 1.0:   # two groups (and the lr-scaled ones), as checkpoints before that hold
+        groups = _decay_groups([p for _, p in named], config, config.lr, scales)
     else:
-        groups = (_decay_groups([p for name, p in named if name.startswith(head_prefix)], config, config.lr)
+        groups = (_decay_groups([p for name, p in named if name.startswith(head_prefix)], config, config.lr, scales)
                   + _decay_groups([p for name, p in named if not name.startswith(head_prefix)], config,
-                                  config.lr * config.backbone_lr_scale))
+                                  config.lr * config.backbone_lr_scale, scales))
     fused = fused_on([p for _, p in named]) if fused is None else fused
     optimiser = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
     optimiser.register_load_state_dict_post_hook(_keep_implementation(fused or None))

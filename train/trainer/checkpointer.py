@@ -60,6 +60,12 @@ class Checkpointer:
                                   f"has {self.ctx.world_size}; resume with torchrun --nproc_per_node="
                                   f"{len(payload['loader'])} (or without torchrun for 1)")
         checkpoint.load_state(self.model, payload["model"], self.latest, "model")
+        groups = len(payload["optimizer"].get("param_groups", ())) if isinstance(payload["optimizer"], dict) else 0
+        if 0 < groups < len(self.optimiser.param_groups):
+            raise CheckpointError(f"{self.latest}: its optimiser has {groups} parameter groups, this run's "
+                                  f"{len(self.optimiser.param_groups)}: it was written before the attention's global "
+                                  f"branch got a learning rate of its own (train/optim.py); finish that run with the "
+                                  f"fastsca that started it, or start a new run with another --out")
         checkpoint.load_state(self.optimiser, payload["optimizer"], self.latest, "optimizer")
         checkpoint.load_state(self.scheduler, payload["scheduler"], self.latest, "scheduler")
         self.train_loader.load_state_dict(payload["loader"][self.ctx.rank])
