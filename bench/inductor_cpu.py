@@ -13,10 +13,13 @@ Where Inductor lowers differently for a CPU device, the CUDA lowering is asked f
 - reductions are split as for an H100: the device reports its 132 SMs, 2048 threads per SM and 32-thread
   warps (DeviceProperties), not the host's cores.
 Kernels are named after the torch modules and functions they fuse (`triton.descriptive_names = "torch"`), which
-bench/breakdown.py reads; names change no code.
+bench/breakdown.py reads; names change no code. `identifier_kernel_names` keeps those names Python identifiers:
+torch 2.13 names a backward kernel after a custom op's overload (`block_tail_forward.default`), a syntax error in
+the generated module (Inductor's default names, which training uses, are not affected).
 """
 import contextlib
 import os
+import re
 from unittest import mock
 
 import torch
@@ -90,6 +93,17 @@ def _as_h100(create):
 
 
 @contextlib.contextmanager
+def identifier_kernel_names():
+    """Inductor's descriptive Triton kernel names with every character that cannot be in an identifier made '_'."""
+    from torch._inductor.codegen import triton as triton_codegen
+
+    name_of = triton_codegen.get_fused_kernel_name
+    with mock.patch.object(triton_codegen, "get_fused_kernel_name",
+                           lambda *args, **kwargs: re.sub(r"\W", "_", name_of(*args, **kwargs))):
+        yield
+
+
+@contextlib.contextmanager
 def inductor_triton_on_cpu():
     """Inductor emits (and, under TRITON_INTERPRET=1, runs) Triton kernels for CPU tensors meanwhile."""
     import torch._inductor.config as inductor_config
@@ -104,6 +118,7 @@ def inductor_triton_on_cpu():
         stack.enter_context(mock.patch.object(triton_compat, "libdevice", libdevice))
         stack.enter_context(inductor_config.patch({"cpu_backend": "triton", "cpp.fallback_scatter_reduce_sum": False,
                                                    "triton.descriptive_names": "torch"}))
+        stack.enter_context(identifier_kernel_names())
         create = hints.DeviceProperties.create
         stack.enter_context(mock.patch.object(hints.DeviceProperties, "create", _as_h100(create)))
         torch._dynamo.reset()
