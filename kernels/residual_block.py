@@ -30,7 +30,10 @@ def _unaliased(*results: Tensor) -> tuple[Tensor, ...]:
     Triton passes return their per-channel sums as rows of one reduced (K, C) tensor; a C-sized copy each)."""
     seen, out = set(), []
     for result in results:
-        storage = result.untyped_storage().data_ptr() if result.numel() else None
+        if result.numel() == 0:   # an absent result's stand-in holds no data
+            out.append(result)
+            continue
+        storage = result.untyped_storage().data_ptr()
         out.append(result.clone() if storage in seen else result)
         seen.add(storage)
     return tuple(out)

@@ -9,6 +9,7 @@ can be compiled for sm_90.
 """
 import json
 import math
+from collections import Counter
 import os
 import subprocess
 import sys
@@ -30,6 +31,24 @@ CONVOLUTIONS = 7 * 3 + 3 * 2
 in each of the three attention blocks; each has a dgrad (every input needs its gradient) and a wgrad."""
 POOLED_INPUTS = [(3, 28, 64), (5, 14, 32), (8, 7, 16), (11, 7, 8)]
 """(C, T, F) at the input of the narrow model's four max-pools: (2, 2), (2, 2), (1, 2), (1, 2)."""
+BLOCKS = 7
+"""Residual blocks: fastsca runs each as the fused block (three convolution ops, one tail each way)."""
+
+
+def _block_convolutions() -> list[tuple[int, int, int, int, bool, bool]]:
+    """(c_in, c_out, k, rows = B x T x F, prologue, Triton by the per-layer rule) of the narrow model's 21 block
+    convolutions, in the order the fused blocks run them (conv1, shortcut, conv2)."""
+    from fastsca.backbone_plan import implicit_gemm
+    from fastsca.config import ModelConfig
+
+    config = ModelConfig.from_name("at-sca-3", channels=CHANNELS, num_classes=CLASSES, input_frames=FRAMES)
+    out, c_in = [], 1
+    for c_out, (t, f) in zip(config.channels, config.block_input_sizes()):
+        rows = BATCH * t * f
+        for cin, k, prologue in ((c_in, 3, False), (c_in, 1, False), (c_out, 3, True)):
+            out.append((cin, c_out, k, rows, prologue, implicit_gemm(cin, c_out, k, rows, prologue)))
+        c_in = c_out
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +87,8 @@ def test_every_kernel_compiles_and_every_part_of_the_step_is_there(report):
         assert not errors, f"{step}: {errors[:3]}"
         assert {r["phase"] for r in rows} == {"front end", "forward", "loss", "non-finite check", "backward",
                                               "clipping", "optimiser"}
-        roles = [r["detail"]["role"] for r in rows if r["kind"] == "extern" and "role" in (r.get("detail") or {})]
+        # every convolution once per role: cuDNN's (extern, or inside a fused block op) or a Triton implicit GEMM
+        roles = [r["detail"]["role"] for r in rows if "role" in (r.get("detail") or {})]
         assert [roles.count(role) for role in ("forward", "dgrad", "wgrad")] == [CONVOLUTIONS] * 3, step
 
 
@@ -92,15 +112,19 @@ def test_the_eager_parts_launch_what_the_counting_rules_say(report):
 
 
 @pytest.mark.slow
-def test_the_max_pool_backward_is_bf16_on_fastsca_and_an_fp32_scatter_on_the_reference(report):
+def test_the_max_pool_is_in_the_block_tail_on_fastsca_and_an_fp32_scatter_on_the_reference(report):
     full = sum(BATCH * c * t * f for c, t, f in POOLED_INPUTS)
     pools = {step: [r for r in rows if r["category"] == "max-pool bwd"] for step, rows in report["launches"].items()}
-    assert len(pools["fastsca"]) == len(POOLED_INPUTS)            # Inductor's lowering: one kernel a pool
-    assert sum(r.get("fp32_stored", 0) for r in pools["fastsca"]) == 0
     # the decomposition: a zero fill, the atomic scatter-add, and the kernel that reads the buffer back (fused with
     # the ReLU and BN backward after it): each stores a full-resolution fp32 tensor
     assert len(pools["reference"]) == 3 * len(POOLED_INPUTS)
     assert sum(r.get("fp32_stored", 0) for r in pools["reference"]) == 3 * 4 * full
+    fastsca = report["launches"]["fastsca"]
+    assert not [r for r in fastsca if r["category"].startswith("max-pool")]   # one tail kernel each way per block
+    tails = [r for r in fastsca if r["kind"] == "fastsca" and r["category"].startswith("block tail")]
+    assert sorted((r["name"], r["phase"]) for r in tails) == sorted(
+        [("block_tail_forward_kernel", "forward")] * BLOCKS + [("block_tail_backward_kernel", "backward")] * BLOCKS)
+    assert sum(r.get("fp32_stored", 0) for r in tails) == 0
 
 
 @pytest.mark.slow
@@ -109,11 +133,40 @@ def test_fastsca_launches_exactly_its_passes_and_fewer_kernels(report):
     ours = [(r["name"], r["phase"]) for r in rows if r["kind"] == "fastsca"]
     sca = {"forward": ["channel_pool_forward_kernel", "spatial_squeeze_forward_kernel", "gate_forward_kernel"],
            "backward": ["gate_logit_grad_rows_kernel", "spatial_squeeze_logit_grad_kernel", "gate_input_grad_kernel"]}
-    assert sorted(ours) == sorted((name, phase) for phase, names in sca.items() for name in names * 3)
-    assert not [r for r in rows if r["kind"] == "aten in fastsca op"]   # no eager launches inside the ops
+    convolutions = _block_convolutions()
+    triton = sum(chosen for *_, chosen in convolutions)
+    block = {"forward": ["conv_gemm_kernel"] * triton + ["block_tail_forward_kernel"] * BLOCKS,
+             "backward": ["conv_gemm_kernel", "conv_weight_grad_kernel"] * triton
+             + ["block_tail_backward_kernel"] * BLOCKS}
+    assert sorted(ours) == sorted([(name, phase) for phase, names in sca.items() for name in names * 3]
+                                  + [(name, phase) for phase, names in block.items() for name in names])
+    inside = Counter((r["op"].split("::")[1], r["name"].split(".")[1]) for r in rows if r["kind"] == "aten in fastsca op")
+    assert inside == _aten_inside_block_ops(convolutions)
     steps = report["steps"]
     for phase in ("forward", "backward"):
         assert steps["fastsca"]["launches_by_phase"][phase] < steps["reference"]["launches_by_phase"][phase], phase
+
+
+def _aten_inside_block_ops(convolutions) -> Counter:
+    """(op, aten op) counts of the work the fused blocks' ops launch besides their Triton kernels: a Triton
+    convolution sums its partial statistics (one sum) and copies the second row out (op outputs may not alias), its
+    data gradient flips the weight and, with a prologue, sums and copies the same way, its weight gradient sums its
+    split-K partials where it splits; a cuDNN convolution runs its convolution and reductions as aten ops (none of
+    the narrow model's); each tail backward sums its partials and copies the rows out (3 with main's BatchNorm, 1
+    without)."""
+    from kernels.conv_weight_grad import tiling
+
+    assert all(chosen for *_, chosen in convolutions)   # the narrow model at batch 3 is bandwidth-bound throughout
+    expected = Counter({("block_conv_forward", "sum"): 21, ("block_conv_forward", "clone"): 21,
+                        ("block_conv_input_grad", "flip"): 21})
+    prologues = sum(prologue for *_, prologue, _ in convolutions)
+    expected[("block_conv_input_grad", "sum")] = expected[("block_conv_input_grad", "clone")] = prologues
+    expected[("block_conv_weight_grad", "sum")] = sum(tiling(c_in, c_out, k, rows, 2)["SPLIT"] > 1
+                                                      for c_in, c_out, k, rows, *_ in convolutions)
+    pooled, attention = len(POOLED_INPUTS), BLOCKS - len(POOLED_INPUTS)
+    expected[("block_tail_backward", "sum")] = BLOCKS
+    expected[("block_tail_backward", "clone")] = 3 * pooled + 1 * attention
+    return expected
 
 
 @pytest.mark.slow
