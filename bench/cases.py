@@ -62,12 +62,17 @@ PASS_MODES = ("forward",)
 PASS_PROVIDERS = ("eager", "compile", "fused")
 SCA_PROVIDERS = ("eager", "compile", "fused", "fused_compile")
 TRAIN_MODELS = ("baseline", "at-sca-3")
-TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs")
-"""The training step: eager and torch.compile (mode default) of the reference and of fastsca's model, and both
-compiled with CUDA graphs (mode reduce-overhead, train.run's default on CUDA)."""
+TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs",
+                   "compile_max_autotune")
+"""The training step: eager and torch.compile (mode default) of the reference and of fastsca's model (fused
+attention and fused backbone), both compiled with CUDA graphs (mode reduce-overhead, train.run's default on CUDA),
+and the reference under mode max-autotune-no-cudagraphs (Inductor benchmarking kernel variants, a user's strongest
+plain torch.compile)."""
 LOADER_PROVIDERS = ("dali", "librosa")
 FUSED_PROVIDERS = ("fused", "fused_compile", "compile_fused", "compile_fused_cudagraphs")
-COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs")
+COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs",
+                      "compile_max_autotune")
+AUTOTUNE_PROVIDERS = ("compile_max_autotune",)
 CUDAGRAPH_PROVIDERS = ("compile_cudagraphs", "compile_fused_cudagraphs")
 
 REAL_PRESETS = ("at-sca-1", "at-sca-2", "at-sca-3")
@@ -280,8 +285,8 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         if case.provider == "librosa" and not librosa_available():
             return "librosa not installed: the DataLoader baseline computes its log-mel with librosa"
         return None
-    if case.suite == "train_step" and case.model == "baseline" and case.provider in FUSED_PROVIDERS:
-        return "baseline has no attention: its fused model is the reference model, timed under 'eager'/'compile'"
+    if case.provider in AUTOTUNE_PROVIDERS and not env.cuda:
+        return "needs CUDA: max-autotune benchmarks GPU kernel variants (minutes of compiling on a CPU for nothing)"
     if case.provider in CUDAGRAPH_PROVIDERS and not env.cuda:
         return "needs CUDA: CUDA graphs (torch.compile mode reduce-overhead) capture CUDA work only"
     if env.cuda or env.smoke:
@@ -448,7 +453,8 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     if sizes["channels"] is not None:
         overrides["channels"] = sizes["channels"]
     layout = torch.channels_last if env.cuda else torch.contiguous_format   # as train.run
-    model = build_model(case.model, RunOptions(fused_attention=case.provider in FUSED_PROVIDERS), **overrides)
+    fused = case.provider in FUSED_PROVIDERS
+    model = build_model(case.model, RunOptions(fused_attention=fused, fused_backbone=fused), **overrides)
     model = model.to(env.device, memory_format=layout)
     optimiser = _optimiser(model)
     config = model.config
@@ -458,7 +464,8 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     target = (torch.rand(case.batch, config.num_classes, device=env.device) < 0.05).float()
     run = model
     if case.provider in COMPILED_PROVIDERS:
-        mode = "reduce-overhead" if case.provider in CUDAGRAPH_PROVIDERS else "default"
+        mode = ("reduce-overhead" if case.provider in CUDAGRAPH_PROVIDERS else
+                "max-autotune-no-cudagraphs" if case.provider in AUTOTUNE_PROVIDERS else "default")
         run = torch.compile(model, backend=env.compile_backend, mode=mode)
 
     def step() -> None:

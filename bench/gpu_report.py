@@ -43,8 +43,9 @@ COPY_BYTES = {"gpu": 2 * 2 ** 30, "cpu": 256 * 2 ** 20, "smoke": 16 * 2 ** 20}
 # the copy-bandwidth run and writing the report.
 DEFAULT_BUDGET_S = 480.0
 # Seconds of budget a case needs left to start. A compiled training step compiles the whole model,
-# forward and backward (about a minute or two); a compiled module or op compiles once per map.
-START_GUARD_S = {"train_compile": 150.0, "compile": 40.0, "loader": 60.0, "other": 5.0}
+# forward and backward (about a minute or two; under max-autotune it benchmarks kernel variants, several
+# minutes); a compiled module or op compiles once per map.
+START_GUARD_S = {"train_compile": 150.0, "train_autotune": 360.0, "compile": 40.0, "loader": 60.0, "other": 5.0}
 TARGET_COPY_FRACTION, TARGET_VS_EAGER, TARGET_VS_COMPILE = 0.85, 3.0, 1.5
 TARGET_PROVIDERS = ("fused", "fused_compile")
 
@@ -72,7 +73,8 @@ def priority(case: Case, env: BenchEnv) -> int:
     if cases.is_target(case, env):
         return 0
     if case.suite == "train_step":   # the whole step, plain torch.compile vs fastsca, with and without CUDA graphs
-        return 1 if case.model == cases.TARGET_PRESET and case.provider in cases.COMPILED_PROVIDERS else 2
+        quick = case.provider in cases.COMPILED_PROVIDERS and case.provider not in cases.AUTOTUNE_PROVIDERS
+        return 1 if case.model == cases.TARGET_PRESET and quick else 2
     if case.suite == "loader":
         return 3
     if case.suite == "sca":
@@ -82,6 +84,8 @@ def priority(case: Case, env: BenchEnv) -> int:
 
 
 def start_guard(case: Case) -> float:
+    if case.suite == "train_step" and case.provider in cases.AUTOTUNE_PROVIDERS:
+        return START_GUARD_S["train_autotune"]
     if case.suite == "train_step" and case.provider in cases.COMPILED_PROVIDERS:
         return START_GUARD_S["train_compile"]
     if case.provider in cases.COMPILED_PROVIDERS:
@@ -182,7 +186,8 @@ def train_memory(records: list[dict]) -> list[dict]:
     steps = {(r["model"], r["provider"]): r for r in records if r["suite"] == "train_step" and r["status"] == "ok"}
     for model in cases.TRAIN_MODELS:
         for reference, fused in (("eager", "fused"), ("compile", "compile_fused"),
-                                 ("compile_cudagraphs", "compile_fused_cudagraphs")):
+                                 ("compile_cudagraphs", "compile_fused_cudagraphs"),
+                                 ("compile_max_autotune", "compile_fused")):
             ref, fus = steps.get((model, reference)), steps.get((model, fused))
             if ref is None:
                 continue

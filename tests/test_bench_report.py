@@ -156,7 +156,8 @@ def _fake_session() -> list:
             for p in cases.SCA_PROVIDERS]
     grid += [(cases.Case("train_step", p, "step", 8, model=m), None, 8)
              for m in cases.TRAIN_MODELS for p in cases.TRAIN_PROVIDERS
-             if not (m == "baseline" and "fused" in p) and p not in cases.CUDAGRAPH_PROVIDERS]   # CUDA only
+             if not (m == "baseline" and "fused" in p)
+             and p not in cases.CUDAGRAPH_PROVIDERS + cases.AUTOTUNE_PROVIDERS]   # CUDA only
     grid += [(cases.Case("loader", p, "epoch", 32), None, 256) for p in cases.LOADER_PROVIDERS]
     session = []
     for index, (case, minimal_bytes, items) in enumerate(grid):
