@@ -4,8 +4,8 @@
 consumer in the autograd graph and gets one gradient, written once: no F-sized tensor is summed by
 autograd, and the gate's, the squeeze's and the channel pool's terms of dF are added in registers.
 Only the F-sized passes are `torch.library` ops (`fastsca::attention_<pass>`; the package's other ops are the
-fused residual block's, kernels/residual_block.py): Triton kernels on CUDA (and on CPU under TRITON_INTERPRET=1), one PyTorch expression each
-otherwise (kernels/reference.py's equations where a pass is one). The arrangement comes in as data (a
+fused residual block's, kernels/residual_block.py): Triton kernels on CUDA (and on CPU under
+TRITON_INTERPRET=1), one PyTorch expression each otherwise (kernels/reference.py's equations where a pass is one). The arrangement comes in as data (a
 fastsca.config.Arrangement: which masks, in what order, how combined); the unit picks its passes by the
 description's flags, never by its name. The sub-networks on S (B, 1, T, F), Z (B, C) and the logits
 (kernels/subnets.py: global convs and BatchNorm, the local FC, the channel MLP, partial-row sums) are
