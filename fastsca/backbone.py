@@ -11,6 +11,7 @@ BatchNorm, the sum, the ReLU and the max-pool. Its submodules, and so its state_
 reference's; the BatchNorm statistics, running ones included, are nn.BatchNorm2d's.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastsca.backbone_plan import implicit_gemm
@@ -67,12 +68,12 @@ class ResidualBlock(nn.Module):
         pixels = batch * t * f
         c_out = self.conv1.out_channels
         shortcut_conv, shortcut_bn = self.shortcut
-        y1, sum1, squares1 = conv_forward(x, self.conv1.weight, None, None,
+        y1, sum1, squares1 = _convolution(x, self.conv1.weight, None, None,
                                           implicit_gemm(c_in, c_out, 3, pixels, False))   # (B, C, T, F)
-        ys, sum_s, squares_s = conv_forward(x, shortcut_conv.weight, None, None,
+        ys, sum_s, squares_s = _convolution(x, shortcut_conv.weight, None, None,
                                             implicit_gemm(c_in, c_out, 1, pixels, False))
         scale1, shift1 = batch_norm_affine(sum1, squares1, pixels, self.bn1)             # (C,)
-        y2, sum2, squares2 = conv_forward(y1, self.conv2.weight, scale1, shift1,
+        y2, sum2, squares2 = _convolution(y1, self.conv2.weight, scale1, shift1,
                                           implicit_gemm(c_out, c_out, 3, pixels, True))   # (B, C, T, F)
         scale2, shift2 = batch_norm_affine(sum2, squares2, pixels, self.bn2)
         scale_s, shift_s = batch_norm_affine(sum_s, squares_s, pixels, shortcut_bn)
@@ -83,3 +84,18 @@ class ResidualBlock(nn.Module):
         main = self.attention(main.to(y2.dtype))
         out, _ = tail_forward(main, None, None, ys, scale_s, shift_s, list(self.pool_size))
         return out
+
+
+def _convolution(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, shift: torch.Tensor | None,
+                 triton: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, sum y, sum y*y) of y = conv(relu(x * scale + shift) or x, weight): the fused op where the per-layer rule
+    chose the Triton implicit GEMM; elsewhere the same in plain torch, which torch.compile hands to cuDNN with
+    the activation and the two sums as Inductor kernels fused around it (and autograd differentiates), so a
+    compute-bound layer pays cuDNN's passes and nothing eager."""
+    if triton:
+        return conv_forward(x, weight, scale, shift, True)
+    if scale is not None:
+        x = torch.relu(x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
+    y = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
+    dims = (0, 2, 3)
+    return y, y.sum(dims, dtype=torch.float32), y.float().square().sum(dims)

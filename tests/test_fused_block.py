@@ -433,14 +433,14 @@ def test_describe_prints_the_plan(capsys):
     assert table[0].split()[:4] == ["1", "conv1", "1->32", "400x64"]
 
 
-@pytest.mark.parametrize("implicit_gemm", ["all", "plan"])
+@pytest.mark.parametrize("implicit_gemm", ["all", "plan", "none"])
 @pytest.mark.parametrize("c_in, pool, attention", [(1, (2, 2), None), (5, (1, 2), None), (5, (1, 1), "channel")])
 def test_triton_passes_match_the_reference_block(implicit_gemm, c_in, pool, attention, kernel_device, monkeypatch):
     """The fused block with its Triton kernels (the implicit-GEMM convolutions where the rule, or here every
-    convolution, asks for them; the tail always) against the reference block, fp32 under the interpreter: the
-    same tolerances as the aten path's (fp32 sums in another order)."""
-    if implicit_gemm == "all":
-        monkeypatch.setattr(fastsca.backbone, "implicit_gemm", lambda *args: True)
+    convolution, asks for them, and the plain-torch cuDNN path where none does; the tail always) against the
+    reference block, fp32 under the interpreter: the same tolerances as above (fp32 sums in another order)."""
+    if implicit_gemm != "plan":
+        monkeypatch.setattr(fastsca.backbone, "implicit_gemm", lambda *args: implicit_gemm == "all")
     reference, fused = _twins(c_in, pool, attention)
     reference, fused = reference.to(kernel_device), fused.to(kernel_device)
     before = dict(LAUNCHES)
@@ -455,7 +455,7 @@ def test_triton_passes_match_the_reference_block(implicit_gemm, c_in, pool, atte
     ran = {name: LAUNCHES[name] - before.get(name, 0) for name in
            ("conv_forward", "conv_input_grad", "conv_weight_grad", "block_tail_forward", "block_tail_backward")}
     pixels = 3 * T * FREQ
-    chosen = 3 if implicit_gemm == "all" else sum(
+    chosen = {"all": 3, "none": 0}.get(implicit_gemm) if implicit_gemm != "plan" else sum(
         fastsca.backbone.implicit_gemm(*shape) for shape in
         ((c_in, C, 3, pixels, False), (c_in, C, 1, pixels, False), (C, C, 3, pixels, True)))
     assert ran == {"conv_forward": chosen, "conv_input_grad": chosen, "conv_weight_grad": chosen,
