@@ -10,7 +10,8 @@ bench/inductor_cpu.py sets `descriptive_names = "torch"`, e.g. `triton_red_fused
 3. extern calls: a convolution by its role (conv fwd, conv dgrad, conv wgrad), the attention's own global-branch
    convolutions (kernel size `attention_kernel`) as attention; a matmul producing the class dimension as head +
    loss, any other matmul (the reference's channel MLP) as attention;
-4. Inductor's kernels by name: MaxPool2d (max-pool fwd / bwd), softmax or a tensor with the class dimension
+4. Inductor's kernels by name: MaxPool2d (max-pool fwd / bwd), the BatchNorm algebra fused around the block ops
+   (kernels naming block_conv, block_tail or rsqrt: BN stats, apply, bwd reductions or pointwise), softmax or a tensor with the class dimension
    (head + loss; a Linear without it is the reference attention's channel MLP), the attention's own functions
    (ATTENTION_MARKERS), then BatchNorm (BN_MARKERS;
    forward: reductions are BN stats, pointwise kernels BN apply + ReLU + add; backward: reductions are BN bwd
@@ -69,6 +70,12 @@ def _kernel_category(row: dict) -> str:
     reduction = name.startswith(("triton_red", "triton_per"))
     if "MaxPool2d" in name or "max_pool" in name:
         return "max-pool bwd" if backward else "max-pool fwd"
+    if ("block_conv" in name or "block_tail" in name or "rsqrt" in name) and not row.get("touches_classes"):
+        # the BatchNorm algebra around the fused block's ops, or (rsqrt) written out as torch ops around a cuDNN
+        # convolution of the fused block: its clamp_min is not the head's clamp
+        if backward:
+            return "BN bwd reductions" if reduction else "BN/ReLU/add bwd pointwise"
+        return "BN stats" if reduction else "BN apply+ReLU+add fwd"
     if row.get("touches_classes") or any(m in name for m in HEAD_MARKERS):
         return "head+loss"
     if any(m in name for m in ATTENTION_MARKERS):

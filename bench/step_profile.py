@@ -25,6 +25,13 @@ EAGER_KERNELS = (("adam", "optimiser"), ("lpnorm", "clipping"), ("multi_tensor_a
 reference attention's small matmuls)."""
 
 
+BLOCK_KERNELS = (("conv_weight_grad_kernel", "conv wgrad"), ("conv_gemm_kernel", "conv fwd"),
+                 ("block_tail_forward_kernel", "block tail fwd"), ("block_tail_backward_kernel", "block tail bwd"))
+"""The fused backbone's Triton kernels (kernels/conv.py, conv_weight_grad.py, block_tail.py) by name. The forward and
+the data gradient launch one kernel, `conv_gemm_kernel`, so a profile counts both as conv fwd (the estimate splits
+them into conv fwd and conv dgrad: compare the two rows' sum)."""
+
+
 def kernel_category(name: str, phase_hint: str = "") -> str:
     """The category of a profiled GPU kernel from its name (Inductor's: bench/breakdown.py's rules)."""
     from bench.breakdown import _kernel_category
@@ -32,6 +39,9 @@ def kernel_category(name: str, phase_hint: str = "") -> str:
     lower = name.lower()
     if name.startswith("triton_"):
         return _kernel_category({"name": name, "phase": "backward" if "backward" in name else phase_hint})
+    for marker, category in BLOCK_KERNELS:
+        if marker in lower:
+            return category
     if "fastsca" in lower or any(k in lower for k in ("channel_pool", "spatial_squeeze", "gate_", "local_fc")):
         return "attention"
     for marker, category in CUDNN_ROLES + EAGER_KERNELS:
