@@ -1,7 +1,8 @@
 """`python -m bench.gpu_report [--cpu-smoke] [--out-dir bench/results] [--budget-s 480]`: the whole grid in one call.
 
 On a GPU machine (one call of at most 9 minutes on an H100) it measures the copy-bandwidth ceiling,
-profiles train.run's step of both models at batch 256 with torch.profiler by bench.whole_step's categories and
+checks fastsca's fused model against the reference in one training step there (bench/fused_check.py), profiles
+train.run's step of both models at batch 256 with torch.profiler by bench.whole_step's categories and
 sets it against that count's newest estimate (bench/step_profile.py; `--no-step-profile` skips it), then runs the cases of bench/cases.py (the ones the pytest suites run, prepared by the same code and
 timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
 first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cases, harness, step_profile
+from bench import cases, fused_check, harness, step_profile
 from bench.cases import BenchEnv, Case
 
 # The copy-bandwidth buffer: 2 GiB read + 2 GiB written on a GPU, ~80x the H100's L2.
@@ -229,6 +230,9 @@ def _environment_and_targets(report: dict) -> list[str]:
     lines += ["", "## Copy-bandwidth ceiling", ""]
     lines += [f"`dst.copy_(src)` of {copy.get('bytes_copied', 0) / 2 ** 30:.2f} GiB: {_fmt(copy.get('time_ms'))} ms, "
               f"**{_fmt(copy.get('gbps'), '.1f')} GB/s** (bytes read + written)." if copy else "not measured"]
+    check = report.get("fused_check")
+    lines += ["", "## Fused against reference on this device", "",
+              fused_check.markdown(check) + "." if check else "not checked"]
     lines += ["", f"## Targets: SCA module on {cases.TARGET_PRESET}'s maps ({cases.TARGET_PLAN} plan), "
                   f"batch {cases.TARGET_BATCH}", ""]
     measured = [t for t in report["targets"] if t["status"] != "not measured"]
@@ -372,6 +376,9 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     try:
         report["copy_bandwidth"] = harness.copy_bandwidth(env.device, COPY_BYTES[env.scale])
         print(f"copy bandwidth: {report['copy_bandwidth']['gbps']:.1f} GB/s", flush=True)
+        report["fused_check"] = fused_check.check(env.device, env.smoke)
+        print(fused_check.markdown(report["fused_check"]), flush=True)
+        save()
         if args.step_profile and env.cuda:
             report["step_profile"] = profile_step(info["device"])
             save()

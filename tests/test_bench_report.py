@@ -28,6 +28,8 @@ def test_cpu_smoke_report_writes_json_and_markdown(tmp_path):
     assert {"environment", "mode", "copy_bandwidth", "cases", "targets", "train_memory", "elapsed_s"} <= report.keys()
     assert {"date", "device", "torch", "triton", "dali", "cuda"} <= report["environment"].keys()
     assert report["copy_bandwidth"]["gbps"] > 0
+    assert report["fused_check"]["passed"] and report["fused_check"]["precision"] == "fp32"
+    assert "fastsca's fused model (fused attention and backbone) matches the reference" in md_path.read_text()
 
     by_suite = {}
     for record in report["cases"]:
