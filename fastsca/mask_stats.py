@@ -8,11 +8,12 @@ unweighted, and so locates nothing. Statistics are exact: every value is kept (c
 gate), so the clip count bounds the memory. The logits are captured with forward hooks on the reference path
 (fused=False), which calls the spatial and channel sub-networks as modules.
 
-`python -m fastsca.mask_stats CHECKPOINT --data SPLIT.h5 [--clips N]` prints the table for the first N clips of a
+`python -m fastsca.mask_stats CHECKPOINT --data SPLIT [--clips N]` (a shard .h5 or a packed folder) prints the table for the first N clips of a
 packed split (the built-in set's eval.h5 too).
 """
 import argparse
 import sys
+from pathlib import Path
 from dataclasses import dataclass
 
 import h5py
@@ -159,6 +160,22 @@ def format_table(blocks: list[BlockMasks]) -> str:
     return "\n".join(lines)
 
 
+def shard_path(path: str) -> str:
+    """The shard file of --data: the path itself, or a packed folder's first shard (shard_*.h5, in name order)."""
+    if Path(path).is_dir():
+        shards = sorted(Path(path).glob("shard_*.h5"))
+        if not shards:
+            raise ValueError(f"--data {path}: a folder with no shard_*.h5; give a split packed by train.pack or its "
+                             f"shard file")
+        return str(shards[0])
+    if not Path(path).is_file():
+        raise ValueError(f"--data {path}: no such file or folder; give a split packed by train.pack")
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"--data {path}: not an HDF5 shard; give a split packed by train.pack (a shard .h5 or its "
+                         f"folder)")
+    return path
+
+
 def read_log_mels(path: str, front_end: LogMelConfig, clips: int, batch_size: int):
     """Log-mel batches (B, 1, T, F) of the first `clips` clips of a packed split."""
     with h5py.File(path, "r") as shard:
@@ -180,8 +197,8 @@ def read_log_mels(path: str, front_end: LogMelConfig, clips: int, batch_size: in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m fastsca.mask_stats", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a training checkpoint of an attention model (best.pt, latest.pt)")
-    parser.add_argument("--data", required=True, help="a packed split (.h5) of clips the model takes, e.g. the "
-                        "built-in set's eval.h5")
+    parser.add_argument("--data", required=True, help="a packed split of clips the model takes: a shard .h5 (e.g. "
+                        "the built-in set's eval.h5) or a packed folder (its first shard)")
     parser.add_argument("--clips", type=int, default=256, help="the first CLIPS clips of --data (default 256; the "
                         "statistics keep every value, so memory grows with it)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per forward pass (default 32)")
@@ -190,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--clips and --batch-size must be at least 1")
     try:
         trained = load_trained_model(args.checkpoint)
+        args.data = shard_path(args.data)
         with h5py.File(args.data, "r") as shard:
             clips = min(args.clips, shard["waveform"].shape[0]) if "waveform" in shard else args.clips
         blocks = mask_statistics(trained.model, read_log_mels(args.data, trained.log_mel, clips, args.batch_size))

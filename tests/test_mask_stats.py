@@ -3,6 +3,7 @@ set by hand, and `python -m fastsca.mask_stats` printing the table for a checkpo
 import math
 from dataclasses import asdict
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -143,3 +144,21 @@ def test_cli_refuses_a_missing_split_in_one_line(tmp_path, capsys):
         mask_stats.main([str(tmp_path / "sca.pt"), "--data", str(tmp_path / "none.h5")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and "none.h5" in err[0]
+
+
+def test_data_may_be_a_packed_folder_and_bad_paths_get_one_line(tmp_path):
+    from fastsca.mask_stats import shard_path
+
+    folder = tmp_path / "packed"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="a folder with no shard_"):
+        shard_path(str(folder))
+    for name in ("shard_00001.h5", "shard_00000.h5"):
+        with h5py.File(folder / name, "w"):
+            pass
+    assert shard_path(str(folder)) == str(folder / "shard_00000.h5")
+    (tmp_path / "notes.txt").write_text("not a shard")
+    with pytest.raises(ValueError, match="not an HDF5 shard"):
+        shard_path(str(tmp_path / "notes.txt"))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        shard_path(str(tmp_path / "missing.h5"))
