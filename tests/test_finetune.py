@@ -67,10 +67,11 @@ def test_pretrained_start_reaches_the_map_sooner_than_scratch(finetuned, twelve,
     scratch = tmp_path / "scratch"
     train.run.main([*FLAGS, *data_flags(twelve), "--channels", CHANNELS, "--clip-seconds", "1",
                     "--out", str(scratch)])
-    # validation mAP every 5 steps, measured: from full_run 0.497 0.576 0.608 0.643 0.666 0.671, from scratch
-    # 0.301 0.248 0.297 0.321 0.430 0.487: 0.45 at the first evaluation instead of the last
+    # validation mAP every 5 steps, measured (with the frame loss on the set's strong labels and the attention's
+    # global branch at lr / fan-in): from full_run 0.405 0.600 0.656 0.683 0.694 0.694, from scratch
+    # 0.314 0.246 0.270 0.312 0.395 0.489: 0.45 at the second evaluation instead of the last
     curves = [[round(r["mAP"], 3) for r in records(run, "val")] for run in (finetuned, scratch)]
-    assert (first_step_reaching(finetuned, 0.45), first_step_reaching(scratch, 0.45)) == (5, 30), curves
+    assert (first_step_reaching(finetuned, 0.45), first_step_reaching(scratch, 0.45)) == (10, 30), curves
 
 
 @pytest.mark.slow
