@@ -169,9 +169,9 @@ def test_sigterm_before_the_first_step_writes_a_resumable_checkpoint(tmp_path, b
     out = tmp_path / "run"
     split_run = holdout.split_run
 
-    def split_then_signal(*args):
+    def split_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)   # during start-up: the data is being opened
-        return split_run(*args)
+        return split_run(*args, **kwargs)
 
     monkeypatch.setattr(holdout, "split_run", split_then_signal)
     with pytest.raises(SystemExit) as stopped:
