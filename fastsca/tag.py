@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from fastsca.builtin_classes import is_builtin_label_set
-from fastsca.events import EventConfig, read_reference
+from fastsca.events import EventConfig, read_reference, stored_event_config
 from fastsca.hub import load_pretrained
 from fastsca.tagging.batch import (EVENTS_FILES, REPORT_NAME, BatchConfig, BatchRun, finish, own_files, tag_all,
                                    write_events)
@@ -162,7 +162,8 @@ def _prepare(args: argparse.Namespace) -> BatchRun:
         if args.table is not None:
             check_writable_folder(args.table.parent, "--table")
             table = ResultTable(args.table, table_columns(args.top_k, args.events), overwrite=args.overwrite,
-                                settings=_table_settings(args, pretrained.trained, events_config))
+                                settings=_table_settings(args, pretrained.trained, events_config),
+                                current_form=_table_settings_now)
     except ValueError:
         if out_lock is not None:
             os.close(out_lock)
@@ -183,6 +184,14 @@ def _table_settings(args: argparse.Namespace, trained, events_config: EventConfi
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return {"model": digest.hexdigest(), "overlap": args.overlap,
             "events": asdict(events_config) if args.events else None}
+
+
+def _table_settings_now(recorded: dict) -> dict:
+    """A table's recorded settings in this version's form: event settings recorded before a per-class field existed
+    take its default (the settings a run with them would have made), so such a table resumes."""
+    if not isinstance(recorded.get("events"), dict):
+        return recorded
+    return {**recorded, "events": asdict(stored_event_config({"events": recorded["events"]}))}
 
 
 def _lock_output_folder(args: argparse.Namespace, out: Path | None) -> int | None:

@@ -196,3 +196,26 @@ def test_a_file_changed_since_its_row_was_made_is_refused_on_resume(model, tmp_p
     assert table.read_bytes() == before
     code, results, err = run_tag([*argv, "--overwrite"], capsys)
     assert code == 0 and [r["file"] for r in results] == ["c0.wav", "c1.wav"] and results[1]["silent"], err
+
+
+def test_a_table_with_events_from_before_the_per_class_settings_resumes(model, tmp_path, capsys):
+    """A table made with --events records its event settings; one recorded before the per-class fields existed
+    (hysteresis, median, length and gap per class) resumes as the defaults they stand for, while another threshold
+    is still refused."""
+    from fastsca.events import CLASS_FIELDS
+
+    files = [str(p) for p in clips(tmp_path / "in", np.random.default_rng(23), count=2)]
+    table = tmp_path / "t.csv"
+    argv = ["--checkpoint", model, "--events", "--table", str(table)]
+    assert run_tag([*argv, files[0]], capsys)[0] == 0
+    lock = tmp_path / ".t.csv.lock"
+    recorded = json.loads(lock.read_text())
+    old_form = {k: v for k, v in recorded["events"].items() if k == "class_thresholds" or k not in
+                set(CLASS_FIELDS.values())}
+    assert old_form != recorded["events"]   # the per-class fields this version added are gone
+    lock.write_text(json.dumps({**recorded, "events": old_form}))
+    code, results, _ = run_tag([*argv, *files], capsys)
+    assert code == 0 and [Path(r["file"]).name for r in results] == [Path(files[1]).name]
+    lock.write_text(json.dumps({**recorded, "events": {**old_form, "threshold": 0.9}}))
+    code, _, err = run_tag([*argv, *files], capsys)
+    assert code == 2 and "its rows were made with other settings (events)" in err[0]

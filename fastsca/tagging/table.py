@@ -70,13 +70,16 @@ def _row_problem(row: list[str], columns: list[str]) -> str | None:
 class ResultTable:
     """An append-only table of results, resumed (and repaired) if it exists, locked while open."""
 
-    def __init__(self, path: Path, columns: list[str], overwrite: bool = False, settings: dict | None = None) -> None:
+    def __init__(self, path: Path, columns: list[str], overwrite: bool = False, settings: dict | None = None,
+                 current_form=lambda recorded: recorded) -> None:
         """Open `path`, creating it with `columns` as its header, or resume it (see the module docstring); a
         table another run holds, a file that is not a tag table (without `overwrite`), a table of other
         columns or one whose rows were made with other `settings` (a JSON-able dict) is a one-line ValueError,
-        and the file is left as it was."""
+        and the file is left as it was. `current_form` maps the settings a table recorded to this version's
+        form (a field added since takes its default) before they are compared."""
         self.path, self.columns = path, columns
         self.settings = json.loads(json.dumps(settings))
+        self.current_form = current_form
         if path.suffix.lower() not in TABLE_DELIMITERS:
             raise ValueError(f"--table {path}: name it .csv or .tsv (the layout follows the extension)")
         self.delimiter = TABLE_DELIMITERS[path.suffix.lower()]
@@ -130,6 +133,8 @@ class ResultTable:
             recorded = json.loads(os.read(self._lock, 1 << 20) or b"null")
         except ValueError:
             recorded = None
+        if isinstance(recorded, dict):
+            recorded = json.loads(json.dumps(self.current_form(recorded)))
         if resumed and isinstance(recorded, dict) and recorded != self.settings:
             changed = ", ".join(key for key in sorted(set(recorded) | set(self.settings or {}))
                                 if recorded.get(key) != (self.settings or {}).get(key))
