@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastsca.backbone_plan import implicit_gemm
+from kernels.block_reference import activate
 from kernels.residual_block import batch_norm_affine, conv_forward, tail_forward
 
 
@@ -95,7 +96,7 @@ def _convolution(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     if triton:
         return conv_forward(x, weight, scale, shift, True)
     if scale is not None:
-        x = torch.relu(x.float() * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)).to(x.dtype)
+        x = activate(x, scale, shift)
     y = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)
     dims = (0, 2, 3)
     return y, y.sum(dims, dtype=torch.float32), y.float().square().sum(dims)
