@@ -14,6 +14,12 @@ Suites (STYLE.md, "Benchmarks": providers x modes x real shapes):
   passes run only inside the unit's backward, which the module's modes time). On a CPU the module's
   fused providers time kernels.attention as it runs there (its F-sized passes one PyTorch expression
   each), on one map at batch 32; the passes' fused cases skip (they run the reference there);
+- one residual block's training step (forward and backward, training-mode BatchNorm; fastsca/backbone.py)
+  at at-sca-3's block shapes under the `gpu` profile (blocks 1, 2, 4 and 7: BLOCK_INDICES), batch 64 and
+  256, bf16 autocast and channels_last on CUDA: `eager` and `compile` (the reference block),
+  `compile_max_autotune` (the reference under max-autotune-no-cudagraphs, batch 256) and `compile_fused`
+  (the block built fused, its attention too, compiled: as train.run runs it). A CPU times one small odd
+  block (CPU_BLOCK) instead: eager, compile and compile_fused (the fused ops' CPU engine);
 - the training step (forward, fp32 BCE, backward, AdamW step) of `baseline` and `at-sca-3`:
   eager, fused, compiled, compiled + fused;
 - the loader: the DALI loader (train/data/loader.py) against a torch DataLoader computing the same
@@ -31,12 +37,15 @@ their tensor's size; each input read once, each output written once):
                    squeeze's logit gradient), pass 3 reads dF'' and writes dF; the S-, Z- and
                    weight-sized terms (< 1% at C >= 256) are left out
   full = forward + backward.
+The block suite states no bytes floor: its convolutions' traffic depends on the engine and tiling each one
+gets (fastsca/backbone_plan.py), and the rule finds the 3x3 convolutions of blocks 3-7 compute-bound, their
+floor FLOPs rather than bytes.
 """
 import contextlib
 import importlib.util
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -46,10 +55,14 @@ import kernels  # noqa: F401  (registers the fastsca:: pass ops)
 from bench.harness import Prepared, l2_flush
 from fastsca import build_model
 from fastsca.attention import build_attention
+from fastsca.backbone import ResidualBlock
 from fastsca.config import POOLING_PLANS, ModelConfig
 from fastsca.frontend import LogMelConfig
+from fastsca.model_options import input_frames
+from fastsca.profiles import MODEL_PROFILES
 from fastsca.run_options import RunOptions
 from kernels import reference
+from train.profiles import PROFILES
 
 PASSES = {
     "pool": ("attention_pool", reference.channel_pool),
@@ -68,6 +81,9 @@ TRAIN_PROVIDERS = ("eager", "fused", "compile", "compile_fused", "compile_cudagr
 attention and fused backbone), both compiled with CUDA graphs (mode reduce-overhead, train.run's default on CUDA),
 and the reference under mode max-autotune-no-cudagraphs (Inductor benchmarking kernel variants, a user's strongest
 plain torch.compile)."""
+BLOCK_PROVIDERS = ("eager", "compile", "compile_max_autotune", "compile_fused")
+"""The residual block: the reference eager and under torch.compile (mode default: the fair baseline, and
+max-autotune-no-cudagraphs as the training step's provider of that name), and the fused block compiled."""
 LOADER_PROVIDERS = ("dali", "librosa")
 FUSED_PROVIDERS = ("fused", "fused_compile", "compile_fused", "compile_fused_cudagraphs")
 COMPILED_PROVIDERS = ("compile", "fused_compile", "compile_fused", "compile_cudagraphs", "compile_fused_cudagraphs",
@@ -93,6 +109,19 @@ TRAIN_SIZES = {
     "cpu": dict(channels=(8, 16, 32, 64, 64, 128, 128), input_frames=80, batch=8, num_classes=527),
     "smoke": dict(channels=(4, 4, 8, 8, 8, 16, 16), input_frames=16, batch=2, num_classes=10),
 }
+# Residual block: at-sca-3's blocks 1, 2, 4 and 7 (0-based indices), one of each kind the per-layer rule
+# (fastsca/backbone_plan.py; `python -m fastsca.describe at-sca-3 --profile gpu --plan-batch 256`) makes:
+# block 1 the largest map (400x64) from one input channel, block 2 Triton implicit GEMMs throughout (200x32),
+# block 4 cuDNN on the main path and a Triton shortcut, block 7 that split at 512 channels with its SCA
+# attention. Blocks 3, 5 and 6 repeat these kinds; all seven blocks at two batches and four providers would
+# be 56 compilations (several minutes each under max-autotune) in a 9-minute device call.
+BLOCK_INDICES = (0, 1, 3, 6)
+BLOCK_PROFILE = "gpu"
+"""The profile whose model gives the block shapes (fastsca/profiles.py; train/profiles.py its batch)."""
+BLOCK_BATCHES = (PROFILES[BLOCK_PROFILE].batch_size, TRAIN_SIZES["gpu"]["batch"])
+"""The gpu profile's training batch (64) and the training step suite's (256)."""
+BLOCK_AUTOTUNE_BATCH = TRAIN_SIZES["gpu"]["batch"]
+"""max-autotune at one batch only: it compiles for minutes per block."""
 # Loader data: 10 s clips as in training. 1024 clips on the GPU machine; 256 on the 2-core box, where
 # an epoch took 0.9 s with DALI and 7.6 s with librosa (shared cores); 1 s clips for the smoke run.
 LOADER_CLIPS = {"gpu": 1024, "cpu": 256}
@@ -160,31 +189,70 @@ class MapShape:
 
 
 @dataclass(frozen=True)
+class BlockShape:
+    """One residual block (fastsca/backbone.py) at one batch."""
+
+    name: str
+    """'block<N>' (1-based) of the block suite's model, or 'odd' for the CPU's small block."""
+    batch: int
+    in_channels: int
+    out_channels: int
+    time: int
+    """T of the block's input map (its convolutions' map; the pool comes after)."""
+    freq: int
+    pool: tuple[int, int]
+    """The max-pool (time, freq) after the block."""
+    attention: bool
+    """The block carries at-sca-3's SCA attention on its main path."""
+
+    @property
+    def input_dims(self) -> tuple[int, int, int, int]:
+        return self.batch, self.in_channels, self.time, self.freq
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-B{self.batch}-C{self.in_channels}-{self.out_channels}x{self.time}x{self.freq}"
+
+
+CPU_BLOCK = BlockShape("odd", batch=3, in_channels=5, out_channels=7, time=13, freq=11, pool=(1, 2), attention=True)
+"""The block a CPU times (and the smoke run): odd widths and map, a pool that does not divide F = 11, and SCA
+attention (its local FC and SE MLP at one hidden unit), so every part of the fused path runs; compiling it
+(reference or fused, forward and backward) took about 20 s on the 2-core box."""
+
+
+@dataclass(frozen=True)
 class Case:
     """One cell of the grid."""
 
     suite: str
-    """A pass (PASSES), 'sca', 'train_step' or 'loader'."""
+    """A pass (PASSES), 'sca', 'block', 'train_step' or 'loader'."""
     provider: str
     mode: str
-    """forward / backward / full for kernels and the module; 'step' and 'epoch' otherwise."""
+    """forward / backward / full for kernels, the module and the block; 'step' and 'epoch' otherwise."""
     batch: int
     shape: MapShape | None = None
     model: str | None = None
     """Preset of a training step."""
     dtype: str | None = None
-    """'bf16' or 'fp32': the feature map's dtype in kernel and module cases (bf16 under autocast)."""
+    """'bf16' or 'fp32': the feature map's dtype in kernel, module and block cases (bf16 under autocast)."""
+    block: BlockShape | None = None
+    """The residual block of a block case."""
 
     @property
     def id(self) -> str:
-        where = self.shape.label if self.shape else f"{self.model + '-' if self.model else ''}B{self.batch}"
+        where = self.where or f"{self.model + '-' if self.model else ''}B{self.batch}"
         return f"{self.suite}-{where}{'-' + self.dtype if self.dtype else ''}-{self.provider}-{self.mode}"
 
     @property
     def group(self) -> str:
         """pytest-benchmark's group: the providers of one suite, shape, dtype and mode side by side."""
-        where = self.shape.label if self.shape else f"{self.model or ''} B{self.batch}".strip()
+        where = self.where or f"{self.model or ''} B{self.batch}".strip()
         return f"{self.suite} {where} {self.dtype or ''} {self.mode}".replace("  ", " ")
+
+    @property
+    def where(self) -> str | None:
+        """The map's or the block's label; None for a model's or loader's case."""
+        return self.shape.label if self.shape else self.block.label if self.block else None
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -198,6 +266,8 @@ class Case:
             out.update(shape=list(self.shape.dims), presets=list(self.shape.presets))
         if self.model:
             out["model"] = self.model
+        if self.block:
+            out.update(block=self.block.label, block_shape=asdict(self.block))
         return out
 
 
@@ -236,13 +306,49 @@ def train_cases(env: BenchEnv) -> list[Case]:
             for model in TRAIN_MODELS for provider in TRAIN_PROVIDERS]
 
 
+def block_shapes(env: BenchEnv) -> list[BlockShape]:
+    """at-sca-3's blocks BLOCK_INDICES as the gpu profile builds them, at BLOCK_BATCHES (described on a CPU too,
+    where they skip), and on a CPU or in the smoke run the small odd block CPU_BLOCK."""
+    shapes = [CPU_BLOCK] if env.smoke or not env.cuda else []
+    if env.smoke:
+        return shapes
+    config = block_model_config()
+    sizes = config.block_input_sizes()
+    for batch in BLOCK_BATCHES:
+        for index in BLOCK_INDICES:
+            shapes.append(BlockShape(f"block{index + 1}", batch, config.channels[index - 1] if index else 1,
+                                     config.channels[index], *sizes[index], config.pools[index],
+                                     index in config.attention_blocks))
+    return shapes
+
+
+def block_model_config() -> ModelConfig:
+    """at-sca-3 as the gpu profile builds it (fastsca/model_options.py's rule: the profile's widths, else the
+    preset's; input frames from the profile's clip length)."""
+    profile = MODEL_PROFILES[BLOCK_PROFILE]
+    preset = ModelConfig.from_name(TARGET_PRESET)
+    return ModelConfig.from_name(TARGET_PRESET, channels=profile.channels or preset.channels,
+                                 input_frames=input_frames(profile.clip_seconds))
+
+
+def block_cases(env: BenchEnv) -> list[Case]:
+    cases = []
+    for shape in block_shapes(env):
+        dtype = "fp32" if shape == CPU_BLOCK else "bf16"
+        for provider in BLOCK_PROVIDERS:
+            if provider in AUTOTUNE_PROVIDERS and shape.batch != BLOCK_AUTOTUNE_BATCH:
+                continue
+            cases.append(Case("block", provider, "full", shape.batch, dtype=dtype, block=shape))
+    return cases
+
+
 def loader_cases(env: BenchEnv) -> list[Case]:
     return [Case("loader", provider, "epoch", LOADER_BATCH[env.scale]) for provider in LOADER_PROVIDERS]
 
 
 def all_cases(env: BenchEnv) -> list[Case]:
-    return ([case for suite in PASSES for case in pass_cases(suite, env)] + sca_cases(env) + train_cases(env)
-            + loader_cases(env))
+    return ([case for suite in PASSES for case in pass_cases(suite, env)] + sca_cases(env) + block_cases(env)
+            + train_cases(env) + loader_cases(env))
 
 
 def target_maps(env: BenchEnv) -> list[MapShape]:
@@ -289,6 +395,8 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         return "needs CUDA: max-autotune benchmarks GPU kernel variants (minutes of compiling on a CPU for nothing)"
     if case.provider in CUDAGRAPH_PROVIDERS and not env.cuda:
         return "needs CUDA: CUDA graphs (torch.compile mode reduce-overhead) capture CUDA work only"
+    if case.suite == "block":
+        return _block_skip_reason(case, env)
     if env.cuda or env.smoke:
         return None
     if case.suite in PASSES and case.provider == "fused":
@@ -304,6 +412,13 @@ def skip_reason(case: Case, env: BenchEnv) -> str | None:
         return (f"left out on CPU to keep the CPU bench to a few minutes: the module runs at "
                 f"B{CPU_MODULE_MAP[0]}-C{CPU_MODULE_MAP[1]}x{CPU_MODULE_MAP[2]}x{CPU_MODULE_MAP[3]} there "
                 f"(FASTSCA_BENCH_CPU_ALL=1 runs every map)")
+    return None
+
+
+def _block_skip_reason(case: Case, env: BenchEnv) -> str | None:
+    if case.block != CPU_BLOCK and not env.cuda:
+        return (f"needs CUDA: at-sca-3's {case.block.name} in bf16 autocast and channels_last is the GPU's case "
+                f"(a CPU times the small block {CPU_BLOCK.label} instead)")
     return None
 
 
@@ -395,17 +510,21 @@ def _prepare_pass(case: Case, env: BenchEnv) -> Iterator[Prepared]:
                    setup=l2_flush(env.device), info={"dtype": case.dtype})
 
 
+def _attention(channels: int, time: int, freq: int, fused: bool) -> torch.nn.Module:
+    """The SCA attention of at-sca-3's config on a (channels, time, freq) map."""
+    config = ModelConfig.from_name(TARGET_PRESET)
+    return build_attention(arrangement=config.arrangement, channels=channels, time_steps=time, freq_bins=freq,
+                           use_global=config.spatial_global, use_local=config.spatial_local,
+                           rd_ratio=config.rd_ratio, global_mid_channels=config.global_mid_channels,
+                           global_kernel_size=config.global_kernel_size, fused=fused)
+
+
 def _sca_module(case: Case, env: BenchEnv) -> tuple[torch.nn.Module, Callable]:
     """The SCA module of at-sca-3's config at the case's map, and what runs it (compiled or not)."""
     key = ("sca", case.shape.dims[1:], case.dtype, case.provider, env.compile_backend, str(env.device))
     if key not in _COMPILED:
-        config = ModelConfig.from_name(TARGET_PRESET)
         _, channels, time, freq = case.shape.dims
-        module = build_attention(arrangement="sca", channels=channels, time_steps=time, freq_bins=freq,
-                                 use_global=config.spatial_global, use_local=config.spatial_local,
-                                 rd_ratio=config.rd_ratio, global_mid_channels=config.global_mid_channels,
-                                 global_kernel_size=config.global_kernel_size,
-                                 fused=case.provider in FUSED_PROVIDERS).to(env.device)
+        module = _attention(channels, time, freq, case.provider in FUSED_PROVIDERS).to(env.device)
         run = module
         if case.provider in COMPILED_PROVIDERS:
             run = torch.compile(module, fullgraph=True, dynamic=False, backend=env.compile_backend)
@@ -427,6 +546,45 @@ def _prepare_sca(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     yield Prepared(fn=_mode_fn(forward, [x, *module.parameters()], case.mode), device=env.device,
                    minimal_bytes=sca_minimal_bytes(case.mode, x), setup=l2_flush(env.device),
                    info={"dtype": case.dtype, "autocast": case.dtype == "bf16"})
+
+
+def compile_mode(provider: str) -> str:
+    """torch.compile's mode of a compiled provider: reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs
+    (Inductor benchmarks kernel variants), else default."""
+    return ("reduce-overhead" if provider in CUDAGRAPH_PROVIDERS else
+            "max-autotune-no-cudagraphs" if provider in AUTOTUNE_PROVIDERS else "default")
+
+
+@contextlib.contextmanager
+def _prepare_block(case: Case, env: BenchEnv) -> Iterator[Prepared]:
+    """One training step of the block without the optimiser: forward and backward to the input and every
+    parameter, BatchNorm in training mode (batch statistics, running ones updated), bf16 autocast and
+    channels_last on CUDA as train.run. Seeded, so every provider times the same weights and input."""
+    if case.provider not in BLOCK_PROVIDERS:
+        raise ValueError(f"unknown block provider {case.provider!r}; valid: {', '.join(BLOCK_PROVIDERS)}")
+    shape, fused = case.block, case.provider in FUSED_PROVIDERS
+    layout = torch.channels_last if env.cuda else torch.contiguous_format   # as train.run
+    with torch.random.fork_rng(devices=[env.device] if env.cuda else []):
+        torch.manual_seed(0)
+        attention = (_attention(shape.out_channels, shape.time, shape.freq, fused) if shape.attention
+                     else torch.nn.Identity())
+        block = ResidualBlock(shape.in_channels, shape.out_channels, attention, shape.pool, fused=fused)
+        block = block.to(env.device, memory_format=layout).train()
+        x = torch.randn(shape.input_dims, device=env.device).contiguous(memory_format=layout).requires_grad_()
+        run = block
+        if case.provider in COMPILED_PROVIDERS:
+            run = torch.compile(block, fullgraph=True, dynamic=False, backend=env.compile_backend,
+                                mode=compile_mode(case.provider))
+
+        def forward():
+            with autocast(env.device, case.torch_dtype):
+                return run(x)
+
+        step = _mode_fn(forward, [x, *block.parameters()], case.mode)   # draws the upstream gradient
+    yield Prepared(fn=step, device=env.device, setup=l2_flush(env.device),
+                   info={"dtype": case.dtype, "autocast": case.dtype == "bf16",
+                         "channels_last": layout == torch.channels_last,
+                         "params": sum(p.numel() for p in block.parameters())})
 
 
 def _optimiser(model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -464,9 +622,7 @@ def _prepare_train_step(case: Case, env: BenchEnv) -> Iterator[Prepared]:
     target = (torch.rand(case.batch, config.num_classes, device=env.device) < 0.05).float()
     run = model
     if case.provider in COMPILED_PROVIDERS:
-        mode = ("reduce-overhead" if case.provider in CUDAGRAPH_PROVIDERS else
-                "max-autotune-no-cudagraphs" if case.provider in AUTOTUNE_PROVIDERS else "default")
-        run = torch.compile(model, backend=env.compile_backend, mode=mode)
+        run = torch.compile(model, backend=env.compile_backend, mode=compile_mode(case.provider))
 
     def step() -> None:
         with autocast(env.device, torch.bfloat16 if env.cuda else torch.float32):
@@ -538,8 +694,8 @@ def _prepare_loader(case: Case, env: BenchEnv) -> Iterator[Prepared]:
         close()
 
 
-PREPARERS = {**{suite: _prepare_pass for suite in PASSES}, "sca": _prepare_sca, "train_step": _prepare_train_step,
-             "loader": _prepare_loader}
+PREPARERS = {**{suite: _prepare_pass for suite in PASSES}, "sca": _prepare_sca, "block": _prepare_block,
+             "train_step": _prepare_train_step, "loader": _prepare_loader}
 
 
 def prepare(case: Case, env: BenchEnv) -> contextlib.AbstractContextManager[Prepared]:

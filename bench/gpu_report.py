@@ -7,9 +7,10 @@ sets it against that count's newest estimate (bench/step_profile.py; `--no-step-
 timed with CUDA events, median of N after warm-up): the SCA module at at-sca-3's maps with batch 256
 first (the issue's targets), then the whole at-sca-3 training step at batch 256 (bf16, channels_last,
 training-mode BatchNorm, AdamW) for plain torch.compile of the reference against fastsca's, each with
-and without CUDA graphs (mode reduce-overhead), then the other training steps (clips/s and peak memory),
-the loader, the rest of the module grid and the three forward passes. Cases that would start after the time
-budget are recorded as skipped. It writes `<out-dir>/<date>-<device>.json` and `.md` after every case
+and without CUDA graphs (mode reduce-overhead), then one residual block's forward + backward at at-sca-3's
+blocks 1, 2, 4 and 7 at batch 256 (a table per block), then the other training steps (clips/s and peak
+memory), the blocks at batch 64 and under max-autotune, the loader, the rest of the module grid and the
+three forward passes. Cases that would start after the time budget are recorded as skipped. It writes `<out-dir>/<date>-<device>.json` and `.md` after every case
 (a cut-off run still leaves its numbers) and prints the markdown at the end.
 
 The targets, checked in bf16 and in fp32 on at-sca-3's attention maps under the time-freq pooling plan
@@ -45,8 +46,10 @@ COPY_BYTES = {"gpu": 2 * 2 ** 30, "cpu": 256 * 2 ** 20, "smoke": 16 * 2 ** 20}
 DEFAULT_BUDGET_S = 480.0
 # Seconds of budget a case needs left to start. A compiled training step compiles the whole model,
 # forward and backward (about a minute or two; under max-autotune it benchmarks kernel variants, several
-# minutes); a compiled module or op compiles once per map.
-START_GUARD_S = {"train_compile": 150.0, "train_autotune": 360.0, "compile": 40.0, "loader": 60.0, "other": 5.0}
+# minutes); a compiled module, op or block compiles once per map (a block under max-autotune benchmarks its
+# three convolutions' variants forward and backward: not yet timed on a GPU, guessed at a third of the step's).
+START_GUARD_S = {"train_compile": 150.0, "train_autotune": 360.0, "block_autotune": 120.0, "compile": 40.0,
+                 "loader": 60.0, "other": 5.0}
 TARGET_COPY_FRACTION, TARGET_VS_EAGER, TARGET_VS_COMPILE = 0.85, 3.0, 1.5
 TARGET_PROVIDERS = ("fused", "fused_compile")
 
@@ -65,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="profile train.run's step of both models by category against bench.whole_step's "
                              "estimate, before the grid (CUDA only; default on)")
     parser.add_argument("--suites", default=None,
-                        help="comma-separated suites to run (passes, sca, train_step, loader, or a pass name); default all")
+                        help="comma-separated suites to run (passes, sca, block, train_step, loader, or a pass "
+                             "name); default all")
     return parser.parse_args(argv)
 
 
@@ -73,20 +77,25 @@ def priority(case: Case, env: BenchEnv) -> int:
     """Run order: what the targets need first, then what a tight budget can best spare last."""
     if cases.is_target(case, env):
         return 0
+    autotune = case.provider in cases.AUTOTUNE_PROVIDERS
     if case.suite == "train_step":   # the whole step, plain torch.compile vs fastsca, with and without CUDA graphs
-        quick = case.provider in cases.COMPILED_PROVIDERS and case.provider not in cases.AUTOTUNE_PROVIDERS
-        return 1 if case.model == cases.TARGET_PRESET and quick else 2
+        quick = case.provider in cases.COMPILED_PROVIDERS and not autotune
+        return 1 if case.model == cases.TARGET_PRESET and quick else 3
+    if case.suite == "block":        # the fused block against plain torch.compile: batch 256 first, max-autotune last
+        return 2 if case.batch == cases.BLOCK_AUTOTUNE_BATCH and not autotune else 4
     if case.suite == "loader":
-        return 3
+        return 5
     if case.suite == "sca":
-        return 4
+        return 6
     late = case.provider == "compile"
-    return (5 if case.batch == max(cases.BATCHES) else 7) + late
+    return (7 if case.batch == max(cases.BATCHES) else 9) + late
 
 
 def start_guard(case: Case) -> float:
     if case.suite == "train_step" and case.provider in cases.AUTOTUNE_PROVIDERS:
         return START_GUARD_S["train_autotune"]
+    if case.suite == "block" and case.provider in cases.AUTOTUNE_PROVIDERS:
+        return START_GUARD_S["block_autotune"]
     if case.suite == "train_step" and case.provider in cases.COMPILED_PROVIDERS:
         return START_GUARD_S["train_compile"]
     if case.provider in cases.COMPILED_PROVIDERS:
@@ -130,9 +139,9 @@ def run_case(case: Case, env: BenchEnv) -> dict:
 
 
 def comparison_key(record: dict) -> tuple:
-    """What makes providers comparable: suite, map or model and batch, mode."""
-    return (record["suite"], tuple(record.get("shape", ())), record.get("dtype"), record.get("model"),
-            record.get("batch"), record["mode"])
+    """What makes providers comparable: suite, map, block or model and batch, mode."""
+    return (record["suite"], tuple(record.get("shape", ())), record.get("block"), record.get("dtype"),
+            record.get("model"), record.get("batch"), record["mode"])
 
 
 def derive(records: list[dict], copy_gbps: float | None) -> None:
@@ -276,6 +285,31 @@ def _failures_and_profile(report: dict) -> list[str]:
     return lines
 
 
+def block_tables(records: list[dict]) -> list[str]:
+    """The block suite's section: one table per block shape, batch and dtype, its providers in BLOCK_PROVIDERS'
+    order with the time of one forward + backward and the speed-up over torch.compile of the reference block."""
+    lines = ["", "## Residual block (forward + backward, training-mode BatchNorm)", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["block"], r.get("dtype")), []).append(r)
+    if not groups:
+        return lines + _table([], [])
+    lines += ["`compile`: torch.compile of the reference block; `compile_fused`: the block built with `fused=True` "
+              "(its attention fused too), compiled, as train.run runs it. No bytes floor: each convolution's "
+              "traffic depends on the engine the per-layer rule gives it (`python -m fastsca.describe`)."]
+    for (label, dtype), rows in groups.items():
+        shape = rows[0]["block_shape"]
+        attention = "SCA attention" if shape["attention"] else "no attention"
+        lines += ["", f"### {shape['name']}: {shape['in_channels']}->{shape['out_channels']} channels on "
+                      f"{shape['time']}x{shape['freq']}, {attention}, pool {shape['pool'][0]}x{shape['pool'][1]}; "
+                      f"batch {shape['batch']}, {dtype}", ""]
+        rows = sorted(rows, key=lambda r: cases.BLOCK_PROVIDERS.index(r["provider"]))
+        lines += _table(["provider", "ms", "x compile", "x eager", "peak MB"],
+                        [[r["provider"], r["time_ms"], r.get("vs_compile"), r.get("vs_eager"), r.get("peak_mem_mb")]
+                         for r in rows])
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """The whole report as markdown: environment and targets, each suite's table, the step profile, failures."""
     records = report["cases"]
@@ -298,6 +332,7 @@ def render_markdown(report: dict) -> str:
         rows = ok(lambda s, suite=suite: s == suite)
         if rows:
             lines += ["", f"## `{op}`", ""] + _table(kernel_header, [kernel_row(r) for r in rows])
+    lines += block_tables(ok(lambda s: s == "block"))
     lines += ["", "## Training step (forward, BCE, backward, AdamW)", ""]
     lines += _table(["model", "provider", "batch", "ms/step", "clips/s", "x eager", "peak MB"],
                     [[r["model"], r["provider"], r["batch"], r["time_ms"], r.get("clips_per_s"), r.get("vs_eager"),

@@ -19,7 +19,7 @@ from bench import cases, gpu_report
 SUMMARY_COLUMNS = ("provider", "case", "median", "x eager", "x compile", "throughput")
 PROVIDER_ORDER = tuple(dict.fromkeys((*cases.SCA_PROVIDERS, *cases.TRAIN_PROVIDERS, *cases.LOADER_PROVIDERS)))
 """Row order within a case: the references (eager, compile) first, then the fused providers."""
-SUITE_ORDER = ("sca", *cases.PASSES, "train_step", "loader", "tag")
+SUITE_ORDER = ("sca", *cases.PASSES, "block", "train_step", "loader", "tag")
 
 
 def records_from_pytest(run: dict) -> list[dict]:
@@ -72,6 +72,8 @@ def _case_label(record: dict) -> str:
     if record.get("shape"):
         b, c, t, f = record["shape"]
         where = f"B{b}-C{c}x{t}x{f}"
+    elif record.get("block"):
+        where = record["block"]
     elif record.get("model"):
         where = f"{record['model']} B{record['batch']}"
     elif record.get("batch"):

@@ -34,7 +34,7 @@ def test_cpu_smoke_report_writes_json_and_markdown(tmp_path):
     by_suite = {}
     for record in report["cases"]:
         by_suite.setdefault(record["suite"], []).append(record)
-    assert {"pool", "squeeze", "gate", "sca", "train_step", "loader"} <= by_suite.keys()
+    assert {"pool", "squeeze", "gate", "sca", "block", "train_step", "loader"} <= by_suite.keys()
     errors = [f"{r['id']}: {r['reason']}" for r in report["cases"] if r["status"] == "error"]
     assert not errors, errors
     for suite in ("pool", "squeeze", "gate", "sca"):
@@ -45,6 +45,9 @@ def test_cpu_smoke_report_writes_json_and_markdown(tmp_path):
         for record in by_suite[suite]:
             assert record["time_ms"] > 0 and record["gbps"] > 0 and record["minimal_bytes"] > 0
             assert "vs_eager" in record and "vs_compile" in record
+    assert {(r["block"], r["provider"]) for r in by_suite["block"] if r["status"] == "ok"} == \
+        {("odd-B3-C5-7x13x11", p) for p in ("eager", "compile", "compile_fused")}
+    assert all(r["vs_compile"] > 0 for r in by_suite["block"] if r["status"] == "ok")
     steps = {(r["model"], r["provider"]): r for r in by_suite["train_step"] if r["status"] == "ok"}
     assert {("at-sca-3", p) for p in ("eager", "fused", "compile", "compile_fused")} <= steps.keys()
     assert all(r["clips_per_s"] > 0 for r in steps.values())
@@ -57,7 +60,8 @@ def test_cpu_smoke_report_writes_json_and_markdown(tmp_path):
 
     markdown = md_path.read_text()
     for heading in ("# fastsca benchmarks", "## Copy-bandwidth ceiling", "## Targets", "## SCA module",
-                    "## `attention_gate`", "## Training step", "## Loader"):
+                    "## `attention_gate`", "## Residual block", "### odd: 5->7 channels on 13x11", "## Training step",
+                    "## Loader"):
         assert heading in markdown
     assert markdown in done.stdout
 
@@ -156,6 +160,8 @@ def _fake_session() -> list:
     x = torch.empty(shape.dims)
     grid = [(cases.Case("sca", p, "full", shape.batch, shape, dtype="fp32"), cases.sca_minimal_bytes("full", x), None)
             for p in cases.SCA_PROVIDERS]
+    grid += [(cases.Case("block", p, "full", 3, dtype="fp32", block=cases.CPU_BLOCK), None, None)
+             for p in cases.BLOCK_PROVIDERS if p not in cases.AUTOTUNE_PROVIDERS]   # CUDA only
     grid += [(cases.Case("train_step", p, "step", 8, model=m), None, 8)
              for m in cases.TRAIN_MODELS for p in cases.TRAIN_PROVIDERS
              if not (m == "baseline" and "fused" in p)
@@ -207,14 +213,19 @@ def test_summary_table_has_its_columns_and_a_row_per_provider(tmp_path):
     by_case: dict[str, list[dict]] = {}
     for row in rows:
         by_case.setdefault(row["case"], []).append(row)
-    assert list(by_case) == ["sca B32-C256x100x4 fp32 full", "train_step baseline B8 step",
-                             "train_step at-sca-3 B8 step", "loader B32 epoch", "tag 360 s file"]
+    assert list(by_case) == ["sca B32-C256x100x4 fp32 full", "block odd-B3-C5-7x13x11 fp32 full",
+                             "train_step baseline B8 step", "train_step at-sca-3 B8 step", "loader B32 epoch",
+                             "tag 360 s file"]
     assert [r["provider"] for r in by_case["sca B32-C256x100x4 fp32 full"]] == list(cases.SCA_PROVIDERS)
     assert [r["provider"] for r in by_case["train_step at-sca-3 B8 step"]] == ["eager", "compile", "fused",
                                                                                "compile_fused"]
     assert [r["provider"] for r in by_case["train_step baseline B8 step"]] == ["eager", "compile"]
     assert [r["provider"] for r in by_case["loader B32 epoch"]] == list(cases.LOADER_PROVIDERS)
-    for case in ("sca B32-C256x100x4 fp32 full", "train_step at-sca-3 B8 step", "train_step baseline B8 step"):
+    assert [r["provider"] for r in by_case["block odd-B3-C5-7x13x11 fp32 full"]] == ["eager", "compile",
+                                                                                   "compile_fused"]
+    assert all(r["throughput"] == "–" for r in by_case["block odd-B3-C5-7x13x11 fp32 full"])
+    for case in ("sca B32-C256x100x4 fp32 full", "block odd-B3-C5-7x13x11 fp32 full", "train_step at-sca-3 B8 step",
+                 "train_step baseline B8 step"):
         for row in by_case[case]:
             assert row["x eager"].endswith("x") and row["x compile"].endswith("x"), row
             assert row["median"].endswith(" ms"), row
