@@ -10,7 +10,7 @@ values up to summation order; in bf16 they differ from it by the output's roundi
 """
 import torch
 
-from kernels.block_reference import SUM_DIMS, activate, memory_format
+from kernels.block_reference import SUM_DIMS, activate, grad_with_sums, memory_format
 
 
 def _sums(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -29,9 +29,12 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor |
 
 
 def conv_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None = None,
-                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """block_reference.conv_input_grad, as cuDNN's data gradient and one pointwise pass for the prologue."""
+                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                    sums_grad: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """block_reference.conv_input_grad, as cuDNN's data gradient and one pointwise pass for the prologue (and
+    one before it forming the full gradient when sums_grad is given)."""
+    if sums_grad is not None:
+        grad = grad_with_sums(grad, *sums_grad)
     a_shape = (grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3])
     d_a = torch.nn.grad.conv2d_input(a_shape, weight.to(grad.dtype), grad, padding=weight.shape[-1] // 2)
     d_a = d_a.contiguous(memory_format=memory_format(grad))
@@ -44,7 +47,11 @@ def conv_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | 
 
 
 def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight_shape: tuple[int, int, int, int],
-                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None) -> torch.Tensor:
-    """block_reference.conv_weight_grad, as cuDNN's weight gradient of the (re-made) activation, in fp32."""
+                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                     sums_grad: tuple | None = None) -> torch.Tensor:
+    """block_reference.conv_weight_grad, as cuDNN's weight gradient of the (re-made) activation, in fp32 (of
+    the full gradient, formed in one pointwise pass when sums_grad is given)."""
+    if sums_grad is not None:
+        grad = grad_with_sums(grad, *sums_grad)
     a = x if in_scale is None else activate(x, in_scale, in_shift)
     return torch.nn.grad.conv2d_weight(a, weight_shape, grad.to(a.dtype), padding=weight_shape[-1] // 2).float()

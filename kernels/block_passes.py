@@ -24,19 +24,19 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor |
 
 
 def conv_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None = None,
-                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None, *,
-                    implicit_gemm: bool = False):
+                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                    sums_grad: tuple | None = None, *, implicit_gemm: bool = False):
     """block_reference.conv_input_grad."""
     run = conv_input_grad_triton if implicit_gemm and use_triton(grad) else block_aten.conv_input_grad
-    return run(grad, weight, x, in_scale, in_shift)
+    return run(grad, weight, x, in_scale, in_shift, sums_grad)
 
 
 def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight_shape: tuple[int, int, int, int],
-                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None, *,
-                     implicit_gemm: bool = False) -> torch.Tensor:
+                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                     sums_grad: tuple | None = None, *, implicit_gemm: bool = False) -> torch.Tensor:
     """block_reference.conv_weight_grad."""
     run = conv_weight_grad_triton if implicit_gemm and use_triton(x) else block_aten.conv_weight_grad
-    return run(x, grad, weight_shape, in_scale, in_shift)
+    return run(x, grad, weight_shape, in_scale, in_shift, sums_grad)
 
 
 def block_tail_forward(main, main_scale, main_shift, shortcut, short_scale, short_shift, pool):

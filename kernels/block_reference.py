@@ -15,6 +15,9 @@ Conventions every pass keeps (and its Triton kernel is checked against):
   accumulator, before the output is rounded to the map's dtype);
 - a prologue activation a = relu(x * scale + shift) is computed in fp32 and rounded to the map's dtype
   (what a tensor core reads); the zero padding is applied after it (padding is zero in a, not in x);
+- a convolution's backward takes dL/dy in two parts when y's sums feed a BatchNorm: the map d_y reaching y
+  directly, and the gradients d_sum, d_squares of the sums (sum y, sum y*y) the forward returned; the full
+  gradient is `grad_with_sums`, formed as the backward passes read it (never written out);
 - max-pool windows are (pt, pf), floor division like nn.MaxPool2d (a remainder row or column is dropped),
   and the argmax is the int8 position dt * pf + df of the first maximum in row-major order.
 """
@@ -59,15 +62,29 @@ def conv_forward(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.Tensor |
     return _like(y32, x), y32.sum(SUM_DIMS), y32.square().sum(SUM_DIMS)
 
 
+def grad_with_sums(d_y: torch.Tensor, y: torch.Tensor, d_sum: torch.Tensor, d_squares: torch.Tensor) -> torch.Tensor:
+    """dL/dy in full from its parts: d_y + 2 y * d_squares + d_sum per channel (d sum y / dy = 1,
+    d sum y*y / dy = 2y), in fp32, rounded to y's dtype in y's memory format."""
+    return _like(d_y.float() + y.float() * _channel(2 * d_squares) + _channel(d_sum), y)
+
+
+def _full_grad(grad: torch.Tensor, sums_grad: tuple | None) -> torch.Tensor:
+    """grad itself, or grad_with_sums(grad, *sums_grad) when the sums' gradients (y, d_sum, d_squares) are given."""
+    return grad if sums_grad is None else grad_with_sums(grad, *sums_grad)
+
+
 def conv_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None = None,
-                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None
+                    in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                    sums_grad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """The gradient of conv_forward's y with respect to its input, from `grad` (dL/dy).
+    """The gradient of conv_forward's y with respect to its input, from `grad` (dL/dy; with sums_grad = (y,
+    d_sum, d_squares), dL/dy is grad_with_sums(grad, y, d_sum, d_squares)).
 
     dA = conv_transpose(grad, weight) (the data gradient at a). Without a prologue: (dA, None, None).
     With one (x, in_scale, in_shift as the forward had them): g = dA * (x * in_scale + in_shift > 0)
     (the gradient at the affine map's output), and (g * in_scale, sum g * x, sum g): the gradients of x,
     in_scale and in_shift. dx comes out in grad's dtype and memory format."""
+    grad = _full_grad(grad, sums_grad)
     a_shape = (grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3])
     d_a = torch.nn.grad.conv2d_input(a_shape, weight.to(grad.dtype).float(), grad.float(),
                                      padding=weight.shape[-1] // 2)
@@ -78,9 +95,11 @@ def conv_input_grad(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | 
 
 
 def conv_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight_shape: tuple[int, int, int, int],
-                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None) -> torch.Tensor:
-    """dL/dweight of conv_forward, fp32, (C_out, C_in, k, k): sum over (B, T, F) of grad times the
-    (recomputed, never stored) prologue activation a."""
+                     in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                     sums_grad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """dL/dweight of conv_forward, fp32, (C_out, C_in, k, k): sum over (B, T, F) of dL/dy (grad, or
+    grad_with_sums(grad, *sums_grad)) times the (recomputed, never stored) prologue activation a."""
+    grad = _full_grad(grad, sums_grad)
     a = x if in_scale is None else activate(x, in_scale, in_shift)
     return torch.nn.grad.conv2d_weight(a.float(), weight_shape, grad.float(), padding=weight_shape[-1] // 2)
 

@@ -11,8 +11,12 @@ arranged once per call as a (K, N) matrix (rows tap-major, then input channel). 
   not x). Epilogue "statistics": y in the map's dtype, and per output channel the sums of y and y*y
   of the fp32 accumulator (rows past M are zero and add nothing).
 - the data gradient runs the same kernel on dL/dy with the weight flipped in space and transposed
-  (C_in <-> C_out). Epilogue "activation backward" (the forward had a prologue): read x at the output
-  position, g = acc * (x*scale + shift > 0), store g*scale in grad's dtype, and the sums of g*x and g.
+  (C_in <-> C_out). Prologue "sums' gradients" (given y, d_sum, d_squares: the forward's output and the
+  gradients of its two sums): the A tile is dL/dy = d_y + 2 y * d_squares + d_sum per channel in fp32
+  (block_reference.grad_with_sums), zero in the padding, rounded to the map's dtype: the full gradient
+  is formed as the GEMM reads it, never written out. Epilogue "activation backward" (the forward had a
+  prologue): read x at the output position, g = acc * (x*scale + shift > 0), store g*scale in grad's
+  dtype, and the sums of g*x and g.
 
 The per-channel sums are per-M-tile partials, (2, cdiv(M, BLOCK_M), N) fp32, added by one torch sum,
 rather than tl.atomic_add into a zeroed buffer: the launch count is the same (the atomics need a zeroing
@@ -47,6 +51,12 @@ import triton.language as tl
 from kernels.block_reference import memory_format
 from kernels.common import LAUNCHES, check_map
 
+PROLOGUE_NONE = 0
+"""Read the source map as it is."""
+PROLOGUE_BN_RELU = 1
+"""relu(x * scale + shift) per input channel (forward, after a BatchNorm)."""
+PROLOGUE_SUMS_GRAD = 2
+"""d_y + 2 y * d_squares + d_sum per channel (data gradient of a convolution whose sums feed a BatchNorm)."""
 EPILOGUE_NONE = 0
 """Store the accumulator only (data gradient without a prologue)."""
 EPILOGUE_STATISTICS = 1
@@ -100,13 +110,22 @@ def tiles(c_in: int, c_out: int, k: int, fused: bool, itemsize: int) -> ConvTile
 
 
 @triton.jit
-def activation_tile(x, scale_ptr, shift_ptr, offs_c, c_mask, ok, PROLOGUE: tl.constexpr):
-    """The A tile as tl.dot reads it: relu(x*scale + shift) in fp32 with PROLOGUE, zero where not ok
-    (padding, masked rows or channels), rounded to the map's dtype."""
-    if PROLOGUE:
+def source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_ptr, offs_c, c_mask, ok,
+                PROLOGUE: tl.constexpr):
+    """The A tile as tl.dot reads it, from the loaded source tile x (zero where not ok: padding, masked rows
+    or channels): x itself; relu(x*scale + shift) with PROLOGUE_BN_RELU; with PROLOGUE_SUMS_GRAD x is d_y,
+    y is read from z_ptr at the same offsets, and the tile is d_y + 2 y * d_squares + d_sum. Both in fp32,
+    zero where not ok, rounded to the map's dtype."""
+    if PROLOGUE == 1:
         scale = tl.load(scale_ptr + offs_c, mask=c_mask, other=0.0)
         shift = tl.load(shift_ptr + offs_c, mask=c_mask, other=0.0)
         a = tl.maximum(x.to(tl.float32) * scale + shift, 0.0)
+        return tl.where(ok, a, 0.0).to(x.dtype)
+    elif PROLOGUE == 2:
+        z = tl.load(z_ptr + offsets, mask=ok, other=0.0, cache_modifier=".ca")
+        d_sum = tl.load(d_sum_ptr + offs_c, mask=c_mask, other=0.0)
+        d_squares = tl.load(d_squares_ptr + offs_c, mask=c_mask, other=0.0)
+        a = x.to(tl.float32) + z.to(tl.float32) * (2 * d_squares) + d_sum
         return tl.where(ok, a, 0.0).to(x.dtype)
     else:
         return x
@@ -114,14 +133,15 @@ def activation_tile(x, scale_ptr, shift_ptr, offs_c, c_mask, ok, PROLOGUE: tl.co
 
 @triton.jit
 def conv_gemm_kernel(
-    x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, aux_ptr, part_ptr, M,
+    x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, aux_ptr, part_ptr, z_ptr, d_sum_ptr, d_squares_ptr, M,
     T: tl.constexpr, F: tl.constexpr, C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr,
     FLAT_K: tl.constexpr, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[m, n] = sum_k A[m, k] W[k, n] over NHWC maps, x (M, C_IN) and y (M, C_OUT) rows, W (KS*KS*C_IN,
     C_OUT); the prologue and epilogue by the module docstring; scale/shift are per C_IN channel with
-    PROLOGUE, per C_OUT channel with the activation-gradient epilogue; aux is that epilogue's x (M, C_OUT);
+    PROLOGUE_BN_RELU, per C_OUT channel with the activation-gradient epilogue; z (M, C_IN) and d_sum,
+    d_squares (C_IN) are PROLOGUE_SUMS_GRAD's y and sums' gradients; aux is that epilogue's x (M, C_OUT);
     part (2, cdiv(M, BLOCK_M), C_OUT) fp32 gets this program's two column sums. Grid (cdiv(M, BLOCK_M) *
     N_TILES,): the N tiles of one M tile are neighbours in launch order, so they run together and the map
     rows they share (and their halo) come from DRAM once and from L2 after that."""
@@ -147,9 +167,10 @@ def conv_gemm_kernel(
             ti = t[:, None] + dt[None, :]
             fi = f[:, None] + df[None, :]
             ok = row_ok[:, None] & k_ok[None, :] & (ti >= 0) & (ti < T) & (fi >= 0) & (fi < F)
-            x = tl.load(x_ptr + (offs_m[:, None] + dt[None, :] * F + df[None, :]) * C_IN + c[None, :],
-                        mask=ok, other=0.0, cache_modifier=".ca")
-            a = activation_tile(x, scale_ptr, shift_ptr, c[None, :], k_ok[None, :], ok, PROLOGUE)
+            offsets = (offs_m[:, None] + dt[None, :] * F + df[None, :]) * C_IN + c[None, :]
+            x = tl.load(x_ptr + offsets, mask=ok, other=0.0, cache_modifier=".ca")
+            a = source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_ptr, c[None, :],
+                            k_ok[None, :], ok, PROLOGUE)
             w = tl.load(w_ptr + offs_k[:, None] * C_OUT + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :],
                         other=0.0, cache_modifier=".ca")
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
@@ -170,9 +191,10 @@ def conv_gemm_kernel(
             else:
                 ok = pos_ok[:, None] & c_ok[None, :]
                 w_ok = c_ok[:, None] & n_ok[None, :]
-            x = tl.load(x_ptr + (offs_m + dt * F + df)[:, None] * C_IN + offs_c[None, :], mask=ok, other=0.0,
-                        cache_modifier=".ca")
-            a = activation_tile(x, scale_ptr, shift_ptr, offs_c[None, :], c_ok[None, :], ok, PROLOGUE)
+            offsets = (offs_m + dt * F + df)[:, None] * C_IN + offs_c[None, :]
+            x = tl.load(x_ptr + offsets, mask=ok, other=0.0, cache_modifier=".ca")
+            a = source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_ptr, offs_c[None, :],
+                            c_ok[None, :], ok, PROLOGUE)
             w = tl.load(w_ptr + (tap * C_IN + offs_c)[:, None] * C_OUT + offs_n[None, :], mask=w_ok, other=0.0,
                         cache_modifier=".ca")
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
@@ -215,22 +237,27 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scale, shift, aux, epilogue: int
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run conv_gemm_kernel on an NHWC source with the (K, c_out) weight matrix: (y NHWC in source's
-    dtype, sums (2, c_out) fp32 or None)."""
+def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scale, shift, aux, epilogue: int,
+            sums_grad: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run conv_gemm_kernel on an NHWC source with the (K, c_out) weight matrix, with PROLOGUE_SUMS_GRAD when
+    sums_grad = (y NHWC, d_sum, d_squares) is given: (y NHWC in source's dtype, sums (2, c_out) fp32 or None)."""
     batch, c_in, time, freq = source.shape
     m = batch * time * freq
-    tiling = tiles(c_in, c_out, k, scale is not None, source.element_size())
+    tiling = tiles(c_in, c_out, k, scale is not None or sums_grad is not None, source.element_size())
     m_tiles = triton.cdiv(m, tiling.block_m)
     y = torch.empty((batch, c_out, time, freq), device=source.device, dtype=source.dtype,
                     memory_format=torch.channels_last)
     part = torch.empty((2, m_tiles, c_out) if epilogue else (0,), device=source.device, dtype=torch.float32)
     vectors = [v.float().contiguous() if v is not None else part for v in (scale, shift)]
+    if sums_grad is None:
+        prologue = PROLOGUE_BN_RELU if epilogue == EPILOGUE_STATISTICS and scale is not None else PROLOGUE_NONE
+        grad_terms = [source, part, part]
+    else:
+        prologue = PROLOGUE_SUMS_GRAD
+        grad_terms = [sums_grad[0], sums_grad[1].float().contiguous(), sums_grad[2].float().contiguous()]
     conv_gemm_kernel[(m_tiles * triton.cdiv(c_out, tiling.block_n),)](
-        source, matrix, *vectors, y, aux if aux is not None else y, part, m,
-        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k,
-        PROLOGUE=epilogue == EPILOGUE_STATISTICS and scale is not None, EPILOGUE=epilogue,
+        source, matrix, *vectors, y, aux if aux is not None else y, part, *grad_terms, m,
+        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k, PROLOGUE=prologue, EPILOGUE=epilogue,
         PRECISION="tf32x3" if source.dtype == torch.float32 else "tf32",
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
         num_warps=tiling.num_warps, num_stages=tiling.num_stages,
@@ -253,11 +280,13 @@ def conv_forward_triton(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.T
 
 
 def conv_input_grad_triton(grad: torch.Tensor, weight: torch.Tensor, x: torch.Tensor | None = None,
-                           in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None
+                           in_scale: torch.Tensor | None = None, in_shift: torch.Tensor | None = None,
+                           sums_grad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """block_reference.conv_input_grad in one launch: the forward kernel on grad with the weight flipped
-    in space and transposed, and with a prologue given (x, in_scale, in_shift as the forward had them)
-    the activation-backward epilogue: (dx, sum g*x, sum g); without one (dA, None, None)."""
+    in space and transposed, with the sums' gradients prologue when sums_grad = (y, d_sum, d_squares) is
+    given, and with a prologue given (x, in_scale, in_shift as the forward had them) the activation-backward
+    epilogue: (dx, sum g*x, sum g); without one (dA, None, None)."""
     _check("conv_input_grad", grad, weight, in_scale, in_shift, weight.shape[1])
     if weight.shape[0] != grad.shape[1]:
         raise ValueError(f"conv_input_grad: weight has {weight.shape[0]} output channels, grad has {grad.shape[1]}")
@@ -268,7 +297,21 @@ def conv_input_grad_triton(grad: torch.Tensor, weight: torch.Tensor, x: torch.Te
     flipped = weight.to(grad.dtype).flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in).contiguous()   # (k*k*C_out, C_in)
     epilogue = EPILOGUE_NONE if in_scale is None else EPILOGUE_ACTIVATION_GRAD
     aux = None if in_scale is None else _nhwc(x)
-    dx, sums = _launch(_nhwc(grad), flipped, k, c_in, in_scale, in_shift, aux, epilogue)
+    dx, sums = _launch(_nhwc(grad), flipped, k, c_in, in_scale, in_shift, aux, epilogue,
+                       _nhwc_sums_grad("conv_input_grad", grad, sums_grad))
     LAUNCHES["conv_input_grad"] += 1
     dx = dx.contiguous(memory_format=memory_format(grad))
     return (dx, None, None) if sums is None else (dx, sums[0], sums[1])
+
+
+def _nhwc_sums_grad(name: str, grad: torch.Tensor, sums_grad: tuple | None) -> tuple | None:
+    """sums_grad = (y, d_sum, d_squares) with y stored NHWC, after checking it fits grad; None stays None."""
+    if sums_grad is None:
+        return None
+    y, d_sum, d_squares = sums_grad
+    channels = grad.shape[1]
+    if y.shape != grad.shape or y.dtype != grad.dtype or d_sum.numel() != channels or d_squares.numel() != channels:
+        raise ValueError(f"{name}: sums_grad must be (y, d_sum, d_squares) with y the forward's output "
+                         f"{tuple(grad.shape)} {grad.dtype} and {channels} entries in each vector, got "
+                         f"{tuple(y.shape)} {y.dtype}, {d_sum.numel()} and {d_squares.numel()}")
+    return _nhwc(y), d_sum, d_squares

@@ -3,7 +3,11 @@ as one Triton implicit-GEMM kernel with the BatchNorm-ReLU prologue recomputed f
 
 dW[co, ci, kt, kf] = sum over (b, t, f) of grad[b, co, t, f] * a[b, ci, t + kt - k//2, f + kf - k//2], zero
 padding, a = relu(x * in_scale + in_shift) per input channel (fp32, rounded to the map's dtype, padding
-zero in a) with a prologue, else x. As a GEMM: rows K' = k*k*C_in (index kp = tap * C_in + ci, tap =
+zero in a) with a prologue, else x. Given the sums' gradients (y, d_sum, d_squares: the forward's output and
+the gradients of its two sums), grad is formed as it is read: d_y + 2 y * d_squares + d_sum per output
+channel in fp32, rounded to the map's dtype (block_reference.grad_with_sums), never written out.
+
+As a GEMM: rows K' = k*k*C_in (index kp = tap * C_in + ci, tap =
 kt * k + kf), columns N = C_out, reduction over M = B*T*F rows of the maps. A program computes one
 [BLOCK_KP, BLOCK_CO] tile of dW^T = A^T @ G with tl.dot (Hopper wgmma where BLOCK_KP >= 64) over one
 slice of M, reading x at the tile's taps (a tap is a constant shift of m * C_in in a channels_last map)
@@ -87,13 +91,14 @@ MIN_STEPS = 8
 
 @triton.jit
 def conv_weight_grad_kernel(
-    x_ptr, g_ptr, scale_ptr, shift_ptr, out_ptr, M, steps_per_split,
+    x_ptr, g_ptr, scale_ptr, shift_ptr, out_ptr, z_ptr, d_sum_ptr, d_squares_ptr, M, steps_per_split,
     C_IN: tl.constexpr, C_OUT: tl.constexpr, T: tl.constexpr, F: tl.constexpr, K: tl.constexpr,
-    PROLOGUE: tl.constexpr, IEEE: tl.constexpr, CO_TILES: tl.constexpr,
+    PROLOGUE: tl.constexpr, SUMS_GRAD: tl.constexpr, IEEE: tl.constexpr, CO_TILES: tl.constexpr,
     BLOCK_KP: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """out[split, co, kt, kf, ci] = sum over this split's rows m of grad[m, co] * a[m shifted by the tap,
-    ci] (fp32); x (M, C_IN) and grad (M, C_OUT) channels_last; grid (K' tiles * CO_TILES, SPLIT)."""
+    ci] (fp32); x (M, C_IN) and grad (M, C_OUT) channels_last (with SUMS_GRAD grad is d_y, and z (M, C_OUT)
+    the forward's output y); grid (K' tiles * CO_TILES, SPLIT)."""
     KP: tl.constexpr = K * K * C_IN
     P: tl.constexpr = K // 2
     kp_tile = tl.program_id(0) // CO_TILES
@@ -112,11 +117,15 @@ def conv_weight_grad_kernel(
     if PROLOGUE:
         scale = tl.load(scale_ptr + ci, mask=kp_ok, other=0.0)
         bias = tl.load(shift_ptr + ci, mask=kp_ok, other=0.0)
+    if SUMS_GRAD:
+        d_sum = tl.load(d_sum_ptr + offs_co, mask=co_ok, other=0.0)
+        twice_d_squares = 2 * tl.load(d_squares_ptr + offs_co, mask=co_ok, other=0.0)
     acc = tl.zeros((BLOCK_KP, BLOCK_CO), dtype=tl.float32)
     m_begin = split * steps_per_split * BLOCK_M
     m_end = tl.minimum(M, m_begin + steps_per_split * BLOCK_M)
     x_rows = x_ptr + m_begin.to(tl.int64) * C_IN       # 64-bit row bases: B*T*F*C passes 2**31 at batch 1024
     g_rows = g_ptr + m_begin.to(tl.int64) * C_OUT
+    z_rows = z_ptr + m_begin.to(tl.int64) * C_OUT
     for m0 in range(m_begin, m_end, BLOCK_M):
         offs_m = m0 + rows
         m_ok = offs_m < m_end
@@ -128,14 +137,20 @@ def conv_weight_grad_kernel(
         if PROLOGUE:
             a = tl.maximum(a.to(tl.float32) * scale[:, None] + bias[:, None], 0.0).to(x_ptr.dtype.element_ty)
             a = tl.where(ok, a, 0.0)      # zero padding applies to a, not to x
-        g = tl.load(g_rows + rows[:, None] * C_OUT + offs_co[None, :], mask=m_ok[:, None] & co_ok[None, :],
-                    other=0.0)            # [BLOCK_M, BLOCK_CO]
+        g_ok = m_ok[:, None] & co_ok[None, :]
+        g = tl.load(g_rows + rows[:, None] * C_OUT + offs_co[None, :], mask=g_ok, other=0.0)   # [BLOCK_M, BLOCK_CO]
+        if SUMS_GRAD:
+            z = tl.load(z_rows + rows[:, None] * C_OUT + offs_co[None, :], mask=g_ok, other=0.0)
+            # Rows past the split hold d_sum here, but a is zero there: they add nothing to the dot.
+            g_full = g.to(tl.float32) + z.to(tl.float32) * twice_d_squares[None, :] + d_sum[None, :]
+            g = g_full.to(g_ptr.dtype.element_ty)
         if IEEE:
             acc = tl.dot(a, g, acc, input_precision="ieee")
         else:
             acc = tl.dot(a, g, acc)
         x_rows += BLOCK_M * C_IN
         g_rows += BLOCK_M * C_OUT
+        z_rows += BLOCK_M * C_OUT
     out = out_ptr + split.to(tl.int64) * (C_OUT * KP)
     tl.store(out + offs_co[None, :] * KP + offs_kp[:, None], acc, mask=kp_ok[:, None] & co_ok[None, :])
 
@@ -195,7 +210,7 @@ def tiling(c_in: int, c_out: int, k: int, rows: int, itemsize: int) -> dict[str,
             "num_warps": 8 if block_kp * block_co >= 64 * MAX_BLOCK else 4}
 
 
-def _check(x: torch.Tensor, grad: torch.Tensor, weight_shape, in_scale, in_shift) -> None:
+def _check(x: torch.Tensor, grad: torch.Tensor, weight_shape, in_scale, in_shift, sums_grad) -> None:
     """ValueError naming the first argument that does not fit the others."""
     if x.dim() != 4 or grad.dim() != 4:
         raise ValueError(f"conv_weight_grad: x and grad must be (B, C, T, F) maps, got {tuple(x.shape)} "
@@ -212,6 +227,12 @@ def _check(x: torch.Tensor, grad: torch.Tensor, weight_shape, in_scale, in_shift
     if in_scale is not None and (in_scale.numel() != c_in or in_shift.numel() != c_in):
         raise ValueError(f"conv_weight_grad: in_scale and in_shift must have C_in = {c_in} entries, got "
                          f"{in_scale.numel()} and {in_shift.numel()}")
+    if sums_grad is not None:
+        y, d_sum, d_squares = sums_grad
+        if y.shape != grad.shape or y.dtype != grad.dtype or d_sum.numel() != c_out or d_squares.numel() != c_out:
+            raise ValueError(f"conv_weight_grad: sums_grad must be (y, d_sum, d_squares) with y the forward's output "
+                             f"{tuple(grad.shape)} {grad.dtype} and C_out = {c_out} entries in each vector, got "
+                             f"{tuple(y.shape)} {y.dtype}, {d_sum.numel()} and {d_squares.numel()}")
 
 
 def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
@@ -219,15 +240,16 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
                             weight_shape: tuple[int, int, int, int],   # (C_out, C_in, k, k)
                             in_scale: torch.Tensor | None = None,      # (C_in,) prologue scale, or None
                             in_shift: torch.Tensor | None = None,      # (C_in,) prologue shift, or None
+                            sums_grad: tuple | None = None,   # (y, d_sum, d_squares): grad is d_y, or None
                             ) -> torch.Tensor:                # (C_out, C_in, k, k) fp32, channels_last
     """block_reference.conv_weight_grad by conv_weight_grad_kernel (plain PyTorch where Triton cannot run).
     NCHW maps are converted to channels_last once; more than one split adds one torch sum launch. dW comes
     out channels_last (the layout of a channels_last model's weight): the kernel stores its tile rows kp =
     tap * C_in + ci in that order, contiguous, not scattered to ci * k*k + tap (512 -> 512, k 3: 97
     registers instead of 200, two programs an SM instead of one)."""
-    _check(x, grad, weight_shape, in_scale, in_shift)
+    _check(x, grad, weight_shape, in_scale, in_shift, sums_grad)
     if not use_triton(x):
-        return block_reference.conv_weight_grad(x, grad, weight_shape, in_scale, in_shift)
+        return block_reference.conv_weight_grad(x, grad, weight_shape, in_scale, in_shift, sums_grad)
     c_out, c_in, k, _ = weight_shape
     batch, _, time, freq = x.shape
     rows = batch * time * freq
@@ -241,10 +263,17 @@ def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)
     prologue = in_scale is not None
     scale = in_scale.float().contiguous() if prologue else out
     shift = in_shift.float().contiguous() if prologue else out
+    if sums_grad is None:
+        grad_terms = [grad, out, out]
+    else:
+        y, d_sum, d_squares = sums_grad
+        grad_terms = [y.contiguous(memory_format=torch.channels_last), d_sum.float().contiguous(),
+                      d_squares.float().contiguous()]
     conv_weight_grad_kernel[(tile["tiles"], tile["SPLIT"])](
-        x, grad, scale, shift, out, rows, tile["steps_per_split"],
+        x, grad, scale, shift, out, *grad_terms, rows, tile["steps_per_split"],
         # fp32 maps: fp32 products, as the reference's, not TF32's 10-bit mantissas.
-        C_IN=c_in, C_OUT=c_out, T=time, F=freq, K=k, PROLOGUE=prologue, IEEE=x.dtype == torch.float32,
+        C_IN=c_in, C_OUT=c_out, T=time, F=freq, K=k, PROLOGUE=prologue, SUMS_GRAD=sums_grad is not None,
+        IEEE=x.dtype == torch.float32,
         CO_TILES=tile["CO_TILES"], BLOCK_KP=tile["BLOCK_KP"], BLOCK_CO=tile["BLOCK_CO"], BLOCK_M=BLOCK_M,
         num_warps=tile["num_warps"],
     )

@@ -44,10 +44,6 @@ def _map(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format(like))
 
 
-def _channel(vector: Tensor) -> Tensor:
-    return vector.view(1, -1, 1, 1)
-
-
 # ---- the convolution: forward, input gradient, weight gradient ----
 
 @torch.library.custom_op("fastsca::block_conv_forward", mutates_args=())
@@ -63,20 +59,26 @@ def _(x, weight, in_scale, in_shift, implicit_gemm):
     return _map(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])), *sums
 
 
+def _sums_grad(y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None) -> tuple | None:
+    """The passes' sums_grad argument from an op's three optional tensors (all given, or none)."""
+    return None if y is None else (y, d_sum, d_squares)
+
+
 @torch.library.custom_op("fastsca::block_conv_input_grad", mutates_args=())
 def conv_input_grad(grad: Tensor, weight: Tensor, x: Tensor | None, in_scale: Tensor | None,
-                    in_shift: Tensor | None, implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, d in_scale, d in_shift) from dL/dy (block_reference.conv_input_grad); the last two empty without a
-    prologue."""
+                    in_shift: Tensor | None, y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None,
+                    implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, d in_scale, d in_shift) from dL/dy (block_reference.conv_input_grad; with y, d_sum and d_squares,
+    dL/dy = grad_with_sums(grad, y, d_sum, d_squares)); the last two empty without a prologue."""
     dx, d_scale, d_shift = block_passes.conv_input_grad(grad, weight, x, in_scale, in_shift,
-                                                        implicit_gemm=implicit_gemm)
+                                                        _sums_grad(y, d_sum, d_squares), implicit_gemm=implicit_gemm)
     if d_scale is None:
         return dx, _empty(grad), _empty(grad)
     return _unaliased(dx, d_scale, d_shift)
 
 
 @conv_input_grad.register_fake
-def _(grad, weight, x, in_scale, in_shift, implicit_gemm):
+def _(grad, weight, x, in_scale, in_shift, y, d_sum, d_squares, implicit_gemm):
     dx = _map(grad, (grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3]))
     size = 0 if in_scale is None else weight.shape[1]
     return dx, grad.new_empty((size,), dtype=torch.float32), grad.new_empty((size,), dtype=torch.float32)
@@ -84,14 +86,16 @@ def _(grad, weight, x, in_scale, in_shift, implicit_gemm):
 
 @torch.library.custom_op("fastsca::block_conv_weight_grad", mutates_args=())
 def conv_weight_grad(x: Tensor, grad: Tensor, weight_shape: list[int], in_scale: Tensor | None,
-                     in_shift: Tensor | None, implicit_gemm: bool) -> Tensor:
-    """dL/dweight, fp32, contiguous (block_reference.conv_weight_grad; cuDNN's follows the maps' memory format)."""
+                     in_shift: Tensor | None, y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None,
+                     implicit_gemm: bool) -> Tensor:
+    """dL/dweight, fp32, contiguous (block_reference.conv_weight_grad, dL/dy formed from y, d_sum and d_squares
+    when given; cuDNN's follows the maps' memory format)."""
     return block_passes.conv_weight_grad(x, grad, tuple(weight_shape), in_scale, in_shift,
-                                         implicit_gemm=implicit_gemm).contiguous()
+                                         _sums_grad(y, d_sum, d_squares), implicit_gemm=implicit_gemm).contiguous()
 
 
 @conv_weight_grad.register_fake
-def _(x, grad, weight_shape, in_scale, in_shift, implicit_gemm):
+def _(x, grad, weight_shape, in_scale, in_shift, y, d_sum, d_squares, implicit_gemm):
     return x.new_empty(weight_shape, dtype=torch.float32)
 
 
@@ -102,20 +106,20 @@ def _conv_setup(ctx, inputs, output):
 
 
 def _conv_backward(ctx, d_y, d_sum, d_squares):
-    """The sums' gradients join dL/dy per channel (d sum y / dy = 1, d sum y*y / dy = 2y) before the two passes."""
+    """Both passes take dL/dy in its parts (d_y, and the sums' gradients with y: block_reference.grad_with_sums)
+    and form it as they read it: the full gradient is never written out."""
     x, weight, in_scale, in_shift, y = ctx.saved_tensors
-    grad = d_y.float() + y.float() * _channel(2 * d_squares) + _channel(d_sum)
-    grad = grad.to(y.dtype).contiguous(memory_format=memory_format(y))
+    grad = d_y.contiguous(memory_format=memory_format(y))
     prologue = in_scale is not None
     dx = d_scale = d_shift = d_weight = None
     needs = ctx.needs_input_grad
     if needs[0] or (prologue and (needs[2] or needs[3])):
         dx, d_scale, d_shift = conv_input_grad(grad, weight, x if prologue else None, in_scale, in_shift,
-                                               ctx.implicit_gemm)
+                                               y, d_sum, d_squares, ctx.implicit_gemm)
         if not prologue:
             d_scale = d_shift = None
     if needs[1]:
-        d_weight = conv_weight_grad(x, grad, list(weight.shape), in_scale, in_shift,
+        d_weight = conv_weight_grad(x, grad, list(weight.shape), in_scale, in_shift, y, d_sum, d_squares,
                                     ctx.implicit_gemm).to(ctx.weight_dtype)
     return dx, d_weight, d_scale, d_shift, None
 

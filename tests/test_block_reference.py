@@ -42,6 +42,34 @@ def test_conv_passes_match_autograd(prologue, k):
     torch.testing.assert_close(d_weight, expected[1], rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("prologue", [False, True])
+@pytest.mark.parametrize("k", [1, 3])
+def test_conv_backward_with_the_sums_gradients_matches_autograd(prologue, k):
+    # When y's sums feed a BatchNorm, dL/dy comes in parts: d_y on y itself and d_sum, d_squares on the
+    # sums. The loss <d_y, y> + <d_sum, sum y> + <d_squares, sum y*y> has exactly those parts, so autograd of
+    # it is what both backward passes must give from (d_y, (y, d_sum, d_squares)).
+    x = torch.randn(B, C_IN, T, FREQ, requires_grad=True)
+    weight = torch.randn(C, C_IN, k, k, requires_grad=True)
+    scale, shift = (_vec(C_IN), _vec(C_IN)) if prologue else (None, None)
+    a = torch.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) if prologue else x
+    y = F.conv2d(a, weight, padding=k // 2)
+    d_y, d_sum, d_squares = torch.randn_like(y), torch.randn(C), torch.randn(C) / (B * T * FREQ)
+    loss = (d_y * y).sum() + (d_sum * y.sum((0, 2, 3))).sum() + (d_squares * y.square().sum((0, 2, 3))).sum()
+    leaves = [x, weight] + ([scale, shift] if prologue else [])
+    expected = torch.autograd.grad(loss, leaves + [y])
+
+    vectors = [v.detach() for v in leaves[2:]]
+    sums_grad = (y.detach(), d_sum, d_squares)
+    torch.testing.assert_close(ref.grad_with_sums(d_y, *sums_grad), expected[-1], rtol=1e-5, atol=1e-5)
+    dx, d_scale, d_shift = ref.conv_input_grad(d_y, weight.detach(), x.detach(), *vectors, sums_grad=sums_grad)
+    torch.testing.assert_close(dx, expected[0], rtol=1e-5, atol=1e-5)
+    if prologue:
+        torch.testing.assert_close(d_scale, expected[2], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(d_shift, expected[3], rtol=1e-5, atol=1e-4)
+    d_weight = ref.conv_weight_grad(x.detach(), d_y, tuple(weight.shape), *vectors, sums_grad=sums_grad)
+    torch.testing.assert_close(d_weight, expected[1], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("pool", [(2, 2), (1, 2), (1, 1)])
 @pytest.mark.parametrize("normalised_main", [False, True])
 def test_tail_passes_match_autograd(pool, normalised_main):

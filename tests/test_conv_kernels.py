@@ -80,6 +80,37 @@ def test_conv_input_grad_matches_reference(kernel_device, shape, k, prologue, la
         assert d_scale is None and d_shift is None
 
 
+def _sums_grad(like: torch.Tensor, seed: int = 7) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, d_sum, d_squares) for a gradient map `like`: y of both signs in like's layout, d_sum of order 1 and
+    d_squares so that 2 y * d_squares is of the order of the gradient."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randn(like.shape, generator=generator).contiguous(memory_format=ref.memory_format(like))
+    channels = like.shape[1]
+    return y, torch.randn(channels, generator=generator), torch.randn(channels, generator=generator) / 2
+
+
+@pytest.mark.parametrize("prologue", [False, True], ids=["plain", "activation_grad"])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv_input_grad_with_the_sums_gradients_matches_reference(kernel_device, shape, k, prologue):
+    # dL/dy = d_y + 2 y * d_squares + d_sum formed as the A tile is read: zero in the padding (d_sum is not
+    # zero, so a tile formed before the padding mask would add d_sum * weight at every border tap).
+    x, weight, scale, shift = _operands(shape, k, prologue, torch.channels_last)
+    b, _, c_out, t, f = shape
+    grad = torch.randn(b, c_out, t, f).contiguous(memory_format=torch.channels_last)
+    sums_grad = _sums_grad(grad)
+    before = LAUNCHES["conv_input_grad"]
+    got = conv_input_grad_triton(grad, weight, x, scale, shift, sums_grad)
+    assert LAUNCHES["conv_input_grad"] == before + 1
+    expected = ref.conv_input_grad(grad, weight, x, scale, shift, sums_grad)
+    torch.testing.assert_close(got[0], expected[0], **MAP_TOL)
+    _same_layout(got[0], expected[0])
+    for mine, theirs in zip(got[1:], expected[1:]):
+        assert (mine is None) == (theirs is None) == (not prologue)
+        if prologue:
+            torch.testing.assert_close(mine, theirs, **SUM_TOL)
+
+
 def test_padding_is_zero_after_the_activation(kernel_device):
     # A shift of 3 makes relu(0 * scale + 3) = 3 where x is zero: a kernel that padded x instead of the
     # activation would add 3 * weight at every border tap. Constant x = 0 and a ones weight make the
@@ -101,6 +132,11 @@ def test_bad_operands_are_refused_with_one_line(kernel_device):
         conv_forward_triton(x, torch.randn(4, 3, 3, 3), torch.ones(3))
     with pytest.raises(ValueError, match="must be the forward's input map"):
         conv_input_grad_triton(torch.randn(1, 4, 5, 7), torch.randn(4, 3, 3, 3), None, torch.ones(3), torch.ones(3))
+    grad = torch.randn(1, 4, 5, 7)
+    with pytest.raises(ValueError, match=r"y the forward's output \(1, 4, 5, 7\)"):
+        conv_input_grad_triton(grad, torch.randn(4, 3, 3, 3), sums_grad=(x, torch.zeros(4), torch.zeros(4)))
+    with pytest.raises(ValueError, match="got .* 4 and 3"):
+        conv_input_grad_triton(grad, torch.randn(4, 3, 3, 3), sums_grad=(grad, torch.zeros(4), torch.zeros(3)))
 
 
 @pytest.mark.parametrize("prologue", [False, True], ids=["plain", "prologue"])
@@ -115,8 +151,9 @@ def test_bf16_tiling_matches_reference(kernel_device, monkeypatch, shape, prolog
     for mine, theirs in zip(conv_forward_triton(x, weight, scale, shift), ref.conv_forward(x, weight, scale, shift)):
         torch.testing.assert_close(mine, theirs, **(MAP_TOL if mine.dim() == 4 else SUM_TOL))
     grad = torch.randn(shape[0], shape[2], *shape[3:]).contiguous(memory_format=torch.channels_last)
-    got = conv_input_grad_triton(grad, weight, x, scale, shift)
-    expected = ref.conv_input_grad(grad, weight, x, scale, shift)
+    sums_grad = _sums_grad(grad) if prologue else None   # the production backward's prologue, with its epilogue
+    got = conv_input_grad_triton(grad, weight, x, scale, shift, sums_grad)
+    expected = ref.conv_input_grad(grad, weight, x, scale, shift, sums_grad)
     torch.testing.assert_close(got[0], expected[0], **MAP_TOL)
     for mine, theirs in zip(got[1:], expected[1:]):
         assert (mine is None) == (theirs is None) == (not prologue)

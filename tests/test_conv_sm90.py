@@ -65,7 +65,8 @@ def record():
             rec = launches.Recording(0)
             with launches.capture_launches(rec):
                 conv.conv_forward_triton(x, weight, *vectors)
-                conv.conv_input_grad_triton(grad, weight, x, *vectors)
+                sums_grad = (cl(batch, c_out, t, f), torch.ones(c_out), torch.ones(c_out))   # as the backward calls it
+                conv.conv_input_grad_triton(grad, weight, x, *vectors, sums_grad)
             for launch, step in zip(rec.launches, ("forward", "input_grad")):
                 rows.append((launch, {"layer": name, "pass": step, "batch": batch, "c_in": c_in, "c_out": c_out,
                                       "k": k, "map": [t, f], "programs": launch.programs}))
@@ -151,25 +152,28 @@ def test_no_spills(launches):
 
 
 REGISTERS = {
-    ("block1.conv1", "forward"): 64, ("block1.conv1", "input_grad"): 45, ("block1.conv2", "forward"): 116,
-    ("block1.conv2", "input_grad"): 129, ("block1.shortcut", "forward"): 65, ("block1.shortcut", "input_grad"): 43,
-    ("block2.conv1", "forward"): 64, ("block2.conv1", "input_grad"): 72, ("block2.conv2", "forward"): 136,
-    ("block2.conv2", "input_grad"): 146, ("block2.shortcut", "forward"): 62, ("block2.shortcut", "input_grad"): 77,
-    ("block3.conv1", "forward"): 116, ("block3.conv1", "input_grad"): 64, ("block3.conv2", "forward"): 136,
-    ("block3.conv2", "input_grad"): 150, ("block3.shortcut", "forward"): 110, ("block3.shortcut", "input_grad"): 64,
-    ("block4.conv1", "forward"): 103, ("block4.conv1", "input_grad"): 106, ("block4.conv2", "forward"): 140,
-    ("block4.conv2", "input_grad"): 152, ("block4.shortcut", "forward"): 103, ("block4.shortcut", "input_grad"): 105,
-    ("block5.conv1", "forward"): 103, ("block5.conv1", "input_grad"): 107, ("block5.conv2", "forward"): 140,
-    ("block5.conv2", "input_grad"): 152, ("block5.shortcut", "forward"): 114, ("block5.shortcut", "input_grad"): 105,
-    ("block6.conv1", "forward"): 103, ("block6.conv1", "input_grad"): 107, ("block6.conv2", "forward"): 140,
-    ("block6.conv2", "input_grad"): 152, ("block6.shortcut", "forward"): 114, ("block6.shortcut", "input_grad"): 112,
-    ("block7.conv1", "forward"): 103, ("block7.conv1", "input_grad"): 104, ("block7.conv2", "forward"): 140,
-    ("block7.conv2", "input_grad"): 152, ("block7.shortcut", "forward"): 114, ("block7.shortcut", "input_grad"): 112,
+    ("block1.conv1", "forward"): 64, ("block1.conv1", "input_grad"): 86, ("block1.conv2", "forward"): 140,
+    ("block1.conv2", "input_grad"): 138, ("block1.shortcut", "forward"): 65, ("block1.shortcut", "input_grad"): 58,
+    ("block2.conv1", "forward"): 80, ("block2.conv1", "input_grad"): 179, ("block2.conv2", "forward"): 138,
+    ("block2.conv2", "input_grad"): 152, ("block2.shortcut", "forward"): 62, ("block2.shortcut", "input_grad"): 90,
+    ("block3.conv1", "forward"): 116, ("block3.conv1", "input_grad"): 135, ("block3.conv2", "forward"): 138,
+    ("block3.conv2", "input_grad"): 150, ("block3.shortcut", "forward"): 110,
+    ("block3.shortcut", "input_grad"): 148, ("block4.conv1", "forward"): 103, ("block4.conv1", "input_grad"): 144,
+    ("block4.conv2", "forward"): 137, ("block4.conv2", "input_grad"): 150, ("block4.shortcut", "forward"): 103,
+    ("block4.shortcut", "input_grad"): 145, ("block5.conv1", "forward"): 103, ("block5.conv1", "input_grad"): 142,
+    ("block5.conv2", "forward"): 137, ("block5.conv2", "input_grad"): 150, ("block5.shortcut", "forward"): 103,
+    ("block5.shortcut", "input_grad"): 144, ("block6.conv1", "forward"): 103, ("block6.conv1", "input_grad"): 144,
+    ("block6.conv2", "forward"): 137, ("block6.conv2", "input_grad"): 150, ("block6.shortcut", "forward"): 103,
+    ("block6.shortcut", "input_grad"): 145, ("block7.conv1", "forward"): 103, ("block7.conv1", "input_grad"): 144,
+    ("block7.conv2", "forward"): 137, ("block7.conv2", "input_grad"): 150, ("block7.shortcut", "forward"): 114,
+    ("block7.shortcut", "input_grad"): 145,
 }
 """Registers a thread per (layer, pass) on sm_90 with Triton 3.9 (ptxas of its wheel), the same at both
-batches. The prologue and the activation backward cost 25-50 more than the plain GEMM (the A tile or x
-passes through registers); with 8 warps, 152 registers still fit one program and 98 KB of pipeline
-buffers per SM; 128 x 128 tiles in the activation backward needed 255 and spilled (kernels/conv.py, tiles)."""
+batches. The prologues and the activation backward cost 25-100 more than a plain GEMM would (the A tile
+passes through registers; the data gradient's prologue forms d_y + 2 y * d_squares + d_sum from two map
+tiles, 135-179 registers where the plain data gradient took 45-112); with 8 warps, 152 registers still fit
+one program and 98 KB of pipeline buffers per SM, and the 4-warp 179 two; 128 x 128 tiles in the activation
+backward needed 255 and spilled (kernels/conv.py, tiles)."""
 
 
 def test_registers_per_specialisation(launches):
@@ -180,11 +184,13 @@ def test_registers_per_specialisation(launches):
 def test_every_map_is_read_and_written_in_one_pass(launches):
     # One loop over K loads the source map (its k*k taps of a row tile come from L2 after the first), the
     # epilogue stores the output and reads the activation backward's x once: no second pass over any map.
-    expected = {"x_ptr": [1, 0], "y_ptr": [0, 1], "aux_ptr": [1, 0]}
+    expected = {"x_ptr": [1, 0], "y_ptr": [0, 1], "aux_ptr": [1, 0], "z_ptr": [1, 0]}
     wrong = [f"{_name(row)}: {name} {row['passes'][name]}" for row in launches for name in expected
              if name in row["passes"] and row["passes"][name] != expected[name]]
     assert not wrong, wrong
     assert sum("aux_ptr" in row["passes"] for row in launches) == len(BLOCKS) * len(BATCHES)
+    # every data gradient reads y (the sums' gradients prologue) in the same single pass as d_y
+    assert sum("z_ptr" in row["passes"] for row in launches) == len(launches) // 2
 
 
 def test_map_accesses_are_16_bytes_where_channels_are_multiples_of_8(launches):
@@ -201,13 +207,16 @@ def test_map_accesses_are_16_bytes_where_channels_are_multiples_of_8(launches):
             narrow.append(f"{_name(row)}: map stores {access['y_ptr']['store_bytes']} B")
         if "aux_ptr" in access and access["aux_ptr"]["load_bytes"] != [16]:
             narrow.append(f"{_name(row)}: activation loads {access['aux_ptr']['load_bytes']} B")
+        if row["pass"] == "input_grad" and source_channels % 8 == 0 and access["z_ptr"]["load_bytes"] != [16]:
+            narrow.append(f"{_name(row)}: y loads {access['z_ptr']['load_bytes']} B")
     assert not narrow, narrow
 
 
 def test_map_and_weight_loads_allocate_in_l1(launches):
     # The k*k taps re-read map rows and every program re-reads the weight: none of those loads may be
     # cp.async.cg (L2 only), or each tap costs a full map of L2 traffic.
-    bypassing = [f"{_name(row)}: {row['l2_only']}" for row in launches if {"x_ptr", "w_ptr"} & set(row["l2_only"])]
+    bypassing = [f"{_name(row)}: {row['l2_only']}" for row in launches
+                 if {"x_ptr", "w_ptr", "z_ptr"} & set(row["l2_only"])]
     assert not bypassing, bypassing
 
 

@@ -57,6 +57,27 @@ def test_matches_reference(kernel_device, shape, k, prologue, channels_last):
     _check_against_reference(_inputs(shape, k, prologue, channels_last, kernel_device))
 
 
+def _with_sums_grad(args):
+    """args with their grad taken as d_y and the sums' gradients (y, d_sum, d_squares) added: a y of both
+    signs, d_sum of order 1 and d_squares scaled so 2 y * d_squares is of the order of d_y."""
+    x, grad, weight_shape, scale, shift = args
+    generator = torch.Generator().manual_seed(7)
+    y = torch.randn(grad.shape, generator=generator).to(grad.device).contiguous(memory_format=ref.memory_format(grad))
+    c_out = grad.shape[1]
+    d_sum = torch.randn(c_out, generator=generator).to(grad.device)
+    d_squares = torch.randn(c_out, generator=generator).to(grad.device) / 2
+    return x, grad, weight_shape, scale, shift, (y, d_sum, d_squares)
+
+
+@pytest.mark.parametrize("prologue", [False, True])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_sums_gradients_prologue_matches_reference(kernel_device, shape, k, prologue):
+    # dL/dy formed as grad is read (d_y + 2 y * d_squares + d_sum, rounded to the map's dtype) in the
+    # rows of every split, for every output channel.
+    _check_against_reference(_with_sums_grad(_inputs(shape, k, prologue, True, kernel_device)))
+
+
 @pytest.mark.parametrize("k", [1, 3])
 def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     # The real shapes' tiling in miniature: tiles of 16 make 3 tiles of K' = 45 (k = 3) and of C_out = 33,
@@ -64,7 +85,7 @@ def test_many_tiles_and_splits_match_reference(kernel_device, monkeypatch, k):
     # channels_last and grad NCHW: each map is converted on its own.
     monkeypatch.setattr(wgrad, "MAX_BLOCK", 16)
     monkeypatch.setattr(wgrad, "MIN_STEPS", 1)
-    x, grad, *rest = _inputs((3, 5, 33, 11, 9), k, True, True, kernel_device)
+    x, grad, *rest = _with_sums_grad(_inputs((3, 5, 33, 11, 9), k, True, True, kernel_device))
     args = (x, grad.contiguous(), *rest)
     tile = wgrad.tiling(5, 33, k, 3 * 11 * 9, 4)
     assert tile["CO_TILES"] == 3 and tile["tiles"] == 3 * (3 if k == 3 else 1)
@@ -104,6 +125,8 @@ def test_empty_batch_gives_zeros(kernel_device):
     (lambda a: {**a, "grad": a["grad"].double()}, "must match x"),
     (lambda a: {**a, "in_shift": None}, "give both in_scale and in_shift"),
     (lambda a: {**a, "in_scale": a["in_scale"][:2], "in_shift": a["in_shift"][:2]}, "C_in = 3 entries"),
+    (lambda a: {**a, "sums_grad": (a["x"], torch.zeros(7), torch.zeros(7))}, "y the forward's output (1, 7, 5, 7)"),
+    (lambda a: {**a, "sums_grad": (a["grad"], torch.zeros(7), torch.zeros(3))}, "got (1, 7, 5, 7) torch.float32, 7 and 3"),
 ])
 def test_bad_input_gets_a_clear_error(change, message):
     x, grad, weight_shape, scale, shift = _inputs((1, 3, 7, 5, 7), 3, True, False, "cpu")

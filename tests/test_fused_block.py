@@ -221,9 +221,13 @@ def test_conv_ops_pass_opcheck(dtype, channels_last, prologue, k):
                           (x.requires_grad_(), weight.requires_grad_(), scale, shift, k == 3))
     grad = torch.randn(3, C, T, FREQ, dtype=dtype).contiguous(memory_format=fmt)
     plain = [None if v is None else v.detach() for v in (scale, shift)]
-    torch.library.opcheck(residual_block.conv_input_grad,
-                          (grad, weight.detach(), x.detach() if prologue else None, *plain, False))
-    torch.library.opcheck(residual_block.conv_weight_grad, (x.detach(), grad, list(weight.shape), *plain, False))
+    no_sums = (None, None, None)
+    sums = (torch.randn_like(grad), torch.randn(C), torch.randn(C))   # y, d_sum, d_squares
+    for sums_grad in (no_sums, sums):
+        torch.library.opcheck(residual_block.conv_input_grad,
+                              (grad, weight.detach(), x.detach() if prologue else None, *plain, *sums_grad, False))
+        torch.library.opcheck(residual_block.conv_weight_grad,
+                              (x.detach(), grad, list(weight.shape), *plain, *sums_grad, False))
 
 
 @pytest.mark.parametrize("pool", [(2, 2), (1, 2), (1, 1)])
