@@ -71,17 +71,33 @@ BACKBONE = ("conv fwd", "conv dgrad", "conv wgrad", "BN stats", "BN apply+ReLU+a
 """The backbone's convolutions and BatchNorm/ReLU/add: the same work on both sides until a fused backbone."""
 
 
+MEMORY_BOUND_BACKBONE = ("BN stats", "BN apply+ReLU+add fwd", "BN/ReLU/add bwd pointwise", "BN bwd reductions",
+                         "block tail fwd", "block tail bwd")
+"""The backbone's work between the convolutions: what a fused backbone can take out of the step (the ceiling)."""
+
+
 def _why(report: dict) -> str:
-    """Where the speed-up comes from and what caps it, from the breakdowns (first GPU, headline price)."""
+    """Where the speed-up comes from and what caps it, from the breakdowns (first GPU, headline price): the three
+    largest savings, the backbone's share, and the ceiling: the step with all of its work between the convolutions
+    at zero (the convolutions, attention, front end, loss and optimiser as priced), and the convolution time the
+    target would need with everything else as it is."""
     gpu = GPUS[0]
     ours, theirs = ({e["category"]: e[HEADLINE_PRICE] for e in report["steps"][step][f"{gpu.name} breakdown"]}
                     for step in ("fastsca", "reference"))
     saved = sorted(((theirs.get(c, 0.0) - ours.get(c, 0.0), c) for c in set(ours) | set(theirs)), reverse=True)
-    total = sum(ours.values())
+    total, reference = sum(ours.values()), sum(theirs.values())
     backbone = sum(ours.get(c, 0.0) for c in BACKBONE)
+    between = sum(ours.get(c, 0.0) for c in MEMORY_BOUND_BACKBONE)
+    convolutions = sum(ours.get(c, 0.0) for c in ("conv fwd", "conv dgrad", "conv wgrad"))
+    target = TARGET_SPEEDUP.get(report["batch"], TARGET_SPEEDUP[64])
+    needed = reference / target - (total - convolutions)
     return (f"- Why ({gpu.name}, {HEADLINE_PRICE}): fastsca saves " + ", ".join(
         f"{us / 1e3:.2f} ms in {c}" for us, c in saved[:3] if us > 0) + f"; the backbone's convolutions and "
-        f"BatchNorm/ReLU/add are {backbone / 1e3:.1f} ms ({100 * backbone / total:.0f} % of fastsca's step).")
+        f"BatchNorm/ReLU/add are {backbone / 1e3:.1f} ms ({100 * backbone / total:.0f} % of fastsca's step).\n"
+        f"- Ceiling ({gpu.name}, {HEADLINE_PRICE}): with all of the backbone's work between the convolutions "
+        f"({', '.join(MEMORY_BOUND_BACKBONE)}: {between / 1e3:.2f} ms) at zero, the step would take "
+        f"{(total - between) / 1e3:.2f} ms, {reference / (total - between):.3f}x; with everything else as it is, "
+        f"{target}x needs the convolutions at {needed / 1e3:.2f} ms (they are priced at {convolutions / 1e3:.2f}).")
 
 
 def _modules(report: dict) -> list[str]:

@@ -94,7 +94,8 @@ def _convolution(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | No
     the activation and the two sums as Inductor kernels fused around it (and autograd differentiates), so a
     compute-bound layer pays cuDNN's passes and nothing eager."""
     if triton:
-        return conv_forward(x, weight, scale, shift, True)
+        y, sums = conv_forward(x, weight, scale, shift, True)   # sums (2, C): rows of one tensor
+        return y, sums[0], sums[1]
     if scale is not None:
         x = activate(x, scale, shift)
     y = F.conv2d(x, weight.to(x.dtype), padding=weight.shape[-1] // 2)

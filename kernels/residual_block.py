@@ -3,15 +3,17 @@ between them.
 
 Five ops, each calling its pass in kernels/block_passes.py (kernels/block_reference.py states what each computes):
 `block_conv_forward` (a convolution with an optional BN-ReLU prologue, returning its output and the per-channel
-sum and sum of squares of its fp32 accumulator), `block_conv_input_grad` and `block_conv_weight_grad` (its
+sum and sum of squares of its fp32 accumulator as the rows of one (2, C) tensor), `block_conv_input_grad` and `block_conv_weight_grad` (its
 backward), `block_tail_forward` (BN of both paths, sum, ReLU, max-pool with an int8 argmax) and
 `block_tail_backward`. The convolution and the tail are differentiable through `register_autograd`: the
 convolution in its input, weight, prologue scale and shift, and in both sums, so that training-mode BatchNorm's
 batch statistics, computed from the sums by `batch_norm_affine` in plain torch on C-sized vectors, are
 differentiated by autograd like any other op and Inductor fuses that algebra and the gradient's sum terms.
 
-An absent optional result (no prologue: no prologue gradients; pool (1, 1): no argmax; an already normalised main
-path: no main scale and shift gradients) is an empty fp32 (int8 for the argmax) tensor: an op returns tensors.
+Per-channel sums leave an op as the rows of one (K, C) fp32 tensor, the tensor the Triton passes reduce their
+partials into (no copy), and the callers index its rows: an op's outputs may not share storage, so returning the
+rows as separate outputs would cost a copy each. An absent optional result (no prologue: no prologue gradients;
+pool (1, 1): no argmax) is an empty fp32 (int8 for the argmax) tensor: an op returns tensors.
 """
 import torch
 from torch import Tensor, nn
@@ -25,18 +27,18 @@ def _empty(like: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return like.new_empty((0,), dtype=dtype)
 
 
-def _unaliased(*results: Tensor) -> tuple[Tensor, ...]:
-    """The results with each that shares storage with an earlier one copied: an op's outputs may not alias (the
-    Triton passes return their per-channel sums as rows of one reduced (K, C) tensor; a C-sized copy each)."""
-    seen, out = set(), []
-    for result in results:
-        if result.numel() == 0:   # an absent result's stand-in holds no data
-            out.append(result)
-            continue
-        storage = result.untyped_storage().data_ptr()
-        out.append(result.clone() if storage in seen else result)
-        seen.add(storage)
-    return tuple(out)
+def _rows(*rows: Tensor) -> Tensor:
+    """Per-channel sums as one (len(rows), C) tensor: the tensor they are the consecutive rows of, when they are (the
+    Triton passes reduce their partials into one: no copy; judged by storage and offsets, which hold under every
+    dispatch mode, where a view's _base may not be set), else stacked (the aten and reference passes)."""
+    first, channels = rows[0], rows[0].numel()
+    consecutive = all(
+        row.dim() == 1 and row.numel() == channels and row.stride(0) == 1 and row.dtype == first.dtype
+        and row.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and row.storage_offset() == first.storage_offset() + index * channels for index, row in enumerate(rows))
+    if consecutive:
+        return first.as_strided((len(rows), channels), (channels, 1))
+    return torch.stack(rows)
 
 
 def _map(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
@@ -48,15 +50,17 @@ def _map(like: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
 
 @torch.library.custom_op("fastsca::block_conv_forward", mutates_args=())
 def conv_forward(x: Tensor, weight: Tensor, in_scale: Tensor | None, in_shift: Tensor | None,
-                 implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, sum y, sum y*y) of y = conv(relu(x * in_scale + in_shift) or x, weight) (block_reference.conv_forward)."""
-    return _unaliased(*block_passes.conv_forward(x, weight, in_scale, in_shift, implicit_gemm=implicit_gemm))
+                 implicit_gemm: bool) -> tuple[Tensor, Tensor]:
+    """(y, sums): y = conv(relu(x * in_scale + in_shift) or x, weight), sums (2, C_out) = (sum y, sum y*y)
+    (block_reference.conv_forward)."""
+    y, total, squares = block_passes.conv_forward(x, weight, in_scale, in_shift, implicit_gemm=implicit_gemm)
+    return y, _rows(total, squares)
 
 
 @conv_forward.register_fake
 def _(x, weight, in_scale, in_shift, implicit_gemm):
-    sums = [x.new_empty((weight.shape[0],), dtype=torch.float32) for _ in range(2)]
-    return _map(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])), *sums
+    sums = x.new_empty((2, weight.shape[0]), dtype=torch.float32)
+    return _map(x, (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])), sums
 
 
 def _sums_grad(y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None) -> tuple | None:
@@ -67,21 +71,20 @@ def _sums_grad(y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None)
 @torch.library.custom_op("fastsca::block_conv_input_grad", mutates_args=())
 def conv_input_grad(grad: Tensor, weight: Tensor, x: Tensor | None, in_scale: Tensor | None,
                     in_shift: Tensor | None, y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None,
-                    implicit_gemm: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, d in_scale, d in_shift) from dL/dy (block_reference.conv_input_grad; with y, d_sum and d_squares,
-    dL/dy = grad_with_sums(grad, y, d_sum, d_squares)); the last two empty without a prologue."""
+                    implicit_gemm: bool) -> tuple[Tensor, Tensor]:
+    """(dx, sums) from dL/dy (block_reference.conv_input_grad; with y, d_sum and d_squares, dL/dy =
+    grad_with_sums(grad, y, d_sum, d_squares)): sums (2, C_in) = (d in_scale, d in_shift), empty without a
+    prologue."""
     dx, d_scale, d_shift = block_passes.conv_input_grad(grad, weight, x, in_scale, in_shift,
                                                         _sums_grad(y, d_sum, d_squares), implicit_gemm=implicit_gemm)
-    if d_scale is None:
-        return dx, _empty(grad), _empty(grad)
-    return _unaliased(dx, d_scale, d_shift)
+    return dx, _empty(grad) if d_scale is None else _rows(d_scale, d_shift)
 
 
 @conv_input_grad.register_fake
 def _(grad, weight, x, in_scale, in_shift, y, d_sum, d_squares, implicit_gemm):
     dx = _map(grad, (grad.shape[0], weight.shape[1], grad.shape[2], grad.shape[3]))
-    size = 0 if in_scale is None else weight.shape[1]
-    return dx, grad.new_empty((size,), dtype=torch.float32), grad.new_empty((size,), dtype=torch.float32)
+    sums = _empty(grad) if in_scale is None else grad.new_empty((2, weight.shape[1]), dtype=torch.float32)
+    return dx, sums
 
 
 @torch.library.custom_op("fastsca::block_conv_weight_grad", mutates_args=())
@@ -105,19 +108,20 @@ def _conv_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, in_scale, in_shift, output[0])
 
 
-def _conv_backward(ctx, d_y, d_sum, d_squares):
+def _conv_backward(ctx, d_y, d_sums):
     """Both passes take dL/dy in its parts (d_y, and the sums' gradients with y: block_reference.grad_with_sums)
     and form it as they read it: the full gradient is never written out."""
     x, weight, in_scale, in_shift, y = ctx.saved_tensors
     grad = d_y.contiguous(memory_format=memory_format(y))
+    d_sum, d_squares = d_sums[0], d_sums[1]
     prologue = in_scale is not None
     dx = d_scale = d_shift = d_weight = None
     needs = ctx.needs_input_grad
     if needs[0] or (prologue and (needs[2] or needs[3])):
-        dx, d_scale, d_shift = conv_input_grad(grad, weight, x if prologue else None, in_scale, in_shift,
-                                               y, d_sum, d_squares, ctx.implicit_gemm)
-        if not prologue:
-            d_scale = d_shift = None
+        dx, sums = conv_input_grad(grad, weight, x if prologue else None, in_scale, in_shift, y, d_sum, d_squares,
+                                   ctx.implicit_gemm)
+        if prologue:
+            d_scale, d_shift = sums[0], sums[1]
     if needs[1]:
         d_weight = conv_weight_grad(x, grad, list(weight.shape), in_scale, in_shift, y, d_sum, d_squares,
                                     ctx.implicit_gemm).to(ctx.weight_dtype)
@@ -149,19 +153,19 @@ def _(main, main_scale, main_shift, shortcut, short_scale, short_shift, pool):
 @torch.library.custom_op("fastsca::block_tail_backward", mutates_args=())
 def tail_backward(d_out: Tensor, argmax: Tensor | None, out: Tensor, main: Tensor, main_scale: Tensor | None,
                   main_shift: Tensor | None, shortcut: Tensor, short_scale: Tensor, short_shift: Tensor,
-                  pool: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(d_main, d_main_scale, d_main_shift, d_shortcut, d_short_scale, d_short_shift)
-    (block_reference.block_tail_backward); the main scale's and shift's empty when main_scale is None."""
-    grads = block_passes.block_tail_backward(d_out, argmax, out, main, main_scale, main_shift, shortcut,
-                                             short_scale, short_shift, tuple(pool))
-    return _unaliased(*(_empty(main) if g is None else g for g in grads))
+                  pool: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """(d_main, d_shortcut, sums) (block_reference.block_tail_backward): sums (K, C) = (d_short_scale, d_short_shift,
+    d_main_scale) with K = 3, or K = 2 when main_scale is None; d_main_shift is d_short_shift (both are sum dz)."""
+    d_main, d_main_scale, _, d_short, d_short_scale, d_short_shift = block_passes.block_tail_backward(
+        d_out, argmax, out, main, main_scale, main_shift, shortcut, short_scale, short_shift, tuple(pool))
+    rows = (d_short_scale, d_short_shift) + (() if d_main_scale is None else (d_main_scale,))
+    return d_main, d_short, _rows(*rows)
 
 
 @tail_backward.register_fake
 def _(d_out, argmax, out, main, main_scale, main_shift, shortcut, short_scale, short_shift, pool):
-    channels = 0 if main_scale is None else main.shape[1]
-    sums = [main.new_empty((size,), dtype=torch.float32) for size in (channels, channels, main.shape[1], main.shape[1])]
-    return _map(main, main.shape), sums[0], sums[1], _map(main, main.shape), sums[2], sums[3]
+    rows = 2 if main_scale is None else 3
+    return _map(main, main.shape), _map(main, main.shape), main.new_empty((rows, main.shape[1]), dtype=torch.float32)
 
 
 def _tail_setup(ctx, inputs, output):
@@ -172,12 +176,10 @@ def _tail_setup(ctx, inputs, output):
 
 def _tail_backward(ctx, d_out, _d_argmax):
     main, main_scale, main_shift, shortcut, short_scale, short_shift, out, argmax = ctx.saved_tensors
-    grads = tail_backward(d_out, None if ctx.pool == (1, 1) else argmax, out, main, main_scale, main_shift,
-                          shortcut, short_scale, short_shift, list(ctx.pool))
-    d_main, d_main_scale, d_main_shift, d_short, d_short_scale, d_short_shift = grads
-    if main_scale is None:
-        d_main_scale = d_main_shift = None
-    return d_main, d_main_scale, d_main_shift, d_short, d_short_scale, d_short_shift, None
+    d_main, d_short, sums = tail_backward(d_out, None if ctx.pool == (1, 1) else argmax, out, main, main_scale,
+                                          main_shift, shortcut, short_scale, short_shift, list(ctx.pool))
+    d_main_scale, d_main_shift = (None, None) if main_scale is None else (sums[2], sums[1])
+    return d_main, d_main_scale, d_main_shift, d_short, sums[0], sums[1], None
 
 
 tail_forward.register_autograd(_tail_backward, setup_context=_tail_setup)

@@ -230,6 +230,21 @@ def test_conv_ops_pass_opcheck(dtype, channels_last, prologue, k):
                               (x.detach(), grad, list(weight.shape), *plain, *sums_grad, False))
 
 
+def test_sums_leave_an_op_as_one_tensor_without_a_copy_when_they_are_its_rows():
+    # The Triton passes return their per-channel sums as rows of one reduced (K, C) tensor: the op hands that
+    # storage back as it is (a copy per row would be a launch each); separate tensors are stacked.
+    torch.manual_seed(5)
+    reduced = torch.randn(3, 7)
+    together = residual_block._rows(reduced[0], reduced[1], reduced[2])
+    assert together.untyped_storage().data_ptr() == reduced.untyped_storage().data_ptr()
+    assert torch.equal(together, reduced)
+    apart = [torch.randn(7), torch.randn(7)]
+    stacked = residual_block._rows(*apart)
+    assert stacked.untyped_storage().data_ptr() != apart[0].untyped_storage().data_ptr()
+    assert torch.equal(stacked, torch.stack(apart))
+    assert torch.equal(residual_block._rows(reduced[1], reduced[0]), reduced[[1, 0]])   # not in order: stacked
+
+
 @pytest.mark.parametrize("pool", [(2, 2), (1, 2), (1, 1)])
 @pytest.mark.parametrize("normalised_main", [False, True])
 def test_tail_ops_pass_opcheck(pool, normalised_main):
