@@ -19,6 +19,9 @@ strides, dtypes, launch counts and grids are those of the real step.
 Two extern calls are recorded as what CUDA launches rather than as one aten call: `convolution_backward` as
 cuDNN's separate dgrad and wgrad kernels, each reading grad_out (FLOPs from the same formula, per output), and
 each multi-tensor op (`_foreach_*`, fused AdamW) as multi_tensor_apply's launches (bench/multi_tensor.py).
+Ops with a CompositeImplicitAutograd kernel that a dispatch mode meets as possible aliases (`to`, `contiguous`,
+`reshape`, called in the fastsca ops' bodies and in eager code) are decomposed under the mode, so the copies they
+make (a dtype cast, a layout change) are recorded like any other call, and their aliases stay free.
 One is left out: after the compiled backward, AccumulateGrad clones a gradient when more references to it exist
 than it expects, and under the recording mode they do, so it copies each gradient where a real step hands the
 tensor over (torch.profiler on a real compiled CPU step shows no copy under AccumulateGrad): those eager
@@ -42,9 +45,10 @@ from bench.multi_tensor import is_multi_tensor, launches_of
 
 PROJECT_OP_NAMESPACE = project_launches.PROJECT_OP_NAMESPACE
 _FREE_OPS = ("empty", "new_empty", "empty_strided", "new_empty_strided", "detach", "alias", "lift_fresh",
-             "_local_scalar_dense")
-"""aten ops that run as they are: allocations and aliases (no data moves), and reading one scalar to the host
-(no fake answer exists; the value is as meaningless as every other)."""
+             "_unsafe_view", "_local_scalar_dense")
+"""aten ops that run as they are: allocations and aliases (no data moves; `_unsafe_view` is reshape's view of
+the copy it made, not declared a view), and reading one scalar to the host (no fake answer exists; the value is
+as meaningless as every other)."""
 
 
 @dataclass
@@ -107,6 +111,14 @@ class StepRecording:
         return self.project_recording.launches
 
 
+def _composite(func) -> bool:
+    """An op with a CompositeImplicitAutograd kernel (to, contiguous, reshape, flatten...): a dispatch mode meets
+    such ops (the fastsca ops' bodies call them) with an alias annotation, so they look like views, but they copy
+    when they must (another dtype, another layout). Run as they are, their copies would run below the mode,
+    unrecorded; decomposed under the mode, each copy is recorded and each alias stays free."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
+
+
 def _tensor_bytes(tensors) -> int:
     seen, total = set(), 0
     for t in tensors:
@@ -144,6 +156,9 @@ class _NoCompute(TorchDispatchMode):
             finally:
                 launches.op, launches.op_detail = outer_op, {}
         name = func.overloadpacket.__name__
+        if func.is_view and _composite(func):   # to, contiguous, reshape, ...: may alias, may copy
+            with self:   # their decomposition's calls (a _to_copy, a clone) reach this mode and are recorded
+                return func.decompose(*args, **kwargs)
         if func.is_view or name in _FREE_OPS or func.namespace != "aten":
             return func(*args, **kwargs)
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]

@@ -10,11 +10,12 @@ arranged once per call as a (K, N) matrix (rows tap-major, then input channel). 
   rounded to the map's dtype before tl.dot; the padding is zero in a (the activated tile is masked,
   not x). Epilogue "statistics": y in the map's dtype, and per output channel the sums of y and y*y
   of the fp32 accumulator (rows past M are zero and add nothing).
-- the data gradient runs the same kernel on dL/dy with the weight flipped in space and transposed
-  (C_in <-> C_out). Prologue "sums' gradients" (given y, d_sum, d_squares: the forward's output and the
-  gradients of its two sums): the A tile is dL/dy = d_y + 2 y * d_squares + d_sum per channel in fp32
-  (block_reference.grad_with_sums), zero in the padding, rounded to the map's dtype: the full gradient
-  is formed as the GEMM reads it, never written out. Epilogue "activation backward" (the forward had a
+- the data gradient runs the same kernel on dL/dy with the weight transposed (C_in <-> C_out) and flipped in
+  space, the flip made as the kernel reads its rows (FLIP_TAPS: no flipped copy of the weight). Prologue
+  "sums' gradients" (given y, d_sum, d_squares: the forward's output and the gradients of its two sums):
+  the A tile is dL/dy = d_y + 2 y * d_squares + d_sum per channel in fp32 (block_reference.grad_with_sums),
+  zero in the padding, rounded to the map's dtype: the full gradient is formed as the GEMM reads it, never
+  written out. Epilogue "activation backward" (the forward had a
   prologue): read x at the output position, g = acc * (x*scale + shift > 0), store g*scale in grad's
   dtype, and the sums of g*x and g.
 
@@ -135,14 +136,15 @@ def source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_pt
 def conv_gemm_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, aux_ptr, part_ptr, z_ptr, d_sum_ptr, d_squares_ptr, M,
     T: tl.constexpr, F: tl.constexpr, C_IN: tl.constexpr, C_OUT: tl.constexpr, KS: tl.constexpr,
-    FLAT_K: tl.constexpr, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    FLIP_TAPS: tl.constexpr, FLAT_K: tl.constexpr, PROLOGUE: tl.constexpr, EPILOGUE: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """y[m, n] = sum_k A[m, k] W[k, n] over NHWC maps, x (M, C_IN) and y (M, C_OUT) rows, W (KS*KS*C_IN,
     C_OUT); the prologue and epilogue by the module docstring; scale/shift are per C_IN channel with
     PROLOGUE_BN_RELU, per C_OUT channel with the activation-gradient epilogue; z (M, C_IN) and d_sum,
-    d_squares (C_IN) are PROLOGUE_SUMS_GRAD's y and sums' gradients; aux is that epilogue's x (M, C_OUT);
-    part (2, cdiv(M, BLOCK_M), C_OUT) fp32 gets this program's two column sums. Grid (cdiv(M, BLOCK_M) *
+    d_squares (C_IN) are PROLOGUE_SUMS_GRAD's y and sums' gradients; with FLIP_TAPS tap t reads W's rows of tap
+    KS*KS - 1 - t (the data gradient's spatially flipped weight, flipped as it is read); aux is that epilogue's
+    x (M, C_OUT); part (2, cdiv(M, BLOCK_M), C_OUT) fp32 gets this program's two column sums. Grid (cdiv(M, BLOCK_M) *
     N_TILES,): the N tiles of one M tile are neighbours in launch order, so they run together and the map
     rows they share (and their halo) come from DRAM once and from L2 after that."""
     N_TILES: tl.constexpr = (C_OUT + BLOCK_N - 1) // BLOCK_N
@@ -171,7 +173,8 @@ def conv_gemm_kernel(
             x = tl.load(x_ptr + offsets, mask=ok, other=0.0, cache_modifier=".ca")
             a = source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_ptr, c[None, :],
                             k_ok[None, :], ok, PROLOGUE)
-            w = tl.load(w_ptr + offs_k[:, None] * C_OUT + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :],
+            w_rows = (KS * KS - 1 - tap) * C_IN + c if FLIP_TAPS else offs_k
+            w = tl.load(w_ptr + w_rows[:, None] * C_OUT + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :],
                         other=0.0, cache_modifier=".ca")
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
     else:
@@ -195,7 +198,8 @@ def conv_gemm_kernel(
             x = tl.load(x_ptr + offsets, mask=ok, other=0.0, cache_modifier=".ca")
             a = source_tile(x, z_ptr, offsets, scale_ptr, shift_ptr, d_sum_ptr, d_squares_ptr, offs_c[None, :],
                             c_ok[None, :], ok, PROLOGUE)
-            w = tl.load(w_ptr + (tap * C_IN + offs_c)[:, None] * C_OUT + offs_n[None, :], mask=w_ok, other=0.0,
+            w_tap = KS * KS - 1 - tap if FLIP_TAPS else tap
+            w = tl.load(w_ptr + (w_tap * C_IN + offs_c)[:, None] * C_OUT + offs_n[None, :], mask=w_ok, other=0.0,
                         cache_modifier=".ca")
             acc = tl.dot(a, w, acc, input_precision=PRECISION)
     out_ok = row_ok[:, None] & n_ok[None, :]
@@ -237,10 +241,23 @@ def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def weight_matrix(weight: torch.Tensor, dtype: torch.dtype, transposed: bool) -> torch.Tensor:
+    """The GEMM's (k*k*C_in, C_out) weight matrix in `dtype`, rows tap-major then input channel, made by one copy
+    (the cast and the layout change together, whatever the weight's layout); `transposed` gives the data
+    gradient's (k*k*C_out, C_in), not flipped in space (the kernel flips the taps as it reads, FLIP_TAPS)."""
+    c_out, c_in, k, _ = weight.shape
+    rows, columns = (c_out, c_in) if transposed else (c_in, c_out)
+    matrix = torch.empty((k * k * rows, columns), dtype=dtype, device=weight.device)
+    matrix.view(k, k, rows, columns).copy_(weight.permute(2, 3, 0, 1) if transposed else weight.permute(2, 3, 1, 0))
+    return matrix
+
+
 def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scale, shift, aux, epilogue: int,
             sums_grad: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Run conv_gemm_kernel on an NHWC source with the (K, c_out) weight matrix, with PROLOGUE_SUMS_GRAD when
-    sums_grad = (y NHWC, d_sum, d_squares) is given: (y NHWC in source's dtype, sums (2, c_out) fp32 or None)."""
+    """Run conv_gemm_kernel on an NHWC source with the (K, c_out) weight matrix (the data gradient's when
+    sums_grad = (y NHWC, d_sum, d_squares) is given or the epilogue is not EPILOGUE_STATISTICS: its taps flipped as
+    read, with PROLOGUE_SUMS_GRAD when sums_grad is given): (y NHWC in source's dtype, sums (2, c_out) fp32 or
+    None)."""
     batch, c_in, time, freq = source.shape
     m = batch * time * freq
     tiling = tiles(c_in, c_out, k, scale is not None or sums_grad is not None, source.element_size())
@@ -257,7 +274,8 @@ def _launch(source: torch.Tensor, matrix: torch.Tensor, k: int, c_out: int, scal
         grad_terms = [sums_grad[0], sums_grad[1].float().contiguous(), sums_grad[2].float().contiguous()]
     conv_gemm_kernel[(m_tiles * triton.cdiv(c_out, tiling.block_n),)](
         source, matrix, *vectors, y, aux if aux is not None else y, part, *grad_terms, m,
-        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLAT_K=tiling.flat_k, PROLOGUE=prologue, EPILOGUE=epilogue,
+        T=time, F=freq, C_IN=c_in, C_OUT=c_out, KS=k, FLIP_TAPS=epilogue != EPILOGUE_STATISTICS,
+        FLAT_K=tiling.flat_k, PROLOGUE=prologue, EPILOGUE=epilogue,
         PRECISION="tf32x3" if source.dtype == torch.float32 else "tf32",
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k,
         num_warps=tiling.num_warps, num_stages=tiling.num_stages,
@@ -273,8 +291,8 @@ def conv_forward_triton(x: torch.Tensor, weight: torch.Tensor, in_scale: torch.T
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"conv_forward: weight has {weight.shape[1]} input channels, x has {x.shape[1]}")
     c_out, k = weight.shape[0], weight.shape[-1]
-    matrix = weight.to(x.dtype).permute(2, 3, 1, 0).reshape(-1, c_out).contiguous()   # (k*k*C_in, C_out)
-    y, sums = _launch(_nhwc(x), matrix, k, c_out, in_scale, in_shift, None, EPILOGUE_STATISTICS)
+    y, sums = _launch(_nhwc(x), weight_matrix(weight, x.dtype, transposed=False), k, c_out, in_scale, in_shift, None,
+                      EPILOGUE_STATISTICS)
     LAUNCHES["conv_forward"] += 1
     return y.contiguous(memory_format=memory_format(x)), sums[0], sums[1]
 
@@ -294,10 +312,10 @@ def conv_input_grad_triton(grad: torch.Tensor, weight: torch.Tensor, x: torch.Te
         raise ValueError("conv_input_grad: with in_scale and in_shift, x must be the forward's input map "
                          f"({grad.shape[0]}, {weight.shape[1]}, {grad.shape[2]}, {grad.shape[3]})")
     c_in, k = weight.shape[1], weight.shape[-1]
-    flipped = weight.to(grad.dtype).flip(2, 3).permute(2, 3, 0, 1).reshape(-1, c_in).contiguous()   # (k*k*C_out, C_in)
+    matrix = weight_matrix(weight, grad.dtype, transposed=True)   # (k*k*C_out, C_in), flipped by the kernel
     epilogue = EPILOGUE_NONE if in_scale is None else EPILOGUE_ACTIVATION_GRAD
     aux = None if in_scale is None else _nhwc(x)
-    dx, sums = _launch(_nhwc(grad), flipped, k, c_in, in_scale, in_shift, aux, epilogue,
+    dx, sums = _launch(_nhwc(grad), matrix, k, c_in, in_scale, in_shift, aux, epilogue,
                        _nhwc_sums_grad("conv_input_grad", grad, sums_grad))
     LAUNCHES["conv_input_grad"] += 1
     dx = dx.contiguous(memory_format=memory_format(grad))

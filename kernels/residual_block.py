@@ -91,15 +91,17 @@ def _(grad, weight, x, in_scale, in_shift, y, d_sum, d_squares, implicit_gemm):
 def conv_weight_grad(x: Tensor, grad: Tensor, weight_shape: list[int], in_scale: Tensor | None,
                      in_shift: Tensor | None, y: Tensor | None, d_sum: Tensor | None, d_squares: Tensor | None,
                      implicit_gemm: bool) -> Tensor:
-    """dL/dweight, fp32, contiguous (block_reference.conv_weight_grad, dL/dy formed from y, d_sum and d_squares
-    when given; cuDNN's follows the maps' memory format)."""
-    return block_passes.conv_weight_grad(x, grad, tuple(weight_shape), in_scale, in_shift,
-                                         _sums_grad(y, d_sum, d_squares), implicit_gemm=implicit_gemm).contiguous()
+    """dL/dweight, fp32, in the maps' memory format (block_reference.conv_weight_grad, dL/dy formed from y, d_sum and
+    d_squares when given): channels_last in a channels_last model, the layout of its weights, which the Triton pass
+    writes and cuDNN's follows, so neither this op nor AccumulateGrad copies it."""
+    d_weight = block_passes.conv_weight_grad(x, grad, tuple(weight_shape), in_scale, in_shift,
+                                             _sums_grad(y, d_sum, d_squares), implicit_gemm=implicit_gemm)
+    return d_weight.contiguous(memory_format=memory_format(x))
 
 
 @conv_weight_grad.register_fake
 def _(x, grad, weight_shape, in_scale, in_shift, y, d_sum, d_squares, implicit_gemm):
-    return x.new_empty(weight_shape, dtype=torch.float32)
+    return torch.empty(weight_shape, dtype=torch.float32, device=x.device, memory_format=memory_format(x))
 
 
 def _conv_setup(ctx, inputs, output):
@@ -112,7 +114,7 @@ def _conv_backward(ctx, d_y, d_sums):
     """Both passes take dL/dy in its parts (d_y, and the sums' gradients with y: block_reference.grad_with_sums)
     and form it as they read it: the full gradient is never written out."""
     x, weight, in_scale, in_shift, y = ctx.saved_tensors
-    grad = d_y.contiguous(memory_format=memory_format(y))
+    grad = d_y.contiguous(memory_format=memory_format(y))   # in the graph: the producer writes this layout
     d_sum, d_squares = d_sums[0], d_sums[1]
     prologue = in_scale is not None
     dx = d_scale = d_shift = d_weight = None
@@ -176,6 +178,7 @@ def _tail_setup(ctx, inputs, output):
 
 def _tail_backward(ctx, d_out, _d_argmax):
     main, main_scale, main_shift, shortcut, short_scale, short_shift, out, argmax = ctx.saved_tensors
+    d_out = d_out.contiguous(memory_format=memory_format(out))   # in the graph: the producer writes this layout
     d_main, d_short, sums = tail_backward(d_out, None if ctx.pool == (1, 1) else argmax, out, main, main_scale,
                                           main_shift, shortcut, short_scale, short_shift, list(ctx.pool))
     d_main_scale, d_main_shift = (None, None) if main_scale is None else (sums[2], sums[1])
