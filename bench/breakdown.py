@@ -5,8 +5,9 @@ bench/inductor_cpu.py sets `descriptive_names = "torch"`, e.g. `triton_red_fused
 1. eager work outside the compiled graphs by its phase: front end, head + loss (the BCE and its backward),
    non-finite check, clipping, optimiser;
 2. fastsca's kernels and the aten work inside its ops, by the op (BLOCK_OP_CATEGORIES): the fused block's
-   convolutions by role (a cuDNN convolution inside one by its role too, the sums and activations around it
-   as BN stats or BN apply), its tail; the attention's passes: attention;
+   convolutions by role (a cuDNN convolution inside one by its role too, and the copy making its bf16 weight
+   matrix; the sums and activations around a cuDNN one as BN stats or BN apply), its tail; the attention's
+   passes: attention;
 3. extern calls: a convolution by its role (conv fwd, conv dgrad, conv wgrad), the attention's own global-branch
    convolutions (kernel size `attention_kernel`) as attention; a matmul producing the class dimension as head +
    loss, any other matmul (the reference's channel MLP) as attention;
@@ -48,7 +49,9 @@ BLOCK_OP_SIDE_WORK = {"conv fwd": ("BN stats", "BN apply+ReLU+add fwd"),
 def _project_category(row: dict) -> str:
     """A fastsca kernel or an aten call inside a fastsca op, by the op (attention when it is not a block op)."""
     role = BLOCK_OP_CATEGORIES.get(row.get("op", ""), "attention")
-    if row["kind"] == "fastsca" or role not in BLOCK_OP_SIDE_WORK or "role" in (row.get("detail") or {}):
+    weight_matrix = "copy_" in row["name"]   # the convolution's bf16 weight matrix: its own, as a weight cast is
+    if row["kind"] == "fastsca" or role not in BLOCK_OP_SIDE_WORK or "role" in (row.get("detail") or {}) \
+            or weight_matrix:
         return role
     reductions, rest = BLOCK_OP_SIDE_WORK[role]
     return reductions if any(m in row["name"] for m in ("sum", "norm")) else rest
