@@ -235,10 +235,11 @@ def test_a_run_chooses_on_its_validation_clips_and_prints_the_settings(tmp_path,
     validation = holdout.split_run(str(train_path), str(eval_path), data["validation_fraction"],
                                    data["validation_max_clips"], data["loader"]["seed"], say=lambda text: None)[1]
     names = localisation.split_reference(str(train_path))[0]
-    maps = [r["mAP"] for r in records(out, "val")]
-    better = [i for i, value in enumerate(maps) if value > max(maps[:i], default=-1.0)]
-    # one choice at each better evaluation, each on the validation clips in the loader's order, none of the test's
-    assert seen == [[names[i] for i in validation.clips]] * len(better)
+    # one choice, at the end of the run (best.pt's outputs), on the validation clips in the loader's order, none of
+    # the test's: not one at each better evaluation (two of them here), which would cost minutes to an hour each on an
+    # AudioSet-sized split
+    assert len(records(out, "val")) == 2
+    assert seen == [[names[i] for i in validation.clips]]
     assert not set(seen[0]) & set(localisation.split_reference(str(eval_path))[0])
     stored = stored_event_config(best["config"])
     assert chosen[-1].events == stored and stored.class_thresholds

@@ -24,6 +24,7 @@ import torch
 import train.run
 import train.step
 from fastsca import tag
+from fastsca.events import stored_event_config
 from train import evaluate
 from train.data.synth import SynthConfig, make_clip
 from train.trainer import progress
@@ -110,8 +111,10 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
         train.run.main(tiny_args(out, builtin_dir))
     monkeypatch.undo()
     assert stopped.value.code == 128 + signal.SIGTERM
-    assert "stopped by SIGTERM after step 13" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stopped by SIGTERM after step 13" in printed
     assert torch.load(out / "latest.pt", weights_only=True)["step"] == 13
+    assert not (out / "best.pt").exists() and "keeps the default event settings" not in printed   # no evaluation yet
 
     train.run.main(tiny_args(out, builtin_dir, 40, "--resume"))
     resumed = {r["step"]: r["loss"] for r in records(out, "train") if r["step"] > 13}
@@ -123,6 +126,32 @@ def test_sigterm_mid_run_then_resume_repeats_the_same_losses(tmp_path, builtin_d
     [resumed_test], [full_test] = records(out, "test"), records(full_run, "test")
     timings = {"time": 0, "localisation_seconds": 0}   # wall-clock figures; every score must be equal
     assert {**resumed_test, **timings} == {**full_test, **timings}
+
+
+def test_a_run_stopped_after_an_evaluation_says_best_pt_has_no_chosen_event_settings_yet(tmp_path, builtin_dir,
+                                                                                         monkeypatch, capsys):
+    # the validation clips carry strong labels: their event settings are chosen once, at the end of the run, which a
+    # run stopped at step 13 (after its evaluation at step 10) does not reach: best.pt keeps the defaults, and the
+    # way to choose them for an evaluation now is printed
+    out = tmp_path / "stopped"
+    calls = 0
+
+    def loss_then_signal(prob, target):
+        nonlocal calls
+        calls += 1
+        if calls == 13:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return clip_bce(prob, target)
+
+    clip_bce = train.step.clip_bce
+    monkeypatch.setattr(train.step, "clip_bce", loss_then_signal)
+    with pytest.raises(SystemExit):
+        train.run.main(tiny_args(out, builtin_dir, 40, "--eval-every", "10"))
+    printed = capsys.readouterr().out
+    assert records(out, "val") and not stored_event_config(
+        torch.load(out / "best.pt", weights_only=True)["config"]).class_thresholds
+    assert (f"{out / 'best.pt'} keeps the default event settings until the run finishes" in printed
+            and f"python -m train.evaluate --checkpoint {out / 'best.pt'} --post-processing validation" in printed)
 
 
 @pytest.mark.slow

@@ -95,6 +95,12 @@ class Checkpointer:
         if self.ctx.is_main:
             checkpoint.copy(self.latest, self.best)
 
+    def store_best_events(self, events: EventConfig) -> None:
+        """best.pt rewritten (atomically) with `events`, the per-class settings chosen for its model."""
+        payload = checkpoint.read_checkpoint(self.best)
+        payload["config"]["events"] = asdict(events)
+        checkpoint.save(self.best, payload)
+
     def read_best(self) -> dict:
         """best.pt, once rank 0 has written it."""
         distributed.gather_objects(None)   # a barrier

@@ -2,9 +2,10 @@
 it, early stopping, and the test split scored once at the end with best.pt.
 
 Validation is the split held out of the training data (train/data/holdout.py); best.pt follows its mAP (the latest
-evaluation where no class can be scored). Where the split carries strong labels, localisation is scored too and
-the per-class event settings (train/postprocess.py) are chosen on it at each better evaluation, stored with best.pt
-and printed at the end of the run.
+evaluation where no class can be scored). Where the split carries strong labels, localisation is scored too, and at
+the end of the run the per-class event settings (train/postprocess.py) are chosen once on best.pt's outputs for it,
+stored in best.pt and printed: choosing costs about 0.2 s a class per 500 clips, minutes to an hour on an
+AudioSet-sized split, too much to repeat at every better evaluation.
 """
 import sys
 from dataclasses import dataclass
@@ -49,9 +50,9 @@ class Evaluator:
         self.label_names, self.clip_seconds, self.run, self.options = label_names, clip_seconds, run, options
         self.ctx, self.log = ctx, log
         self.events = events
-        """Per-class event settings chosen on validation at the best evaluation so far (stored with best.pt)."""
+        """The event settings latest.pt carries: the defaults, or those a resumed checkpoint stored."""
         self.selection: postprocess.Selection | None = None
-        """That choice and its validation F1 (None before one in this process: a resumed run keeps the stored)."""
+        """The settings chosen at the end of the run and their validation F1 (`choose_events`)."""
         self.best_summary: dict = {}
         self.reported: set[str] = set()   # notes already printed (no scorable class, a localisation fault)
 
@@ -75,13 +76,25 @@ class Evaluator:
         if improved:
             state.best_step, self.best_summary = state.step, summary
             state.best_map = summary["mAP"] if scorable else state.best_map
-            if self.strong is not None and self.ctx.is_main:   # stored with best.pt
-                self.selection = postprocess.select_during_training(frames, self.strong, self.label_names,
-                                                                    self.clip_seconds, self.ctx.world_size)
-                self.events = self.selection.events if self.selection is not None else EventConfig()
         result = Validation(summary=summary, located=located, clips=clips, improved=improved)
         self._notes(result)
         return result
+
+    def choose_events(self, model: torch.nn.Module, best: dict) -> EventConfig | None:
+        """The per-class event settings chosen on the validation split's outputs of best.pt's model (every rank
+        evaluates; rank 0 chooses and gets them, the others None); None without strong validation labels, or where
+        choosing fails (the defaults stay; the fault is reported by the localisation scoring)."""
+        if self.strong is None:
+            return None
+        model.load_state_dict(best["model"])
+        distributed.broadcast_buffers(model)
+        frames: list = []
+        evaluate(model, self.validation_loader, self.ctx.device, frames, self.options)
+        if not self.ctx.is_main:
+            return None
+        self.selection = postprocess.select_during_training(frames, self.strong, self.label_names, self.clip_seconds,
+                                                            self.ctx.world_size)
+        return None if self.selection is None else self.selection.events
 
     def _notes(self, result: Validation) -> None:
         """What the figures leave unsaid, once each (not at every evaluation), on stderr."""

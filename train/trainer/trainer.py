@@ -222,10 +222,20 @@ class Trainer:
         if self.ctx.is_main:
             print(f"stopped by {self.stop.signal_name or 'a signal on another rank'} after step {self.state.step}; "
                   f"wrote {self.checkpointer.latest} (resume with --resume)", flush=True)
+            if self.evaluator.strong is not None and self.checkpointer.best.exists():
+                print(f"{self.checkpointer.best} keeps the default event settings until the run finishes (they are "
+                      f"chosen on the validation split at the end); `python -m train.evaluate --checkpoint "
+                      f"{self.checkpointer.best} --post-processing validation` chooses them for an evaluation now",
+                      flush=True)
 
     def finish(self) -> dict[str, dict[str, float]]:
-        """best.pt on the test split, once; then the model folder."""
+        """The event settings chosen on validation for best.pt and stored in it; best.pt on the test split, once;
+        then the model folder."""
         best = self.checkpointer.read_best()
+        events = self.evaluator.choose_events(self.model, best)
+        if events is not None:
+            self.checkpointer.store_best_events(events)
+        best = self.checkpointer.read_best()   # (a barrier: every rank reads it once rank 0 has written it)
         data = self.config.data
         test_path = self.train_path if data.fold is not None else self.eval_path or self.train_path   # a fold: --data
         test_reference = localisation.test_reference(self.parts[2], test_path) if self.ctx.is_main else None
