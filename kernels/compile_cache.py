@@ -24,10 +24,14 @@ def kernels_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def tag_compile_caches() -> str:
-    """Add this version's tag to torch.compile's cache key (once; a user's own tag is kept) and return it."""
+def tag_compile_caches(config=None) -> str | None:
+    """Add this version's tag to torch.compile's cache key (`config`: torch.compiler.config; once; a user's own tag
+    is kept) and return it; None where torch has no such key (before 2.6), whose caches stay as they are."""
+    config = torch.compiler.config if config is None else config
+    if not hasattr(config, "cache_key_tag"):
+        return None
     tag = TAG_PREFIX + kernels_digest()
-    current = torch.compiler.config.cache_key_tag
+    current = config.cache_key_tag
     if tag not in current:
-        torch.compiler.config.cache_key_tag = f"{current}+{tag}" if current else tag
+        config.cache_key_tag = f"{current}+{tag}" if current else tag
     return tag

@@ -1,6 +1,8 @@
 """kernels/compile_cache.py: torch.compile's cache key carries a digest of the kernels' source, so a graph
 compiled against another version of the fastsca ops (an upgrade that changed only a backward formula) is a
 cache miss, not a replay that calls the new ops with old arguments."""
+from types import SimpleNamespace
+
 import torch
 
 from kernels import compile_cache
@@ -24,8 +26,15 @@ def test_the_digest_follows_every_source_file(tmp_path, monkeypatch):
     assert before != changed and compile_cache.kernels_digest() == before
 
 
-def test_a_users_own_tag_is_kept_and_ours_added_once(monkeypatch):
-    monkeypatch.setattr(torch.compiler.config, "cache_key_tag", "my-experiment")
-    tag = compile_cache.tag_compile_caches()
-    compile_cache.tag_compile_caches()
-    assert torch.compiler.config.cache_key_tag == f"my-experiment+{tag}"
+def test_a_users_own_tag_is_kept_and_ours_added_once():
+    # torch's own patch restores the config entry (pytest's monkeypatch would delete it from the config module)
+    with torch.compiler.config.patch(cache_key_tag="my-experiment"):
+        tag = compile_cache.tag_compile_caches()
+        compile_cache.tag_compile_caches()
+        assert torch.compiler.config.cache_key_tag == f"my-experiment+{tag}"
+    assert compile_cache.TAG_PREFIX + compile_cache.kernels_digest() in torch.compiler.config.cache_key_tag
+
+
+def test_a_torch_without_the_cache_key_is_left_as_it_is():
+    config = SimpleNamespace()   # torch before 2.6 has no cache_key_tag
+    assert compile_cache.tag_compile_caches(config) is None and vars(config) == {}
