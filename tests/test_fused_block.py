@@ -23,7 +23,6 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastsca.backbone
 import train.run
@@ -40,6 +39,8 @@ from fastsca.frontend import LogMelConfig
 from fastsca.run_options import PROFILE_RUN_OPTIONS, RunOptions, options_for_device, resolve_run_options
 from kernels import residual_block
 from kernels.common import LAUNCHES
+from test_production_path import (BATCH, MODEL, assert_bf16_as_close_as_the_reference, assert_tracks_in_fp32, batches,
+                                  odd_model, train_steps)
 
 C, T, FREQ = 7, 11, 9
 STEPS = 3
@@ -281,41 +282,9 @@ def test_compiled_fused_block_matches_eager(pool, attention):
 
 # ---- the whole model ----
 
-WIDTHS = (3, 5, 8, 11, 13, 21, 37)
-"""Odd block widths (tests/test_production_path.py's): attention at blocks 5-7 on 7 x 4 maps."""
-MODEL = dict(channels=WIDTHS, input_frames=28, num_classes=7)
-LR, BATCH = 1e-3, 3
-ZERO_GRADIENT = {"pooling.attention.bias", "blocks.0.shortcut.0.weight"}
-"""Parameters whose gradient is 0 in exact arithmetic (tests/test_production_path.py's ZERO_GRADIENT)."""
-
-
 def _model(fused: bool, state: dict | None) -> torch.nn.Module:
-    options = RunOptions(fused_attention=fused, fused_backbone=fused)
-    model = build_model("at-sca-3", options, **MODEL)
-    if state is not None:
-        model.load_state_dict(state)
-    return model.to(memory_format=torch.channels_last).train()
-
-
-def _train(model, compiled: bool, bf16: bool, seed: int):
-    """STEPS AdamW steps as train.run takes them: (losses, the first step's gradients)."""
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=LR)
-    step = torch.compile(model, fullgraph=True) if compiled else model
-    losses, first_grads = [], None
-    for _ in range(STEPS):
-        log_mel = torch.randn(BATCH, 1, MODEL["input_frames"], 64, generator=generator)
-        target = (torch.rand(BATCH, MODEL["num_classes"], generator=generator) > 0.5).float()
-        optimiser.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            out = step(log_mel.contiguous(memory_format=torch.channels_last))
-        loss = F.binary_cross_entropy(out.clip.float().clamp(1e-7, 1 - 1e-7), target)   # fp32 BCE, clamped as train.run
-        loss.backward()
-        if first_grads is None:
-            first_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-        optimiser.step()
-        losses.append(loss.item())
-    return losses, first_grads
+    """test_production_path's odd at-sca-3, fused attention and backbone or neither."""
+    return odd_model(RunOptions(fused_attention=fused, fused_backbone=fused), state)
 
 
 @pytest.mark.slow
@@ -334,41 +303,24 @@ def test_compiled_fused_model_tracks_the_reference():
     reference = _model(False, None)
     state = {k: v.clone() for k, v in reference.state_dict().items()}
     fused = _model(True, state)
-    fused_losses, fused_grads = _train(fused, compiled=True, bf16=False, seed=1)
-    losses, grads = _train(reference, compiled=False, bf16=False, seed=1)
-    torch.testing.assert_close(fused_losses, losses, atol=1e-5, rtol=1e-5)
-    for name, expected in grads.items():
-        atol = 1e-4 * expected.abs().max().item() + (1e-6 if name in ZERO_GRADIENT else 0)
-        torch.testing.assert_close(fused_grads[name], expected, atol=atol, rtol=1e-4,
-                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
-    for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
-        atol = STEPS * LR if name in ZERO_GRADIENT else 0.1 * LR
-        torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
-    for (name, expected), actual in zip(reference.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    steps = batches(1)
+    fused_run = train_steps(fused, steps, compiled=True, bf16=False)
+    assert_tracks_in_fp32(fused, fused_run, reference, train_steps(reference, steps, compiled=False, bf16=False))
 
     torch._dynamo.reset()
+    steps = batches(2)
     fp32 = _model(False, state)
-    fp32_losses, fp32_grads = _train(fp32, compiled=False, bf16=False, seed=2)
-    _, eager_grads = _train(_model(False, state), compiled=False, bf16=True, seed=2)
+    fp32_run = train_steps(fp32, steps, compiled=False, bf16=False)
+    _, eager_grads = train_steps(_model(False, state), steps, compiled=False, bf16=True)
     fused = _model(True, state)
-    fused_losses, fused_grads = _train(fused, compiled=True, bf16=True, seed=2)
-
-    def distance(grads):   # relative L2 distance of all gradients from the fp32 ones
-        num = sum(((grads[n] - g).float() ** 2).sum() for n, g in fp32_grads.items())
-        return (num / sum((g ** 2).sum() for g in fp32_grads.values())).sqrt().item()
-
-    torch.testing.assert_close(fused_losses, fp32_losses, atol=2e-2, rtol=0)
-    assert distance(fused_grads) <= 1.5 * distance(eager_grads) + 0.05
-    for (name, expected), actual in zip(fp32.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(actual.float(), expected.float(), atol=2e-2, rtol=2e-2,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert_bf16_as_close_as_the_reference(fused, train_steps(fused, steps, compiled=True, bf16=True), fp32, fp32_run,
+                                          eager_grads)
 
 
 def test_checkpoints_load_across_fused_and_reference(tmp_path):
     torch.manual_seed(0)
     fused = _model(True, None)
-    _train(fused, compiled=False, bf16=False, seed=3)   # running statistics and weights moved by the fused path
+    train_steps(fused, batches(3), compiled=False, bf16=False)   # running statistics and weights moved by the fused path
     torch.save(fused.state_dict(), tmp_path / "fused.pt")
     reference = _model(False, None)
     assert [(k, v.shape) for k, v in reference.state_dict().items()] == \

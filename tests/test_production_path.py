@@ -42,21 +42,27 @@ block 1's 1x1 shortcut conv of the one input channel, which its training-mode Ba
 scale-invariant."""
 
 
-def _model(fused: bool, state: dict | None) -> torch.nn.Module:
-    model = build_model("at-sca-3", RunOptions(fused_attention=fused), **MODEL)
+def odd_model(options: RunOptions, state: dict | None) -> torch.nn.Module:
+    """at-sca-3 at the odd WIDTHS with these execution options, channels_last, in training mode (from `state`)."""
+    model = build_model("at-sca-3", options, **MODEL)
     if state is not None:
         model.load_state_dict(state)
     return model.to(memory_format=torch.channels_last).train()
 
 
-def _batches(seed: int):
+def _model(fused: bool, state: dict | None) -> torch.nn.Module:
+    return odd_model(RunOptions(fused_attention=fused), state)
+
+
+def batches(seed: int):
+    """STEPS seeded (log-mel, target) batches of BATCH clips, log-mel channels_last."""
     generator = torch.Generator().manual_seed(seed)
     return [(torch.randn(BATCH, 1, MODEL["input_frames"], 64, generator=generator)
              .contiguous(memory_format=torch.channels_last),
              (torch.rand(BATCH, MODEL["num_classes"], generator=generator) > 0.5).float()) for _ in range(STEPS)]
 
 
-def _train(model, batches, compiled: bool, bf16: bool):
+def train_steps(model, batches, compiled: bool, bf16: bool):
     """STEPS AdamW steps as train.run takes them: (losses, the first step's gradients)."""
     optimiser = torch.optim.AdamW(model.parameters(), lr=LR)
     step = torch.compile(model, fullgraph=True) if compiled else model
@@ -74,6 +80,38 @@ def _train(model, batches, compiled: bool, bf16: bool):
     return losses, first_grads
 
 
+def assert_tracks_in_fp32(fused, fused_run, reference, reference_run) -> None:
+    """The fp32 tolerances of the module docstring: losses, first gradients, parameters after the steps and running
+    statistics of `fused` against `reference`, each run (losses, first gradients) from train_steps."""
+    (fused_losses, fused_grads), (reference_losses, reference_grads) = fused_run, reference_run
+    torch.testing.assert_close(fused_losses, reference_losses, atol=1e-5, rtol=1e-5)
+    for name, expected in reference_grads.items():
+        atol = 1e-4 * expected.abs().max().item() + (1e-6 if name in ZERO_GRADIENT else 0)
+        torch.testing.assert_close(fused_grads[name], expected, atol=atol, rtol=1e-4,
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+    for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+        atol = STEPS * LR if name in ZERO_GRADIENT else 0.1 * LR
+        torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
+    for (name, expected), actual in zip(reference.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def assert_bf16_as_close_as_the_reference(fused, fused_run, fp32, fp32_run, eager_bf16_grads) -> None:
+    """The bf16 tolerances of the module docstring: `fused`'s losses and running statistics within 2e-2 of the fp32
+    model's, its gradients no further from the fp32 ones than the eager bf16 reference's (relative L2, 1.5x + 0.05)."""
+    (fused_losses, fused_grads), (fp32_losses, fp32_grads) = fused_run, fp32_run
+
+    def distance(grads):   # relative L2 distance of all gradients from the fp32 ones
+        num = sum(((grads[n] - g).float() ** 2).sum() for n, g in fp32_grads.items())
+        return (num / sum((g ** 2).sum() for g in fp32_grads.values())).sqrt().item()
+
+    torch.testing.assert_close(fused_losses, fp32_losses, atol=2e-2, rtol=0)
+    assert distance(fused_grads) <= 1.5 * distance(eager_bf16_grads) + 0.05
+    for (name, expected), actual in zip(fp32.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(actual.float(), expected.float(), atol=2e-2, rtol=2e-2,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
 def _passes(path: str, monkeypatch) -> str:
     """Which F-sized passes run: 'triton' (the kernels, interpreted on CPU) or 'torch' (the CPU passes)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1" if path == "triton" else "0")
@@ -88,21 +126,11 @@ def test_compiled_fused_training_matches_the_reference_fp32(path, monkeypatch):
     torch.manual_seed(0)
     reference = _model(False, None)
     fused = _model(True, reference.state_dict())
-    batches = _batches(1)
+    steps = batches(1)
     before = LAUNCHES.copy()
-    fused_losses, fused_grads = _train(fused, batches, compiled=True, bf16=False)
+    fused_run = train_steps(fused, steps, compiled=True, bf16=False)
     launched = sum(LAUNCHES.values()) - sum(before.values())
-    reference_losses, reference_grads = _train(reference, batches, compiled=False, bf16=False)
-    torch.testing.assert_close(fused_losses, reference_losses, atol=1e-5, rtol=1e-5)
-    for name, expected in reference_grads.items():
-        atol = 1e-4 * expected.abs().max().item() + (1e-6 if name in ZERO_GRADIENT else 0)
-        torch.testing.assert_close(fused_grads[name], expected, atol=atol, rtol=1e-4,
-                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
-    for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
-        atol = STEPS * LR if name in ZERO_GRADIENT else 0.1 * LR
-        torch.testing.assert_close(actual, expected, atol=atol, rtol=0, msg=lambda m, name=name: f"{name}: {m}")
-    for (name, expected), actual in zip(reference.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
+    assert_tracks_in_fp32(fused, fused_run, reference, train_steps(reference, steps, compiled=False, bf16=False))
     # 3 attention blocks x 3 steps x (forward: pool, squeeze, gate; backward: rows, squeeze grad, input grad)
     assert launched == (3 * STEPS * 6 if path == "triton" else 0)
 
@@ -113,22 +141,12 @@ def test_compiled_fused_training_in_bf16_is_as_close_to_fp32_as_the_reference(mo
     torch.manual_seed(0)
     fp32 = _model(False, None)
     state = {k: v.clone() for k, v in fp32.state_dict().items()}
-    batches = _batches(2)
-    fp32_losses, fp32_grads = _train(fp32, batches, compiled=False, bf16=False)
-    eager_bf16 = _model(False, state)
-    _, eager_grads = _train(eager_bf16, batches, compiled=False, bf16=True)
+    steps = batches(2)
+    fp32_run = train_steps(fp32, steps, compiled=False, bf16=False)
+    _, eager_grads = train_steps(_model(False, state), steps, compiled=False, bf16=True)
     fused = _model(True, state)
-    fused_losses, fused_grads = _train(fused, batches, compiled=True, bf16=True)
-
-    def distance(grads):   # relative L2 distance of all gradients from the fp32 ones
-        num = sum(((grads[n] - g).float() ** 2).sum() for n, g in fp32_grads.items())
-        return (num / sum((g ** 2).sum() for g in fp32_grads.values())).sqrt().item()
-
-    torch.testing.assert_close(fused_losses, fp32_losses, atol=2e-2, rtol=0)
-    assert distance(fused_grads) <= 1.5 * distance(eager_grads) + 0.05
-    for (name, expected), actual in zip(fp32.named_buffers(), fused.buffers()):
-        torch.testing.assert_close(actual.float(), expected.float(), atol=2e-2, rtol=2e-2,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+    assert_bf16_as_close_as_the_reference(fused, train_steps(fused, steps, compiled=True, bf16=True), fp32, fp32_run,
+                                          eager_grads)
 
 
 def _module_twins(arrangement, shape):
