@@ -17,29 +17,40 @@ def _vec(n: int, low: float = -1.0) -> torch.Tensor:
     return (torch.rand(n) * (1 - low) + low).requires_grad_()
 
 
+def _convolution(prologue: bool, k: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(leaves, y): leaves [x, weight] (and the prologue's scale and shift), all requiring grad, and y = conv2d(a,
+    weight) of a = relu(x * scale + shift) or x."""
+    x = torch.randn(B, C_IN, T, FREQ, requires_grad=True)
+    weight = torch.randn(C, C_IN, k, k, requires_grad=True)
+    leaves = [x, weight] + ([_vec(C_IN), _vec(C_IN)] if prologue else [])
+    a = torch.relu(x * leaves[2].view(1, -1, 1, 1) + leaves[3].view(1, -1, 1, 1)) if prologue else x
+    return leaves, F.conv2d(a, weight, padding=k // 2)
+
+
+def _assert_backward_passes(grad: torch.Tensor, leaves: list[torch.Tensor], expected, sums_grad=None) -> None:
+    """conv_input_grad and conv_weight_grad from grad (and sums_grad) against autograd's gradients of the leaves."""
+    x, weight, *vectors = (leaf.detach() for leaf in leaves)
+    dx, d_scale, d_shift = ref.conv_input_grad(grad, weight, x, *vectors, sums_grad=sums_grad)
+    torch.testing.assert_close(dx, expected[0], rtol=1e-5, atol=1e-5)
+    if vectors:
+        torch.testing.assert_close(d_scale, expected[2], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(d_shift, expected[3], rtol=1e-5, atol=1e-4)
+    d_weight = ref.conv_weight_grad(x, grad, tuple(weight.shape), *vectors, sums_grad=sums_grad)
+    torch.testing.assert_close(d_weight, expected[1], rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("prologue", [False, True])
 @pytest.mark.parametrize("k", [1, 3])
 def test_conv_passes_match_autograd(prologue, k):
-    x = torch.randn(B, C_IN, T, FREQ, requires_grad=True)
-    weight = torch.randn(C, C_IN, k, k, requires_grad=True)
-    scale, shift = (_vec(C_IN), _vec(C_IN)) if prologue else (None, None)
-    a = torch.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) if prologue else x
-    y = F.conv2d(a, weight, padding=k // 2)
+    leaves, y = _convolution(prologue, k)
     grad = torch.randn_like(y)
-    leaves = [x, weight] + ([scale, shift] if prologue else [])
     expected = torch.autograd.grad(y, leaves, grad)
 
-    y_pass, y_sum, y_sumsq = ref.conv_forward(x.detach(), weight.detach(), *(v.detach() for v in leaves[2:]))
+    y_pass, y_sum, y_sumsq = ref.conv_forward(*(leaf.detach() for leaf in leaves))
     torch.testing.assert_close(y_pass, y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y_sum, y.sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(y_sumsq, y.square().sum((0, 2, 3)), rtol=1e-5, atol=1e-4)
-    dx, d_scale, d_shift = ref.conv_input_grad(grad, weight.detach(), x.detach(), *(v.detach() for v in leaves[2:]))
-    torch.testing.assert_close(dx, expected[0], rtol=1e-5, atol=1e-5)
-    if prologue:
-        torch.testing.assert_close(d_scale, expected[2], rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(d_shift, expected[3], rtol=1e-5, atol=1e-4)
-    d_weight = ref.conv_weight_grad(x.detach(), grad, tuple(weight.shape), *(v.detach() for v in leaves[2:]))
-    torch.testing.assert_close(d_weight, expected[1], rtol=1e-5, atol=1e-4)
+    _assert_backward_passes(grad, leaves, expected)
 
 
 @pytest.mark.parametrize("prologue", [False, True])
@@ -48,26 +59,14 @@ def test_conv_backward_with_the_sums_gradients_matches_autograd(prologue, k):
     # When y's sums feed a BatchNorm, dL/dy comes in parts: d_y on y itself and d_sum, d_squares on the
     # sums. The loss <d_y, y> + <d_sum, sum y> + <d_squares, sum y*y> has exactly those parts, so autograd of
     # it is what both backward passes must give from (d_y, (y, d_sum, d_squares)).
-    x = torch.randn(B, C_IN, T, FREQ, requires_grad=True)
-    weight = torch.randn(C, C_IN, k, k, requires_grad=True)
-    scale, shift = (_vec(C_IN), _vec(C_IN)) if prologue else (None, None)
-    a = torch.relu(x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)) if prologue else x
-    y = F.conv2d(a, weight, padding=k // 2)
+    leaves, y = _convolution(prologue, k)
     d_y, d_sum, d_squares = torch.randn_like(y), torch.randn(C), torch.randn(C) / (B * T * FREQ)
     loss = (d_y * y).sum() + (d_sum * y.sum((0, 2, 3))).sum() + (d_squares * y.square().sum((0, 2, 3))).sum()
-    leaves = [x, weight] + ([scale, shift] if prologue else [])
     expected = torch.autograd.grad(loss, leaves + [y])
 
-    vectors = [v.detach() for v in leaves[2:]]
     sums_grad = (y.detach(), d_sum, d_squares)
     torch.testing.assert_close(ref.grad_with_sums(d_y, *sums_grad), expected[-1], rtol=1e-5, atol=1e-5)
-    dx, d_scale, d_shift = ref.conv_input_grad(d_y, weight.detach(), x.detach(), *vectors, sums_grad=sums_grad)
-    torch.testing.assert_close(dx, expected[0], rtol=1e-5, atol=1e-5)
-    if prologue:
-        torch.testing.assert_close(d_scale, expected[2], rtol=1e-5, atol=1e-4)
-        torch.testing.assert_close(d_shift, expected[3], rtol=1e-5, atol=1e-4)
-    d_weight = ref.conv_weight_grad(x.detach(), d_y, tuple(weight.shape), *vectors, sums_grad=sums_grad)
-    torch.testing.assert_close(d_weight, expected[1], rtol=1e-5, atol=1e-4)
+    _assert_backward_passes(d_y, leaves, expected, sums_grad)
 
 
 @pytest.mark.parametrize("pool", [(2, 2), (1, 2), (1, 1)])
