@@ -97,6 +97,19 @@ def check_map(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name}: x must be floating point, got {x.dtype}")
 
 
+def check_sums_grad(name: str, grad: torch.Tensor, sums_grad: tuple | None) -> None:
+    """ValueError unless sums_grad is None or (y, d_sum, d_squares): y the forward's output, of grad's shape and
+    dtype, and one entry per channel of grad in each vector (a convolution's backward passes' operand)."""
+    if sums_grad is None:
+        return
+    y, d_sum, d_squares = sums_grad
+    channels = grad.shape[1]
+    if y.shape != grad.shape or y.dtype != grad.dtype or d_sum.numel() != channels or d_squares.numel() != channels:
+        raise ValueError(f"{name}: sums_grad must be (y, d_sum, d_squares) with y the forward's output "
+                         f"{tuple(grad.shape)} {grad.dtype} and {channels} entries in each vector, got "
+                         f"{tuple(y.shape)} {y.dtype}, {d_sum.numel()} and {d_squares.numel()}")
+
+
 @triton.jit
 def plane_offsets(offs_c, offs_n, C: tl.constexpr, N: tl.constexpr, CHANNELS_LAST: tl.constexpr):
     """[BLOCK_C, BLOCK_N] element offsets of a (C, N) plane, and the in-map mask."""

@@ -50,7 +50,7 @@ import triton
 import triton.language as tl
 
 from kernels.block_reference import memory_format
-from kernels.common import LAUNCHES, check_map
+from kernels.common import LAUNCHES, check_map, check_sums_grad
 
 PROLOGUE_NONE = 0
 """Read the source map as it is."""
@@ -324,12 +324,8 @@ def conv_input_grad_triton(grad: torch.Tensor, weight: torch.Tensor, x: torch.Te
 
 def _nhwc_sums_grad(name: str, grad: torch.Tensor, sums_grad: tuple | None) -> tuple | None:
     """sums_grad = (y, d_sum, d_squares) with y stored NHWC, after checking it fits grad; None stays None."""
+    check_sums_grad(name, grad, sums_grad)
     if sums_grad is None:
         return None
     y, d_sum, d_squares = sums_grad
-    channels = grad.shape[1]
-    if y.shape != grad.shape or y.dtype != grad.dtype or d_sum.numel() != channels or d_squares.numel() != channels:
-        raise ValueError(f"{name}: sums_grad must be (y, d_sum, d_squares) with y the forward's output "
-                         f"{tuple(grad.shape)} {grad.dtype} and {channels} entries in each vector, got "
-                         f"{tuple(y.shape)} {y.dtype}, {d_sum.numel()} and {d_squares.numel()}")
     return _nhwc(y), d_sum, d_squares

@@ -66,7 +66,7 @@ import triton
 import triton.language as tl
 
 from kernels import block_reference
-from kernels.common import LAUNCHES, use_triton
+from kernels.common import LAUNCHES, check_sums_grad, use_triton
 
 # Rows of M per tl.dot: the GEMM's reduction depth per step (4 bf16 wgmma k-steps of 16); 64 rows of a
 # bf16 channels_last grad tile of 64+ channels are 8 KB, enough bytes in flight per stage.
@@ -227,12 +227,7 @@ def _check(x: torch.Tensor, grad: torch.Tensor, weight_shape, in_scale, in_shift
     if in_scale is not None and (in_scale.numel() != c_in or in_shift.numel() != c_in):
         raise ValueError(f"conv_weight_grad: in_scale and in_shift must have C_in = {c_in} entries, got "
                          f"{in_scale.numel()} and {in_shift.numel()}")
-    if sums_grad is not None:
-        y, d_sum, d_squares = sums_grad
-        if y.shape != grad.shape or y.dtype != grad.dtype or d_sum.numel() != c_out or d_squares.numel() != c_out:
-            raise ValueError(f"conv_weight_grad: sums_grad must be (y, d_sum, d_squares) with y the forward's output "
-                             f"{tuple(grad.shape)} {grad.dtype} and C_out = {c_out} entries in each vector, got "
-                             f"{tuple(y.shape)} {y.dtype}, {d_sum.numel()} and {d_squares.numel()}")
+    check_sums_grad("conv_weight_grad", grad, sums_grad)
 
 
 def conv_weight_grad_triton(x: torch.Tensor,                  # (B, C_in, T, F)

@@ -95,11 +95,11 @@ class Checkpointer:
         if self.ctx.is_main:
             checkpoint.copy(self.latest, self.best)
 
-    def store_best_events(self, events: EventConfig) -> None:
-        """best.pt rewritten (atomically) with `events`, the per-class settings chosen for its model."""
-        payload = checkpoint.read_checkpoint(self.best)
-        payload["config"]["events"] = asdict(events)
-        checkpoint.save(self.best, payload)
+    def store_best_events(self, best: dict, events: EventConfig) -> None:
+        """best.pt rewritten (atomically) from its payload `best` (read_best's, updated in place) with `events`, the
+        per-class settings chosen for its model."""
+        best["config"]["events"] = asdict(events)
+        checkpoint.save(self.best, best)
 
     def read_best(self) -> dict:
         """best.pt, once rank 0 has written it."""

@@ -233,9 +233,8 @@ class Trainer:
         then the model folder."""
         best = self.checkpointer.read_best()
         events = self.evaluator.choose_events(self.model, best)
-        if events is not None:
-            self.checkpointer.store_best_events(events)
-        best = self.checkpointer.read_best()   # (a barrier: every rank reads it once rank 0 has written it)
+        if events is not None:   # rank 0, the one that scores localisation and writes the model folder
+            self.checkpointer.store_best_events(best, events)
         data = self.config.data
         test_path = self.train_path if data.fold is not None else self.eval_path or self.train_path   # a fold: --data
         test_reference = localisation.test_reference(self.parts[2], test_path) if self.ctx.is_main else None
