@@ -17,6 +17,7 @@ from fastsca.events import EventConfig
 from fastsca.hub import Pretrained, load_pretrained
 from fastsca.inference import CheckpointError, TrainedModel
 from fastsca.tagging.engine import Asked, StreamConfig, check_front_end, tag_batch, tag_file
+from fastsca.tagging.inputs import InputReader, expand_inputs
 from fastsca.tagging.result import TagResult
 from fastsca.tagging.waveform import WAVEFORM_NAME, as_wav_file, check_sample_rate
 
@@ -76,14 +77,22 @@ class Tagger:
         return self._tag(str(path))
 
     def tag_files(self, paths: list[str | Path]) -> tuple[list[TagResult], dict[str, str]]:
-        """Tag several files: the results of those that could be read, in order, and the one-line error of each
-        file that could not (by path); a bad file is skipped, the others are tagged."""
-        results, errors = [], {}
-        for path in paths:
-            try:
-                results.append(self.tag_file(path))
-            except (AudioError, CheckpointError) as error:
-                errors[str(path)] = str(error)
+        """Tag several files, folders (walked recursively) and .zip/.tar archives as `python -m fastsca.tag`
+        reads them (fastsca/tagging/inputs.py): the results of the audio files that could be read, in order,
+        each named as the command names it, and the one-line error of each file or folder that could not (by
+        that name, or the path given); a bad file is skipped, the others are tagged."""
+        inputs = expand_inputs([str(path) for path in paths])
+        errors = {line.split(": ", 1)[0]: line for line in inputs.skipped}
+        results, reader = [], InputReader()
+        try:
+            for item in inputs.files:
+                try:
+                    with reader.open(item) as source:
+                        results.append(tag_file(self.trained, source, self.stream, self.asked, name=item.name))
+                except (AudioError, CheckpointError) as error:
+                    errors[item.name] = str(error)
+        finally:
+            reader.close()
         return results, errors
 
     def _tag(self, source) -> TagResult:

@@ -2,6 +2,7 @@
 rate) tagged as the same samples in a file, files in bulk with bad ones skipped, and one-line errors."""
 import json
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import soundfile
 import torch
 
 import fastsca
+from fastsca.audio import AudioError
 from fastsca.events import detect_events
 from fastsca.hub import save_pretrained_from_checkpoint
 from fastsca.frontend import log_mel
@@ -132,6 +134,24 @@ def test_files_in_bulk_skip_the_bad_ones(tagger, tmp_path):
     assert list(errors) == [str(text), str(missing)]
     assert all(len(message.splitlines()) == 1 for message in errors.values())
     assert errors[str(missing)] == f"{missing}: no such file; check the path"
+
+
+def test_folders_and_archives_in_bulk_are_walked_as_the_command_walks_them(tagger, tmp_path):
+    folder = tmp_path / "field"
+    (folder / "day2").mkdir(parents=True)
+    soundfile.write(folder / "day2" / "b.wav", noise(1, 9000)[0], 16000)
+    soundfile.write(folder / "a.flac", noise(1, 40000)[0], 16000)
+    (folder / "notes.txt").write_text("not audio\n")
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as archive:
+        archive.write(folder / "a.flac", "inside/c.flac")
+    results, errors = tagger.tag_files([folder, tmp_path / "more.zip"])
+    assert [r.name for r in results] == [f"{folder}/a.flac", f"{folder}/day2/b.wav", f"{tmp_path}/more.zip/inside/c.flac"]
+    assert [r.frame.shape[0] for r in results] == [25, 6, 25]
+    np.testing.assert_array_equal(results[2].frame, results[0].frame)   # the archive's copy of a.flac
+    assert list(errors) == [str(folder / "notes.txt")] and "not an audio file" in errors[str(folder / "notes.txt")]
+    with pytest.raises(AudioError, match=r"field: a folder, not an audio file; tag the files in it with "
+                                         r"tagger.tag_files\(\[folder\]\)"):
+        tagger(folder)
 
 
 @pytest.mark.parametrize("audio, rate, message", [

@@ -51,6 +51,9 @@ def audio_info(path: "str | Path | BinaryIO"):
     libsndfile's header log; one-line AudioError otherwise."""
     name = source_name(path)
     if isinstance(path, (str, Path)):
+        if Path(path).is_dir():
+            raise AudioError(f"{name}: a folder, not an audio file; tag the files in it with "
+                             f"tagger.tag_files([folder]) or python -m fastsca.tag FOLDER")
         if not Path(path).is_file():
             raise AudioError(f"{name}: no such file; check the path")
         try:   # libsndfile says only "System error" for a file it may not open
