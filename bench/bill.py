@@ -2,7 +2,7 @@
 what a run on AudioSet costs, on paper, from the whole-step estimate (bench/whole_step.py).
 
 From the per-launch bytes and FLOPs of one compiled at-sca-3 training step (batch 256, bf16, channels_last),
-for each GPU and efficiency scenario: clips/s, GPU-hours per epoch of each AudioSet set and per schedule;
+for each GPU at the datasheet floor and the derated estimate (bench/pricing.py): clips/s, GPU-hours per epoch of each AudioSet set and per schedule;
 then what the loader must deliver at that rate (disk bandwidth for raw int16 at 16 kHz, CPU cores reading
 HDF5 clips, measured here per core) and the storage of the packed sets. Every assumption is a named
 constant with its source; any figure measured on a GPU later replaces its estimate.
@@ -11,13 +11,12 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
-from bench.pricing import GPUS, LAUNCH_US, Gpu
+from bench.pricing import GPUS, LAUNCH_US, PRICES, Gpu
 from train.data.shards import ShardIndex, ShardWriter
 
 SAMPLE_RATE = 16000
@@ -42,33 +41,14 @@ SCHEDULES = {
 the full set (its paper and README); a balanced-only run needs many passes over its 22k clips."""
 
 
-@dataclass(frozen=True)
-class Scenario:
-    """How close to the datasheet the step's kernels run."""
-
-    name: str
-    bandwidth_share: float
-    """Fraction of peak HBM bandwidth the memory-bound kernels reach."""
-    flops_share: float
-    """Fraction of peak dense bf16 tensor FLOP/s the convolutions and matmuls reach."""
+BILL_PRICES = ("datasheet", "derated")
+"""The prices of bench/pricing.py the bill shows: the floor, and the derated estimate as train.run runs on CUDA (the
+compiled step replayed in a CUDA graph), the same rules bench.whole_step's report applies."""
 
 
-SCENARIOS = (
-    Scenario("datasheet", 1.0, 1.0),
-    Scenario("derated", 0.8, 0.5),
-)
-"""`datasheet` is bench/whole_step.py's estimate (a floor on the step time). `derated` assumes 80 % of peak
-bandwidth (what a well-written copy kernel reaches on Hopper) and half the tensor-core peak for cuDNN's
-convolutions at at-sca-3's channel counts (64-2048) and 64 mel bins: an assumption, not a measurement."""
-
-
-def step_ms(launches: list[dict], gpu: Gpu, scenario: Scenario) -> float:
-    """Sum over rows of max(bytes / bandwidth, FLOPs / peak) under the scenario, plus LAUNCH_US per kernel (a row
-    of a multi-tensor op holds several)."""
-    bandwidth = gpu.bytes_per_s * scenario.bandwidth_share
-    flops = gpu.bf16_flops_per_s * scenario.flops_share
-    return sum(max(row["bytes"] / bandwidth, row["flops"] / flops) * 1e3 + row.get("launches", 1) * LAUNCH_US * 1e-3
-               for row in launches)
+def step_ms(launches: list[dict], gpu: Gpu, price: str) -> float:
+    """The step's time under one of bench/pricing.py's PRICES: the sum over its rows (launches and extern calls)."""
+    return sum(PRICES[price](row, gpu) for row in launches) * 1e-3
 
 
 def measure_reader(clips: int = 600, reads: int = 3000, seed: int = 0) -> float:
@@ -99,11 +79,11 @@ def bill(report: dict, reader_clips_per_s: float) -> dict:
     batch = report["batch"]
     rows = []
     for gpu in GPUS:
-        for scenario in SCENARIOS:
-            ms = step_ms(report["launches"]["fastsca"], gpu, scenario)
+        for price in BILL_PRICES:
+            ms = step_ms(report["launches"]["fastsca"], gpu, price)
             clips_per_s = batch / ms * 1e3
             rows.append({
-                "gpu": gpu.name, "scenario": scenario.name, "ms_per_step": ms, "clips_per_s": clips_per_s,
+                "gpu": gpu.name, "scenario": price, "ms_per_step": ms, "clips_per_s": clips_per_s,
                 "gpu_hours": {name: clips / clips_per_s / 3600 for name, clips in {**AUDIOSET_SETS, **SCHEDULES}.items()},
                 "disk_gb_per_s": clips_per_s * BYTES_PER_CLIP / 1e9,
                 "reader_cores": clips_per_s / reader_clips_per_s,
@@ -117,9 +97,11 @@ def markdown(result: dict, step_path: str) -> str:
     """The bill as a markdown page, assumptions first."""
     lines = [f"# The bill on paper: at-sca-3 on AudioSet ({date.today().isoformat()})", "",
              f"From `{step_path}` (one compiled training step, batch {result['batch']}, bf16, channels_last, "
-             f"every launch's bytes and FLOPs). Assumptions: {LAUNCH_US} µs per launch (CUDA graphs); "
-             + "; ".join(f"`{s.name}`: {s.bandwidth_share:.0%} of peak bandwidth, {s.flops_share:.0%} of peak "
-                         f"bf16 FLOP/s" for s in SCENARIOS)
+             f"every launch's bytes and FLOPs), priced by bench/pricing.py as that report prices it: `datasheet` = "
+               f"max(bytes / peak bandwidth, FLOPs / peak bf16) + {LAUNCH_US} µs a launch (a floor); `derated` = each "
+               "kernel at its kind's stated efficiency (80 % of peak bandwidth, the convolutions at their channel "
+               "class's share of the tensor-core peak), the step replayed in a CUDA graph (an estimate, not a "
+               "measurement)"
              + f"; raw int16 at 16 kHz, {BYTES_PER_CLIP / 1e3:.0f} kB a clip; the loader's CPU reads one clip in "
                f"{1e3 / result['reader_clips_per_s_per_core']:.2f} ms per core (measured on this machine: "
                f"{result['reader_clips_per_s_per_core']:.0f} clips/s, page cache warm), the log-mel on the GPU. "
@@ -138,16 +120,27 @@ def markdown(result: dict, step_path: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def newest_step_report(folder: Path = Path("bench/results")) -> str:
+    """The newest batch-256 whole-step report in `folder` (their names start with the date)."""
+    reports = sorted(folder.glob("*-whole-step-b256.json"))
+    if not reports:
+        raise SystemExit(f"no *-whole-step-b256.json in {folder}; run `python -m bench.whole_step --batch 256` first "
+                         f"or give --step")
+    return reports[-1].as_posix()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bill", description=__doc__.split("\n\n")[1])
-    parser.add_argument("--step", default="bench/results/2026-12-02-sm90-whole-step-b256.json",
-                        help="a whole-step report written by `python -m bench.whole_step`")
+    parser.add_argument("--step", default=None,
+                        help="a whole-step report written by `python -m bench.whole_step` (default: the newest "
+                             "bench/results/*-whole-step-b256.json)")
     parser.add_argument("--out", default=None, help="markdown file to write (default: bench/results/DATE-bill.md)")
     args = parser.parse_args(argv)
-    report = json.loads(Path(args.step).read_text())
+    step = args.step or newest_step_report()
+    report = json.loads(Path(step).read_text())
     result = bill(report, measure_reader())
     out = Path(args.out or f"bench/results/{date.today().isoformat()}-bill.md")
-    out.write_text(markdown(result, args.step))
+    out.write_text(markdown(result, step))
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     print(out.read_text())
 

@@ -86,8 +86,7 @@ class Evaluator:
         choosing fails (the defaults stay; the fault is reported by the localisation scoring)."""
         if self.strong is None:
             return None
-        model.load_state_dict(best["model"])
-        distributed.broadcast_buffers(model)
+        _load_best(model, best)
         frames: list = []
         evaluate(model, self.validation_loader, self.ctx.device, frames, self.options)
         if not self.ctx.is_main:
@@ -129,8 +128,7 @@ class Evaluator:
     def test(self, model: torch.nn.Module, best: dict, test_reference, state: TrainState) -> dict:
         """best.pt's figures on the test split (all five localisation figures, with best.pt's event settings, chosen
         on validation: a test is scored once), logged as the 'test' line; the settings are printed."""
-        model.load_state_dict(best["model"])
-        distributed.broadcast_buffers(model)
+        _load_best(model, best)
         test_strong = distributed.gather_objects(test_reference)[0]   # every rank gathers frames, or none does
         frames = self._frames(test_strong)
         metrics, clips = evaluate(model, self.test_loader, self.ctx.device, frames, self.options)
@@ -149,3 +147,9 @@ class Evaluator:
                        f"folder):\n"
                        f"{postprocess.format_selection(stored, self.label_names, selection)}")
         return test
+
+
+def _load_best(model: torch.nn.Module, best: dict) -> None:
+    """best.pt's weights into the model, with rank 0's buffers on every rank."""
+    model.load_state_dict(best["model"])
+    distributed.broadcast_buffers(model)
