@@ -49,5 +49,5 @@ def device_front_end(db: torch.Tensor, target: torch.Tensor, frames: int, mixup_
     if mixup_alpha > 0:
         log_mel, target = mixup(log_mel, target, mixup_alpha, rng)
     if spec_augment_on:
-        log_mel = spec_augment(log_mel, SpecAugmentConfig(), rng)
+        log_mel, _ = spec_augment(log_mel, SpecAugmentConfig(), rng)
     return log_mel, target

@@ -25,19 +25,21 @@ def test_mixup_mixes_inputs_and_targets_alike():
 def test_spec_augment_masks_whole_stripes_with_the_clip_mean():
     x, _ = batch()
     config = SpecAugmentConfig(time_masks=2, time_width=10, freq_masks=1, freq_width=4)
-    out = spec_augment(x, config, np.random.default_rng(61174))
+    out, time_masked = spec_augment(x, config, np.random.default_rng(61174))
     assert out.shape == x.shape
     changed = out != x
     for clip in range(6):
         cells = changed[clip, 0]
         rows, cols = cells.all(dim=1), cells.all(dim=0)                  # masked frames, masked bins
         assert torch.equal(cells, rows[:, None] | cols[None, :])         # nothing but whole stripes
+        assert torch.equal(time_masked[clip], rows)                        # the time stripes it reports
         assert rows.sum() <= 20 and cols.sum() <= 4
         torch.testing.assert_close(out[clip, 0][cells], x[clip].mean().expand(int(cells.sum())))
 
 
 def test_spec_augment_with_zero_widths_is_identity():
     x, _ = batch()
-    assert torch.equal(spec_augment(x, SpecAugmentConfig(time_width=0, freq_width=0), np.random.default_rng(45888)), x)
+    out, time_masked = spec_augment(x, SpecAugmentConfig(time_width=0, freq_width=0), np.random.default_rng(45888))
+    assert torch.equal(out, x) and not time_masked.any()
     with pytest.raises(ValueError, match=">= 0"):
         SpecAugmentConfig(time_masks=-1)

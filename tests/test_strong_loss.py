@@ -8,7 +8,7 @@ import torch
 import train.run
 import train.step
 from fastsca.frontend import LogMelConfig
-from train.data.augment import mix_strong, mixup, mixup_pairs
+from train.data.augment import mix_strong, mixup, mixup_pairs, spec_augment, unmasked_frames
 from train.data.frame_targets import StrongTargets, frame_targets
 from train.data.holdout import SubsetIndex
 from train.data.loader import LoaderConfig, LogMelLoader
@@ -89,6 +89,16 @@ def test_the_loader_gives_each_clip_s_frame_targets_and_strong_flag(strong_shard
         assert [len(b) for b in loader] == [2, 2, 2]   # without strong_frames: (log_mel, target) as ever
 
 
+def test_the_loader_leaves_the_frames_specaugment_hid_out_of_the_frame_loss(strong_shard):
+    config = LoaderConfig(batch_size=7, sampler="sequential", num_workers=0, spec_augment=True, seed=5)
+    with LogMelLoader(strong_shard, config, LogMelConfig(clip_samples=16000), strong_frames=10) as loader:
+        log_mel, _, strong = next(iter(loader))
+    rng = np.random.default_rng([5, 0, 0, 0])   # the loader's generator of epoch 0, rank 0, batch 0
+    _, time_masked = spec_augment(torch.zeros_like(log_mel), config.spec_augment_masks, rng)
+    expected = unmasked_frames(StrongTargets(strong.frame, strong.strong), time_masked).seen
+    assert torch.equal(strong.seen, expected) and 0 < int(expected.sum()) < expected.numel()
+
+
 def test_the_loader_mixes_frame_targets_with_their_clips(strong_shard):
     config = LoaderConfig(batch_size=7, sampler="sequential", num_workers=0, mixup_alpha=0.4, seed=3)
     with LogMelLoader(strong_shard, config, LogMelConfig(clip_samples=16000), strong_frames=10) as loader:
@@ -145,6 +155,33 @@ def test_frame_bce_gradient_reaches_the_strong_clips_only():
     expected = (p - target) / (p * (1 - p)) / (2 * frames * classes) * flags.view(batch, 1, 1)
     torch.testing.assert_close(prob.grad, expected, atol=1e-7, rtol=1e-5)   # fp32 rounding of the division
     assert prob.grad[[0, 3]].abs().max() == 0
+
+
+def test_frames_specaugment_hid_are_left_out_of_the_frame_loss():
+    batch, model_frames, pool, classes = 5, 7, 4, 3
+    generator = torch.Generator().manual_seed(52113)
+    prob = torch.rand(batch, model_frames, classes, generator=generator).clamp(0.01, 0.99)
+    target = (torch.rand(batch, model_frames, classes, generator=generator) < 0.4).float()
+    flags = torch.tensor([1.0, 0, 1, 1, 1])
+    time_masked = torch.zeros(batch, model_frames * pool, dtype=torch.bool)
+    time_masked[0, 4:12] = True       # model frames 1 and 2 wholly
+    time_masked[2, 9:11] = True       # half of frame 2: heard enough to keep
+    time_masked[3, 17:28] = True      # frame 4 (3 of 4), 5 and 6
+    time_masked[1] = True             # a clip without strong labels: nothing to leave out
+    strong = unmasked_frames(StrongTargets(target, flags), time_masked)
+    seen = torch.ones(batch, model_frames)
+    seen[0, 1:3] = 0
+    seen[3, 4:7] = 0
+    seen[1] = 0
+    assert torch.equal(strong.seen, seen)
+    cells = -(target * prob.log() + (1 - target) * (1 - prob).log()).mean(dim=2)   # (B, T')
+    kept = seen * flags[:, None]
+    torch.testing.assert_close(frame_bce(prob, strong), (cells * kept).sum() / kept.sum())
+    # with nothing hidden, the loss is the clip-averaged one
+    nothing = unmasked_frames(StrongTargets(target, flags), torch.zeros_like(time_masked))
+    torch.testing.assert_close(frame_bce(prob, nothing), frame_bce(prob, StrongTargets(target, flags)))
+    with pytest.raises(ValueError, match="27 input frames do not pool to 7 model frames"):
+        unmasked_frames(StrongTargets(target, flags), time_masked[:, :27])
 
 
 def test_frame_bce_is_finite_at_saturated_frames():

@@ -24,8 +24,10 @@ def clip_bce(clip_prob: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def frame_bce(frame_prob: torch.Tensor, strong: StrongTargets) -> torch.Tensor:
     """Mean BCE over the frames and classes of (B, T', K) frame probabilities against the frame targets, averaged
     over the clips with strong labels only (0 when the batch has none): a clip without them adds nothing, and the
-    figure does not shrink with their share of the batch. In fp32 with the clip BCE's clamp, for its reasons."""
+    figure does not shrink with their share of the batch. Frames SpecAugment hid (`strong.seen` 0) are left out
+    the same way. In fp32 with the clip BCE's clamp, for its reasons."""
     prob = frame_prob.float().clamp(PROB_EPS, 1.0 - PROB_EPS)
-    per_clip = F.binary_cross_entropy(prob, strong.frame.float(), reduction="none").mean(dim=(1, 2))   # (B,)
+    per_frame = F.binary_cross_entropy(prob, strong.frame.float(), reduction="none").mean(dim=2)   # (B, T')
+    weight = strong.strong[:, None] if strong.seen is None else strong.strong[:, None] * strong.seen   # (B, 1|T')
     # a sum over a count kept on the device (no host sync); clamped so that a batch without strong clips is 0 / 1
-    return (per_clip * strong.strong).sum() / strong.strong.sum().clamp_min(1.0)
+    return (per_frame * weight).sum() / weight.expand_as(per_frame).sum().clamp_min(1.0)

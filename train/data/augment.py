@@ -7,7 +7,8 @@ the draws are a few numbers per clip, moved to the device in one copy.
 Mixup (Zhang et al. 2018, as PANNs uses it) here keeps the batch size: clip i is mixed with clip
 perm[i] with its own lambda ~ Beta(alpha, alpha), targets (and frame targets) alike. SpecAugment (Park et al. 2019)
 masks random time and frequency stripes; masked cells take the clip's mean log-mel, since the model's
-input BatchNorm comes after this and a 0 dB fill would be a loud artefact.
+input BatchNorm comes after this and a 0 dB fill would be a loud artefact. Where a clip has frame targets,
+the model frames a time stripe hides are left out of the frame loss (`unmasked_frames`).
 """
 from dataclasses import dataclass
 
@@ -72,11 +73,25 @@ def _stripes(rng: np.random.Generator, batch: int, count: int, max_width: int, s
     return ((positions >= start) & (positions < stop)).any(dim=1)
 
 
-def spec_augment(log_mel: torch.Tensor, config: SpecAugmentConfig, rng: np.random.Generator) -> torch.Tensor:
-    """Mask time and frequency stripes of log_mel (B, 1, T, F) with each clip's mean."""
+def spec_augment(log_mel: torch.Tensor, config: SpecAugmentConfig,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask time and frequency stripes of log_mel (B, 1, T, F) with each clip's mean: the masked log-mel and the
+    (B, T) bool of the frames a time stripe masked."""
     batch, _, frames, bins = log_mel.shape
     time = _stripes(rng, batch, config.time_masks, config.time_width, frames, log_mel.device)   # (B, T)
     freq = _stripes(rng, batch, config.freq_masks, config.freq_width, bins, log_mel.device)     # (B, F)
     mask = (time[:, None, :, None] | freq[:, None, None, :])                                     # (B, 1, T, F)
     fill = log_mel.mean(dim=(1, 2, 3), keepdim=True)
-    return torch.where(mask, fill, log_mel)
+    return torch.where(mask, fill, log_mel), time
+
+
+def unmasked_frames(strong: StrongTargets, time_masked: torch.Tensor) -> StrongTargets:
+    """The frame targets with the model frames a time stripe hid left out of the frame loss (`StrongTargets.seen`):
+    a model frame covers T / T' input frames and is left out when more than half of them are masked, since its
+    event, if any, can no longer be heard there (its target would teach the model to call a blank an event)."""
+    batch, frames = time_masked.shape
+    model_frames = strong.frame.shape[1]
+    if frames % model_frames:
+        raise ValueError(f"{frames} input frames do not pool to {model_frames} model frames")
+    hidden = time_masked.reshape(batch, model_frames, frames // model_frames).float().mean(dim=2) > 0.5   # (B, T')
+    return strong._replace(seen=(~hidden).float())

@@ -15,6 +15,7 @@ class StrongTargets(NamedTuple):
 
     frame: "torch.Tensor"    # (B, T', K) float32 in [0, 1]
     strong: "torch.Tensor"   # (B,) float32: 1 where the clip has strong labels, 0 where its frame row means nothing
+    seen: "torch.Tensor | None" = None   # (B, T') float32: 0 at a frame SpecAugment hid (not scored); None: all 1
 
 
 def frame_targets(events: np.ndarray, frames: int, clip_seconds: float, num_classes: int) -> np.ndarray:

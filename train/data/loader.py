@@ -38,7 +38,7 @@ from nvidia.dali.tensors import TensorGPU
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
 from fastsca.frontend import LogMelConfig, hann_window
-from train.data.augment import SpecAugmentConfig, mix, mix_strong, mixup_pairs, spec_augment
+from train.data.augment import SpecAugmentConfig, mix, mix_strong, mixup_pairs, spec_augment, unmasked_frames
 from train.data.dali_source import ClipSource, order_path
 from train.data.frame_targets import StrongTargets
 from train.data.sampler import SAMPLERS, ClipSampler
@@ -276,7 +276,8 @@ class LogMelLoader:
             log_mel, target = mix(log_mel, lam, partner), mix(target, lam, partner)
             strong = mix_strong(strong, lam, partner) if strong is not None else None
         if c.spec_augment:
-            log_mel = spec_augment(log_mel, c.spec_augment_masks, rng)
+            log_mel, time_masked = spec_augment(log_mel, c.spec_augment_masks, rng)
+            strong = unmasked_frames(strong, time_masked) if strong is not None else None
         return (log_mel, target) if strong is None else (log_mel, target, strong)
 
     def close(self) -> None:
