@@ -2,8 +2,8 @@
 what a run on AudioSet costs, on paper, from the whole-step estimate (bench/whole_step.py).
 
 From the per-launch bytes and FLOPs of one compiled at-sca-3 training step (batch 256, bf16, channels_last),
-for each GPU at the datasheet floor and the derated estimate (bench/pricing.py): clips/s, GPU-hours per epoch of each AudioSet set and per schedule;
-then what the loader must deliver at that rate (disk bandwidth for raw int16 at 16 kHz, CPU cores reading
+for each GPU at the datasheet floor and the derated estimate (bench/pricing.py): clips/s, GPU-hours per epoch
+of each AudioSet set and per schedule; then what the loader must deliver at that rate (disk bandwidth for raw int16 at 16 kHz, CPU cores reading
 HDF5 clips, measured here per core) and the storage of the packed sets. Every assumption is a named
 constant with its source; any figure measured on a GPU later replaces its estimate.
 """

@@ -88,12 +88,12 @@ class Tagger:
             for item in inputs.files:
                 try:
                     with reader.open(item) as source:
-                        results.append(tag_file(self.trained, source, self.stream, self.asked, name=item.name))
+                        results.append(self._tag(source, item.name))
                 except (AudioError, CheckpointError) as error:
                     errors[item.name] = str(error)
         finally:
             reader.close()
         return results, errors
 
-    def _tag(self, source) -> TagResult:
-        return tag_file(self.trained, source, self.stream, self.asked)
+    def _tag(self, source, name: str | None = None) -> TagResult:
+        return tag_file(self.trained, source, self.stream, self.asked, name=name)

@@ -145,7 +145,8 @@ def test_folders_and_archives_in_bulk_are_walked_as_the_command_walks_them(tagge
     with zipfile.ZipFile(tmp_path / "more.zip", "w") as archive:
         archive.write(folder / "a.flac", "inside/c.flac")
     results, errors = tagger.tag_files([folder, tmp_path / "more.zip"])
-    assert [r.name for r in results] == [f"{folder}/a.flac", f"{folder}/day2/b.wav", f"{tmp_path}/more.zip/inside/c.flac"]
+    assert [r.name for r in results] == [f"{folder}/a.flac", f"{folder}/day2/b.wav",
+                                         f"{tmp_path}/more.zip/inside/c.flac"]
     assert [r.frame.shape[0] for r in results] == [25, 6, 25]
     np.testing.assert_array_equal(results[2].frame, results[0].frame)   # the archive's copy of a.flac
     assert list(errors) == [str(folder / "notes.txt")] and "not an audio file" in errors[str(folder / "notes.txt")]
